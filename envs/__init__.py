@@ -1,0 +1,25 @@
+"""Gymnasium environments of wm-agent; importing this module registers every ``WM-*`` id."""
+
+from gymnasium.envs.registration import register, registry
+
+from envs.gridworld import GridWorldEnv
+from envs.wrappers import ImageObservation
+
+__all__ = ["GridWorldEnv", "ImageObservation", "register_envs"]
+
+
+def register_envs() -> None:
+    """Register the WM-* ids (idempotent, so importing both ``envs`` and ``wm_agent`` is fine)."""
+    if "WM-GridWorld-v0" not in registry:
+        register(id="WM-GridWorld-v0", entry_point="envs.gridworld:GridWorldEnv", max_episode_steps=50)
+    if "WM-CarRacing-v0" not in registry:
+        register(id="WM-CarRacing-v0", entry_point="envs.car_racing:make_car_racing", max_episode_steps=1000)
+    if "WM-Dream-v0" not in registry:
+        register(
+            id="WM-Dream-v0",
+            entry_point="wm_agent.dream_env:DreamEnv",
+            vector_entry_point="wm_agent.dream_env:DreamVectorEnv",
+        )
+
+
+register_envs()

@@ -1,0 +1,188 @@
+"""A small navigation task drawn as 64x64 RGB frames: the world model's home turf."""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+from gymnasium import spaces
+
+# (row, col) offsets for actions 0..3: up, right, down, left
+MOVES = np.array([[-1, 0], [0, 1], [1, 0], [0, -1]], dtype=np.int64)
+
+BACKGROUND = np.array([16, 16, 16], dtype=np.uint8)
+OBSTACLE = np.array([128, 128, 128], dtype=np.uint8)
+GOAL = np.array([40, 200, 60], dtype=np.uint8)
+AGENT = np.array([230, 50, 40], dtype=np.uint8)
+
+GOAL_REWARD = 1.0
+STEP_COST = 0.01
+
+
+class GridWorldEnv(gym.Env):
+    """
+    ## Description
+    An agent (red) must reach a goal (green) on a ``size`` x ``size`` grid with grey obstacles. Every
+    ``reset(seed=...)`` draws a fresh layout from ``self.np_random``: agent, goal and between
+    ``min_obstacles`` and ``max_obstacles`` obstacles on distinct cells, redrawn until the goal is
+    reachable. The shortest path length is known (``info["oracle_steps"]``), so success and optimality
+    of any policy can be measured exactly.
+
+    ## Action Space
+    ``Discrete(4)``: 0 up, 1 right, 2 down, 3 left. A move into an obstacle or off the grid leaves the
+    agent where it is (the step still costs).
+
+    ## Observation Space
+    ``Box(0, 255, (64, 64, 3), uint8)``: the grid drawn with numpy, each cell a block of
+    ``64 // size`` pixels (background dark, obstacles grey, goal green, agent red).
+
+    ## Rewards
+    ``-0.01`` for every step, plus ``+1.0`` on the step that reaches the goal. Following the shortest
+    path of ``L`` steps therefore returns ``1 - 0.01 * L`` (``info["oracle_return"]``).
+
+    ## Episode End
+    Terminated when the agent reaches the goal. Truncation is left to ``max_episode_steps``
+    (50 for ``WM-GridWorld-v0``).
+
+    ## Info
+    ``oracle_steps`` (shortest path from the current cell), ``oracle_return`` (return of the shortest
+    path from the start, fixed for the episode), ``agent`` and ``goal`` cells, ``success``.
+    """
+
+    metadata = {"render_modes": ["human", "rgb_array"], "render_fps": 8}
+
+    def __init__(
+        self,
+        render_mode: str | None = None,
+        size: int = 8,
+        min_obstacles: int = 3,
+        max_obstacles: int = 6,
+        image_size: int = 64,
+    ):
+        if size < 2 or image_size % size != 0:
+            raise ValueError(f"size must be >= 2 and divide image_size={image_size}, got size={size}")
+        if not 0 <= min_obstacles <= max_obstacles <= size * size - 2:
+            raise ValueError(
+                f"need 0 <= min_obstacles <= max_obstacles <= {size * size - 2}, "
+                f"got {min_obstacles}, {max_obstacles}"
+            )
+        if render_mode is not None and render_mode not in self.metadata["render_modes"]:
+            raise ValueError(f"render_mode must be one of {self.metadata['render_modes']}, got {render_mode!r}")
+        self.render_mode = render_mode
+        self.size = size
+        self.min_obstacles = min_obstacles
+        self.max_obstacles = max_obstacles
+        self.cell = image_size // size
+        self.observation_space = spaces.Box(0, 255, (image_size, image_size, 3), np.uint8)
+        self.action_space = spaces.Discrete(4)
+
+        self._obstacles = np.zeros((size, size), dtype=bool)
+        self._dist = np.zeros((size, size), dtype=np.int64)
+        self._agent = np.zeros(2, dtype=np.int64)
+        self._goal = np.zeros(2, dtype=np.int64)
+        self._base = np.zeros(self.observation_space.shape, dtype=np.uint8)
+        self._oracle_return = 0.0
+        self._window = None
+        self._clock = None
+
+    # -- layout -----------------------------------------------------------------------------------
+    def _distances_to_goal(self) -> np.ndarray:
+        """BFS from the goal; -1 marks unreachable cells."""
+        n = self.size
+        dist = np.full((n, n), -1, dtype=np.int64)
+        dist[self._goal[0], self._goal[1]] = 0
+        queue = deque([(int(self._goal[0]), int(self._goal[1]))])
+        while queue:
+            r, c = queue.popleft()
+            for dr, dc in MOVES:
+                rr, cc = r + dr, c + dc
+                if 0 <= rr < n and 0 <= cc < n and dist[rr, cc] < 0 and not self._obstacles[rr, cc]:
+                    dist[rr, cc] = dist[r, c] + 1
+                    queue.append((rr, cc))
+        return dist
+
+    def _paint(self, frame: np.ndarray, cell: np.ndarray, color: np.ndarray) -> None:
+        k = self.cell
+        frame[cell[0] * k : (cell[0] + 1) * k, cell[1] * k : (cell[1] + 1) * k] = color
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+        super().reset(seed=seed)
+        n = self.size
+        while True:
+            count = int(self.np_random.integers(self.min_obstacles, self.max_obstacles + 1))
+            cells = self.np_random.choice(n * n, size=count + 2, replace=False)
+            self._agent = np.array(divmod(int(cells[0]), n), dtype=np.int64)
+            self._goal = np.array(divmod(int(cells[1]), n), dtype=np.int64)
+            self._obstacles = np.zeros((n, n), dtype=bool)
+            self._obstacles.flat[cells[2:]] = True
+            self._dist = self._distances_to_goal()
+            if self._dist[self._agent[0], self._agent[1]] > 0:
+                break
+
+        self._base = np.empty(self.observation_space.shape, dtype=np.uint8)
+        self._base[:] = BACKGROUND
+        for cell in np.argwhere(self._obstacles):
+            self._paint(self._base, cell, OBSTACLE)
+        self._paint(self._base, self._goal, GOAL)
+        self._oracle_return = GOAL_REWARD - STEP_COST * self.oracle_steps
+
+        if self.render_mode == "human":
+            self.render()
+        return self._frame(), self._info(success=False)
+
+    # -- dynamics ---------------------------------------------------------------------------------
+    @property
+    def oracle_steps(self) -> int:
+        """Length of the shortest path from the agent's cell to the goal."""
+        return int(self._dist[self._agent[0], self._agent[1]])
+
+    def step(self, action):
+        if not self.action_space.contains(action):
+            raise ValueError(f"action must be an int in [0, 4) for {self.action_space}, got {action!r}")
+        target = self._agent + MOVES[int(action)]
+        r, c = int(target[0]), int(target[1])
+        if 0 <= r < self.size and 0 <= c < self.size and not self._obstacles[r, c]:
+            self._agent = target
+        success = bool((self._agent == self._goal).all())
+        reward = -STEP_COST + (GOAL_REWARD if success else 0.0)
+        if self.render_mode == "human":
+            self.render()
+        return self._frame(), reward, success, False, self._info(success)
+
+    def _frame(self) -> np.ndarray:
+        frame = self._base.copy()
+        self._paint(frame, self._agent, AGENT)
+        return frame
+
+    def _info(self, success: bool) -> dict[str, Any]:
+        return {
+            "oracle_steps": self.oracle_steps,
+            "oracle_return": self._oracle_return,
+            "agent": tuple(int(v) for v in self._agent),
+            "goal": tuple(int(v) for v in self._goal),
+            "success": success,
+        }
+
+    # -- rendering --------------------------------------------------------------------------------
+    def render(self):
+        if self.render_mode is None:
+            gym.logger.warn("render() called without a render_mode; use gym.make(..., render_mode='rgb_array')")
+            return None
+        frame = self._frame()
+        if self.render_mode == "rgb_array":
+            return frame
+        from envs.rendering import show_frame  # pygame is imported lazily there
+
+        self._window, self._clock = show_frame(
+            frame, self._window, self._clock, fps=self.metadata["render_fps"], caption="WM-GridWorld"
+        )
+        return None
+
+    def close(self):
+        if self._window is not None:
+            import pygame
+
+            pygame.display.quit()
+            self._window = None

@@ -1,0 +1,83 @@
+"""Bring any image (or ``rgb_array``-rendering) Gymnasium env down to the world model's 64x64x3 uint8."""
+
+from __future__ import annotations
+
+import gymnasium as gym
+import numpy as np
+from gymnasium import spaces
+from PIL import Image
+
+Crop = tuple[int, int] | tuple[int, int, int, int]
+
+
+def _is_image_space(space: gym.Space) -> bool:
+    return (
+        isinstance(space, spaces.Box)
+        and (len(space.shape) == 2 or (len(space.shape) == 3 and space.shape[-1] in (1, 3, 4)))
+        and min(space.shape[:2]) >= 8
+    )
+
+
+class ImageObservation(gym.ObservationWrapper):
+    """Observations become ``size x size x 3`` uint8 frames, optionally cropped first.
+
+    Works on envs whose observation space is an image ``Box`` of shape ``(H, W)``, ``(H, W, 1|3|4)``
+    (uint8 in [0, 255] or float in [0, 1]); for any other env created with ``render_mode="rgb_array"``
+    the rendered frame becomes the observation (e.g. ``CartPole-v1``). Resizing uses Pillow's
+    area filter (Pillow arrives with imageio), so no OpenCV is needed.
+
+    Args:
+        env: the env to wrap.
+        size: output side length in pixels.
+        crop: rows ``(top, bottom)`` or ``(top, bottom, left, right)`` kept before resizing, e.g.
+            ``(0, 84)`` drops CarRacing's dashboard as the paper did.
+    """
+
+    def __init__(self, env: gym.Env, size: int = 64, crop: Crop | None = None):
+        super().__init__(env)
+        if not isinstance(size, int) or size < 8:
+            raise ValueError(f"size must be an int >= 8, got {size!r}")
+        space = env.observation_space
+        self._from_render = not _is_image_space(space)
+        if self._from_render and env.render_mode != "rgb_array":
+            raise ValueError(
+                f"ImageObservation needs image observations of shape (H, W[, 1|3|4]) or an env made with "
+                f"render_mode='rgb_array'; got observation_space={space} and render_mode={env.render_mode!r}"
+            )
+        if crop is not None and len(crop) not in (2, 4):
+            raise ValueError(f"crop must be (top, bottom) or (top, bottom, left, right), got {crop!r}")
+        if not self._from_render:
+            self._float_input = np.issubdtype(space.dtype, np.floating)
+        self.size = size
+        self.crop = tuple(crop) if crop is not None else None
+        self.observation_space = spaces.Box(0, 255, (size, size, 3), np.uint8)
+
+    def observation(self, observation):
+        frame = self.env.render() if self._from_render else observation
+        return self.to_image(frame)
+
+    def to_image(self, frame) -> np.ndarray:
+        frame = np.asarray(frame)
+        if frame.ndim == 2:
+            frame = frame[..., None]
+        if frame.ndim != 3 or frame.shape[-1] not in (1, 3, 4):
+            raise ValueError(f"expected an image of shape (H, W, 1|3|4), got shape {frame.shape}")
+        if frame.dtype != np.uint8:
+            if np.issubdtype(frame.dtype, np.floating) and (self._from_render or self._float_input):
+                frame = (np.clip(frame, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+            else:
+                raise ValueError(f"expected uint8 (or float in [0, 1]) pixels, got dtype {frame.dtype}")
+        if self.crop is not None:
+            top, bottom, *cols = self.crop
+            left, right = cols if cols else (0, frame.shape[1])
+            frame = frame[top:bottom, left:right]
+            if frame.shape[0] == 0 or frame.shape[1] == 0:
+                raise ValueError(f"crop {self.crop} leaves an empty image")
+        if frame.shape[-1] == 1:
+            frame = np.repeat(frame, 3, axis=-1)
+        elif frame.shape[-1] == 4:
+            frame = frame[..., :3]
+        if frame.shape[:2] != (self.size, self.size):
+            image = Image.fromarray(np.ascontiguousarray(frame))
+            frame = np.asarray(image.resize((self.size, self.size), Image.Resampling.BOX))
+        return np.ascontiguousarray(frame, dtype=np.uint8)
