@@ -11,6 +11,7 @@ from gymnasium import spaces
 
 # (row, col) offsets for actions 0..3: up, right, down, left
 MOVES = np.array([[-1, 0], [0, 1], [1, 0], [0, -1]], dtype=np.int64)
+MOVES_PY = [tuple(int(v) for v in m) for m in MOVES]  # plain ints: the step loop is the hot path
 
 BACKGROUND = np.array([16, 16, 16], dtype=np.uint8)
 OBSTACLE = np.array([128, 128, 128], dtype=np.uint8)
@@ -141,11 +142,11 @@ class GridWorldEnv(gym.Env):
     def step(self, action):
         if not self.action_space.contains(action):
             raise ValueError(f"action must be an int in [0, 4) for {self.action_space}, got {action!r}")
-        target = self._agent + MOVES[int(action)]
-        r, c = int(target[0]), int(target[1])
+        dr, dc = MOVES_PY[int(action)]
+        r, c = int(self._agent[0]) + dr, int(self._agent[1]) + dc
         if 0 <= r < self.size and 0 <= c < self.size and not self._obstacles[r, c]:
-            self._agent = target
-        success = bool((self._agent == self._goal).all())
+            self._agent = np.array((r, c), dtype=np.int64)
+        success = bool(r == self._goal[0] and c == self._goal[1])  # the goal cell is never blocked
         reward = -STEP_COST + (GOAL_REWARD if success else 0.0)
         if self.render_mode == "human":
             self.render()
@@ -160,8 +161,8 @@ class GridWorldEnv(gym.Env):
         return {
             "oracle_steps": self.oracle_steps,
             "oracle_return": self._oracle_return,
-            "agent": tuple(int(v) for v in self._agent),
-            "goal": tuple(int(v) for v in self._goal),
+            "agent": (int(self._agent[0]), int(self._agent[1])),
+            "goal": (int(self._goal[0]), int(self._goal[1])),
             "success": success,
         }
 
