@@ -18,7 +18,7 @@ def _is_image_space(space: gym.Space) -> bool:
     )
 
 
-class ImageObservation(gym.ObservationWrapper):
+class ImageObservation(gym.ObservationWrapper, gym.utils.RecordConstructorArgs):
     """Observations become ``size x size x 3`` uint8 frames, optionally cropped first.
 
     Works on envs whose observation space is an image ``Box`` of shape ``(H, W)``, ``(H, W, 1|3|4)``
@@ -34,7 +34,8 @@ class ImageObservation(gym.ObservationWrapper):
     """
 
     def __init__(self, env: gym.Env, size: int = 64, crop: Crop | None = None):
-        super().__init__(env)
+        gym.utils.RecordConstructorArgs.__init__(self, size=size, crop=crop)
+        gym.ObservationWrapper.__init__(self, env)
         if not isinstance(size, int) or size < 8:
             raise ValueError(f"size must be an int >= 8, got {size!r}")
         space = env.observation_space

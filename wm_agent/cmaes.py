@@ -1,0 +1,227 @@
+"""Training the controller C with CMA-ES (pycma), in the dream or in the real env, one interface.
+
+A generation: ask CMA-ES for ``popsize`` parameter vectors, score each by its mean return over
+``rollouts`` episodes, tell CMA-ES the scores. In the dream all popsize x rollouts episodes run as ONE
+batch of dreams (one MDN-RNN forward per step for the whole generation). In the real env they run in
+worker processes, each with a deadline, so a crashed or hung worker ends the run with a clear error
+instead of hanging it. Every generation the CMA-ES state and the best controller so far are saved
+into the world-model checkpoint, so ``--resume`` continues an interrupted run.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import multiprocessing as mp
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import cma
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from wm_agent.config import doc
+from wm_agent.controller import Controller, choose_actions
+from wm_agent.dream_env import DEFAULT_MAX_STEPS, DreamBatch
+from wm_agent.world_model import WorldModel
+
+
+@dataclass
+class ControllerTrainConfig:
+    """wm-agent train-controller: search the controller's parameters with CMA-ES."""
+
+    world_model: str = doc("world-model checkpoint (trained V and M); the best controller is saved into it")
+    env: str = doc("real env id, used by --in real and for the episode limit", "WM-GridWorld-v0")
+    where: str = doc("where candidates are scored: dream (batched, cheap) or real (worker processes)", "dream")
+    popsize: int = doc("CMA-ES population size", 64)
+    rollouts: int = doc("episodes per candidate (their mean return is its fitness)", 16)
+    generations: int = doc("CMA-ES generations to run (in total, counting resumed ones)", 100)
+    temperature: float = doc("dream temperature tau (pi ~ softmax(log pi / tau), sigma * sqrt(tau))", 1.0)
+    sigma0: float = doc("initial CMA-ES step size", 0.5)
+    greedy: bool = doc("take the argmax action instead of sampling from the controller's softmax", False)
+    seed: int = doc("seed of CMA-ES, start frames and action sampling", 0)
+    workers: int = doc("worker processes for --in real", 2)
+    timeout: float = doc("seconds a real-env worker may take for its episodes before the run stops", 300.0)
+    max_steps: int = doc("episode step limit (0 = the env's own limit)", 0)
+    resume: bool = doc("continue the CMA-ES run saved in the checkpoint", False)
+    device: str = doc("torch device for the dream: auto, cpu or cuda", "auto")
+    progress: bool = doc("show a progress bar and per-generation log", True)
+
+
+# -- scoring in the dream ----------------------------------------------------------------------------
+@torch.no_grad()
+def dream_fitness(wm: WorldModel, params: np.ndarray, rollouts: int, temperature: float, max_steps: int,
+                  greedy: bool, rng: np.random.Generator) -> np.ndarray:
+    """Mean dream return of each row of ``params`` (P, n) over ``rollouts`` episodes, all batched.
+
+    Every candidate meets the same ``rollouts`` start frames (common random numbers), so differences in
+    fitness come from the controllers, not from luckier starts.
+    """
+    p = len(params)
+    n = p * rollouts
+    batch = DreamBatch(wm, n, temperature)
+    starts = rng.integers(len(wm.start_codes), size=rollouts)
+    codes = wm.start_codes[np.tile(starts, p)]
+    batch.z[:] = wm.vae.indices_to_latent(codes.to(wm.device))
+    gen = torch.Generator().manual_seed(int(rng.integers(2**62)))
+    theta = torch.as_tensor(params, dtype=torch.float32, device=wm.device).repeat_interleave(rollouts, 0)
+    controller = wm.controller
+    returns = torch.zeros(n, device=wm.device)
+    alive = torch.ones(n, dtype=torch.bool, device=wm.device)
+    for _ in range(max_steps):
+        out = controller.batched(theta, controller.normalize(batch.observation()))
+        actions = choose_actions(out, wm.config.discrete_actions, greedy, gen)
+        reward, done_p = batch.step(actions, gen)
+        returns += reward * alive
+        alive &= done_p <= 0.5
+        if not alive.any():
+            break
+    return returns.view(p, rollouts).mean(1).cpu().numpy()
+
+
+# -- scoring in the real env (worker processes) --------------------------------------------------------
+_worker_env = None
+
+
+def _real_rollouts(checkpoint: str, env_id: str, params: np.ndarray, seeds: list[int], greedy: bool,
+                   max_steps: int) -> float:
+    """Runs in a worker: mean return of one controller over episodes with the given reset seeds."""
+    global _worker_env
+    torch.set_num_threads(1)
+    from wm_agent.evaluate import run_episode, make_latent_env
+
+    if _worker_env is None or _worker_env[0] != (checkpoint, env_id):
+        wm = WorldModel.load(checkpoint)
+        _worker_env = ((checkpoint, env_id), wm, make_latent_env(env_id, wm))
+    _, wm, env = _worker_env
+    wm.controller.set_flat(params)
+    gen = torch.Generator().manual_seed(seeds[0])
+    return float(np.mean([run_episode(env, wm, s, greedy, gen, max_steps)["return"] for s in seeds]))
+
+
+class RealEvaluator:
+    """Scores candidates in worker processes; a worker that raises, dies or overruns stops the run clearly."""
+
+    def __init__(self, checkpoint: str, env_id: str, workers: int, timeout: float):
+        self.checkpoint, self.env_id, self.timeout = checkpoint, env_id, timeout
+        self.pool = cf.ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"))
+
+    def __call__(self, params: np.ndarray, rollouts: int, greedy: bool, max_steps: int,
+                 rng: np.random.Generator) -> np.ndarray:
+        seeds = [int(s) for s in rng.integers(2**31, size=rollouts)]
+        futures = [self.pool.submit(_real_rollouts, self.checkpoint, self.env_id, x, seeds, greedy, max_steps)
+                   for x in params]
+        try:
+            return np.array([f.result(timeout=self.timeout) for f in futures])
+        except cf.TimeoutError:
+            self.close(kill=True)
+            raise RuntimeError(f"a real-env rollout worker did not finish within {self.timeout:.0f} s; stopped "
+                               f"the run (the CMA-ES state of the last finished generation is saved)") from None
+        except cf.process.BrokenProcessPool:
+            self.close(kill=True)
+            raise RuntimeError("a real-env rollout worker died (killed or crashed); stopped the run "
+                               "(the CMA-ES state of the last finished generation is saved)") from None
+        except Exception as exc:
+            self.close(kill=True)
+            raise RuntimeError(f"a real-env rollout worker failed: {type(exc).__name__}: {exc}") from exc
+
+    def close(self, kill: bool = False) -> None:
+        if kill:
+            for proc in list(getattr(self.pool, "_processes", {}).values()):
+                proc.kill()
+        self.pool.shutdown(wait=not kill, cancel_futures=True)
+
+
+# -- the search ----------------------------------------------------------------------------------------
+def _new_es(x0: np.ndarray, sigma: float, cfg: ControllerTrainConfig, stds: np.ndarray | None, seed: int):
+    opts = {"popsize": cfg.popsize, "seed": seed + 1, "verbose": -9, "maxiter": 10**9,
+            # Separable CMA-ES for large controllers: full covariance is O(n^2) memory, O(n^3) updates.
+            "CMA_diagonal": len(x0) > 200}
+    if stds is not None:
+        opts["CMA_stds"] = stds
+    return cma.CMAEvolutionStrategy(x0, sigma, opts)
+
+
+def train_controller(cfg: ControllerTrainConfig, wm: WorldModel | None = None) -> dict:
+    """Run (or resume) the CMA-ES search; returns the per-generation log."""
+    from wm_agent.train import resolve_device
+
+    path = Path(cfg.world_model)
+    if cfg.where not in ("dream", "real"):
+        raise ValueError(f"--in must be 'dream' or 'real', got {cfg.where!r}")
+    if cfg.popsize < 2 or cfg.rollouts < 1 or cfg.generations < 0:
+        raise ValueError("need popsize >= 2, rollouts >= 1 and generations >= 0")
+    wm = wm or WorldModel.load(path, resolve_device(cfg.device))
+    if "rnn" not in wm.train_state:
+        raise ValueError(f"{path} has no trained MDN-RNN: run `wm-agent train-rnn` first")
+    max_steps = cfg.max_steps or DEFAULT_MAX_STEPS.get(cfg.env, 1000)
+    state = wm.train_state.get("cmaes") if cfg.resume else None
+    if state:
+        es = _new_es(state["mean"].double().numpy(), float(state["sigma"]), cfg, state["stds"].double().numpy(),
+                     cfg.seed + int(state["generation"]))
+        generation, log = int(state["generation"]), list(state["log"])
+        best_x, best_f = state["best_params"].double().numpy(), float(state["best_fitness"])
+    else:
+        wm.controller.fit_normalizer(_sample_observations(wm, cfg, max_steps))
+        es = _new_es(np.zeros(wm.controller.num_params), cfg.sigma0, cfg, None, cfg.seed)
+        generation, log, best_x, best_f = 0, [], np.zeros(wm.controller.num_params), -np.inf
+
+    evaluator = RealEvaluator(str(path), cfg.env, cfg.workers, cfg.timeout) if cfg.where == "real" else None
+    if evaluator:
+        wm.save(path)  # workers load the controller's normaliser from the file
+    bar = tqdm(total=cfg.generations, initial=generation, desc=f"CMA-ES in the {cfg.where}", unit="gen",
+               disable=not cfg.progress)
+    try:
+        while generation < cfg.generations:
+            t0 = time.perf_counter()
+            rng = np.random.default_rng([cfg.seed, generation])
+            xs = np.asarray(es.ask())
+            if evaluator:
+                fit = evaluator(xs, cfg.rollouts, cfg.greedy, max_steps, rng)
+            else:
+                fit = dream_fitness(wm, xs, cfg.rollouts, cfg.temperature, max_steps, cfg.greedy, rng)
+            es.tell(list(xs), list(-fit))  # pycma minimises
+            generation += 1
+            if fit.max() > best_f:
+                best_f, best_x = float(fit.max()), xs[fit.argmax()].copy()
+            log.append({"generation": generation, "best": float(fit.max()), "mean": float(fit.mean()),
+                        "worst": float(fit.min()), "sigma": float(es.sigma), "seconds": time.perf_counter() - t0})
+            # Save every generation: mean/sigma/scales restore the search, the best so far is the controller.
+            wm.controller.set_flat(es.mean)
+            wm.train_state["cmaes"] = {
+                "generation": generation, "mean": torch.as_tensor(es.mean), "sigma": float(es.sigma),
+                "stds": torch.as_tensor(np.sqrt(np.maximum(es.sm.variances, 1e-20))),
+                "best_params": torch.as_tensor(best_x), "best_fitness": best_f, "log": log,
+                "where": cfg.where, "temperature": cfg.temperature, "greedy": cfg.greedy,
+            }
+            wm.metrics["controller"] = {"generations": generation, "where": cfg.where, "best_fitness": best_f,
+                                        "greedy": cfg.greedy, "rollouts": cfg.rollouts, "popsize": cfg.popsize}
+            wm.save(path)
+            bar.update(1)
+            bar.set_postfix(best=f"{log[-1]['best']:.3f}", mean=f"{log[-1]['mean']:.3f}", sigma=f"{es.sigma:.3f}")
+    finally:
+        bar.close()
+        if evaluator:
+            evaluator.close()
+    return {"checkpoint": str(path), "generations": generation, "log": log}
+
+
+@torch.no_grad()
+def _sample_observations(wm: WorldModel, cfg: ControllerTrainConfig, max_steps: int, n: int = 256) -> torch.Tensor:
+    """Observations from random-action dreams, to normalise the controller's inputs."""
+    batch = DreamBatch(wm, n, cfg.temperature)
+    rng = np.random.default_rng(cfg.seed)
+    batch.reset(np.arange(n), rng)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    seen = [batch.observation()]
+    space_dim = wm.config.action_dim
+    for _ in range(min(max_steps, 20)):
+        if wm.config.discrete_actions:
+            a = torch.randint(0, space_dim, (n,), generator=gen)
+        else:
+            lo, hi = wm.controller.low, wm.controller.high
+            a = lo + (hi - lo) * torch.rand(n, space_dim, generator=gen)
+        batch.step(a.to(wm.device), gen)
+        seen.append(batch.observation())
+    return torch.cat(seen)

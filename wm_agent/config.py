@@ -1,0 +1,120 @@
+"""Typed configs: one line of doc per field, which also feeds the CLI's --help."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+
+def doc(text: str, default: Any = dataclasses.MISSING, **kw) -> Any:
+    """A dataclass field carrying its one-line help text."""
+    return field(default=default, metadata={"help": text}, **kw)
+
+
+@dataclass
+class WorldModelConfig:
+    """Sizes of V (VQ-VAE), M (MDN-RNN) and C (controller); stored inside every checkpoint."""
+
+    image_size: int = doc("side of the square RGB frames the VQ-VAE sees", 64)
+    latent_dim: int = doc("dimension of one codebook vector", 4)
+    latent_grid: int = doc("side of the quantised latent grid (image_size / latent_grid must be a power of 2)", 8)
+    num_embeddings: int = doc("codebook size", 8)
+    hidden_size: int = doc("LSTM hidden units of the MDN-RNN", 256)
+    head_hidden: int = doc("channels of the MDN-RNN's conv head over the latent grid", 32)
+    context_channels: int = doc("channels through which the LSTM state enters the conv head", 16)
+    num_mixtures: int = doc("Gaussian components of the MDN head", 5)
+    learning_rate: float = doc("Adam learning rate for V and M", 1e-3)
+    channels: tuple[int, ...] = doc("conv channels of the VQ-VAE encoder, one per stride-2 stage", (16, 32, 32))
+    kernel_size: int = doc("VQ-VAE conv kernel: 2 gives non-overlapping patches (one code per patch), 4 overlaps", 2)
+    beta: float = doc("commitment loss weight of the vector quantiser", 0.25)
+    ema: bool = doc("update the codebook by exponential moving averages instead of its loss", True)
+    ema_decay: float = doc("decay of the EMA codebook updates", 0.99)
+    dead_code_restart: bool = doc("move unused codes onto random encoder outputs during training", True)
+    action_dim: int = doc("number of discrete actions, or the size of a continuous action vector", 4)
+    discrete_actions: bool = doc("actions are integers in [0, action_dim) rather than vectors", True)
+    action_low: tuple[float, ...] = doc("lower bounds of continuous actions (empty: -1)", ())
+    action_high: tuple[float, ...] = doc("upper bounds of continuous actions (empty: +1)", ())
+    min_log_sigma: float = doc("lower bound of the MDN's log std (keeps the NLL bounded on deterministic data)", -4.0)
+    max_log_sigma: float = doc("upper bound of the MDN's log std", 1.0)
+    nll_beta: float = doc("beta-NLL weight sg[sigma^(2 beta)] on the mixture NLL while training (0 = plain NLL)", 1.0)
+    reward_weight: float = doc("weight of the reward MSE in the MDN-RNN loss", 0.1)
+    done_weight: float = doc("weight of the done BCE in the MDN-RNN loss", 0.1)
+    controller_hidden: int = doc("hidden units of the controller (0 = linear, as in the paper)", 0)
+    max_controller_params: int = doc("refuse configs whose controller would be too large for CMA-ES", 20000)
+
+    def __post_init__(self):
+        self.channels = tuple(int(c) for c in self.channels)
+        self.action_low = tuple(float(v) for v in self.action_low)
+        self.action_high = tuple(float(v) for v in self.action_high)
+        problems = []
+        if self.image_size <= 0 or self.latent_grid <= 0 or self.image_size % self.latent_grid:
+            problems.append(f"image_size ({self.image_size}) must be a positive multiple of latent_grid ({self.latent_grid})")
+        else:
+            factor = self.image_size // self.latent_grid
+            if factor & (factor - 1) or 2 ** len(self.channels) != factor:
+                problems.append(
+                    f"image_size/latent_grid = {factor} must equal 2**len(channels) = {2 ** len(self.channels)}"
+                )
+        for name in ("latent_dim", "num_embeddings", "hidden_size", "num_mixtures", "action_dim"):
+            if getattr(self, name) <= 0:
+                problems.append(f"{name} must be positive, got {getattr(self, name)}")
+        if self.action_low and len(self.action_low) != self.action_dim or len(self.action_low) != len(self.action_high):
+            problems.append("action_low/action_high must both be empty or both have action_dim entries")
+        if self.kernel_size not in (2, 4):
+            problems.append(f"kernel_size must be 2 or 4, got {self.kernel_size}")
+        if not self.min_log_sigma < self.max_log_sigma:
+            problems.append("min_log_sigma must be below max_log_sigma")
+        if not problems and self.controller_params > self.max_controller_params:
+            problems.append(
+                f"the controller would have {self.controller_params} parameters (z={self.z_size}, h={self.hidden_size}, "
+                f"actions={self.action_dim}), over max_controller_params={self.max_controller_params}: "
+                f"CMA-ES cannot search that many; shrink latent_grid/latent_dim/hidden_size"
+            )
+        if problems:
+            raise ValueError("invalid WorldModelConfig: " + "; ".join(problems))
+
+    @property
+    def z_size(self) -> int:
+        """Length of the flattened quantised latent the MDN-RNN models."""
+        return self.latent_grid * self.latent_grid * self.latent_dim
+
+    @property
+    def controller_params(self) -> int:
+        inputs = self.z_size + self.hidden_size
+        if self.controller_hidden:
+            return inputs * self.controller_hidden + self.controller_hidden + self.controller_hidden * self.action_dim + self.action_dim
+        return inputs * self.action_dim + self.action_dim
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        for name in ("channels", "action_low", "action_high"):
+            d[name] = list(d[name])
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "WorldModelConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown WorldModelConfig fields {sorted(unknown)} (checkpoint from another version?)")
+        return cls(**d)
+
+    @classmethod
+    def gridworld(cls, **overrides) -> "WorldModelConfig":
+        """Preset for WM-GridWorld-v0: one code per 8x8-pixel cell, 4 actions."""
+        return cls(**overrides)
+
+    @classmethod
+    def car_racing(cls, **overrides) -> "WorldModelConfig":
+        """Preset for WM-CarRacing-v0: overlapping convs, a larger codebook, 3 continuous actions."""
+        base = dict(
+            latent_dim=4, latent_grid=8, num_embeddings=64, hidden_size=256, channels=(32, 64, 128),
+            kernel_size=4, action_dim=3, discrete_actions=False, learning_rate=3e-4,
+            action_low=(-1.0, 0.0, 0.0), action_high=(1.0, 1.0, 1.0),
+        )
+        base.update(overrides)
+        return cls(**base)
+
+
+PRESETS = {"WM-GridWorld-v0": WorldModelConfig.gridworld, "WM-CarRacing-v0": WorldModelConfig.car_racing}

@@ -1,0 +1,248 @@
+"""The dream: V + M as a Gymnasium env (and a vector env that steps N dreams in one forward pass).
+
+Both share ``DreamBatch``, which holds N dream states; ``DreamEnv`` is a batch of one. Observations
+match ``LatentObservation`` on the real env exactly (concat(z_t, h_t)), so a controller never knows
+whether it is dreaming.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+from gymnasium import spaces
+from gymnasium.vector import AutoresetMode, VectorEnv
+
+from wm_agent.mdnrnn import MDNRNN
+from wm_agent.world_model import WorldModel
+
+# Episode limits of the real envs, so a dream of them ends when the real episode would.
+DEFAULT_MAX_STEPS = {"WM-GridWorld-v0": 50, "WM-CarRacing-v0": 1000}
+
+
+def as_world_model(world_model: WorldModel | str | os.PathLike, device=None) -> WorldModel:
+    if isinstance(world_model, WorldModel):
+        return world_model
+    if isinstance(world_model, (str, os.PathLike)):
+        return WorldModel.load(world_model, device or "cpu")
+    raise TypeError(f"world_model must be a WorldModel or a checkpoint path, got {type(world_model).__name__}")
+
+
+def action_space_of(wm: WorldModel) -> spaces.Space:
+    cfg = wm.config
+    if cfg.discrete_actions:
+        return spaces.Discrete(cfg.action_dim)
+    low = np.array(cfg.action_low or [-1.0] * cfg.action_dim, np.float32)
+    high = np.array(cfg.action_high or [1.0] * cfg.action_dim, np.float32)
+    return spaces.Box(low, high, dtype=np.float32)
+
+
+def latent_space_of(wm: WorldModel) -> spaces.Box:
+    """concat(z, h): codebook values in z, LSTM outputs in (-1, 1) in h."""
+    return spaces.Box(-np.inf, np.inf, (wm.config.z_size + wm.config.hidden_size,), np.float32)
+
+
+class DreamBatch:
+    """N dream states stepped together: z (N, Z), LSTM state, step counters."""
+
+    def __init__(self, wm: WorldModel, n: int, temperature: float):
+        if temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {temperature}")
+        if len(wm.start_codes) == 0:
+            raise ValueError("the world model has no start frames: train its VQ-VAE with `wm-agent train-vae`, "
+                             "or pass a start frame in reset(options={'frame': ...})")
+        self.wm, self.n, self.temperature = wm, n, temperature
+        self.rnn = wm.rnn.eval()
+        self.z = torch.zeros(n, wm.config.z_size, device=wm.device)
+        self.hidden = wm.rnn.initial_state(n, wm.device)
+        self.steps = np.zeros(n, dtype=np.int64)
+
+    @torch.no_grad()
+    def reset(self, index: np.ndarray, rng: np.random.Generator, frames: np.ndarray | None = None) -> None:
+        """Start the dreams at ``index`` from random banked start frames (or the given frames)."""
+        if frames is not None:
+            codes = self.wm.encode_indices(np.asarray(frames))
+        else:
+            codes = self.wm.start_codes[rng.integers(len(self.wm.start_codes), size=len(index))]
+        idx = torch.as_tensor(index, device=self.wm.device)
+        self.z[idx] = self.wm.vae.indices_to_latent(codes.to(self.wm.device))
+        self.hidden[0][:, idx] = 0
+        self.hidden[1][:, idx] = 0
+        self.steps[index] = 0
+
+    def observation(self) -> torch.Tensor:
+        return torch.cat([self.z, self.hidden[0][0]], -1)
+
+    @torch.no_grad()
+    def step(self, actions: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """Advance every dream one step; returns (reward (N,), done probability (N,))."""
+        params, self.hidden = self.rnn(self.z[:, None], actions[:, None], self.hidden)
+        pi, mu, sigma = params["pi"][:, 0], params["mu"][:, 0], params["sigma"][:, 0]
+        z_next = MDNRNN.sample(pi, mu, sigma, self.temperature, generator)
+        # Snap back onto the codebook: the dream never drifts into latents V cannot decode.
+        self.z = self.wm.vae.indices_to_latent(self.wm.vae.latent_to_indices(z_next))
+        self.steps += 1
+        return params["reward"][:, 0], torch.sigmoid(params["done_logit"][:, 0])
+
+    @torch.no_grad()
+    def frames(self) -> np.ndarray:
+        return self.wm.decode(self.z)
+
+
+class DreamEnv(gym.Env):
+    """
+    ## Description
+    A world model's dream as an environment: ``reset`` starts from a real first frame (a banked one, or
+    ``options={"frame": uint8 (64, 64, 3)}``); ``step`` feeds (z_t, a_t) to the MDN-RNN, samples z_{t+1}
+    from its mixture at ``temperature`` (0 = most likely component's mean), snaps it to the codebook,
+    and takes reward and termination from the model's heads. The real env is never touched.
+
+    ## Action Space
+    The real env's: ``Discrete(n)`` or a ``Box`` (from the world model's config).
+
+    ## Observation Space
+    ``observation="latent"`` (default): ``Box(-inf, inf, (Z + H,), float32)`` = concat(z_t, h_t), the
+    same as ``LatentObservation`` on the real env. ``observation="pixels"``: the decoded 64x64x3 frame.
+
+    ## Rewards
+    The model's reward head for the transition.
+
+    ## Episode End
+    Terminated when the done head's probability exceeds ``done_threshold``; truncated after
+    ``max_episode_steps`` (default: the real env's limit).
+    """
+
+    metadata = {"render_modes": ["human", "rgb_array"], "render_fps": 8}
+
+    def __init__(self, world_model: WorldModel | str, temperature: float = 1.0, observation: str = "latent",
+                 max_episode_steps: int | None = None, done_threshold: float = 0.5, render_mode: str | None = None,
+                 device: str | None = None):
+        wm = as_world_model(world_model, device)
+        if observation not in ("latent", "pixels"):
+            raise ValueError(f"observation must be 'latent' or 'pixels', got {observation!r}")
+        if render_mode is not None and render_mode not in self.metadata["render_modes"]:
+            raise ValueError(f"render_mode must be one of {self.metadata['render_modes']}, got {render_mode!r}")
+        self.world_model, self.render_mode, self.obs_mode = wm, render_mode, observation
+        self.max_episode_steps = max_episode_steps or DEFAULT_MAX_STEPS.get(wm.env_id, 1000)
+        self.done_threshold = done_threshold
+        self.action_space = action_space_of(wm)
+        s = wm.config.image_size
+        self.observation_space = latent_space_of(wm) if observation == "latent" else spaces.Box(0, 255, (s, s, 3), np.uint8)
+        self._batch = DreamBatch(wm, 1, temperature)
+        self._gen = torch.Generator()
+        self._window = self._clock = None
+
+    @property
+    def temperature(self) -> float:
+        return self._batch.temperature
+
+    def _obs(self):
+        if self.obs_mode == "pixels":
+            return self._batch.frames()[0]
+        return self._batch.observation()[0].cpu().numpy().astype(np.float32)
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+        super().reset(seed=seed)
+        # Torch sampling draws from a generator seeded by the env's own np_random: seeded and reproducible.
+        self._gen.manual_seed(int(self.np_random.integers(2**62)))
+        frame = (options or {}).get("frame")
+        if frame is not None:
+            frame = np.asarray(frame)
+            s = self.world_model.config.image_size
+            if frame.shape != (s, s, 3) or frame.dtype != np.uint8:
+                raise ValueError(f"options['frame'] must be uint8 of shape ({s}, {s}, 3), got {frame.dtype} {frame.shape}")
+            frame = frame[None]
+        self._batch.reset(np.array([0]), self.np_random, frame)
+        if self.render_mode == "human":
+            self.render()
+        return self._obs(), {}
+
+    def step(self, action):
+        if not self.action_space.contains(action):
+            raise ValueError(f"action {action!r} is not in the action space {self.action_space}")
+        a = torch.as_tensor(np.asarray(action)[None], device=self.world_model.device)
+        reward, done_p = self._batch.step(a, self._gen)
+        terminated = bool(done_p[0] > self.done_threshold)
+        truncated = bool(self._batch.steps[0] >= self.max_episode_steps)
+        if self.render_mode == "human":
+            self.render()
+        return self._obs(), float(reward[0]), terminated, truncated, {"done_probability": float(done_p[0])}
+
+    def render(self):
+        if self.render_mode is None:
+            gym.logger.warn("render() called without a render_mode")
+            return None
+        frame = self._batch.frames()[0]
+        if self.render_mode == "rgb_array":
+            return frame
+        from envs.rendering import show_frame
+
+        self._window, self._clock = show_frame(frame, self._window, self._clock, self.metadata["render_fps"],
+                                               caption="WM dream")
+        return None
+
+    def close(self):
+        if self._window is not None:
+            import pygame
+
+            pygame.display.quit()
+            self._window = None
+
+
+class DreamVectorEnv(VectorEnv):
+    """``num_envs`` dreams stepped as ONE batched forward pass of the MDN-RNN (CPU or GPU).
+
+    Autoreset follows Gymnasium's default NEXT_STEP mode: the step after an episode ends returns the
+    first observation of a new one (reward 0, not done).
+    """
+
+    metadata = {"render_modes": ["rgb_array"], "render_fps": 8, "autoreset_mode": AutoresetMode.NEXT_STEP}
+
+    def __init__(self, num_envs: int, world_model: WorldModel | str, temperature: float = 1.0,
+                 max_episode_steps: int | None = None, done_threshold: float = 0.5, render_mode: str | None = None,
+                 device: str | None = None, observation: str = "latent"):
+        if observation != "latent":
+            raise ValueError("DreamVectorEnv serves latent observations only; use DreamEnv for pixels")
+        if num_envs < 1:
+            raise ValueError(f"num_envs must be >= 1, got {num_envs}")
+        wm = as_world_model(world_model, device)
+        self.world_model, self.num_envs, self.render_mode = wm, num_envs, render_mode
+        self.max_episode_steps = max_episode_steps or DEFAULT_MAX_STEPS.get(wm.env_id, 1000)
+        self.done_threshold = done_threshold
+        self.single_action_space = action_space_of(wm)
+        self.single_observation_space = latent_space_of(wm)
+        self.action_space = gym.vector.utils.batch_space(self.single_action_space, num_envs)
+        self.observation_space = gym.vector.utils.batch_space(self.single_observation_space, num_envs)
+        self._batch = DreamBatch(wm, num_envs, temperature)
+        self._gen = torch.Generator()
+        self._needs_reset = np.zeros(num_envs, dtype=bool)
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+        super().reset(seed=seed)
+        self._gen.manual_seed(int(self.np_random.integers(2**62)))
+        self._batch.reset(np.arange(self.num_envs), self.np_random)
+        self._needs_reset[:] = False
+        return self._batch.observation().cpu().numpy(), {}
+
+    def step(self, actions):
+        actions = np.asarray(actions)
+        if not self.action_space.contains(actions.astype(self.action_space.dtype)):
+            raise ValueError(f"actions must lie in {self.action_space}, got shape {actions.shape}")
+        a = torch.as_tensor(actions, device=self.world_model.device)
+        reward, done_p = self._batch.step(a, self._gen)
+        rewards = reward.cpu().numpy().astype(np.float64)
+        terminated = (done_p > self.done_threshold).cpu().numpy()
+        truncated = self._batch.steps >= self.max_episode_steps
+        restarted = np.nonzero(self._needs_reset)[0]
+        if len(restarted):
+            self._batch.reset(restarted, self.np_random)
+            rewards[restarted] = 0.0
+            terminated[restarted] = truncated[restarted] = False
+        self._needs_reset = terminated | truncated
+        return self._batch.observation().cpu().numpy(), rewards, terminated, truncated, {}
+
+    def render(self):
+        return self._batch.frames() if self.render_mode == "rgb_array" else None

@@ -1,0 +1,54 @@
+"""The controller's view of a REAL env: observation = concat(z_t, h_t), exactly as in the dream."""
+
+from __future__ import annotations
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+from wm_agent.dream_env import action_space_of, as_world_model, latent_space_of
+from wm_agent.world_model import WorldModel
+
+
+class LatentObservation(gym.Wrapper, gym.utils.RecordConstructorArgs):
+    """Encode each real frame with V and step M's hidden state with each action.
+
+    The wrapped env must give ``image_size x image_size x 3`` uint8 frames (wrap others in
+    ``envs.ImageObservation`` first) and have the action space the world model was trained on.
+    """
+
+    def __init__(self, env: gym.Env, world_model: WorldModel | str):
+        gym.utils.RecordConstructorArgs.__init__(self, world_model=world_model)
+        gym.Wrapper.__init__(self, env)
+        wm = as_world_model(world_model)
+        s = wm.config.image_size
+        space = env.observation_space
+        if not (isinstance(space, gym.spaces.Box) and space.shape == (s, s, 3) and space.dtype == np.uint8):
+            raise ValueError(f"LatentObservation needs {s}x{s}x3 uint8 observations, got {space}; "
+                             f"wrap the env in envs.ImageObservation(env, size={s}) first")
+        expected = action_space_of(wm)
+        if type(env.action_space) is not type(expected) or env.action_space.shape != expected.shape or (
+                isinstance(expected, gym.spaces.Discrete) and env.action_space.n != expected.n):
+            raise ValueError(f"the env's action space {env.action_space} differs from the world model's {expected}")
+        self.world_model = wm
+        self.observation_space = latent_space_of(wm)
+        self._z = self._hidden = None
+
+    def _obs(self) -> np.ndarray:
+        return torch.cat([self._z, self._hidden[0][0]], -1)[0].cpu().numpy().astype(np.float32)
+
+    def reset(self, *, seed=None, options=None):
+        frame, info = self.env.reset(seed=seed, options=options)
+        self._z = self.world_model.encode(frame[None])
+        self._hidden = self.world_model.rnn.initial_state(1, self.world_model.device)
+        info["frame"] = frame
+        return self._obs(), info
+
+    @torch.no_grad()
+    def step(self, action):
+        a = torch.as_tensor(np.asarray(action)[None, None], device=self.world_model.device)
+        _, self._hidden = self.world_model.rnn.eval()(self._z[:, None], a, self._hidden)
+        frame, reward, terminated, truncated, info = self.env.step(action)
+        self._z = self.world_model.encode(frame[None])
+        info["frame"] = frame
+        return self._obs(), reward, terminated, truncated, info

@@ -1,0 +1,166 @@
+"""The world model as one object: V + M (+ C), a bank of start frames, one checkpoint file."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from wm_agent.config import WorldModelConfig
+from wm_agent.controller import Controller
+from wm_agent.io import load_torch, save_torch
+from wm_agent.mdnrnn import MDNRNN
+from wm_agent.vqvae import VQVAE, frames_to_tensor, tensor_to_frames
+
+FORMAT = "wm-agent/world-model"
+VERSION = 1
+
+
+class WorldModel:
+    """VQ-VAE (V), MDN-RNN (M) and controller (C) sharing one config and one ``.pt`` file.
+
+    ``start_codes`` is a small bank of code grids of real first frames, saved with the model, so a
+    dream can start from a real-looking frame without any data at hand.
+    """
+
+    def __init__(self, config: WorldModelConfig, env_id: str | None = None, device: str | torch.device = "cpu"):
+        self.config = config
+        self.env_id = env_id
+        self.device = torch.device(device)
+        self.vae = VQVAE(config).to(self.device)
+        self.rnn = MDNRNN(config).to(self.device)
+        self.controller = Controller(config).to(self.device)
+        self.start_codes = torch.zeros(0, config.latent_grid, config.latent_grid, dtype=torch.long)
+        self.metrics: dict[str, Any] = {}
+        self.train_state: dict[str, Any] = {}  # optimiser / CMA-ES state so interrupted runs resume
+
+    # -- V ----------------------------------------------------------------------------------------
+    def _as_input(self, frames) -> torch.Tensor:
+        t = torch.as_tensor(frames)
+        if t.dtype == torch.uint8:
+            return frames_to_tensor(t, self.device)
+        return t.to(self.device)
+
+    @torch.no_grad()
+    def encode(self, frames, batch_size: int = 1024) -> torch.Tensor:
+        """uint8 frames (B, H, W, 3) or float (B, 3, H, W) -> flattened quantised latents (B, Z)."""
+        return self.vae.indices_to_latent(self.encode_indices(frames, batch_size))
+
+    @torch.no_grad()
+    def encode_indices(self, frames, batch_size: int = 1024) -> torch.Tensor:
+        self.vae.eval()
+        out = [self.vae.encode(self._as_input(frames[i : i + batch_size])) for i in range(0, len(frames), batch_size)]
+        if not out:
+            raise ValueError("encode needs at least one frame")
+        return torch.cat(out)
+
+    @torch.no_grad()
+    def decode(self, z: torch.Tensor) -> np.ndarray:
+        """Flattened latents (B, Z) -> uint8 frames (B, H, W, 3), snapping to the codebook first."""
+        self.vae.eval()
+        return tensor_to_frames(self.vae.decode_latent(z.to(self.device)))
+
+    def set_start_frames(self, frames, max_frames: int = 256) -> None:
+        """Keep up to ``max_frames`` real first frames (as code grids) for dreams to start from."""
+        self.start_codes = self.encode_indices(frames[:max_frames]).cpu()
+
+    # -- training (in memory; the CLI streams from memory-mapped shards through the same loops) ---
+    def train_vae(self, observations, epochs: int = 1, batch_size: int = 128, seed: int = 0, progress: bool = False):
+        """Fit V on uint8 frames (N, H, W, 3); returns the per-epoch metrics."""
+        from wm_agent.train import fit_vae, frame_batches_from_array
+
+        frames = np.asarray(observations)
+        return fit_vae(self, lambda rng: frame_batches_from_array(frames, batch_size, rng), epochs, seed, progress)
+
+    def train_rnn(self, sequences: dict[str, np.ndarray], epochs: int = 1, batch_size: int = 32, seed: int = 0,
+                  progress: bool = False):
+        """Fit M on episodes: ``sequences`` has ``obs`` (B, T+1, H, W, 3) uint8, ``actions`` (B, T[, A]),
+        ``rewards`` (B, T), ``dones`` (B, T) and optionally ``mask`` (B, T)."""
+        from wm_agent.train import fit_rnn, sequence_batches_from_arrays
+
+        obs = np.asarray(sequences["obs"])
+        b, t1 = obs.shape[:2]
+        codes = self.encode_indices(obs.reshape(b * t1, *obs.shape[2:])).view(b, t1, *self.start_codes.shape[1:])
+        arrays = {k: np.asarray(v) for k, v in sequences.items() if k != "obs"}
+        return fit_rnn(self, lambda rng: sequence_batches_from_arrays(codes, arrays, batch_size, rng), epochs, seed, progress)
+
+    # -- M ----------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def dream(self, initial_obs, actions, temperature: float = 0.0, seed: int | None = None) -> dict[str, np.ndarray]:
+        """Imagine the frames that follow ``initial_obs`` (H, W, 3) uint8 under ``actions`` (T[, A]).
+
+        Returns ``frames`` (T+1, H, W, 3) uint8 (the decoded first frame, then each imagined one),
+        ``rewards`` (T,), ``dones`` (T,) (probabilities) and ``latents`` (T+1, Z).
+        """
+        self.rnn.eval()
+        gen = torch.Generator().manual_seed(seed) if seed is not None else None
+        z = self.encode(np.asarray(initial_obs)[None])  # (1, Z)
+        acts = torch.as_tensor(np.asarray(actions))
+        hidden = None
+        latents, rewards, dones = [z], [], []
+        for a in acts:
+            params, hidden = self.rnn(z[:, None], a.reshape(1, 1, *a.shape).to(self.device), hidden)
+            nxt = MDNRNN.sample(params["pi"][:, 0].cpu(), params["mu"][:, 0].cpu(), params["sigma"][:, 0].cpu(),
+                                temperature, gen).to(self.device)
+            z = self.vae.indices_to_latent(self.vae.latent_to_indices(nxt))  # snap: the dream stays on the codebook
+            latents.append(z)
+            rewards.append(float(params["reward"][0, 0]))
+            dones.append(float(torch.sigmoid(params["done_logit"][0, 0])))
+        zs = torch.cat(latents)
+        return {"frames": self.decode(zs), "rewards": np.array(rewards, np.float32),
+                "dones": np.array(dones, np.float32), "latents": zs.cpu().numpy()}
+
+    # -- files ------------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT, "version": VERSION, "config": self.config.to_dict(), "env_id": self.env_id,
+            "vae": self.vae.state_dict(), "rnn": self.rnn.state_dict(), "controller": self.controller.state_dict(),
+            "start_codes": self.start_codes, "metrics": self.metrics, "train_state": self.train_state,
+        }
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the whole model atomically (a crash mid-write leaves the previous file intact)."""
+        save_torch(_to_cpu(self.state_dict()), path)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, device: str | torch.device = "cpu",
+             expect_config: WorldModelConfig | None = None) -> "WorldModel":
+        """Load a checkpoint with ``weights_only=True``; clear errors for foreign, corrupt or mismatched files."""
+        path = Path(path)
+        state = load_torch(path, "world-model checkpoint")
+        if not isinstance(state, dict) or state.get("format") != FORMAT:
+            raise ValueError(f"{path} is not a wm-agent world-model checkpoint (no '{FORMAT}' format tag)")
+        if state.get("version") != VERSION:
+            raise ValueError(f"{path} has checkpoint version {state.get('version')}; this wm-agent reads version {VERSION}")
+        try:
+            config = WorldModelConfig.from_dict(state["config"])
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"{path} carries an unusable config: {exc}") from exc
+        if expect_config is not None and expect_config != config:
+            diff = {k: (v, getattr(config, k)) for k, v in expect_config.to_dict().items()
+                    if config.to_dict()[k] != v}
+            raise ValueError(f"{path} was trained with a different config (expected, found): {diff}")
+        wm = cls(config, state.get("env_id"), device)
+        try:
+            wm.vae.load_state_dict(state["vae"])
+            wm.rnn.load_state_dict(state["rnn"])
+            wm.controller.load_state_dict(state["controller"])
+        except (KeyError, RuntimeError) as exc:
+            raise ValueError(f"{path}: weights do not match its config: {exc}") from exc
+        wm.start_codes = state.get("start_codes", wm.start_codes).long()
+        wm.metrics = state.get("metrics", {})
+        wm.train_state = state.get("train_state", {})
+        return wm
+
+
+def _to_cpu(obj):
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu()
+    if isinstance(obj, dict):
+        return {k: _to_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_to_cpu(v) for v in obj)
+    return obj
