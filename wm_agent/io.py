@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
-import torch
 
 
 @contextlib.contextmanager
@@ -21,6 +20,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp = Path(tmp)
+    os.chmod(tmp, 0o644)  # mkstemp makes 0600 files; datasets and checkpoints are meant to be shared
     try:
         yield tmp
         with open(tmp, "rb") as f:
@@ -33,12 +33,16 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 
 def save_torch(obj: Any, path: str | os.PathLike) -> None:
     """``torch.save`` through a temporary file and a rename."""
+    import torch  # lazily: collector workers import this module and must not pay torch's import time
+
     with atomic_path(path) as tmp:
         torch.save(obj, tmp)
 
 
 def load_torch(path: str | os.PathLike, what: str = "checkpoint") -> Any:
     """``torch.load(weights_only=True)`` with errors that name the file and the problem."""
+    import torch
+
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{what} not found: {path}")

@@ -1,0 +1,128 @@
+"""The wm-agent command line: collect, benchmark, argument errors, and the dataclass option helper."""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import pytest
+
+from wm_agent.cli import add_dataclass_args, build_parser, dataclass_from_args, main
+from wm_agent.dataset import EpisodeDataset
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = ["--episodes", "3", "--episodes-per-shard", "2", "--max-steps", "6", "--no-progress"]
+
+
+def test_collect_writes_a_dataset(tmp_path, capsys):
+    assert main(["collect", "--out", str(tmp_path), "--seed", "4", *TINY]) == 0
+    assert "3 episodes" in capsys.readouterr().out
+    ds = EpisodeDataset(tmp_path)
+    assert ds.num_episodes == 3 and ds.manifest["seed"] == 4 and ds.lengths.max() <= 6
+
+
+def test_collect_passes_env_kwargs(tmp_path):
+    assert main(["collect", "--out", str(tmp_path), "--env-kwargs", '{"size": 4}', *TINY]) == 0
+    assert EpisodeDataset(tmp_path).manifest["env_kwargs"] == {"size": 4}
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [[], ["frobnicate"], ["collect"], ["collect", "--out", "x", "--episodes", "many"],
+     ["collect", "--out", "x", "--policy", "greedy"], ["collect", "--out", "x", "--env-kwargs", "[1, 2]"],
+     ["collect", "--out", "x", "--env-kwargs", "{oops"], ["benchmark"], ["benchmark", "collect", "--steps", "1e9"]],
+)
+def test_bad_arguments_exit_2_with_usage(argv, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "usage: wm-agent" in err and "Traceback" not in err
+
+
+def test_user_errors_are_one_line_not_tracebacks(tmp_path, capsys):
+    assert main(["collect", "--out", str(tmp_path), *TINY]) == 0
+    capsys.readouterr()
+    assert main(["collect", "--out", str(tmp_path), "--seed", "9", *TINY]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("wm-agent: error: ") and "different settings" in err and "Traceback" not in err
+    assert main(["collect", "--out", str(tmp_path / "new"), "--env", "NoSuchEnv-v0", *TINY]) == 1
+    assert "cannot make env 'NoSuchEnv-v0'" in capsys.readouterr().err
+
+
+def test_module_entry_point_exits_2_on_bad_arguments():
+    result = subprocess.run([sys.executable, "-m", "wm_agent.cli", "collect", "--bogus"],
+                            capture_output=True, text=True, cwd=REPO)
+    assert result.returncode == 2
+    assert "usage: wm-agent collect" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_scripts_run_from_a_clone():
+    for script, expected in (("collect.py", "usage: wm-agent collect"), ("benchmark.py", "usage: wm-agent benchmark")):
+        result = subprocess.run([sys.executable, str(REPO / "scripts" / script), "--help"],
+                                capture_output=True, text=True, cwd="/")
+        assert result.returncode == 0, result.stderr
+        assert expected in result.stdout
+
+
+def test_benchmark_collect_reports_both_rates(capsys):
+    assert main(["benchmark", "collect", "--steps", "300", "--workers", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "raw single env" in out and "collector (K=1)" in out and "ratio collector / (1 x raw)" in out
+
+
+def test_help_lists_the_config_docs():
+    text = build_parser()._subparsers._group_actions[0].choices["collect"].format_help()
+    assert "--episodes-per-shard" in text and "episodes per shard" in text and "(default: 10)" in text
+
+
+# -- add_dataclass_args / dataclass_from_args ---------------------------------------------------------
+@dataclass
+class _Example:
+    name: str = field(metadata={"help": "required, no default"})
+    rate: float = field(default=0.5, metadata={"help": "a 50% chance"})
+    mode: Literal["a", "b"] = field(default="a", metadata={"help": "one of two"})
+    limit: int | None = field(default=None, metadata={"help": "optional"})
+    sizes: tuple[int, ...] = field(default=(1, 2), metadata={"help": "several ints"})
+    verbose: bool = field(default=False, metadata={"help": "talk more"})
+    extra: dict = field(default_factory=dict, metadata={"help": "JSON"})
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="t", exit_on_error=False)
+    add_dataclass_args(parser, _Example)
+    return parser
+
+
+def test_dataclass_round_trip_with_defaults():
+    config = dataclass_from_args(_Example, _parser().parse_args(["--name", "x"]))
+    assert config == _Example(name="x")
+
+
+def test_dataclass_round_trip_with_every_kind_of_option():
+    args = _parser().parse_args(["--name", "x", "--rate", "2", "--mode", "b", "--limit", "7", "--sizes", "3", "4",
+                                 "5", "--verbose", "--extra", '{"k": [1]}'])
+    config = dataclass_from_args(_Example, args, rate=3.0)
+    assert config == _Example(name="x", rate=3.0, mode="b", limit=7, sizes=(3, 4, 5), verbose=True, extra={"k": [1]})
+
+
+def test_dataclass_help_shows_metadata_and_defaults():
+    text = _parser().format_help()
+    assert "--name NAME" in text and "required, no default" in text
+    assert "a 50% chance (default: 0.5)" in text and "--no-verbose" in text and "{a,b}" in text
+
+
+def test_dataclass_required_fields_and_unsupported_types():
+    with pytest.raises(SystemExit):
+        _parser().parse_args([])  # --name is required
+
+    @dataclass
+    class Bad:
+        thing: object = None
+
+    with pytest.raises(TypeError, match="unsupported type"):
+        add_dataclass_args(argparse.ArgumentParser(), Bad)

@@ -1,0 +1,304 @@
+"""DataCollector: shard format, determinism across worker counts, resume, and failure handling."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import signal
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import pytest
+from gymnasium import spaces
+from gymnasium.envs.registration import register, registry
+
+from envs import GridWorldEnv
+from wm_agent.collect import CollectConfig, CollectionError, DataCollector, shard_rngs
+
+FILES = ("obs", "actions", "rewards", "terminated", "truncated", "lengths")
+
+
+# -- toy envs (registered under this module's name so worker processes can import them) -----------
+class ToyBoxEnv(gym.Env):
+    """A 64x64 frame whose brightness is a position on [-1, 1]; Box(-1, 1, (2,)) actions move it."""
+
+    observation_space = spaces.Box(0, 255, (64, 64, 3), np.uint8)
+    action_space = spaces.Box(-1.0, 1.0, (2,), np.float32)
+
+    def _obs(self):
+        return np.full((64, 64, 3), int((self._pos + 1) * 127), np.uint8)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self._pos = float(self.np_random.uniform(-0.5, 0.5))
+        return self._obs(), {}
+
+    def step(self, action):
+        if not self.action_space.contains(np.asarray(action, np.float32)):
+            raise ValueError(f"action out of bounds: {action}")
+        self._pos = float(np.clip(self._pos + 0.2 * action[0], -1, 1))
+        return self._obs(), float(action[1]), abs(self._pos) >= 1, False, {}
+
+
+class FailingEnv(GridWorldEnv):
+    """Raises on its 5th step."""
+
+    def reset(self, *, seed=None, options=None):
+        self._steps = 0
+        return super().reset(seed=seed, options=options)
+
+    def step(self, action):
+        self._steps += 1
+        if self._steps == 5:
+            raise RuntimeError("boom at step 5")
+        return super().step(action)
+
+
+class KillingEnv(GridWorldEnv):
+    """Kills its own process on the first step inside a worker (like the OOM killer would)."""
+
+    def step(self, action):
+        if multiprocessing.parent_process() is not None:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return super().step(action)
+
+
+for _id, _cls, _limit in [("WMTest-Box-v0", "ToyBoxEnv", 12), ("WMTest-Failing-v0", "FailingEnv", 50),
+                          ("WMTest-Killing-v0", "KillingEnv", 50)]:
+    if _id not in registry:
+        register(id=_id, entry_point=f"{__name__}:{_cls}", max_episode_steps=_limit)
+
+
+def _load(folder: Path) -> dict[str, np.ndarray]:
+    return {key: np.load(folder / f"{key}.npy") for key in FILES}
+
+
+def _files(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.glob("shard_*/*.npy"))}
+
+
+# -- shard format and determinism -------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def two_worker_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("two_workers")
+    manifest = DataCollector("WM-GridWorld-v0", out, seed=7, workers=2, episodes_per_shard=2, max_steps=12).collect(
+        5, progress=False
+    )
+    return out, manifest
+
+
+def test_shards_and_manifest_are_written_and_consistent(two_worker_run):
+    out, manifest = two_worker_run
+    assert json.loads((out / "manifest.json").read_text()) == manifest
+    assert manifest["env_id"] == "WM-GridWorld-v0" and manifest["policy"] == "random" and manifest["seed"] == 7
+    assert manifest["action_space"] == {"type": "discrete", "n": 4, "start": 0}
+    assert manifest["observation_shape"] == [64, 64, 3]
+    assert [s["name"] for s in manifest["shards"]] == ["shard_00000", "shard_00001", "shard_00002"]
+    assert [s["episodes"] for s in manifest["shards"]] == [2, 2, 1] and manifest["episodes"] == 5
+    assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "shard_00000", "shard_00001", "shard_00002"]
+
+    for entry in manifest["shards"]:
+        a = _load(out / entry["name"])
+        lengths = a["lengths"]
+        assert lengths.dtype == np.int64 and np.all((lengths >= 1) & (lengths <= 12))
+        steps = int(lengths.sum())
+        assert entry["steps"] == steps and entry["frames"] == steps + len(lengths)
+        assert a["obs"].shape == (steps + len(lengths), 64, 64, 3) and a["obs"].dtype == np.uint8
+        assert a["actions"].shape == (steps,) and a["actions"].dtype == np.int64
+        assert set(np.unique(a["actions"])) <= {0, 1, 2, 3}
+        assert a["rewards"].dtype == np.float32 and a["terminated"].dtype == np.bool_
+        # Exactly the last step of each episode ends it: by reaching the goal or by the step cap.
+        ends = np.cumsum(lengths) - 1
+        done = a["terminated"] | a["truncated"]
+        np.testing.assert_array_equal(np.flatnonzero(done), ends)
+        np.testing.assert_array_equal(a["truncated"][ends], lengths == 12)  # only the cap truncates
+        np.testing.assert_allclose(a["rewards"], np.where(a["terminated"], 0.99, -0.01), atol=1e-6)
+
+
+def test_worker_count_does_not_change_a_byte(two_worker_run, tmp_path):
+    out, _ = two_worker_run
+    DataCollector("WM-GridWorld-v0", tmp_path, seed=7, workers=1, episodes_per_shard=2, max_steps=12).collect(
+        5, progress=False
+    )
+    assert _files(tmp_path) == _files(out)
+    assert len(_files(out)) == 3 * len(FILES)
+
+
+def test_recorded_actions_replay_to_the_recorded_frames(two_worker_run):
+    out, manifest = two_worker_run
+    a = _load(out / "shard_00001")
+    reset_seeds, _ = shard_rngs(seed=7, index=1, episodes_per_shard=2)
+    env = gym.make("WM-GridWorld-v0")
+    frame = step = 0
+    for episode, length in enumerate(a["lengths"]):
+        obs, _ = env.reset(seed=int(reset_seeds[episode]))
+        np.testing.assert_array_equal(obs, a["obs"][frame])
+        for t in range(length):
+            obs, reward, terminated, truncated, _ = env.step(int(a["actions"][step]))
+            np.testing.assert_array_equal(obs, a["obs"][frame + t + 1])
+            assert reward == pytest.approx(a["rewards"][step]) and terminated == a["terminated"][step]
+            step += 1
+        frame += length + 1
+
+
+# -- resume -----------------------------------------------------------------------------------------
+def _stamps(root: Path) -> dict[str, int]:
+    return {str(p.relative_to(root)): p.stat().st_mtime_ns for p in root.glob("shard_*/*.npy")}
+
+
+def test_resume_skips_finished_shards_and_extends(tmp_path):
+    collector = DataCollector("WM-GridWorld-v0", tmp_path, seed=1, episodes_per_shard=2, max_steps=8)
+    collector.collect(4, progress=False)
+    before = _stamps(tmp_path)
+    assert len(before) == 2 * len(FILES)
+
+    again = collector.collect(4, progress=False)
+    assert _stamps(tmp_path) == before and again["episodes"] == 4
+    assert collector.stats["shards"] == 0  # nothing was rolled out
+
+    more = DataCollector("WM-GridWorld-v0", tmp_path, seed=1, episodes_per_shard=2, max_steps=8).collect(
+        6, progress=False
+    )
+    after = _stamps(tmp_path)
+    assert {k: after[k] for k in before} == before
+    assert sorted({Path(k).parent.name for k in after}) == ["shard_00000", "shard_00001", "shard_00002"]
+    assert more["episodes"] == 6
+
+
+def test_a_short_last_shard_is_completed_with_the_same_first_episodes(tmp_path):
+    collector = DataCollector("WM-GridWorld-v0", tmp_path, seed=2, episodes_per_shard=3, max_steps=8)
+    collector.collect(4, progress=False)  # shard_00001 holds 1 of its 3 episodes
+    short = _load(tmp_path / "shard_00001")
+    assert len(short["lengths"]) == 1
+    manifest = collector.collect(6, progress=False)
+    full = _load(tmp_path / "shard_00001")
+    assert len(full["lengths"]) == 3 and manifest["episodes"] == 6
+    n = int(short["lengths"][0])
+    np.testing.assert_array_equal(full["obs"][: n + 1], short["obs"])
+    np.testing.assert_array_equal(full["actions"][:n], short["actions"])
+
+
+@pytest.mark.parametrize(
+    "change, key",
+    [({"seed": 1}, "seed"), ({"policy": "brownian"}, "policy"), ({"episodes_per_shard": 3}, "episodes_per_shard"),
+     ({"env_kwargs": {"size": 4}}, "env_kwargs"), ({"max_steps": 9}, "max_steps")],
+)
+def test_different_settings_in_the_same_folder_are_refused(tmp_path, change, key):
+    settings = dict(seed=0, episodes_per_shard=2, max_steps=8)
+    DataCollector("WM-GridWorld-v0", tmp_path, **settings).collect(2, progress=False)
+    before = _files(tmp_path)
+    with pytest.raises(ValueError, match=f"different settings.*{key}"):
+        DataCollector("WM-GridWorld-v0", tmp_path, **{**settings, **change}).collect(2, progress=False)
+    assert _files(tmp_path) == before
+
+
+def test_crash_leftovers_are_cleaned_and_broken_shards_redone(tmp_path):
+    collector = DataCollector("WM-GridWorld-v0", tmp_path, episodes_per_shard=2, max_steps=8)
+    collector.collect(4, progress=False)
+    reference = _files(tmp_path)
+    for leftover in (".tmp-shard_00002-4242", ".trash-shard_00000-17"):
+        (tmp_path / leftover).mkdir()
+        (tmp_path / leftover / "obs.npy").write_bytes(b"half a file")
+    obs = tmp_path / "shard_00001" / "obs.npy"
+    obs.write_bytes(obs.read_bytes()[:-5000])  # as if the machine died before the data reached the disk
+
+    collector.collect(4, progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["manifest.json", "shard_00000", "shard_00001"]
+    assert _files(tmp_path) == reference
+
+
+def test_shards_without_a_manifest_are_refused(tmp_path):
+    DataCollector("WM-GridWorld-v0", tmp_path, max_steps=5).collect(1, progress=False)
+    (tmp_path / "manifest.json").unlink()
+    with pytest.raises(ValueError, match="no manifest.json"):
+        DataCollector("WM-GridWorld-v0", tmp_path, max_steps=5).collect(1, progress=False)
+
+
+# -- failures ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_failing_env_is_reported_with_its_shard(tmp_path, workers):
+    collector = DataCollector(f"{__name__}:WMTest-Failing-v0", tmp_path, workers=workers, episodes_per_shard=1)
+    with pytest.raises(CollectionError, match=r"shard_0000[01] .*RuntimeError: boom at step 5"):
+        collector.collect(2, progress=False)
+    assert not list(tmp_path.glob("shard_*"))
+
+
+def test_a_killed_worker_raises_instead_of_hanging(tmp_path):
+    collector = DataCollector(f"{__name__}:WMTest-Killing-v0", tmp_path, workers=2, episodes_per_shard=1)
+    with pytest.raises(CollectionError, match="worker process died while collecting shard_0000"):
+        collector.collect(3, progress=False)
+    # The next run starts clean: the dead worker's temporary folder is removed.
+    with pytest.raises(CollectionError):
+        collector.collect(3, progress=False)
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [({"policy": "greedy"}, "policy must be one of"), ({"workers": 0}, "workers must be"),
+     ({"episodes_per_shard": 0}, "episodes_per_shard must be"), ({"seed": -1}, "seed must be"),
+     ({"max_steps": 0}, "max_steps must be"), ({"env_kwargs": {"size": object()}}, "JSON"),
+     ({"env_id": "CartPole-v1"}, "ImageObservation"), ({"env_id": "NoSuchEnv-v0"}, "cannot make env")],
+)
+def test_bad_settings_are_explained(tmp_path, kwargs, message):
+    kwargs = {"env_id": "WM-GridWorld-v0", **kwargs}
+    with pytest.raises(ValueError, match=message):
+        DataCollector(out_dir=tmp_path, **kwargs)
+
+
+def test_collect_needs_a_positive_episode_count(tmp_path):
+    with pytest.raises(ValueError, match="episodes must be"):
+        DataCollector("WM-GridWorld-v0", tmp_path).collect(0)
+
+
+# -- policies ---------------------------------------------------------------------------------------
+def _actions(tmp_path: Path, env_id: str, policy: str) -> tuple[np.ndarray, np.ndarray]:
+    manifest = DataCollector(env_id, tmp_path / policy, policy=policy, episodes_per_shard=10).collect(
+        10, progress=False
+    )
+    a = _load(tmp_path / policy / manifest["shards"][0]["name"])
+    return a["actions"], a["lengths"]
+
+
+def _within_episode_diffs(actions: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    last_of_episode = np.cumsum(lengths)[:-1] - 1
+    keep = np.ones(len(actions) - 1, bool)
+    keep[last_of_episode] = False  # do not compare across episode boundaries
+    return (actions[1:] - actions[:-1])[keep]
+
+
+def test_brownian_box_actions_stay_in_bounds_and_drift_slowly(tmp_path):
+    box_id = f"{__name__}:WMTest-Box-v0"
+    brownian, lengths_b = _actions(tmp_path, box_id, "brownian")
+    random, lengths_r = _actions(tmp_path, box_id, "random")
+    for actions in (brownian, random):
+        assert actions.dtype == np.float32 and actions.shape[1:] == (2,)
+        assert actions.min() >= -1 and actions.max() <= 1
+    brownian_step = np.abs(_within_episode_diffs(brownian, lengths_b)).mean()
+    random_step = np.abs(_within_episode_diffs(random, lengths_r)).mean()
+    assert brownian_step < 0.3 * random_step
+
+
+def test_brownian_discrete_actions_are_sticky(tmp_path):
+    brownian, lengths_b = _actions(tmp_path, "WM-GridWorld-v0", "brownian")
+    random, lengths_r = _actions(tmp_path, "WM-GridWorld-v0", "random")
+    repeat_brownian = np.mean(_within_episode_diffs(brownian, lengths_b) == 0)
+    repeat_random = np.mean(_within_episode_diffs(random, lengths_r) == 0)
+    assert repeat_brownian > 0.6 and repeat_random < 0.4
+
+
+def test_progress_bar_counts_frames(tmp_path, capsys):
+    DataCollector("WM-GridWorld-v0", tmp_path, max_steps=5).collect(2, progress=True)
+    err = capsys.readouterr().err
+    assert "frame/s" in err and "episodes 2/2" in err
+
+
+def test_collect_config_defaults_match_the_collector():
+    import inspect
+
+    signature = inspect.signature(DataCollector.__init__).parameters
+    config = CollectConfig(out="x")
+    for name in ("policy", "seed", "workers", "episodes_per_shard", "max_steps"):
+        assert getattr(config, name) == signature[name].default, name

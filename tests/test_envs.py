@@ -1,0 +1,202 @@
+"""The WM-* environments and the image wrapper."""
+
+from __future__ import annotations
+
+import warnings
+
+import gymnasium as gym
+import numpy as np
+import pytest
+from conftest import make_wm_env, wm_env_ids
+from gymnasium import spaces
+from gymnasium.utils.env_checker import check_env
+
+from envs import GridWorldEnv, ImageObservation
+from envs.gridworld import MOVES
+
+ENV_IDS = wm_env_ids()
+
+
+def test_the_generic_tests_cover_gridworld_and_car_racing():
+    assert {"WM-GridWorld-v0", "WM-CarRacing-v0"} <= set(ENV_IDS)
+
+
+# -- every WM-* env ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("env_id", ENV_IDS)
+def test_check_env(env_id):
+    env = make_wm_env(env_id)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        check_env(env)
+    env.close()
+    problems = [
+        str(w.message)
+        for w in caught
+        # check_env always notes that gym.make's wrappers differ from the unwrapped env; Box2D's SWIG
+        # bindings add DeprecationWarnings on import. Anything else is a finding.
+        if "different from the unwrapped" not in str(w.message) and not issubclass(w.category, DeprecationWarning)
+    ]
+    assert problems == []
+
+
+def _rollout(env_id: str, seed: int, steps: int = 15):
+    env = make_wm_env(env_id)
+    env.action_space.seed(seed)
+    obs, _ = env.reset(seed=seed)
+    frames, rewards = [obs], []
+    for _ in range(steps):
+        obs, reward, terminated, truncated, _ = env.step(env.action_space.sample())
+        frames.append(obs)
+        rewards.append(reward)
+        if terminated or truncated:
+            obs, _ = env.reset()
+            frames.append(obs)
+    env.close()
+    return np.stack(frames), np.array(rewards)
+
+
+@pytest.mark.parametrize("env_id", ENV_IDS)
+def test_seeded_rollouts_repeat_exactly(env_id):
+    frames_a, rewards_a = _rollout(env_id, seed=3)
+    frames_b, rewards_b = _rollout(env_id, seed=3)
+    frames_c, _ = _rollout(env_id, seed=4)
+    assert frames_a.shape[1:] == (64, 64, 3) and frames_a.dtype == np.uint8
+    np.testing.assert_array_equal(frames_a, frames_b)
+    np.testing.assert_array_equal(rewards_a, rewards_b)
+    assert not np.array_equal(frames_a[0], frames_c[0])  # and the seed matters
+
+
+# -- GridWorld --------------------------------------------------------------------------------------
+def _oracle_action(env: GridWorldEnv) -> int:
+    """A move onto a neighbouring cell one step closer to the goal (BFS distances)."""
+    r, c = (int(v) for v in env._agent)
+    for action, (dr, dc) in enumerate(MOVES):
+        rr, cc = r + int(dr), c + int(dc)
+        if 0 <= rr < env.size and 0 <= cc < env.size and env._dist[rr, cc] == env._dist[r, c] - 1:
+            return action
+    raise AssertionError(f"no neighbour of {(r, c)} is closer to the goal")
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_gridworld_following_the_oracle_path_reaches_the_goal(seed):
+    env = gym.make("WM-GridWorld-v0")
+    _, info = env.reset(seed=seed)
+    length = info["oracle_steps"]
+    assert length >= 1
+    assert info["oracle_return"] == pytest.approx(1 - 0.01 * length)
+    total, terminated, remaining = 0.0, False, length
+    while not terminated:
+        _, reward, terminated, truncated, info = env.step(_oracle_action(env.unwrapped))
+        assert not truncated
+        assert info["oracle_steps"] == remaining - 1  # strictly one closer each step
+        remaining -= 1
+        total += reward
+    assert remaining == 0 and info["success"] and info["agent"] == info["goal"]
+    assert total == pytest.approx(1 - 0.01 * length)
+
+
+def test_gridworld_layouts_are_varied_reachable_and_not_trivial():
+    env = GridWorldEnv()
+    lengths, obstacles = [], []
+    for seed in range(500):
+        _, info = env.reset(seed=seed)
+        lengths.append(info["oracle_steps"])
+        obstacles.append(int(env._obstacles.sum()))
+        assert env._dist[tuple(env._agent)] > 0  # the goal is reachable and not under the agent
+    assert np.mean(lengths) >= 5
+    assert min(obstacles) >= 3 and max(obstacles) <= 6
+    assert len(set(obstacles)) == 4  # every count from 3 to 6 occurs
+
+
+@pytest.mark.parametrize("action", [4, -1, 1.5, "up"])
+def test_gridworld_rejects_invalid_actions(action):
+    env = gym.make("WM-GridWorld-v0")
+    env.reset(seed=0)
+    with pytest.raises(ValueError, match="action must be"):
+        env.step(action)
+
+
+def test_gridworld_draws_agent_goal_and_obstacles():
+    env = GridWorldEnv()
+    obs, info = env.reset(seed=1)
+    k = env.cell
+    agent_r, agent_c = info["agent"]
+    goal_r, goal_c = info["goal"]
+    np.testing.assert_array_equal(obs[agent_r * k, agent_c * k], [230, 50, 40])
+    np.testing.assert_array_equal(obs[goal_r * k, goal_c * k], [40, 200, 60])
+    grey = np.all(obs[::k, ::k] == [128, 128, 128], axis=-1)
+    np.testing.assert_array_equal(grey, env._obstacles)
+
+
+def test_make_with_module_prefix_imports_envs():
+    env = gym.make("envs:WM-GridWorld-v0")
+    obs, _ = env.reset(seed=0)
+    assert obs.shape == (64, 64, 3)
+
+
+# -- ImageObservation -------------------------------------------------------------------------------
+def test_image_observation_renders_non_image_envs():
+    env = ImageObservation(gym.make("CartPole-v1", render_mode="rgb_array"))
+    obs, _ = env.reset(seed=0)
+    assert obs.shape == (64, 64, 3) and obs.dtype == np.uint8
+    assert env.observation_space.contains(obs)
+    obs, *_ = env.step(0)
+    assert obs.shape == (64, 64, 3) and obs.std() > 0  # a real picture, not a blank frame
+    env.close()
+
+
+def test_image_observation_needs_rgb_array_for_non_image_envs():
+    with pytest.raises(ValueError, match="render_mode='rgb_array'"):
+        ImageObservation(gym.make("CartPole-v1"))
+
+
+class _PictureEnv(gym.Env):
+    """A fixed 96x96 picture: red top half, blue bottom half, as uint8 or as floats in [0, 1]."""
+
+    def __init__(self, dtype=np.uint8):
+        picture = np.zeros((96, 96, 3))
+        picture[:48, :, 0] = 1.0
+        picture[48:, :, 2] = 0.5
+        self._picture = picture.astype(dtype) if dtype != np.uint8 else (picture * 255).astype(np.uint8)
+        high = 1.0 if dtype != np.uint8 else 255
+        self.observation_space = spaces.Box(0, high, (96, 96, 3), dtype)
+        self.action_space = spaces.Discrete(2)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        return self._picture.copy(), {}
+
+    def step(self, action):
+        return self._picture.copy(), 0.0, False, False, {}
+
+
+def test_image_observation_crops_before_resizing():
+    obs, _ = ImageObservation(_PictureEnv(), crop=(0, 48)).reset()
+    assert obs.shape == (64, 64, 3)
+    np.testing.assert_array_equal(obs.reshape(-1, 3), np.tile([255, 0, 0], (64 * 64, 1)))  # only red is left
+    obs, _ = ImageObservation(_PictureEnv(), crop=(48, 96, 0, 48)).reset()
+    assert np.all(obs[..., 2] == 127) and np.all(obs[..., :2] == 0)
+    with pytest.raises(ValueError, match="empty image"):
+        ImageObservation(_PictureEnv(), crop=(50, 50)).reset()
+
+
+def test_image_observation_scales_float_images():
+    obs, _ = ImageObservation(_PictureEnv(np.float32)).reset()
+    assert obs.dtype == np.uint8
+    assert obs[0, 0].tolist() == [255, 0, 0] and obs[-1, -1].tolist() == [0, 0, 128]
+
+
+# -- CarRacing --------------------------------------------------------------------------------------
+def test_car_racing_is_seen_at_64x64():
+    env = gym.make("WM-CarRacing-v0")
+    obs, _ = env.reset(seed=0)
+    assert obs.shape == (64, 64, 3) and obs.dtype == np.uint8
+    assert env.observation_space == spaces.Box(0, 255, (64, 64, 3), np.uint8)
+    assert isinstance(env.action_space, spaces.Box) and env.action_space.shape == (3,)
+    env.close()
+
+
+def test_car_racing_discrete_variant():
+    env = gym.make("WM-CarRacing-v0", continuous=False)
+    assert env.action_space == spaces.Discrete(5)
+    env.close()

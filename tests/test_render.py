@@ -1,0 +1,246 @@
+"""Figures, videos, episode recorders, `render` and `play` on a tiny untrained world model."""
+
+from __future__ import annotations
+
+import json
+import os
+
+os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
+os.environ.setdefault("SDL_AUDIODRIVER", "dummy")
+
+import gymnasium as gym  # noqa: E402
+import imageio.v3 as iio  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+import wm_agent  # noqa: E402,F401
+from wm_agent.config import WorldModelConfig  # noqa: E402
+from wm_agent.render import (  # noqa: E402
+    PlayConfig,
+    RenderConfig,
+    Visualizer,
+    compose_frame,
+    continuous_action,
+    record_dream_episode,
+    record_real_episode,
+    record_side_by_side,
+    run_play,
+    run_render,
+    write_video,
+)
+from wm_agent.world_model import WorldModel  # noqa: E402
+
+ENV = "WM-GridWorld-v0"
+
+
+def _frames(n: int, seed: int = 0) -> np.ndarray:
+    env = gym.make(ENV)
+    frames = [env.reset(seed=seed + i)[0] for i in range(n)]
+    env.close()
+    return np.stack(frames)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    torch.manual_seed(0)
+    wm = WorldModel(WorldModelConfig.gridworld(channels=(4, 4, 4), hidden_size=16, head_hidden=8, context_channels=4),
+                    env_id=ENV)
+    wm.set_start_frames(_frames(4))
+    wm.train_state = {"vae": {"epoch": 1}, "rnn": {"epoch": 1}}
+    path = tmp_path_factory.mktemp("wm") / "tiny.pt"
+    wm.save(path)
+    return wm, path
+
+
+def _png(path) -> np.ndarray:
+    img = iio.imread(path)
+    assert img.ndim == 3 and img.shape[2] in (3, 4) and img.dtype == np.uint8
+    return img
+
+
+# -- figures ---------------------------------------------------------------------------------------
+def test_reconstruction_figure(tmp_path, tiny):
+    wm, _ = tiny
+    real = _frames(4)
+    vis = Visualizer(tmp_path / "figs", scale=3)
+    path = vis.reconstruction(real, wm.decode(wm.encode(real)))
+    assert path == tmp_path / "figs" / "reconstruction_gridworld.png"
+    img = _png(path)
+    # two rows of 4 frames at 3x (192 px each), plus labels and title
+    assert img.shape[1] > 4 * 192 and img.shape[0] > 2 * 192
+    # the real frames are pasted unchanged (nearest-neighbour x3): find frame 0's top-left cell
+    assert (img[..., :3] == real[0][0, 0]).all(-1).sum() > 0
+    with pytest.raises(ValueError, match="same non-empty shape"):
+        vis.reconstruction(real, real[:2])
+
+
+def test_dream_sequence_wraps_into_rows(tmp_path, tiny):
+    wm, _ = tiny
+    dream = wm.dream(_frames(1)[0], np.array([1, 2, 3, 0, 1, 2, 3]))["frames"]  # 8 frames
+    one_row = _png(Visualizer(tmp_path, columns=10).dream_sequence(dream, name="a.png"))
+    two_rows = _png(Visualizer(tmp_path, columns=4).dream_sequence(dream, name="b.png"))
+    assert one_row.shape[1] > 8 * 192 > two_rows.shape[1] > 4 * 192
+    assert two_rows.shape[0] > one_row.shape[0] + 192
+
+
+def test_real_vs_dream_figure(tmp_path, tiny):
+    wm, _ = tiny
+    ep = record_real_episode(wm, ENV, seed=3, max_steps=5)
+    dream = wm.dream(ep["frames"][0], ep["actions"])["frames"]
+    path = Visualizer(tmp_path).real_vs_dream(ep["frames"], dream)
+    assert path.name == "real_vs_dream_gridworld.png"
+    img = _png(path)
+    assert img.shape[1] > len(dream) * 192 and img.shape[0] > 2 * 192
+    with pytest.raises(ValueError):
+        Visualizer(tmp_path).real_vs_dream(ep["frames"], dream[:-1])
+
+
+def test_training_curves_from_jsonl_and_list(tmp_path):
+    rows = [{"stage": "vae", "epoch": e, "recon_mse": 0.1 / e, "vq_loss": 0.01, "perplexity": 4.0, "usage": 0.5}
+            for e in range(1, 6)]
+    rows += [{"stage": "rnn", "epoch": e, "loss": 2.0 - e, "nll": 1.5 - e, "reward_mse": 0.1, "done_bce": 0.3}
+             for e in range(1, 4)]
+    jsonl = tmp_path / "ckpt.pt.metrics.jsonl"
+    jsonl.write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"stage": "rnn", "ep')  # truncated last line
+    log = [{"generation": g, "best": g * 0.1, "mean": g * 0.05, "worst": 0.0, "sigma": 0.1, "seconds": 1.0}
+           for g in range(1, 8)]
+    vis = Visualizer(tmp_path)
+    path = vis.training_curves(jsonl, cmaes_log=log)
+    assert path.name == "training_curves_gridworld.png"
+    full = _png(path)
+    assert full.shape[0] >= 300 and full.shape[1] >= 3 * 400
+    empty = _png(vis.training_curves([], name="empty.png"))
+    assert empty.shape == full.shape
+    # drawn curves put coloured pixels on the chart; the empty figure has none of the series colours
+    blue = np.array([31, 119, 180])
+    assert (np.abs(full[..., :3].astype(int) - blue).sum(-1) < 10).sum() > 100
+    assert (np.abs(empty[..., :3].astype(int) - blue).sum(-1) < 10).sum() == 0
+    with pytest.raises(FileNotFoundError):
+        vis.training_curves(tmp_path / "missing.jsonl")
+
+
+# -- video -----------------------------------------------------------------------------------------
+@pytest.mark.parametrize("ext", [".mp4", ".gif"])
+def test_write_video_frame_count_and_size(tmp_path, ext):
+    rng = np.random.default_rng(0)
+    frames = rng.integers(0, 255, (6, 33, 47, 3), dtype=np.uint8)  # odd sizes on purpose
+    path = write_video(frames, tmp_path / f"clip{ext}", fps=5)
+    assert path.is_file() and not [p for p in tmp_path.iterdir() if ".tmp" in p.name]
+    back = iio.imread(path)
+    assert back.shape[0] == 6
+    if ext == ".gif":
+        assert back.shape[1:3] == (33, 47)
+    else:
+        assert back.shape[1:3] == (34, 48)  # padded to even sides, not rescaled
+
+
+def test_write_video_streams_an_iterable(tmp_path):
+    frames = (np.full((16, 16, 3), 10 * i, np.uint8) for i in range(5))
+    assert iio.imread(write_video(frames, tmp_path / "gen.mp4", fps=4)).shape == (5, 16, 16, 3)
+    mixed = [np.zeros((16, 16, 3), np.uint8), np.zeros((8, 8, 3), np.uint8)]
+    with pytest.raises(ValueError, match="one size"):
+        write_video(mixed, tmp_path / "mixed.mp4")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["gen.mp4"]  # the failed write left nothing behind
+
+
+def test_write_video_rejects_bad_input(tmp_path):
+    frames = np.zeros((2, 8, 8, 3), np.uint8)
+    with pytest.raises(ValueError, match=".mp4 or .gif"):
+        write_video(frames, tmp_path / "clip.avi")
+    with pytest.raises(ValueError, match="uint8"):
+        write_video(frames.astype(np.float32), tmp_path / "clip.gif")
+    assert not list(tmp_path.iterdir())
+
+
+def test_compose_frame_sizes_and_text():
+    real = _frames(1)[0]
+    single = compose_frame(real, step=3, reward=-0.01, scale=4)
+    both = compose_frame(real, real, step=3, reward=-0.01, scale=4)
+    assert single.dtype == np.uint8 and single.shape[1] == 256 and single.shape[0] > 256
+    assert both.shape == (single.shape[0], 512, 3)
+    band = single.shape[0] - 256
+    assert (single[:band] > 200).any()  # white text was drawn in the band
+    assert np.array_equal(single[band:band + 4, :4], np.broadcast_to(real[0, 0], (4, 4, 3)))
+
+
+# -- episodes --------------------------------------------------------------------------------------
+def test_recorders(tiny):
+    wm, _ = tiny
+    real = record_real_episode(wm, ENV, seed=1, max_steps=6)
+    assert real["frames"].shape[1:] == (64, 64, 3) and len(real["frames"]) == len(real["rewards"]) + 1 <= 7
+    dream = record_dream_episode(wm, seed=1, temperature=1.0, max_steps=5)
+    assert len(dream["frames"]) == len(dream["rewards"]) + 1 <= 6 and dream["frames"].dtype == np.uint8
+    side = record_side_by_side(wm, ENV, seed=1, max_steps=4, scale=2)
+    n = len(side["real"])
+    assert side["frames"].shape[0] == n == len(side["dream"]) == len(side["mse"]) and side["frames"].shape[2] == 256
+    # same seed, same sampling: the real episode replays identically
+    assert np.array_equal(record_real_episode(wm, ENV, seed=1, max_steps=6)["frames"], real["frames"])
+
+
+# -- wm-agent render -------------------------------------------------------------------------------
+@pytest.mark.parametrize("mode,ext", [("real", ".mp4"), ("dream", ".gif"), ("side-by-side", ".mp4")])
+def test_run_render_modes(tmp_path, tiny, mode, ext):
+    _, ckpt = tiny
+    out = tmp_path / f"ep{ext}"
+    cfg = RenderConfig(checkpoint=str(ckpt), out=str(out), dream=mode == "dream", side_by_side=mode == "side-by-side",
+                       episodes=2, max_steps=3, scale=2, fps=10)
+    result = run_render(cfg)
+    assert result["out"] == str(out) and result["mode"] == mode and len(result["returns"]) == 2
+    video = iio.imread(out)
+    assert video.shape[0] == result["frames"] and 4 <= result["frames"] <= 8  # 2 episodes of <= 3 steps
+    assert video.shape[2] == (256 if mode == "side-by-side" else 128)
+
+
+def test_run_render_human_and_bad_args(tmp_path, tiny):
+    _, ckpt = tiny
+    shown = run_render(RenderConfig(checkpoint=str(ckpt), human=True, max_steps=2, fps=200, out="ignored.txt"))
+    assert shown["out"] is None and 2 <= shown["frames"] <= 3
+    with pytest.raises(ValueError, match=".mp4 or .gif"):
+        run_render(RenderConfig(checkpoint=str(ckpt), out=str(tmp_path / "ep.avi")))
+    with pytest.raises(ValueError, match="one of"):
+        run_render(RenderConfig(checkpoint=str(ckpt), out=str(tmp_path / "ep.mp4"), dream=True, side_by_side=True))
+    assert not list(tmp_path.iterdir())
+
+
+# -- wm-agent play ---------------------------------------------------------------------------------
+def test_run_play_scripted(tiny):
+    wm, ckpt = tiny
+    # done_threshold 2: the untrained done head cannot end the dream early
+    cfg = PlayConfig(checkpoint=str(ckpt), fps=200, scale=2, temperature=0.0, done_threshold=2.0)
+    summary = run_play(cfg, ["right", "down", "left", "noop", "quit", "up"])
+    assert summary["steps"] == 3 and summary["quit"] and summary["episodes"] == 1
+    assert summary["frames"] == 4  # the first frame + one per step
+    reset = run_play(cfg, ["right", "r", "up", "up"], wm=wm)
+    assert reset["steps"] == 3 and reset["episodes"] == 2 and not reset["quit"] and len(reset["episode_returns"]) == 2
+    real = run_play(PlayConfig(checkpoint=str(ckpt), dream=False, fps=200, scale=2), ["left", "left", "esc"])
+    assert real["steps"] == 2 and abs(real["total_reward"]) > 0  # the real GridWorld charges every step
+    # a dream that always ends: moves after the end are ignored until R
+    ended = run_play(PlayConfig(checkpoint=str(ckpt), fps=200, scale=2, done_threshold=-1.0),
+                     ["up", "up", "left", "r", "down", "q"], wm=wm)
+    assert ended["steps"] == 2 and ended["episodes"] == 2 and ended["quit"]
+    with pytest.raises(ValueError, match="unknown key"):
+        run_play(cfg, ["jump"], wm=wm)
+
+
+def test_continuous_action_mapping():
+    low, high = np.array([-1, 0, 0], np.float32), np.array([1, 1, 1], np.float32)
+    assert continuous_action(["left", "up"], low, high).tolist() == [-1.0, 1.0, 0.0]
+    assert continuous_action(["right", "down"], low, high).tolist() == pytest.approx([1.0, 0.0, 0.8])
+    assert continuous_action([], low, high).tolist() == [0.0, 0.0, 0.0]
+
+
+def test_run_play_live_keyboard_path(tiny, monkeypatch):
+    """The real-keyboard loop: pygame KEYDOWN events (faked) drive the dream; the window's close quits."""
+    import pygame
+
+    wm, ckpt = tiny
+    batches = iter([
+        [pygame.event.Event(pygame.KEYDOWN, key=pygame.K_RIGHT)],
+        [],
+        [pygame.event.Event(pygame.KEYDOWN, key=pygame.K_DOWN), pygame.event.Event(pygame.KEYDOWN, key=pygame.K_UP)],
+        [pygame.event.Event(pygame.QUIT)],
+    ])
+    monkeypatch.setattr(pygame.event, "get", lambda *a, **k: next(batches, [pygame.event.Event(pygame.QUIT)]))
+    summary = run_play(PlayConfig(checkpoint=str(ckpt), fps=200, scale=2, done_threshold=2.0), wm=wm)
+    assert summary["steps"] == 3 and summary["quit"] and summary["frames"] == 4

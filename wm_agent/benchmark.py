@@ -1,0 +1,124 @@
+"""Throughput checks measured in one run, so machine load affects the baseline and the result alike."""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from typing import Literal
+
+from wm_agent.collect import DataCollector, EpisodeBuffer, make_env, make_policy, run_episodes, shard_rngs
+
+__all__ = ["BenchmarkCollectConfig", "benchmark_collect"]
+
+
+@dataclass
+class BenchmarkCollectConfig:
+    env: str = field(default="WM-GridWorld-v0", metadata={"help": "Gymnasium env id to collect from"})
+    steps: int = field(
+        default=200_000,
+        metadata={"help": "env steps for the collector (the single-env baseline runs steps/workers); "
+                          "long enough to amortise worker start-up. Use ~2000 for WM-CarRacing-v0"})
+    workers: int = field(default=2, metadata={"help": "collector worker processes"})
+    policy: Literal["random", "brownian"] = field(default="random", metadata={"help": "data policy"})
+    seed: int = field(default=0, metadata={"help": "base seed"})
+    env_kwargs: dict = field(default_factory=dict, metadata={"help": "JSON object of gym.make keyword arguments"})
+
+
+def _raw_rate(env_id: str, env_kwargs: dict, policy_name: str, steps: int, seed: int, episodes_per_buffer: int):
+    """Frames/s of one env in this process, through the collector's own rollout loop and buffers
+    (so per-step storage is included), without processes or disk writes."""
+    env = make_env(env_id, env_kwargs)
+    reset_seeds, rng = shard_rngs(seed, 0, 1 << 20)
+    policy = make_policy(policy_name, env.action_space, rng)
+    limit = env.spec.max_episode_steps if env.spec is not None and env.spec.max_episode_steps else 1000
+    frames = steps_done = episodes = 0
+    # One buffer refilled per shard-sized batch of episodes, as each collector worker does.
+    buffer = EpisodeBuffer(env.observation_space.shape, env.action_space, episodes_per_buffer * (limit + 1))
+    start, cpu_start = time.perf_counter(), time.process_time()
+    while steps_done < steps:
+        buffer.clear()
+        for _ in range(episodes_per_buffer):
+            run_episodes(env, policy, reset_seeds[episodes : episodes + 1], buffer=buffer)
+            episodes += 1
+            if buffer.num_steps + steps_done >= steps:
+                break
+        frames += buffer.num_frames
+        steps_done += buffer.num_steps
+    seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
+    env.close()
+    return frames, steps_done, episodes, seconds, cpu_seconds
+
+
+def benchmark_collect(
+    env_id: str = "WM-GridWorld-v0",
+    steps: int = 200_000,
+    workers: int = 2,
+    seed: int = 0,
+    policy: str = "random",
+    env_kwargs: dict | None = None,
+    verbose: bool = True,
+) -> dict:
+    """Measure (a) one env's raw frame rate in this process and (b) ``DataCollector``'s frame rate
+    with ``workers`` processes, and their ratio ``collector / (workers x raw)``.
+
+    The collector's time is wall-clock from construction to the last shard on disk: worker start-up,
+    imports, env construction and writing the shards are all included.
+    """
+    if not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be a positive int, got {steps!r}")
+    if not isinstance(workers, int) or workers < 1:
+        raise ValueError(f"workers must be a positive int, got {workers!r}")
+    env_kwargs = dict(env_kwargs or {})
+    # The collector's main process writes its manifest with wm_agent.io, which imports torch (~3 s).
+    # Like any import of the command itself, that happens before either clock starts.
+    import wm_agent.io  # noqa: F401
+
+    load_before = _load()
+    say = print if verbose else (lambda *a, **k: None)
+    say(f"benchmark collect {env_id}: policy {policy}, {workers} workers, {os.cpu_count()} CPUs, "
+        f"load average {load_before:.2f} before")
+
+    raw_frames, raw_steps, raw_episodes, raw_s, raw_cpu = _raw_rate(
+        env_id, env_kwargs, policy, max(1, steps // workers), seed, episodes_per_buffer=64)
+    raw_fps = raw_frames / raw_s
+    say(f"  raw single env  : {raw_steps:,} steps, {raw_frames:,} frames in {raw_s:.2f} s "
+        f"(CPU {raw_cpu:.2f} s) -> {raw_fps:,.0f} frames/s")
+
+    # Enough episodes for `steps`, in about 8 shards per worker so no worker idles long at the end.
+    mean_length = raw_steps / raw_episodes
+    episodes = max(1, math.ceil(steps / mean_length))
+    per_shard = max(1, math.ceil(episodes / (8 * workers)))
+    with tempfile.TemporaryDirectory(prefix="wm-agent-bench-") as tmp:
+        start = time.perf_counter()
+        collector = DataCollector(env_id, tmp, policy=policy, seed=seed, workers=workers,
+                                  episodes_per_shard=per_shard, env_kwargs=env_kwargs)
+        manifest = collector.collect(episodes, progress=False)
+        col_s = time.perf_counter() - start
+    col_fps = manifest["frames"] / col_s
+    ratio = col_fps / (workers * raw_fps)
+    worker_cpu = collector.stats["worker_cpu_seconds"]
+    # Frames per CPU-second, collector workers vs the baseline: the collector's own overhead, whatever
+    # else the machine is running (the wall-clock ratio above is the one that counts).
+    cpu_ratio = (manifest["frames"] / worker_cpu) / (raw_frames / raw_cpu) if worker_cpu > 0 else float("nan")
+    say(f"  collector (K={workers}) : {manifest['steps']:,} steps, {manifest['frames']:,} frames, "
+        f"{len(manifest['shards'])} shards in {col_s:.2f} s wall (start-up, imports and disk writes included) "
+        f"-> {col_fps:,.0f} frames/s")
+    say(f"  ratio collector / ({workers} x raw) = {ratio:.2f}   (frames per worker CPU-second vs raw: "
+        f"{cpu_ratio:.2f}; load average now {_load():.2f})")
+    return {
+        "env_id": env_id, "policy": policy, "workers": workers, "cpu_count": os.cpu_count(),
+        "load_average_before": load_before,
+        "raw_steps": raw_steps, "raw_frames": raw_frames, "raw_seconds": raw_s, "raw_fps": raw_fps,
+        "collector_steps": manifest["steps"], "collector_frames": manifest["frames"],
+        "collector_shards": len(manifest["shards"]), "collector_seconds": col_s, "collector_fps": col_fps,
+        "collector_worker_cpu_seconds": worker_cpu, "raw_cpu_seconds": raw_cpu,
+        "ratio": ratio, "cpu_ratio": cpu_ratio, "load_average_after": _load(),
+    }
+
+
+def _load() -> float:
+    """One-minute load average: other processes on the machine skew both rates."""
+    return os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")

@@ -1,0 +1,178 @@
+"""The ``wm-agent`` command line: one subcommand per stage of the pipeline.
+
+Options come from typed dataclass configs (``add_dataclass_args``), so a field's one-line
+``metadata={"help": ...}`` is its ``--help`` text and the CLI can never drift from the config.
+To add a subcommand: write ``_cmd_<name>(args) -> int`` and register it in ``build_parser``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal
+
+__all__ = ["add_dataclass_args", "build_parser", "dataclass_from_args", "main"]
+
+
+# ----------------------------------------------------------------------------------------------
+# Dataclass configs <-> argparse
+# ----------------------------------------------------------------------------------------------
+def _json_object(text: str) -> dict:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"not valid JSON ({exc}): {text!r}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object like '{{\"key\": 1}}', got {text!r}")
+    return value
+
+
+def _unwrap_optional(tp: Any) -> tuple[Any, bool]:
+    """``X | None`` / ``Optional[X]`` -> (X, True); anything else -> (tp, False)."""
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(args) == 1 and len(typing.get_args(tp)) == 2:
+            return args[0], True
+    return tp, False
+
+
+def _argparse_kwargs(f: dataclasses.Field, tp: Any) -> dict:
+    tp, _ = _unwrap_optional(tp)
+    origin = typing.get_origin(tp)
+    if tp is bool:
+        return {"action": argparse.BooleanOptionalAction}
+    if origin is Literal:
+        choices = typing.get_args(tp)
+        return {"type": type(choices[0]), "choices": choices}
+    if tp in (int, float, str):
+        return {"type": tp, "metavar": f.name.upper()}
+    if tp is Path:
+        return {"type": Path, "metavar": "PATH"}
+    if tp is dict or origin is dict:
+        return {"type": _json_object, "metavar": "JSON"}
+    if origin in (tuple, list):
+        args = [a for a in typing.get_args(tp) if a is not Ellipsis]
+        if len(set(args)) == 1 and args[0] in (int, float, str):
+            return {"type": args[0], "nargs": "+", "metavar": f.name.upper()}
+    raise TypeError(f"add_dataclass_args: field {f.name!r} has unsupported type {tp!r}")
+
+
+def add_dataclass_args(
+    parser: argparse.ArgumentParser, cls: type, *, exclude: typing.Iterable[str] = (), title: str | None = None
+) -> argparse._ArgumentGroup:
+    """Add one ``--field-name`` option per field of dataclass ``cls`` to ``parser``.
+
+    Supported field types: int, float, str, Path, bool (``--x/--no-x``), ``Literal[...]`` (choices),
+    ``X | None``, dict (a JSON object) and homogeneous tuple/list (``nargs="+"``). The help text is
+    ``field(metadata={"help": ...})`` plus the default; fields without a default become required.
+    """
+    group = parser.add_argument_group(title or f"{cls.__name__} options")
+    hints = typing.get_type_hints(cls)
+    skipped = set(exclude)
+    for f in dataclasses.fields(cls):
+        if not f.init or f.name in skipped:
+            continue
+        kwargs = _argparse_kwargs(f, hints[f.name])
+        help_text = f.metadata.get("help", "").replace("%", "%%")
+        if f.default is not dataclasses.MISSING:
+            kwargs["default"] = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            kwargs["default"] = f.default_factory()
+        else:
+            kwargs["required"] = True
+        if "default" in kwargs and kwargs.get("action") is not argparse.BooleanOptionalAction:
+            shown = json.dumps(kwargs["default"]) if isinstance(kwargs["default"], dict) else kwargs["default"]
+            help_text += f" (default: {str(shown).replace('%', '%%')})"
+        group.add_argument("--" + f.name.replace("_", "-"), dest=f.name, help=help_text, **kwargs)
+    return group
+
+
+def dataclass_from_args(cls: type, args: argparse.Namespace, **overrides: Any):
+    """Build ``cls`` from the parsed options that ``add_dataclass_args`` added (plus ``overrides``)."""
+    hints = typing.get_type_hints(cls)
+    values = {}
+    for f in dataclasses.fields(cls):
+        if f.init and hasattr(args, f.name):
+            value = getattr(args, f.name)
+            tp, _ = _unwrap_optional(hints[f.name])
+            if typing.get_origin(tp) is tuple and isinstance(value, list):
+                value = tuple(value)
+            values[f.name] = value
+    values.update(overrides)
+    return cls(**values)
+
+
+# ----------------------------------------------------------------------------------------------
+# Subcommands
+# ----------------------------------------------------------------------------------------------
+def _cmd_collect(args: argparse.Namespace) -> int:
+    from wm_agent.collect import CollectConfig, collect_from_config
+
+    config = dataclass_from_args(CollectConfig, args)
+    manifest = collect_from_config(config, progress=not args.no_progress)
+    print(f"{config.out}: {manifest['episodes']} episodes, {manifest['frames']:,} frames, "
+          f"{manifest['steps']:,} steps in {len(manifest['shards'])} shards of {manifest['env_id']}")
+    return 0
+
+
+def _cmd_benchmark_collect(args: argparse.Namespace) -> int:
+    from wm_agent.benchmark import BenchmarkCollectConfig, benchmark_collect
+
+    config = dataclass_from_args(BenchmarkCollectConfig, args)
+    benchmark_collect(config.env, steps=config.steps, workers=config.workers, seed=config.seed,
+                      policy=config.policy, env_kwargs=config.env_kwargs)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from wm_agent.benchmark import BenchmarkCollectConfig
+    from wm_agent.collect import CollectConfig
+
+    parser = argparse.ArgumentParser(
+        prog="wm-agent", description="World Models for Gymnasium: collect, train V/M/C, evaluate, render.")
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks for errors")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    collect = commands.add_parser(
+        "collect", help="roll out a random/brownian policy into episode shards (resumable)",
+        description="Roll out a data policy in parallel worker processes into memory-mappable episode "
+                    "shards. Re-running the same command resumes an interrupted collection.")
+    add_dataclass_args(collect, CollectConfig, title="collection")
+    collect.add_argument("--no-progress", action="store_true", help="no progress bar")
+    collect.set_defaults(func=_cmd_collect)
+
+    benchmark = commands.add_parser("benchmark", help="measure throughput", description="Throughput checks.")
+    benchmarks = benchmark.add_subparsers(dest="benchmark", required=True, metavar="WHAT")
+    bench_collect = benchmarks.add_parser(
+        "collect", help="collector frames/s against workers x the single-env rate, in one run",
+        description="Measure one env's raw frame rate in this process and the collector's with K worker "
+                    "processes (start-up and disk writes included), and print their ratio.")
+    add_dataclass_args(bench_collect, BenchmarkCollectConfig, title="benchmark")
+    bench_collect.set_defaults(func=_cmd_benchmark_collect)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)  # bad arguments: usage message and exit status 2
+    from wm_agent.collect import CollectionError
+
+    try:
+        return int(args.func(args) or 0)
+    except (ValueError, FileNotFoundError, CollectionError) as exc:
+        if args.debug:
+            raise
+        print(f"{parser.prog}: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"{parser.prog}: interrupted (re-run the same command to resume)", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,741 @@
+"""Roll out a data policy in a real env and store the episodes as memory-mappable shards.
+
+Layout of an output folder::
+
+    manifest.json            what was collected (env, policy, seed, spaces) and the finished shards
+    shard_00000/             one shard = ``episodes_per_shard`` whole episodes
+        obs.npy              uint8 (sum(T_i + 1), H, W, 3): each episode's frames, its final one included
+        actions.npy          (sum(T_i), *action_shape): int64 (Discrete) or float32 (Box)
+        rewards.npy          float32 (sum(T_i),)
+        terminated.npy       bool (sum(T_i),)
+        truncated.npy        bool (sum(T_i),)
+        lengths.npy          int64 (episodes,): T_i
+
+Speed: GridWorld steps at tens of thousands of frames per second, so nothing crosses a process
+boundary per step. Each worker process builds its env once and turns one task (a whole shard) into
+files on its own; the main process only sees a small summary per shard.
+
+Determinism: shard ``i`` draws its reset seeds and its policy's random numbers from
+``SeedSequence([seed, i])``, so a command produces byte-identical shards whatever the worker count,
+and a resumed run continues exactly where the interrupted one stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import multiprocessing as mp
+import os
+import re
+import shutil
+import time
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, ThreadPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Literal
+
+import gymnasium as gym
+import numpy as np
+from gymnasium import spaces
+from tqdm.auto import tqdm
+
+# wm_agent.io is imported where it is used, by the main process only: it brings torch, whose import
+# (~3 s) would otherwise delay every worker's start.
+
+__all__ = [
+    "CollectConfig", "CollectionError", "DataCollector", "EpisodeBuffer", "POLICIES", "make_env", "make_policy",
+    "run_episodes", "shard_rngs",
+]
+
+POLICIES = ("random", "brownian")
+MANIFEST = "manifest.json"
+MANIFEST_FORMAT = 1
+SHARD_FILES = ("obs", "actions", "rewards", "terminated", "truncated", "lengths")
+# Settings that change what the shards contain: a resumed run must agree on all of them.
+IDENTITY_KEYS = ("env_id", "env_kwargs", "policy", "seed", "episodes_per_shard", "max_steps")
+
+_SHARD_RE = re.compile(r"^shard_(\d+)$")
+_TMP_PREFIX = ".tmp-"
+_TRASH_PREFIX = ".trash-"
+
+PROGRESS_EVERY = 256  # steps between progress reports inside an episode
+# The sticky discrete policy repeats each action 1..STICKY_MAX_REPEAT steps.
+STICKY_MAX_REPEAT = 8
+# Brownian continuous actions: the per-step increment has std sqrt(dt) * (high - low) / 2, with the
+# dt = 1/50 of the popular PyTorch world-models reimplementation (for CarRacing's steering: 0.14).
+BROWNIAN_DT = 1.0 / 50.0
+
+
+class CollectionError(RuntimeError):
+    """A shard could not be collected (its worker raised or died); finished shards are kept."""
+
+
+def shard_name(index: int) -> str:
+    return f"shard_{index:05d}"
+
+
+# ----------------------------------------------------------------------------------------------
+# Data policies
+# ----------------------------------------------------------------------------------------------
+def _check_action_space(space: gym.Space) -> None:
+    if isinstance(space, spaces.Discrete):
+        return
+    if isinstance(space, spaces.Box):
+        if not (np.all(np.isfinite(space.low)) and np.all(np.isfinite(space.high))):
+            raise ValueError(f"the data policies need a bounded Box action space, got {space}")
+        return
+    raise ValueError(f"the data policies support Discrete and Box action spaces, got {space}")
+
+
+class _RandomPolicy:
+    """Uniform random actions, drawn in chunks: one Generator call per 4096 steps, not per step."""
+
+    CHUNK = 4096
+
+    def __init__(self, space: gym.Space, rng: np.random.Generator):
+        self.space, self.rng = space, rng
+        self._buffer: list | np.ndarray = []
+        self._next = 0
+
+    def start_episode(self) -> None:
+        pass
+
+    def _refill(self) -> None:
+        space = self.space
+        if isinstance(space, spaces.Discrete):
+            start = int(space.start)
+            # Python ints: Discrete.contains and the envs' step take them fastest.
+            self._buffer = self.rng.integers(start, start + int(space.n), size=self.CHUNK).tolist()
+        else:
+            draws = self.rng.uniform(space.low, space.high, size=(self.CHUNK, *space.shape))
+            self._buffer = np.clip(draws.astype(space.dtype), space.low, space.high)
+        self._next = 0
+
+    def __call__(self):
+        if self._next == len(self._buffer):
+            self._refill()
+        action = self._buffer[self._next]
+        self._next += 1
+        return action
+
+
+class _BrownianPolicy:
+    """Temporally correlated exploration.
+
+    Box: a random walk clipped to the bounds, restarted from a uniform draw each episode (the
+    "brownian" data policy used for CarRacing). Discrete: a random action held for 1..k steps.
+    """
+
+    def __init__(self, space: gym.Space, rng: np.random.Generator):
+        self.space, self.rng = space, rng
+        self._discrete = isinstance(space, spaces.Discrete)
+        if not self._discrete:
+            self._scale = math.sqrt(BROWNIAN_DT) * (space.high - space.low) / 2.0
+        self._action: Any = None
+        self._left = 0
+
+    def start_episode(self) -> None:
+        self._left = 0
+        if not self._discrete:
+            self._action = self.rng.uniform(self.space.low, self.space.high).astype(self.space.dtype)
+
+    def __call__(self):
+        space = self.space
+        if self._discrete:
+            if self._left == 0:
+                self._action = int(space.start) + int(self.rng.integers(int(space.n)))
+                self._left = int(self.rng.integers(1, STICKY_MAX_REPEAT + 1))
+            self._left -= 1
+            return self._action
+        step = self._scale * self.rng.standard_normal(space.shape)
+        self._action = np.clip(self._action + step, space.low, space.high).astype(space.dtype)
+        return self._action
+
+
+def make_policy(name: str, space: gym.Space, rng: np.random.Generator):
+    """A data policy: ``policy.start_episode()`` at each reset, then ``policy()`` -> action."""
+    if name not in POLICIES:
+        raise ValueError(f"policy must be one of {POLICIES}, got {name!r}")
+    _check_action_space(space)
+    return (_RandomPolicy if name == "random" else _BrownianPolicy)(space, rng)
+
+
+# ----------------------------------------------------------------------------------------------
+# Rollouts into growable arrays
+# ----------------------------------------------------------------------------------------------
+class EpisodeBuffer:
+    """Episodes appended into preallocated arrays (np.empty pages cost nothing until written).
+
+    Reuse one buffer for many shards (``clear()``): first writes to fresh memory pages cost more
+    than the env itself on some machines (measured: a fresh 330 MB buffer 0.7-1.2 s, a reused one 0.2 s).
+    """
+
+    def __init__(self, obs_shape: tuple[int, ...], action_space: gym.Space, capacity: int):
+        capacity = max(int(capacity), 2)
+        discrete = isinstance(action_space, spaces.Discrete)
+        self.obs = np.empty((capacity, *obs_shape), np.uint8)
+        self.actions = np.empty((capacity, *(() if discrete else action_space.shape)),
+                                np.int64 if discrete else np.float32)
+        self.rewards = np.empty(capacity, np.float32)
+        self.terminated = np.empty(capacity, bool)
+        self.truncated = np.empty(capacity, bool)
+        self.lengths: list[int] = []
+        self.num_frames = 0
+        self.num_steps = 0
+
+    def _ensure(self, frames: int, steps: int) -> None:
+        if frames > len(self.obs):
+            self.obs = _grown(self.obs, frames)
+        if steps > len(self.rewards):
+            for name in ("actions", "rewards", "terminated", "truncated"):
+                setattr(self, name, _grown(getattr(self, name), steps))
+
+    def clear(self) -> None:
+        self.lengths = []
+        self.num_frames = self.num_steps = 0
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        f, s = self.num_frames, self.num_steps
+        return {
+            "obs": self.obs[:f], "actions": self.actions[:s], "rewards": self.rewards[:s],
+            "terminated": self.terminated[:s], "truncated": self.truncated[:s],
+            "lengths": np.asarray(self.lengths, np.int64),
+        }
+
+
+def _grown(array: np.ndarray, needed: int) -> np.ndarray:
+    bigger = np.empty((max(needed, 2 * len(array)), *array.shape[1:]), array.dtype)
+    bigger[: len(array)] = array
+    return bigger
+
+
+def run_episodes(
+    env: gym.Env,
+    policy,
+    reset_seeds,
+    max_steps: int | None = None,
+    buffer: EpisodeBuffer | None = None,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> EpisodeBuffer:
+    """Roll out one episode per reset seed, storing every frame, action and reward.
+
+    This loop is shared by the collector's workers and the benchmark's single-env baseline, so the
+    two measure the same work. ``max_steps`` caps an episode (its last step is marked truncated).
+    ``on_progress(frames, episodes)`` gets the buffer's running totals after each episode and every
+    ``PROGRESS_EVERY`` steps within one (CarRacing's 1000-step episodes take seconds).
+    """
+    if buffer is None:
+        buffer = EpisodeBuffer(env.observation_space.shape, env.action_space, 1024)
+    obs_shape = buffer.obs.shape[1:]
+    cap = max_steps if max_steps is not None else math.inf
+    for seed in reset_seeds:
+        obs, _ = env.reset(seed=int(seed))
+        obs = np.asarray(obs)
+        if obs.dtype != np.uint8 or obs.shape != obs_shape:
+            raise ValueError(
+                f"{env.spec.id if env.spec else env}: expected uint8 observations of shape {obs_shape}, "
+                f"got {obs.dtype} {obs.shape}"
+            )
+        policy.start_episode()
+        # Locals, not attributes, in the per-step loop: it runs tens of thousands of times a second.
+        f, s = buffer.num_frames, buffer.num_steps
+        buffer._ensure(f + 1, s)
+        obs_buf, act_buf, rew_buf = buffer.obs, buffer.actions, buffer.rewards
+        term_buf, trunc_buf = buffer.terminated, buffer.truncated
+        obs_buf[f] = obs
+        f += 1
+        t = 0
+        done = False
+        while not done:
+            if f >= len(obs_buf) or s >= len(rew_buf):
+                buffer.num_frames, buffer.num_steps = f, s
+                buffer._ensure(f + 1, s + 1)
+                obs_buf, act_buf, rew_buf = buffer.obs, buffer.actions, buffer.rewards
+                term_buf, trunc_buf = buffer.terminated, buffer.truncated
+            action = policy()
+            obs, reward, terminated, truncated, _ = env.step(action)
+            t += 1
+            truncated = bool(truncated) or t >= cap
+            obs_buf[f] = obs
+            act_buf[s] = action
+            rew_buf[s] = reward
+            term_buf[s] = terminated
+            trunc_buf[s] = truncated
+            f += 1
+            s += 1
+            done = terminated or truncated
+            if on_progress is not None and t % PROGRESS_EVERY == 0:
+                on_progress(f, len(buffer.lengths))
+        buffer.num_frames, buffer.num_steps = f, s
+        buffer.lengths.append(t)
+        if on_progress is not None:
+            on_progress(f, len(buffer.lengths))
+    return buffer
+
+
+# ----------------------------------------------------------------------------------------------
+# One shard = one task, run in a worker process (or in-process when workers == 1)
+# ----------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class _ShardTask:
+    index: int
+    episodes: int
+    out_dir: str
+    env_id: str
+    env_kwargs: dict
+    policy: str
+    seed: int
+    episodes_per_shard: int
+    max_steps: int | None
+
+
+_ENV_CACHE: dict[str, tuple[gym.Env, EpisodeBuffer]] = {}
+_PROGRESS = None  # worker side: shared int64 array, slots 2*i and 2*i+1 = shard i's frames, episodes
+
+
+def make_env(env_id: str, env_kwargs: dict) -> gym.Env:
+    try:
+        return gym.make(env_id, **env_kwargs)
+    except gym.error.Error as exc:
+        raise ValueError(f"cannot make env {env_id!r} with {env_kwargs}: {exc}") from exc
+
+
+def _cached_env(env_id: str, env_kwargs: dict, capacity: Callable[[gym.Env], int]) -> tuple[gym.Env, EpisodeBuffer]:
+    """One env and one (cleared) episode buffer per process and configuration: building CarRacing
+    is not free, and neither is touching fresh memory for every shard."""
+    key = json.dumps([env_id, env_kwargs], sort_keys=True)
+    if key not in _ENV_CACHE:
+        env = make_env(env_id, env_kwargs)
+        _ENV_CACHE[key] = env, EpisodeBuffer(env.observation_space.shape, env.action_space, capacity(env))
+    env, buffer = _ENV_CACHE[key]
+    buffer.clear()
+    return env, buffer
+
+
+def _close_cached_envs() -> None:
+    while _ENV_CACHE:
+        _ENV_CACHE.popitem()[1][0].close()
+
+
+def shard_rngs(seed: int, index: int, episodes_per_shard: int) -> tuple[np.ndarray, np.random.Generator]:
+    """Shard ``index``'s reset seeds (one per episode slot) and its policy Generator."""
+    env_seq, policy_seq = np.random.SeedSequence([seed, index]).spawn(2)
+    reset_seeds = env_seq.generate_state(episodes_per_shard, dtype=np.uint32).astype(np.int64)
+    return reset_seeds, np.random.default_rng(policy_seq)
+
+
+def _init_worker(progress) -> None:
+    global _PROGRESS
+    _PROGRESS = progress
+
+
+def _report_to_shared(index: int) -> Callable[[int, int], None]:
+    def report(frames: int, episodes: int) -> None:
+        if _PROGRESS is not None:
+            _PROGRESS[2 * index] = frames
+            _PROGRESS[2 * index + 1] = episodes
+
+    return report
+
+
+def _collect_shard(task: _ShardTask, on_progress: Callable[[int, int], None] | None = None) -> dict:
+    """Roll out one shard's episodes and move the finished shard folder into place atomically."""
+    cpu_start = time.process_time()
+    env, buffer = _cached_env(task.env_id, task.env_kwargs, lambda env: _capacity(env, task))
+    reset_seeds, rng = shard_rngs(task.seed, task.index, task.episodes_per_shard)
+    policy = make_policy(task.policy, env.action_space, rng)
+    if on_progress is None:
+        on_progress = _report_to_shared(task.index)
+    run_episodes(env, policy, reset_seeds[: task.episodes], task.max_steps, buffer, on_progress)
+
+    name = shard_name(task.index)
+    out_dir = Path(task.out_dir)
+    tmp = out_dir / f"{_TMP_PREFIX}{name}-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    # Plain np.save, not wm_agent.io.save_npy: the folder rename below already makes the shard appear
+    # whole or not at all, and an fsync per file here would leave the worker waiting on the disk
+    # (GridWorld writes ~250 MB/s per worker). The main process fsyncs the shard before listing it.
+    for key, array in buffer.arrays().items():
+        with open(tmp / f"{key}.npy", "wb") as f:
+            np.save(f, np.ascontiguousarray(array), allow_pickle=False)
+    _move_into_place(tmp, out_dir / name)
+    # CPU time lets the benchmark tell the collector's own overhead from a busy machine.
+    return {**_shard_entry(name, len(buffer.lengths), buffer.num_steps), "cpu_seconds": time.process_time() - cpu_start}
+
+
+def _capacity(env: gym.Env, task: _ShardTask) -> int:
+    """Frames a shard can need. With a known episode cap the buffer never grows (and untouched
+    np.empty pages cost no memory); otherwise it starts small and doubles."""
+    limit = env.spec.max_episode_steps if env.spec is not None else None
+    if task.max_steps is not None:
+        limit = task.max_steps if limit is None else min(limit, task.max_steps)
+    return task.episodes_per_shard * (limit + 1) if limit is not None else 4096
+
+
+def _move_into_place(tmp: Path, final: Path) -> None:
+    """Rename ``tmp`` to ``final``; an older (shorter) shard there is swapped out first."""
+    if final.exists():
+        trash = final.parent / f"{_TRASH_PREFIX}{final.name}-{os.getpid()}"
+        os.rename(final, trash)
+        os.rename(tmp, final)
+        shutil.rmtree(trash)
+    else:
+        os.rename(tmp, final)
+
+
+def _shard_entry(name: str, episodes: int, steps: int) -> dict:
+    return {"name": name, "episodes": int(episodes), "frames": int(steps + episodes), "steps": int(steps)}
+
+
+def _fsync_shard(folder: Path) -> None:
+    """Flush a shard's files and its folder entry to disk (so the manifest never lists lost data)."""
+    for path in [*(folder / f"{key}.npy" for key in SHARD_FILES), folder, folder.parent]:
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except (IsADirectoryError, PermissionError):  # folders cannot be opened on Windows
+            continue
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+class _ShardSyncer:
+    """Runs ``_fsync_shard`` and then ``record(entry)`` for finished shards on one background thread,
+    so neither the workers nor the progress loop wait on the disk."""
+
+    def __init__(self, out_dir: Path, record: Callable[[dict], None]):
+        self._out_dir, self._record = out_dir, record
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="wm-agent-fsync")
+        self._futures: list[Future] = []
+
+    def _sync_and_record(self, entry: dict) -> None:
+        _fsync_shard(self._out_dir / entry["name"])
+        self._record(entry)
+
+    def submit(self, entry: dict) -> None:
+        self._futures.append(self._pool.submit(self._sync_and_record, entry))
+
+    def close(self) -> BaseException | None:
+        """Wait for every submitted shard; return the first failure, if any."""
+        self._pool.shutdown(wait=True)
+        return next((f.exception() for f in self._futures if f.exception() is not None), None)
+
+
+# ----------------------------------------------------------------------------------------------
+# The collector
+# ----------------------------------------------------------------------------------------------
+def describe_space(space: gym.Space) -> dict:
+    """A JSON description of a Discrete or Box space (``EpisodeDataset`` rebuilds the space from it)."""
+    if isinstance(space, spaces.Discrete):
+        return {"type": "discrete", "n": int(space.n), "start": int(space.start)}
+    if isinstance(space, spaces.Box):
+        return {"type": "box", "shape": list(space.shape), "low": space.low.tolist(),
+                "high": space.high.tolist(), "dtype": str(space.dtype)}
+    raise ValueError(f"cannot describe action space {space}: only Discrete and Box are supported")
+
+
+def _mp_context():
+    # forkserver: workers fork from a clean, single-threaded server that has already imported this
+    # module, so they start in milliseconds and never inherit a parent's torch threads or locks.
+    if "forkserver" in mp.get_all_start_methods():
+        ctx = mp.get_context("forkserver")
+        ctx.set_forkserver_preload(["wm_agent.collect"])
+        return ctx
+    return mp.get_context("spawn")
+
+
+class DataCollector:
+    """Collect episodes of a data policy into resumable shards (see the module docstring).
+
+    Args:
+        env_id: a registered Gymnasium id (``"WM-GridWorld-v0"``, ``"WM-CarRacing-v0"``, or
+            ``"module:Id"``); the env must emit ``(H, W, 3)`` uint8 observations.
+        out_dir: output folder; re-running into it resumes, a different configuration is refused.
+        policy: ``"random"`` (uniform actions) or ``"brownian"`` (clipped random walk for Box actions,
+            actions held 1..8 steps for Discrete ones).
+        seed: base seed; shard ``i`` is seeded from ``(seed, i)``.
+        workers: worker processes; 1 collects in this process.
+        episodes_per_shard: episodes per shard (memory per worker grows with it).
+        env_kwargs: keyword arguments of ``gym.make`` (JSON-serialisable; stored in the manifest).
+        max_steps: optional cap on episode length, on top of the env's own time limit.
+    """
+
+    def __init__(
+        self,
+        env_id: str,
+        out_dir: str | os.PathLike,
+        policy: str = "random",
+        seed: int = 0,
+        workers: int = 1,
+        episodes_per_shard: int = 10,
+        env_kwargs: dict | None = None,
+        max_steps: int | None = None,
+    ):
+        if policy not in POLICIES:
+            raise ValueError(f"policy must be one of {POLICIES}, got {policy!r}")
+        for label, value in (("workers", workers), ("episodes_per_shard", episodes_per_shard)):
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{label} must be a positive int, got {value!r}")
+        if not isinstance(seed, int) or seed < 0:
+            raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+        if max_steps is not None and (not isinstance(max_steps, int) or max_steps < 1):
+            raise ValueError(f"max_steps must be a positive int or None, got {max_steps!r}")
+        env_kwargs = dict(env_kwargs or {})
+        try:
+            env_kwargs = json.loads(json.dumps(env_kwargs))  # the manifest stores them as JSON
+        except TypeError as exc:
+            raise ValueError(f"env_kwargs must be JSON-serialisable: {exc}") from None
+
+        env = make_env(env_id, env_kwargs)
+        try:
+            obs_space, action_space = env.observation_space, env.action_space
+        finally:
+            env.close()
+        if not (isinstance(obs_space, spaces.Box) and obs_space.dtype == np.uint8
+                and len(obs_space.shape) == 3 and obs_space.shape[-1] == 3):
+            raise ValueError(
+                f"{env_id} must observe (H, W, 3) uint8 images, got {obs_space}; "
+                "wrap it in envs.ImageObservation"
+            )
+        _check_action_space(action_space)
+
+        self.env_id = env_id
+        self.out_dir = Path(out_dir)
+        self.policy = policy
+        self.seed = seed
+        self.workers = workers
+        self.episodes_per_shard = episodes_per_shard
+        self.env_kwargs = env_kwargs
+        self.max_steps = max_steps
+        self.observation_shape = tuple(obs_space.shape)
+        self.action_space = action_space
+        # Filled by collect(): shards written and the CPU seconds workers spent on them.
+        self.stats: dict[str, float] = {"shards": 0, "worker_cpu_seconds": 0.0}
+
+    @classmethod
+    def from_config(cls, config: "CollectConfig") -> "DataCollector":
+        return cls(config.env, config.out, policy=config.policy, seed=config.seed, workers=config.workers,
+                   episodes_per_shard=config.episodes_per_shard, env_kwargs=config.env_kwargs,
+                   max_steps=config.max_steps)
+
+    # -- manifest ---------------------------------------------------------------------------------
+    def _identity(self) -> dict:
+        return {"env_id": self.env_id, "env_kwargs": self.env_kwargs, "policy": self.policy, "seed": self.seed,
+                "episodes_per_shard": self.episodes_per_shard, "max_steps": self.max_steps}
+
+    def _new_manifest(self, shards: list[dict]) -> dict:
+        manifest = {"format": MANIFEST_FORMAT, **self._identity(),
+                    "observation_shape": list(self.observation_shape), "observation_dtype": "uint8",
+                    "action_space": describe_space(self.action_space), "shards": []}
+        _set_shards(manifest, shards)
+        return manifest
+
+    def _check_existing_manifest(self) -> None:
+        """Refuse to mix data: an existing manifest must agree on everything that shapes the shards."""
+        path = self.out_dir / MANIFEST
+        if not path.exists():
+            if any(_SHARD_RE.match(p.name) for p in self.out_dir.iterdir()):
+                raise ValueError(
+                    f"{self.out_dir} holds shard folders but no {MANIFEST}, so their settings are unknown; "
+                    "collect into an empty folder"
+                )
+            return
+        try:
+            old = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ValueError(f"cannot read {path}: {exc}") from exc
+        if not isinstance(old, dict):
+            raise ValueError(f"{path} is not a wm-agent manifest")
+        mine = self._identity()
+        diffs = [f"{k}: {old.get(k)!r} there, {mine[k]!r} now" for k in IDENTITY_KEYS if old.get(k) != mine[k]]
+        if diffs:
+            raise ValueError(
+                f"{self.out_dir} already holds data collected with different settings ({'; '.join(diffs)}); "
+                "use another --out folder, or delete this one to start over"
+            )
+
+    def _scan(self) -> dict[int, dict]:
+        """Finished shards on disk by index, after deleting a crashed run's temporary folders."""
+        found = {}
+        for path in self.out_dir.iterdir():
+            if path.name.startswith((_TMP_PREFIX, _TRASH_PREFIX)) and path.is_dir():
+                shutil.rmtree(path)
+                continue
+            match = _SHARD_RE.match(path.name)
+            if match and path.is_dir():
+                entry = self._finished_shard(path)
+                if entry is not None:
+                    found[int(match.group(1))] = entry
+        return found
+
+    def _finished_shard(self, folder: Path) -> dict | None:
+        """The manifest entry of a valid shard folder, or None if it must be collected again (its
+        files were cut short, e.g. by a machine crash before the main process synced them)."""
+        from wm_agent.dataset import open_shard
+
+        try:
+            arrays = open_shard(folder, self.observation_shape, self.action_space)
+        except (FileNotFoundError, ValueError):
+            return None
+        lengths = arrays["lengths"]
+        return _shard_entry(folder.name, len(lengths), int(lengths.sum()))
+
+    # -- running --------------------------------------------------------------------------------
+    def collect(self, episodes: int, progress: bool = True) -> dict:
+        """Make sure the folder holds the first ``episodes`` episodes; returns the manifest.
+
+        Shards already on disk with (at least) their planned episodes are skipped, so re-running an
+        interrupted command resumes it. Shards beyond the plan are kept and listed.
+        """
+        if not isinstance(episodes, int) or episodes < 1:
+            raise ValueError(f"episodes must be a positive int, got {episodes!r}")
+        from wm_agent.io import save_json
+
+        self.stats = {"shards": 0, "worker_cpu_seconds": 0.0}
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self._check_existing_manifest()
+        finished = self._scan()
+        manifest = self._new_manifest(list(finished.values()))
+        save_json(manifest, self.out_dir / MANIFEST)
+
+        plan = [(i, min(self.episodes_per_shard, episodes - i * self.episodes_per_shard))
+                for i in range(math.ceil(episodes / self.episodes_per_shard))]
+        tasks = [
+            _ShardTask(i, n, str(self.out_dir), self.env_id, self.env_kwargs, self.policy, self.seed,
+                       self.episodes_per_shard, self.max_steps)
+            for i, n in plan
+            if finished.get(i, {}).get("episodes", 0) < n
+        ]
+        if not tasks:
+            return manifest
+
+        def record(entry: dict) -> None:
+            self.stats["shards"] += 1
+            self.stats["worker_cpu_seconds"] += entry.pop("cpu_seconds")
+            finished[int(_SHARD_RE.match(entry["name"]).group(1))] = entry
+            _set_shards(manifest, list(finished.values()))
+            save_json(manifest, self.out_dir / MANIFEST)
+
+        bar = tqdm(desc=f"collect {self.env_id}", unit="frame", unit_scale=True, disable=not progress,
+                   dynamic_ncols=True)
+        syncer = _ShardSyncer(self.out_dir, record)
+        try:
+            if self.workers == 1 or len(tasks) == 1:
+                self._run_here(tasks, syncer.submit, bar)
+            else:
+                self._run_pool(tasks, syncer.submit, bar)
+        finally:
+            bar.close()
+            sync_error = syncer.close()  # finished shards still reach the manifest if a worker failed
+        if sync_error is not None:
+            raise sync_error
+        return manifest
+
+    def _run_here(self, tasks: list[_ShardTask], record, bar) -> None:
+        total_episodes = sum(t.episodes for t in tasks)
+        done_frames = done_episodes = 0
+
+        def on_progress(frames: int, eps: int) -> None:  # totals within the current shard
+            bar.update(done_frames + frames - bar.n)
+            bar.set_postfix_str(f"episodes {done_episodes + eps}/{total_episodes}", refresh=False)
+
+        try:
+            for task in tasks:
+                try:
+                    entry = _collect_shard(task, on_progress)
+                except Exception as exc:
+                    raise CollectionError(
+                        f"collecting {shard_name(task.index)} of {task.env_id} failed: {type(exc).__name__}: {exc}"
+                    ) from exc
+                record(entry)
+                done_frames += entry["frames"]
+                done_episodes += entry["episodes"]
+        finally:
+            _close_cached_envs()
+
+    def _run_pool(self, tasks: list[_ShardTask], record, bar) -> None:
+        ctx = _mp_context()
+        total_episodes = sum(t.episodes for t in tasks)
+        progress = ctx.RawArray("q", 2 * (max(t.index for t in tasks) + 1))
+        pool = ProcessPoolExecutor(max_workers=min(self.workers, len(tasks)), mp_context=ctx,
+                                   initializer=_init_worker, initargs=(progress,))
+        futures: dict[Future, _ShardTask] = {pool.submit(_collect_shard, task): task for task in tasks}
+        pending = set(futures)
+        done_frames = done_episodes = 0
+        try:
+            while pending:
+                done, pending = wait(pending, timeout=0.25, return_when=FIRST_COMPLETED)
+                for future in done:
+                    task = futures[future]
+                    name = shard_name(task.index)
+                    try:
+                        entry = future.result()
+                    except BrokenProcessPool as exc:
+                        raise CollectionError(
+                            f"a worker process died while collecting {name} (killed, or out of memory?); "
+                            f"finished shards are kept in {self.out_dir}: re-run the same command to resume"
+                        ) from exc
+                    except Exception as exc:
+                        raise CollectionError(
+                            f"collecting {name} of {task.env_id} failed in a worker: {type(exc).__name__}: {exc}"
+                        ) from exc
+                    record(entry)
+                    done_frames += entry["frames"]
+                    done_episodes += entry["episodes"]
+                # In-flight shards report running totals through shared memory: no per-step messages.
+                running = [futures[f].index for f in pending]
+                frames = done_frames + sum(progress[2 * i] for i in running)
+                eps = done_episodes + sum(progress[2 * i + 1] for i in running)
+                bar.update(frames - bar.n)
+                bar.set_postfix_str(f"episodes {eps}/{total_episodes}")
+        except BaseException:
+            _terminate(pool)
+            raise
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _terminate(pool: ProcessPoolExecutor) -> None:
+    """Stop the workers now instead of letting them finish shards nobody will wait for.
+
+    Their half-written temporary folders are deleted by the next run.
+    """
+    # Private, but the executor has no public way to stop running tasks; shutdown() forgets the
+    # processes, so take them first.
+    processes = list((getattr(pool, "_processes", None) or {}).values())
+    for process in processes:
+        if process.is_alive():
+            process.terminate()
+    pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _set_shards(manifest: dict, shards: list[dict]) -> None:
+    manifest["shards"] = sorted(shards, key=lambda s: int(_SHARD_RE.match(s["name"]).group(1)))
+    for key in ("episodes", "frames", "steps"):
+        manifest[key] = sum(s[key] for s in manifest["shards"])
+
+
+# ----------------------------------------------------------------------------------------------
+# Typed configuration (the CLI's `wm-agent collect` is generated from it)
+# ----------------------------------------------------------------------------------------------
+@dataclass
+class CollectConfig:
+    out: str = field(metadata={"help": "output folder (re-running the same command resumes into it)"})
+    env: str = field(default="WM-GridWorld-v0", metadata={"help": "Gymnasium env id with 64x64x3 uint8 frames"})
+    episodes: int = field(default=100, metadata={"help": "episodes the folder should hold"})
+    workers: int = field(default=1, metadata={"help": "worker processes (1 = collect in this process)"})
+    policy: Literal["random", "brownian"] = field(
+        default="random", metadata={"help": "data policy: uniform random, or brownian (correlated) actions"})
+    seed: int = field(default=0, metadata={"help": "base seed; shard i is seeded from (seed, i)"})
+    episodes_per_shard: int = field(default=10, metadata={"help": "episodes per shard file set"})
+    max_steps: int | None = field(default=None, metadata={"help": "optional cap on episode length"})
+    env_kwargs: dict = field(default_factory=dict, metadata={"help": "JSON object of gym.make keyword arguments"})
+
+
+def collect_from_config(config: CollectConfig, progress: bool = True) -> dict:
+    return DataCollector.from_config(config).collect(config.episodes, progress=progress)
+

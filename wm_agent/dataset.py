@@ -1,0 +1,306 @@
+"""Read the collector's shards as one dataset of episodes, memory-mapped so RAM stays bounded.
+
+Global indices run over the episodes in order: frame ``g`` is frame ``g - frame_offsets[i]`` of the
+episode ``i`` whose frames contain it, and likewise for steps with ``step_offsets``. Episode ``i``
+has ``lengths[i]`` steps (actions, rewards, flags) and ``lengths[i] + 1`` frames, so the frame before
+step ``t`` of episode ``i`` is ``frame_offsets[i] + t`` and the frame after it is the next one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Iterator
+
+import gymnasium as gym
+import numpy as np
+from gymnasium import spaces
+
+from wm_agent.collect import MANIFEST, SHARD_FILES
+from wm_agent.io import load_npy
+
+__all__ = ["EpisodeDataset", "open_shard", "space_from_description"]
+
+
+def space_from_description(desc: dict) -> gym.Space:
+    """Rebuild the action space stored by ``wm_agent.collect.describe_space``."""
+    kind = desc.get("type") if isinstance(desc, dict) else None
+    if kind == "discrete":
+        return spaces.Discrete(int(desc["n"]), start=int(desc.get("start", 0)))
+    if kind == "box":
+        dtype = np.dtype(desc.get("dtype", "float32"))
+        low = np.asarray(desc["low"], dtype).reshape(desc["shape"])
+        high = np.asarray(desc["high"], dtype).reshape(desc["shape"])
+        return spaces.Box(low, high, dtype=dtype)
+    raise ValueError(f"unknown action space description {desc!r}")
+
+
+class EpisodeDataset:
+    """Episodes of a collection folder (see ``wm_agent.collect``), validated on opening.
+
+    Raises ``FileNotFoundError`` for a missing or empty folder ("no shards found in DIR") and
+    ``ValueError`` naming the file for a corrupt manifest or a truncated, corrupt or inconsistent array.
+    """
+
+    def __init__(self, root: str | os.PathLike):
+        root = Path(root)
+        manifest_path = root / MANIFEST
+        if not root.is_dir() or not manifest_path.is_file():
+            has_shards = root.is_dir() and any(p.name.startswith("shard_") for p in root.iterdir())
+            if has_shards:
+                raise ValueError(f"{root} holds shard folders but no {MANIFEST}")
+            raise FileNotFoundError(f"no shards found in {root} (collect some with `wm-agent collect --out {root}`)")
+        manifest = _read_manifest(manifest_path)
+        if not manifest["shards"]:
+            raise FileNotFoundError(f"no shards found in {root} ({manifest_path} lists none)")
+
+        _allow_open_files(len(manifest["shards"]) + 64)
+        obs_shape = tuple(manifest["observation_shape"])
+        action_space = space_from_description(manifest["action_space"])
+        shards = [
+            open_shard(root / entry["name"], obs_shape, action_space, entry["episodes"], entry.get("steps"))
+            for entry in manifest["shards"]
+        ]
+
+        # The episode table: which shard holds each episode, and where its rows start in that shard.
+        ep_shard = np.concatenate([np.full(len(s["lengths"]), k, np.int64) for k, s in enumerate(shards)])
+        lengths = np.concatenate([np.asarray(s["lengths"], np.int64) for s in shards])
+        local_step = np.concatenate([_starts(np.asarray(s["lengths"], np.int64)) for s in shards])
+        local_frame = np.concatenate([_starts(np.asarray(s["lengths"], np.int64) + 1) for s in shards])
+        self._init(root, manifest, action_space, shards, ep_shard, lengths, local_frame, local_step)
+
+    def _init(self, root, manifest, action_space, shards, ep_shard, lengths, local_frame, local_step) -> None:
+        self.root = root
+        self.manifest = manifest
+        self.action_space = action_space
+        self._shards = shards
+        self._ep_shard = ep_shard
+        self._local_frame = local_frame
+        self._local_step = local_step
+        self.lengths = lengths
+        self.frame_offsets = _starts(lengths + 1)
+        self.step_offsets = _starts(lengths)
+
+    # -- sizes ------------------------------------------------------------------------------------
+    @property
+    def env_id(self) -> str:
+        return self.manifest["env_id"]
+
+    @property
+    def observation_shape(self) -> tuple[int, ...]:
+        return tuple(self.manifest["observation_shape"])
+
+    @property
+    def num_episodes(self) -> int:
+        return len(self.lengths)
+
+    @property
+    def num_steps(self) -> int:
+        return int(self.lengths.sum())
+
+    @property
+    def num_frames(self) -> int:
+        return self.num_steps + self.num_episodes
+
+    def __repr__(self) -> str:
+        return (f"EpisodeDataset({str(self.root)!r}, env_id={self.env_id!r}, episodes={self.num_episodes}, "
+                f"frames={self.num_frames})")
+
+    # -- access -----------------------------------------------------------------------------------
+    def episode(self, i: int) -> dict[str, np.ndarray]:
+        """Episode ``i``: ``obs`` (T+1 frames, a read-only memory-mapped view) and ``actions``,
+        ``rewards``, ``terminated``, ``truncated`` (T steps each, views of in-memory arrays)."""
+        i = _check_index(i, self.num_episodes, "episode")
+        shard = self._shards[self._ep_shard[i]]
+        f, s, t = int(self._local_frame[i]), int(self._local_step[i]), int(self.lengths[i])
+        out = {"obs": shard["obs"][f : f + t + 1]}
+        for key in ("actions", "rewards", "terminated", "truncated"):
+            out[key] = shard[key][s : s + t]
+        return out
+
+    def frames(self, indices) -> np.ndarray:
+        """Frames at global ``indices`` (any order, repeats allowed) as a uint8 (B, H, W, 3) array."""
+        indices = np.asarray(indices)
+        if indices.ndim != 1 or not (np.issubdtype(indices.dtype, np.integer) or indices.size == 0):
+            raise ValueError(f"indices must be a 1-D integer array, got {indices.dtype} shape {indices.shape}")
+        indices = indices.astype(np.int64, copy=False)
+        out = np.empty((len(indices), *self.observation_shape), np.uint8)
+        if len(indices) == 0:
+            return out
+        if indices.min() < 0 or indices.max() >= self.num_frames:
+            raise IndexError(f"frame indices must lie in [0, {self.num_frames}), got {indices.min()}..{indices.max()}")
+        episodes = np.searchsorted(self.frame_offsets, indices, side="right") - 1
+        shard_of = self._ep_shard[episodes]
+        local = self._local_frame[episodes] + (indices - self.frame_offsets[episodes])
+        # Reading each shard's rows in ascending order turns random access into forward sweeps
+        # through the memory map; the results are then scattered back to the requested positions.
+        order = np.lexsort((local, shard_of))
+        bounds = np.flatnonzero(np.diff(shard_of[order])) + 1
+        for group in np.split(order, bounds):
+            out[group] = self._shards[shard_of[group[0]]]["obs"][local[group]]
+        return out
+
+    def iter_frame_batches(
+        self, batch_size: int, rng: np.random.Generator, drop_last: bool = False
+    ) -> Iterator[np.ndarray]:
+        """One epoch of uint8 frame batches in a random order: each frame exactly once
+        (the last, smaller batch is dropped when ``drop_last``)."""
+        if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        order = rng.permutation(self.num_frames)
+        stop = len(order) - len(order) % batch_size if drop_last else len(order)
+        for start in range(0, stop, batch_size):
+            yield self.frames(order[start : start + batch_size])
+
+    def actions_all(self) -> np.ndarray:
+        return self._concat_steps("actions")
+
+    def rewards_all(self) -> np.ndarray:
+        return self._concat_steps("rewards")
+
+    def terminated_all(self) -> np.ndarray:
+        return self._concat_steps("terminated")
+
+    def truncated_all(self) -> np.ndarray:
+        return self._concat_steps("truncated")
+
+    def _concat_steps(self, key: str) -> np.ndarray:
+        """All episodes' ``key`` rows in episode order, as one in-memory array."""
+        pieces = []
+        for k, first, last in self._runs():
+            start = int(self._local_step[first])
+            stop = int(self._local_step[last] + self.lengths[last])
+            pieces.append(self._shards[k][key][start:stop])
+        return np.concatenate(pieces)
+
+    def _runs(self) -> list[tuple[int, int, int]]:
+        """Maximal runs ``(shard, first, last)`` of consecutive episodes stored back to back in one
+        shard: whole shards for a full dataset, so concatenation copies a few big slices."""
+        runs = []
+        first = 0
+        for i in range(1, self.num_episodes + 1):
+            if (
+                i == self.num_episodes
+                or self._ep_shard[i] != self._ep_shard[i - 1]
+                or self._local_step[i] != self._local_step[i - 1] + self.lengths[i - 1]
+            ):
+                runs.append((int(self._ep_shard[first]), first, i - 1))
+                first = i
+        return runs
+
+    # -- views ------------------------------------------------------------------------------------
+    def subset(self, episode_indices) -> "EpisodeDataset":
+        """A view over the given episodes (in that order) with the same API, sharing the memory maps;
+        e.g. hold out the last 10% of episodes for validation."""
+        idx = np.asarray(episode_indices)
+        if idx.ndim != 1 or not (np.issubdtype(idx.dtype, np.integer) or idx.size == 0):
+            raise ValueError(f"episode_indices must be a 1-D integer array, got {idx.dtype} shape {idx.shape}")
+        if idx.size == 0:
+            raise ValueError("a subset needs at least one episode")
+        idx = idx.astype(np.int64, copy=False)
+        if idx.min() < -self.num_episodes or idx.max() >= self.num_episodes:
+            raise IndexError(f"episode indices must lie in [-{self.num_episodes}, {self.num_episodes})")
+        idx = idx % self.num_episodes
+        view = object.__new__(type(self))
+        view._init(self.root, self.manifest, self.action_space, self._shards, self._ep_shard[idx],
+                   self.lengths[idx], self._local_frame[idx], self._local_step[idx])
+        return view
+
+
+# ----------------------------------------------------------------------------------------------
+# Opening and validating
+# ----------------------------------------------------------------------------------------------
+def _starts(counts: np.ndarray) -> np.ndarray:
+    """Exclusive cumulative sum: where each block starts when blocks of ``counts`` are laid end to end."""
+    starts = np.zeros(len(counts), np.int64)
+    np.cumsum(counts[:-1], out=starts[1:])
+    return starts
+
+
+def _allow_open_files(needed: int) -> None:
+    """Raise the soft open-file limit (often 1024) towards the hard one: each shard's memory map
+    keeps a descriptor open, and the paper's 10,000 CarRacing rollouts make 1,000 shards."""
+    try:
+        import resource
+    except ImportError:  # Windows: no such limit to raise
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < needed + 256:
+        target = needed + 1024 if hard == resource.RLIM_INFINITY else min(hard, needed + 1024)
+        if target > soft:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+
+
+def _check_index(i, n: int, what: str) -> int:
+    if not isinstance(i, (int, np.integer)):
+        raise TypeError(f"{what} index must be an int, got {type(i).__name__}")
+    if not -n <= i < n:
+        raise IndexError(f"{what} index {i} out of range for {n} {what}s")
+    return int(i) % n
+
+
+def _read_manifest(path: Path) -> dict:
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"corrupt manifest {path}: {exc}") from exc
+    required = ("env_id", "observation_shape", "action_space", "shards")
+    if not isinstance(manifest, dict) or any(k not in manifest for k in required):
+        raise ValueError(f"corrupt manifest {path}: expected a JSON object with keys {required}")
+    shape = manifest["observation_shape"]
+    if not (isinstance(shape, list) and len(shape) == 3 and shape[-1] == 3 and all(isinstance(v, int) for v in shape)):
+        raise ValueError(f"corrupt manifest {path}: observation_shape must be [H, W, 3], got {shape!r}")
+    shards = manifest["shards"]
+    if not isinstance(shards, list) or not all(
+        isinstance(s, dict) and isinstance(s.get("name"), str) and isinstance(s.get("episodes"), int) for s in shards
+    ):
+        raise ValueError(f"corrupt manifest {path}: 'shards' must be a list of {{name, episodes, ...}} entries")
+    try:
+        space_from_description(manifest["action_space"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"corrupt manifest {path}: bad action_space: {exc}") from exc
+    return manifest
+
+
+def open_shard(
+    folder: Path, obs_shape: tuple, action_space: gym.Space, episodes: int | None = None, steps: int | None = None
+) -> dict[str, np.ndarray]:
+    """Memory-map one shard's frames, read its small per-step arrays, and check that they agree with
+    each other and with the expected ``episodes`` and ``steps`` (from the manifest) when given.
+    Raises ``FileNotFoundError`` or ``ValueError`` naming the offending file."""
+    # Only obs.npy is memory-mapped: every map holds a file descriptor, and the per-step arrays are
+    # small (CarRacing's 10,000 x 1000 steps are ~180 MB in all).
+    arrays = {key: load_npy(folder / f"{key}.npy", mmap=key == "obs") for key in SHARD_FILES}
+
+    def fail(key: str, problem: str):
+        raise ValueError(f"{folder / f'{key}.npy'}: {problem}")
+
+    lengths = arrays["lengths"]
+    if lengths.ndim != 1 or not np.issubdtype(lengths.dtype, np.integer):
+        fail("lengths", f"expected a 1-D integer array, got {lengths.dtype} shape {lengths.shape}")
+    if episodes is not None and len(lengths) != episodes:
+        fail("lengths", f"holds {len(lengths)} episodes, the manifest says {episodes}")
+    if len(lengths) and lengths.min() < 1:
+        fail("lengths", f"episode lengths must be >= 1, found {lengths.min()}")
+    expected_steps = steps
+    steps = int(lengths.sum())
+    frames = steps + len(lengths)
+    if expected_steps is not None and expected_steps != steps:
+        fail("lengths", f"sums to {steps} steps, the manifest says {expected_steps}")
+
+    discrete = isinstance(action_space, spaces.Discrete)
+    expected = {
+        "obs": ((frames, *obs_shape), np.uint8),
+        "actions": ((steps, *(() if discrete else action_space.shape)), np.int64 if discrete else np.float32),
+        "rewards": ((steps,), np.float32),
+        "terminated": ((steps,), np.bool_),
+        "truncated": ((steps,), np.bool_),
+    }
+    for key, (shape, dtype) in expected.items():
+        array = arrays[key]
+        if array.shape != shape or array.dtype != dtype:
+            fail(key, f"expected {np.dtype(dtype)} shape {shape} (from lengths.npy), got {array.dtype} shape {array.shape}")
+    for array in arrays.values():
+        array.flags.writeable = False  # episode() hands out views: callers must not edit the dataset
+    return arrays

@@ -1,0 +1,846 @@
+"""Pictures of a world model: PNG figures, episode videos, and a dream a person can drive.
+
+Everything is drawn with numpy and pygame (no matplotlib): ``pygame.font`` and off-screen
+``pygame.Surface``s work without a display, so figures and videos need no X server. Only
+``--human`` (``run_render``) and ``run_play`` open a window, through ``envs.rendering.show_frame``;
+set ``SDL_VIDEODRIVER=dummy`` to run them headless.
+
+- ``Visualizer(out_dir)``: ``reconstruction``, ``dream_sequence``, ``real_vs_dream``, ``training_curves``.
+- ``write_video(frames, path, fps)``: ``.mp4`` (imageio-ffmpeg, libx264) or ``.gif`` (pillow), atomically.
+- ``compose_frame(real, dream=None, step=..., reward=...)``: one annotated video frame.
+- ``record_real_episode`` / ``record_dream_episode`` / ``record_side_by_side``: the controller at work.
+- ``RenderConfig`` + ``run_render`` (``wm-agent render``), ``PlayConfig`` + ``run_play`` (``wm-agent play``).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import os
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Sequence
+
+import numpy as np
+import torch
+
+from wm_agent.config import doc
+
+os.environ.setdefault("PYGAME_HIDE_SUPPORT_PROMPT", "1")
+
+__all__ = [
+    "PlayConfig", "RenderConfig", "Visualizer", "compose_frame", "continuous_action", "frame_mse",
+    "record_dream_episode", "record_real_episode", "record_side_by_side", "run_play", "run_render", "show_frames",
+    "write_video",
+]
+
+VIDEO_EXTENSIONS = (".mp4", ".gif")
+
+# Colours (RGB)
+WHITE = (255, 255, 255)
+BLACK = (0, 0, 0)
+PAPER = (250, 250, 250)
+INK = (30, 30, 30)
+GRID = (215, 215, 215)
+AXIS = (90, 90, 90)
+BAND = (24, 24, 28)
+SERIES_COLOURS = [(31, 119, 180), (214, 39, 40), (44, 160, 44), (255, 127, 14), (148, 103, 189)]
+
+
+# ----------------------------------------------------------------------------------------------
+# pygame helpers (imported lazily: importing this module never loads pygame)
+# ----------------------------------------------------------------------------------------------
+_FONTS: dict[int, Any] = {}
+
+
+def _pygame():
+    import pygame
+
+    return pygame
+
+
+def _font(size: int):
+    """pygame's bundled default font at ``size`` px; ``pygame.font`` is initialised on first use."""
+    pygame = _pygame()
+    if not pygame.font.get_init():
+        pygame.font.init()
+        _FONTS.clear()
+    if size not in _FONTS:
+        _FONTS[size] = pygame.font.Font(None, size)
+    return _FONTS[size]
+
+
+def _text(surface, text: str, pos: tuple[int, int], size: int = 18, colour=INK, anchor: str = "topleft",
+          background=None) -> Any:
+    """Draw ``text`` with its ``anchor`` point (a pygame.Rect attribute name) at ``pos``; returns its rect."""
+    img = _font(size).render(str(text), True, colour, background)
+    rect = img.get_rect(**{anchor: pos})
+    surface.blit(img, rect)
+    return rect
+
+
+def _text_width(text: str, size: int) -> int:
+    return _font(size).size(str(text))[0]
+
+
+def _check_frames(frames, what: str, ndim: int = 4) -> np.ndarray:
+    arr = np.asarray(frames)
+    if arr.ndim != ndim or arr.shape[-1] != 3 or arr.dtype != np.uint8:
+        shape = "(N, H, W, 3)" if ndim == 4 else "(H, W, 3)"
+        raise ValueError(f"{what} must be uint8 RGB frames of shape {shape}, got {arr.dtype} {arr.shape}")
+    return arr
+
+
+def _frame_surface(frame: np.ndarray, scale: int):
+    """uint8 (H, W, 3) -> pygame Surface upscaled ``scale`` x by nearest neighbour (crisp cells)."""
+    pygame = _pygame()
+    big = np.repeat(np.repeat(np.asarray(frame, np.uint8), scale, 0), scale, 1) if scale > 1 else frame
+    return pygame.surfarray.make_surface(np.ascontiguousarray(big.transpose(1, 0, 2)))
+
+
+def _surface_array(surface) -> np.ndarray:
+    """pygame Surface -> uint8 (H, W, 3)."""
+    return np.ascontiguousarray(_pygame().surfarray.array3d(surface).transpose(1, 0, 2))
+
+
+def _canvas(width: int, height: int, colour=PAPER):
+    surface = _pygame().Surface((int(width), int(height)))
+    surface.fill(colour)
+    return surface
+
+
+def _atomic_write(path: str | os.PathLike, write) -> Path:
+    """Call ``write(tmp)`` on a temporary file beside ``path`` that keeps its extension (imageio picks
+    the format from it), then rename it onto ``path``: a crash never leaves a half-written file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.{uuid.uuid4().hex[:8]}.tmp{path.suffix}")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+def _save_png(surface, path: str | os.PathLike) -> Path:
+    import imageio.v3 as iio
+
+    array = _surface_array(surface)
+    return _atomic_write(path, lambda tmp: iio.imwrite(tmp, array, extension=".png"))
+
+
+def frame_mse(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Per-frame mean squared error on [0, 1] pixels of two uint8 stacks (N, H, W, 3) -> (N,)."""
+    a = np.asarray(a, np.float32) / 255.0
+    b = np.asarray(b, np.float32) / 255.0
+    return ((a - b) ** 2).reshape(len(a), -1).mean(1)
+
+
+# ----------------------------------------------------------------------------------------------
+# Figures
+# ----------------------------------------------------------------------------------------------
+def _load_metrics(metrics) -> list[dict]:
+    """A ``<checkpoint>.metrics.jsonl`` path or a list of dicts -> list of dicts."""
+    if metrics is None:
+        return []
+    if isinstance(metrics, (str, os.PathLike)):
+        path = Path(metrics)
+        if not path.is_file():
+            raise FileNotFoundError(f"metrics file not found: {path}")
+        rows, lines = [], path.read_text().splitlines()
+        for n, line in enumerate(lines, 1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as exc:
+                    if n == len(lines):
+                        break  # a run killed mid-write leaves a truncated last line
+                    raise ValueError(f"{path}:{n} is not JSON: {exc}") from exc
+        return rows
+    if isinstance(metrics, dict):
+        raise TypeError("training_curves wants a metrics.jsonl path or a list of per-epoch dicts, got a dict")
+    return [dict(row) for row in metrics]
+
+
+def _series(rows: list[dict], stage: str, key: str) -> tuple[np.ndarray, np.ndarray]:
+    """(epochs, values) of ``key`` for ``stage``; a resumed run's repeated epoch keeps its last value."""
+    by_epoch: dict[int, float] = {}
+    for i, row in enumerate(r for r in rows if r.get("stage") == stage):
+        value = row.get(key)
+        if value is None:
+            continue
+        by_epoch[int(row.get("epoch", i + 1))] = float(value)
+    xs = np.array(sorted(by_epoch), dtype=np.float64)
+    ys = np.array([by_epoch[int(x)] for x in xs], dtype=np.float64)
+    return xs, ys
+
+
+def _fmt(v: float) -> str:
+    if v == 0 or not math.isfinite(v):
+        return str(v)
+    a = abs(v)
+    if a >= 1e4 or a < 1e-3:
+        return f"{v:.2e}"
+    if a >= 100:
+        return f"{v:.0f}"
+    if a >= 1:
+        return f"{v:.2f}"
+    return f"{v:.4f}"
+
+
+def _line_panel(surface, rect, title: str, series: list[tuple[str, np.ndarray, np.ndarray]], xlabel: str) -> None:
+    """A line chart inside ``rect`` (x, y, w, h): title, axes, min/max tick labels, legend."""
+    pygame = _pygame()
+    x0, y0, w, h = rect
+    pygame.draw.rect(surface, WHITE, rect)
+    pygame.draw.rect(surface, GRID, rect, 1)
+    series = [(name, xs[np.isfinite(ys)], ys[np.isfinite(ys)]) for name, xs, ys in series]
+    series = [s for s in series if len(s[1])]
+    all_y = np.concatenate([s[2] for s in series]) if series else np.zeros(0)
+    log = bool(len(all_y) and all_y.min() > 0 and all_y.max() / all_y.min() > 50)
+    _text(surface, title + ("  (log scale)" if log else ""), (x0 + w // 2, y0 + 8), 20, INK, "midtop")
+    left, right, top, bottom = x0 + 64, x0 + w - 14, y0 + 32, y0 + h - 40
+    if not series:
+        _text(surface, "no data", ((left + right) // 2, (top + bottom) // 2), 20, AXIS, "center")
+        return
+    all_x = np.concatenate([s[1] for s in series])
+    tf = np.log10 if log else (lambda v: v)
+    ymin, ymax = float(tf(all_y).min()), float(tf(all_y).max())
+    if ymax - ymin < 1e-12:
+        ymin, ymax = ymin - 0.5 * (abs(ymin) or 1), ymax + 0.5 * (abs(ymax) or 1)
+    xmin, xmax = float(all_x.min()), float(all_x.max())
+    if xmax == xmin:
+        xmin, xmax = xmin - 1, xmax + 1
+
+    def px(x, y):
+        return (left + (x - xmin) / (xmax - xmin) * (right - left),
+                bottom - (tf(y) - ymin) / (ymax - ymin) * (bottom - top))
+
+    # grid at the min and max, then the axes
+    for yv in (ymin, ymax):
+        yy = bottom - (yv - ymin) / (ymax - ymin) * (bottom - top)
+        pygame.draw.line(surface, GRID, (left, yy), (right, yy))
+        _text(surface, _fmt(10 ** yv if log else yv), (left - 6, yy), 16, AXIS, "midright")
+    pygame.draw.line(surface, AXIS, (left, top), (left, bottom), 2)
+    pygame.draw.line(surface, AXIS, (left, bottom), (right, bottom), 2)
+    for xv, anchor in ((xmin, "midtop"), (xmax, "midtop")):
+        xx = left + (xv - xmin) / (xmax - xmin) * (right - left)
+        pygame.draw.line(surface, AXIS, (xx, bottom), (xx, bottom + 4), 2)
+        _text(surface, f"{xv:g}", (xx, bottom + 6), 16, AXIS, anchor)
+    _text(surface, xlabel, ((left + right) // 2, bottom + 22), 16, AXIS, "midtop")
+
+    legend_y = top + 4
+    for k, (name, xs, ys) in enumerate(series):
+        colour = SERIES_COLOURS[k % len(SERIES_COLOURS)]
+        points = [px(x, y) for x, y in zip(xs, ys)]
+        if len(points) > 1:
+            pygame.draw.lines(surface, colour, False, points, 2)
+        if len(points) <= 40:
+            for p in points:
+                pygame.draw.circle(surface, colour, (int(p[0]), int(p[1])), 3)
+        label = f"{name}: {_fmt(float(ys[-1]))}"
+        lw = _text_width(label, 16)
+        pygame.draw.line(surface, colour, (right - lw - 26, legend_y + 6), (right - lw - 8, legend_y + 6), 3)
+        _text(surface, label, (right - 4, legend_y), 16, INK, "topright")
+        legend_y += 16
+
+
+class Visualizer:
+    """PNG figures of a world model (the original design's ``Visualizer``), drawn without matplotlib.
+
+    ``tag`` names the default files (``reconstruction_<tag>.png`` ...); frames are upscaled ``scale``x
+    by nearest neighbour so 64x64 images stay readable. Every method returns the written path.
+    """
+
+    def __init__(self, out_dir: str | os.PathLike = "world_model_results", tag: str = "gridworld", scale: int = 3,
+                 columns: int = 10):
+        if scale < 1 or columns < 1:
+            raise ValueError(f"scale and columns must be >= 1, got scale={scale}, columns={columns}")
+        self.out_dir = Path(out_dir)
+        self.tag, self.scale, self.columns = tag, scale, columns
+
+    def _path(self, name: str | None, kind: str) -> Path:
+        return self.out_dir / (name or f"{kind}_{self.tag}.png")
+
+    def _rows_figure(self, title: str, rows: list[tuple[str, np.ndarray]], captions: list[str] | None,
+                     caption_title: str = "", index_prefix: str = "t=") -> Any:
+        """Labelled rows of frames, wrapped every ``columns`` frames into blocks; optional caption per column."""
+        n = len(rows[0][1])
+        fh, fw = rows[0][1].shape[1:3]
+        s, pad = self.scale, 6
+        cell_w, cell_h = fw * s, fh * s
+        cols = min(n, self.columns)
+        blocks = math.ceil(n / cols)
+        label_w = max(_text_width(label, 20) for label, _ in rows) + 16
+        if captions is not None and caption_title:
+            label_w = max(label_w, _text_width(caption_title, 18) + 16)
+        cap_h = 22 if captions is not None else 0
+        block_h = 20 + len(rows) * (cell_h + pad) + cap_h + pad
+        width = label_w + cols * (cell_w + pad) + pad
+        height = 40 + blocks * block_h
+        surface = _canvas(width, height)
+        _text(surface, title, (width // 2, 10), 24, INK, "midtop")
+        for b in range(blocks):
+            y = 40 + b * block_h
+            for c in range(cols):
+                i = b * cols + c
+                if i < n:
+                    x = label_w + c * (cell_w + pad) + cell_w // 2
+                    _text(surface, f"{index_prefix}{i}", (x, y + 2), 16, AXIS, "midtop")
+            y += 20
+            for label, frames in rows:
+                _text(surface, label, (label_w - 10, y + cell_h // 2), 20, INK, "midright")
+                for c in range(cols):
+                    i = b * cols + c
+                    if i < n:
+                        surface.blit(_frame_surface(frames[i], s), (label_w + c * (cell_w + pad), y))
+                y += cell_h + pad
+            if captions is not None:
+                if caption_title:
+                    _text(surface, caption_title, (label_w - 10, y + 2), 18, AXIS, "topright")
+                for c in range(cols):
+                    i = b * cols + c
+                    if i < n:
+                        _text(surface, captions[i], (label_w + c * (cell_w + pad) + cell_w // 2, y + 2), 18, INK,
+                              "midtop")
+        return surface
+
+    def reconstruction(self, real, recon, name: str | None = None, title: str = "VQ-VAE reconstruction") -> Path:
+        """Two labelled rows: real frames above their reconstructions, with the mean MSE in the title."""
+        real, recon = _check_frames(real, "real"), _check_frames(recon, "recon")
+        if real.shape != recon.shape or len(real) == 0:
+            raise ValueError(f"real and recon must have the same non-empty shape, got {real.shape} and {recon.shape}")
+        mse = float(frame_mse(real, recon).mean())
+        surface = self._rows_figure(f"{title}  (mean MSE {_fmt(mse)})", [("real", real), ("reconstruction", recon)],
+                                    None, index_prefix="#")
+        return _save_png(surface, self._path(name, "reconstruction"))
+
+    def dream_sequence(self, frames, name: str | None = None, title: str = "Dream sequence") -> Path:
+        """A strip of dreamed frames with their step numbers (wrapped every ``columns`` frames)."""
+        frames = _check_frames(frames, "frames")
+        if len(frames) == 0:
+            raise ValueError("dream_sequence needs at least one frame")
+        return _save_png(self._rows_figure(title, [("dream", frames)], None), self._path(name, "dream_sequence"))
+
+    def real_vs_dream(self, real, dream, name: str | None = None, title: str = "Real env vs dream") -> Path:
+        """Real frames above the dreamed ones (same actions), per-frame MSE under each column."""
+        real, dream = _check_frames(real, "real"), _check_frames(dream, "dream")
+        if real.shape != dream.shape or len(real) == 0:
+            raise ValueError(f"real and dream must have the same non-empty shape, got {real.shape} and {dream.shape}")
+        captions = [f"{m:.4f}" for m in frame_mse(real, dream)]
+        surface = self._rows_figure(title, [("real", real), ("dream", dream)], captions, "MSE")
+        return _save_png(surface, self._path(name, "real_vs_dream"))
+
+    def training_curves(self, metrics, cmaes_log: Sequence[dict] | None = None, name: str | None = None,
+                        title: str = "World model training") -> Path:
+        """Three line charts: VAE recon MSE per epoch, MDN-RNN loss/NLL per epoch, CMA-ES best/mean per generation.
+
+        ``metrics``: a ``<checkpoint>.metrics.jsonl`` path or its rows as dicts (``{"stage": "vae"|"rnn",
+        "epoch", ...}``); ``cmaes_log``: ``wm.train_state["cmaes"]["log"]``. A panel without data says so.
+        """
+        rows = _load_metrics(metrics)
+        log = list(cmaes_log or [])
+        gens = np.array([float(r.get("generation", i + 1)) for i, r in enumerate(log)])
+        panels = [
+            ("VQ-VAE reconstruction MSE", [("recon_mse", *_series(rows, "vae", "recon_mse"))], "epoch"),
+            ("MDN-RNN loss", [("loss", *_series(rows, "rnn", "loss")), ("nll", *_series(rows, "rnn", "nll"))],
+             "epoch"),
+            ("Controller (CMA-ES) fitness",
+             [(k, gens, np.array([float(r.get(k, np.nan)) for r in log])) for k in ("best", "mean")], "generation"),
+        ]
+        pw, ph, pad = 420, 300, 12
+        surface = _canvas(pad + len(panels) * (pw + pad), 44 + ph + pad)
+        _text(surface, title, (surface.get_width() // 2, 10), 26, INK, "midtop")
+        for k, (panel_title, series, xlabel) in enumerate(panels):
+            _line_panel(surface, (pad + k * (pw + pad), 44, pw, ph), panel_title, series, xlabel)
+        return _save_png(surface, self._path(name, "training_curves"))
+
+
+# ----------------------------------------------------------------------------------------------
+# Video
+# ----------------------------------------------------------------------------------------------
+def _check_video_path(path: str | os.PathLike) -> Path:
+    path = Path(path)
+    if path.suffix.lower() not in VIDEO_EXTENSIONS:
+        raise ValueError(f"video file must end in .mp4 or .gif, got {str(path)!r}")
+    return path
+
+
+def _frame_stream(frames) -> Iterator[np.ndarray]:
+    """Frames of one size from an array (T, H, W, 3) or any iterable of (H, W, 3) uint8 frames."""
+    shape = None
+    for i, frame in enumerate(frames):
+        frame = _check_frames(frame, f"frame {i}", ndim=3)
+        if shape is None:
+            shape = frame.shape
+        elif frame.shape != shape:
+            raise ValueError(f"frame {i} has shape {frame.shape}, the first had {shape}: a video needs one size")
+        yield frame
+
+
+def write_video(frames, path: str | os.PathLike, fps: float = 8) -> Path:
+    """Write uint8 frames as ``.mp4`` (libx264 via imageio-ffmpeg) or ``.gif`` (pillow); returns the path.
+
+    ``frames``: an array (T, H, W, 3) or any iterable of (H, W, 3) frames; an mp4 is streamed frame by
+    frame (long episodes never sit in memory), a GIF is assembled in memory. Atomic: the file appears
+    complete or not at all. Odd-sized mp4 frames are padded with black to even sides (yuv420p needs
+    them), never rescaled. A GIF merges identical consecutive frames (pillow does; playing time is kept).
+    """
+    path = _check_video_path(path)
+    if fps <= 0:
+        raise ValueError(f"fps must be positive, got {fps}")
+    if isinstance(frames, np.ndarray):
+        _check_frames(frames, "frames")
+    stream = _frame_stream(frames)
+    first = next(stream, None)
+    if first is None:
+        raise ValueError("write_video needs at least one frame")
+    if path.suffix.lower() == ".mp4":
+        pad = ((0, first.shape[0] % 2), (0, first.shape[1] % 2), (0, 0))
+
+        def write(tmp):
+            import imageio.v2 as imageio
+
+            writer = imageio.get_writer(tmp, format="FFMPEG", mode="I", fps=fps, codec="libx264", quality=8,
+                                        pixelformat="yuv420p", macro_block_size=1)
+            try:  # not `with`: imageio's __exit__ skips close() on errors and leaves ffmpeg running
+                for frame in itertools.chain([first], stream):
+                    writer.append_data(np.pad(frame, pad) if any(p[1] for p in pad) else frame)
+            finally:
+                writer.close()
+    else:
+        def write(tmp):
+            import imageio.v3 as iio
+
+            iio.imwrite(tmp, np.stack([first, *stream]), extension=".gif", plugin="pillow",
+                        duration=1000.0 / fps, loop=0)
+    return _atomic_write(path, write)
+
+
+def compose_frame(real, dream=None, step: int | None = None, reward: float | None = None, scale: int = 4,
+                  total: float | None = None, dream_reward: float | None = None,
+                  labels: tuple[str, str] = ("real", "dream")) -> np.ndarray:
+    """One annotated video frame: ``real`` (and ``dream`` beside it), upscaled ``scale`` x, under a text band
+    "step N  reward R" (plus "return G" and the dream's reward when given). Returns uint8 (H, W, 3)."""
+    pygame = _pygame()
+    real = _check_frames(real, "real", ndim=3)
+    panels = [real]
+    if dream is not None:
+        dream = _check_frames(dream, "dream", ndim=3)
+        if dream.shape != real.shape:
+            raise ValueError(f"dream frame {dream.shape} differs from real frame {real.shape}")
+        panels.append(dream)
+    h, w = real.shape[0] * scale, real.shape[1] * scale
+    band = 28
+    surface = _canvas(w * len(panels), band + h, BAND)
+    parts = []
+    if step is not None:
+        parts.append(f"step {step}")
+    if reward is not None:
+        parts.append(f"reward {reward:+.2f}")
+    if total is not None:
+        parts.append(f"return {total:+.2f}")
+    if dream_reward is not None:
+        parts.append(f"dream reward {dream_reward:+.2f}")
+    line = "  ".join(parts)
+    size = next((sz for sz in (20, 18, 16, 14) if _text_width(line, sz) <= surface.get_width() - 12), 12)
+    _text(surface, line, (6, band // 2), size, WHITE, "midleft")
+    for k, panel in enumerate(panels):
+        surface.blit(_frame_surface(panel, scale), (k * w, band))
+        if len(panels) > 1:
+            _text(surface, f" {labels[k]} ", (k * w + 4, band + h - 4), 18, WHITE, "bottomleft", BLACK)
+    if len(panels) > 1:
+        pygame.draw.line(surface, WHITE, (w, band), (w, band + h), 2)
+    return _surface_array(surface)
+
+
+# ----------------------------------------------------------------------------------------------
+# Episodes
+# ----------------------------------------------------------------------------------------------
+def _env_action(out: torch.Tensor, wm, greedy: bool, gen: torch.Generator):
+    from wm_agent.controller import choose_actions
+
+    action = choose_actions(out, wm.config.discrete_actions, greedy, gen)[0]
+    return int(action) if wm.config.discrete_actions else action.cpu().numpy().astype(np.float32)
+
+
+@torch.no_grad()
+def record_real_episode(wm, env_id: str | None = None, seed: int = 0, greedy: bool = False,
+                        max_steps: int = 0) -> dict[str, Any]:
+    """The controller plays one episode of the REAL env (reset with ``seed``).
+
+    Returns ``frames`` uint8 (T+1, H, W, 3), ``rewards`` (T,), ``actions`` (T[, A]), ``return``, ``steps``,
+    ``success``. ``max_steps`` = 0: until the env ends the episode.
+    """
+    from wm_agent.evaluate import make_latent_env
+
+    env_id = env_id or wm.env_id
+    if not env_id:
+        raise ValueError("no env id: pass one (the checkpoint does not name its env)")
+    env = make_latent_env(env_id, wm)
+    gen = torch.Generator().manual_seed(seed)
+    try:
+        obs, info = env.reset(seed=seed)
+        frames, rewards, actions = [info["frame"]], [], []
+        while True:
+            action = _env_action(wm.controller.from_obs(torch.as_tensor(obs)[None]), wm, greedy, gen)
+            obs, reward, terminated, truncated, info = env.step(action)
+            frames.append(info["frame"])
+            rewards.append(float(reward))
+            actions.append(action)
+            if terminated or truncated or (max_steps and len(rewards) >= max_steps):
+                break
+    finally:
+        env.close()
+    rewards = np.array(rewards, np.float32)
+    return {"frames": np.stack(frames), "rewards": rewards, "actions": np.array(actions),
+            "return": float(rewards.sum()), "steps": len(rewards),
+            "success": bool(info.get("success", terminated))}
+
+
+@torch.no_grad()
+def record_dream_episode(wm, seed: int = 0, temperature: float = 1.0, greedy: bool = False,
+                         max_steps: int | None = None, start_frame: np.ndarray | None = None) -> dict[str, Any]:
+    """The controller plays one episode INSIDE the dream (``WM-Dream-v0``, decoded frames).
+
+    Starts from a banked start frame (chosen by ``seed``) or ``start_frame``. Returns ``frames`` uint8
+    (T+1, H, W, 3), ``rewards`` (T,), ``actions``, ``done_probabilities`` (T,), ``return``, ``steps``.
+    """
+    import gymnasium as gym
+
+    env = gym.make("WM-Dream-v0", world_model=wm, temperature=temperature, render_mode="rgb_array",
+                   max_episode_steps=max_steps or None)
+    gen = torch.Generator().manual_seed(seed)
+    try:
+        options = {"frame": np.asarray(start_frame, np.uint8)} if start_frame is not None else None
+        obs, _ = env.reset(seed=seed, options=options)
+        frames, rewards, actions, dones = [env.render()], [], [], []
+        while True:
+            action = _env_action(wm.controller.from_obs(torch.as_tensor(obs)[None]), wm, greedy, gen)
+            obs, reward, terminated, truncated, info = env.step(action)
+            frames.append(env.render())
+            rewards.append(float(reward))
+            actions.append(action)
+            dones.append(float(info.get("done_probability", float(terminated))))
+            if terminated or truncated:
+                break
+    finally:
+        env.close()
+    rewards = np.array(rewards, np.float32)
+    return {"frames": np.stack(frames), "rewards": rewards, "actions": np.array(actions),
+            "done_probabilities": np.array(dones, np.float32), "return": float(rewards.sum()),
+            "steps": len(rewards)}
+
+
+def record_side_by_side(wm, env_id: str | None = None, seed: int = 0, greedy: bool = False,
+                        temperature: float = 0.0, max_steps: int = 0, scale: int = 4,
+                        compose: bool = True) -> dict[str, Any]:
+    """The controller acts in the REAL env; the dream replays the SAME actions from the same first frame.
+
+    Returns ``frames`` (composed side-by-side video frames, T+1; only with ``compose``), ``real`` and
+    ``dream`` (T+1, H, W, 3), ``rewards`` (real, T), ``dream_rewards`` (T), ``mse`` (per frame, on [0, 1]
+    pixels), ``actions``, ``return``, ``steps``, ``success``.
+    """
+    real = record_real_episode(wm, env_id, seed, greedy, max_steps)
+    dream = wm.dream(real["frames"][0], real["actions"], temperature=temperature, seed=seed)
+    ep = {"real": real["frames"], "dream": dream["frames"], "rewards": real["rewards"],
+          "dream_rewards": dream["rewards"], "actions": real["actions"],
+          "mse": frame_mse(real["frames"], dream["frames"]), "return": real["return"], "steps": real["steps"],
+          "success": real["success"]}
+    if compose:
+        ep["frames"] = np.stack(list(_side_by_side_frames(ep, scale)))
+    return ep
+
+
+def _side_by_side_frames(ep: dict, scale: int) -> Iterator[np.ndarray]:
+    total = 0.0
+    for t in range(len(ep["real"])):
+        r = float(ep["rewards"][t - 1]) if t else None
+        total += r or 0.0
+        yield compose_frame(ep["real"][t], ep["dream"][t], step=t, reward=r, scale=scale, total=total,
+                            dream_reward=float(ep["dream_rewards"][t - 1]) if t else None)
+
+
+def _annotate(frames: np.ndarray, rewards: np.ndarray, scale: int) -> Iterator[np.ndarray]:
+    total = 0.0
+    for t, frame in enumerate(frames):
+        r = float(rewards[t - 1]) if t else None
+        total += r or 0.0
+        yield compose_frame(frame, step=t, reward=r, total=total, scale=scale)
+
+
+# ----------------------------------------------------------------------------------------------
+# wm-agent render
+# ----------------------------------------------------------------------------------------------
+@dataclass
+class RenderConfig:
+    """wm-agent render: film the checkpoint's controller in the real env, in the dream, or both side by side."""
+
+    checkpoint: str = doc("world-model checkpoint with a controller")
+    env: str = doc("real env id (empty: the env the checkpoint was trained on)", "")
+    out: str = doc("video file to write: .mp4 or .gif (ignored with --human)", "episode.mp4")
+    dream: bool = doc("film the controller inside the dream instead of the real env", False)
+    side_by_side: bool = doc("real env and the dream of the same actions, side by side", False)
+    human: bool = doc("show the frames in a pygame window instead of writing a file", False)
+    seed: int = doc("reset seed of the first episode (episode i uses seed + i)", 0)
+    episodes: int = doc("episodes to film, one after another", 1)
+    temperature: float | None = doc("dream temperature (default: 1.0 with --dream, 0 with --side-by-side)", None)
+    greedy: bool = doc("argmax actions instead of sampling from the controller's softmax", False)
+    max_steps: int = doc("stop each episode after this many steps (0 = the env's own limit)", 0)
+    fps: int = doc("frames per second of the video / window", 8)
+    scale: int = doc("upscaling of the 64x64 frames in the video", 4)
+
+
+def _validate_render(cfg: RenderConfig) -> None:
+    if cfg.dream and cfg.side_by_side:
+        raise ValueError("choose one of --dream and --side-by-side")
+    if cfg.episodes < 1:
+        raise ValueError(f"--episodes must be >= 1, got {cfg.episodes}")
+    if cfg.fps <= 0 or cfg.scale < 1:
+        raise ValueError(f"--fps must be > 0 and --scale >= 1, got fps={cfg.fps}, scale={cfg.scale}")
+    if cfg.max_steps < 0:
+        raise ValueError(f"--max-steps must be >= 0, got {cfg.max_steps}")
+    if cfg.temperature is not None and cfg.temperature < 0:
+        raise ValueError(f"--temperature must be >= 0, got {cfg.temperature}")
+    if not cfg.human:
+        _check_video_path(cfg.out)
+
+
+def show_frames(frames: Iterable[np.ndarray], fps: int, caption: str = "wm-agent") -> int:
+    """Play frames in a pygame window (closing it, Esc or Q stops early); returns how many were shown."""
+    from envs.rendering import show_frame
+
+    pygame = _pygame()
+    window = clock = None
+    shown = 0
+    try:
+        for frame in frames:
+            window, clock = show_frame(frame, window, clock, fps, scale=1, caption=caption)
+            shown += 1
+            if any(e.type == pygame.QUIT or (e.type == pygame.KEYDOWN and e.key in (pygame.K_ESCAPE, pygame.K_q))
+                   for e in pygame.event.get()):
+                break
+    finally:
+        if window is not None:
+            pygame.display.quit()
+    return shown
+
+
+def run_render(cfg: RenderConfig, wm=None) -> dict[str, Any]:
+    """Run ``cfg.episodes`` episodes and write them as one video (or show them with ``cfg.human``).
+
+    Frames are composed and written one at a time, so long episodes do not pile up in memory.
+    Returns ``{"out": path or None, "frames": n, "episodes", "returns", "mode"}``.
+    """
+    from wm_agent.world_model import WorldModel
+
+    _validate_render(cfg)
+    wm = wm or WorldModel.load(cfg.checkpoint)
+    env_id = cfg.env or wm.env_id
+    mode = "dream" if cfg.dream else "side-by-side" if cfg.side_by_side else "real"
+    if mode != "dream" and not env_id:
+        raise ValueError(f"{cfg.checkpoint} does not name its env: pass --env")
+    returns: list[float] = []
+    count = 0
+
+    def frames() -> Iterator[np.ndarray]:
+        nonlocal count
+        for i in range(cfg.episodes):
+            seed = cfg.seed + i
+            if mode == "dream":
+                temperature = 1.0 if cfg.temperature is None else cfg.temperature
+                ep = record_dream_episode(wm, seed, temperature, cfg.greedy, cfg.max_steps or None)
+                stream = _annotate(ep["frames"], ep["rewards"], cfg.scale)
+            elif mode == "side-by-side":
+                temperature = 0.0 if cfg.temperature is None else cfg.temperature
+                ep = record_side_by_side(wm, env_id, seed, cfg.greedy, temperature, cfg.max_steps, cfg.scale,
+                                         compose=False)
+                stream = _side_by_side_frames(ep, cfg.scale)
+            else:
+                ep = record_real_episode(wm, env_id, seed, cfg.greedy, cfg.max_steps)
+                stream = _annotate(ep["frames"], ep["rewards"], cfg.scale)
+            returns.append(ep["return"])
+            for frame in stream:
+                count += 1
+                yield frame
+
+    result = {"out": None, "frames": 0, "episodes": cfg.episodes, "returns": returns, "mode": mode}
+    if cfg.human:
+        result["frames"] = show_frames(frames(), cfg.fps, caption=f"wm-agent render ({mode})")
+    else:
+        result["out"] = str(write_video(frames(), cfg.out, cfg.fps))
+        result["frames"] = count
+    return result
+
+
+# ----------------------------------------------------------------------------------------------
+# wm-agent play: a person drives inside the dream
+# ----------------------------------------------------------------------------------------------
+@dataclass
+class PlayConfig:
+    """wm-agent play: drive the agent yourself with the arrow keys inside the world model's dream."""
+
+    checkpoint: str = doc("world-model checkpoint")
+    dream: bool = doc("play inside the dream (--no-dream plays the real env, for comparison)", True)
+    env: str = doc("real env id for --no-dream (empty: the checkpoint's env)", "")
+    temperature: float = doc("dream temperature (0 = the most likely component's mean)", 1.0)
+    done_threshold: float = doc("the dream ends when its done head's probability exceeds this (above 1: never)", 0.5)
+    seed: int = doc("seed of the first start frame / layout (each R reset moves on by one)", 0)
+    max_steps: int = doc("end an episode after this many steps (0 = the env's own limit)", 0)
+    fps: int = doc("frames per second of the window (continuous actions step once per frame)", 8)
+    scale: int = doc("upscaling of the 64x64 frames in the window", 6)
+
+
+# Key names (as pygame.key.name gives them, plus aliases for scripted play) -> commands
+KEY_ALIASES = {"up": "up", "right": "right", "down": "down", "left": "left", "r": "reset", "reset": "reset",
+               "escape": "quit", "esc": "quit", "q": "quit", "quit": "quit", "noop": "noop", "none": "noop",
+               "space": "noop", "": "noop"}
+DISCRETE_KEYS = {"up": 0, "right": 1, "down": 2, "left": 3}  # GridWorld: 0 up, 1 right, 2 down, 3 left
+
+
+def continuous_action(held: Iterable[str], low: np.ndarray, high: np.ndarray) -> np.ndarray:
+    """Arrow keys held -> [steer, gas, brake, ...] (CarRacing layout): left/right steer, up gas, down brake."""
+    held = set(held)
+    action = np.zeros(len(low), np.float32)
+    steer = (1.0 if "right" in held else 0.0) - (1.0 if "left" in held else 0.0)
+    action[0] = steer
+    if len(action) > 1:
+        action[1] = 1.0 if "up" in held else 0.0
+    if len(action) > 2:
+        action[2] = 0.8 if "down" in held else 0.0
+    return np.clip(action, low, high).astype(np.float32)
+
+
+def _live_commands(pygame, discrete: bool, fps: int, clock):
+    """Commands from the real keyboard: discrete -> one per arrow press; continuous -> one per frame."""
+    while True:
+        pressed = []
+        for event in pygame.event.get():
+            if event.type == pygame.QUIT:
+                yield ["quit"]
+                return
+            if event.type == pygame.KEYDOWN:
+                pressed.append(KEY_ALIASES.get(pygame.key.name(event.key), None))
+        for cmd in pressed:
+            if cmd in ("quit", "reset") or (discrete and cmd in DISCRETE_KEYS):
+                yield [cmd]
+        if not discrete:
+            keys = pygame.key.get_pressed()
+            held = [name for name, code in (("up", pygame.K_UP), ("down", pygame.K_DOWN),
+                                            ("left", pygame.K_LEFT), ("right", pygame.K_RIGHT)) if keys[code]]
+            yield held or ["noop"]
+        clock.tick(fps)
+
+
+def _scripted_commands(events: Iterable[str | Sequence[str]]):
+    """Scripted key names: a string is one key press (one step), a list is the keys held for one frame."""
+    for item in events:
+        keys = [item] if isinstance(item, str) else list(item)
+        cmds = []
+        for key in keys:
+            cmd = KEY_ALIASES.get(str(key).lower())
+            if cmd is None:
+                raise ValueError(f"unknown key {key!r}: use up/down/left/right, r (reset), q/escape (quit) or noop")
+            cmds.append(cmd)
+        yield cmds
+
+
+def run_play(cfg: PlayConfig, events: Iterable[str | Sequence[str]] | None = None, wm=None) -> dict[str, Any]:
+    """Open a pygame window and let the arrow keys drive the agent (R resets, Esc/Q quits).
+
+    Discrete action spaces step once per arrow press (GridWorld: up 0, right 1, down 2, left 3);
+    continuous ones step every frame with the keys held (left/right steer, up gas, down brake).
+    ``events``: scripted key names used instead of the keyboard (e.g. ``["right", "down", "quit"]``;
+    for continuous actions an item may be a list of keys held together); the window still opens (use
+    ``SDL_VIDEODRIVER=dummy`` headless). Returns ``{"steps", "total_reward", "episodes", "frames",
+    "episode_returns", "quit"}``.
+    """
+    import gymnasium as gym
+
+    from envs.rendering import show_frame
+    from wm_agent.world_model import WorldModel
+
+    if cfg.fps <= 0 or cfg.scale < 1 or cfg.max_steps < 0 or cfg.temperature < 0:
+        raise ValueError("need --fps > 0, --scale >= 1, --max-steps >= 0 and --temperature >= 0")
+    wm = wm or WorldModel.load(cfg.checkpoint)
+    discrete = wm.config.discrete_actions
+    if cfg.dream:
+        env = gym.make("WM-Dream-v0", world_model=wm, temperature=cfg.temperature, render_mode="rgb_array",
+                       done_threshold=cfg.done_threshold, max_episode_steps=cfg.max_steps or None)
+    else:
+        env_id = cfg.env or wm.env_id
+        if not env_id:
+            raise ValueError(f"{cfg.checkpoint} does not name its env: pass --env")
+        kwargs = {"max_episode_steps": cfg.max_steps} if cfg.max_steps else {}
+        env = gym.make(env_id, **kwargs)
+    space = env.action_space
+    low = getattr(space, "low", None)
+    high = getattr(space, "high", None)
+    pygame = _pygame()
+    caption = "wm-agent play: arrows move, R resets, Esc/Q quits" + (" (dream)" if cfg.dream else "")
+    window = clock = None
+    summary = {"steps": 0, "total_reward": 0.0, "episodes": 0, "frames": 0, "episode_returns": [], "quit": False}
+    seed = cfg.seed
+
+    def frame_of(obs):
+        return env.render() if cfg.dream else np.asarray(obs)
+
+    def show(frame, step, reward, total, done):
+        nonlocal window, clock
+        panel = compose_frame(frame, step=step, reward=reward, total=total, scale=cfg.scale)
+        if done:
+            surf = pygame.surfarray.make_surface(np.ascontiguousarray(panel.transpose(1, 0, 2)))
+            _text(surf, " episode over: R resets ", (surf.get_width() // 2, surf.get_height() - 8), 20, WHITE,
+                  "midbottom", BLACK)
+            panel = _surface_array(surf)
+        window, clock = show_frame(panel, window, clock, cfg.fps if events is not None else 1000, scale=1,
+                                   caption=caption)
+        summary["frames"] += 1
+
+    try:
+        obs, _ = env.reset(seed=seed)
+        step, total, done = 0, 0.0, False
+        summary["episodes"] = 1
+        show(frame_of(obs), step, None, total, done)
+        commands = _scripted_commands(events) if events is not None else _live_commands(pygame, discrete, cfg.fps,
+                                                                                        clock)
+        for cmds in commands:
+            if "quit" in cmds:
+                summary["quit"] = True
+                break
+            if "reset" in cmds:
+                summary["episode_returns"].append(total)
+                seed += 1
+                obs, _ = env.reset(seed=seed)
+                step, total, done = 0, 0.0, False
+                summary["episodes"] += 1
+                show(frame_of(obs), step, None, total, done)
+                continue
+            if done:
+                continue
+            if discrete:
+                moves = [c for c in cmds if c in DISCRETE_KEYS]
+                if not moves:
+                    continue
+                action = DISCRETE_KEYS[moves[-1]]
+                if action >= space.n:
+                    continue
+            else:
+                action = continuous_action([c for c in cmds if c in DISCRETE_KEYS], low, high)
+            obs, reward, terminated, truncated, _ = env.step(action)
+            step += 1
+            total += float(reward)
+            summary["steps"] += 1
+            summary["total_reward"] += float(reward)
+            done = bool(terminated or truncated)
+            show(frame_of(obs), step, float(reward), total, done)
+    finally:
+        summary["episode_returns"].append(total if summary["episodes"] else 0.0)
+        env.close()
+        if window is not None:
+            pygame.display.quit()
+    return summary
