@@ -61,8 +61,8 @@ class ImageObservation(gym.ObservationWrapper, gym.utils.RecordConstructorArgs):
         frame = np.asarray(frame)
         if frame.ndim == 2:
             frame = frame[..., None]
-        if frame.ndim != 3 or frame.shape[-1] not in (1, 3, 4):
-            raise ValueError(f"expected an image of shape (H, W, 1|3|4), got shape {frame.shape}")
+        if frame.ndim != 3 or frame.shape[-1] not in (1, 3, 4) or 0 in frame.shape[:2]:
+            raise ValueError(f"expected a non-empty image of shape (H, W, 1|3|4), got shape {frame.shape}")
         if frame.dtype != np.uint8:
             if np.issubdtype(frame.dtype, np.floating) and (self._from_render or self._float_input):
                 frame = (np.clip(frame, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)

@@ -22,6 +22,12 @@ import wm_agent  # noqa: E402,F401  (registers the WM-* envs)
 ENV_KWARGS_FACTORIES: dict[str, Callable[[], dict]] = {}
 NEEDS_KWARGS = {"WM-Dream-v0"}
 
+# WM-Dream-v0 runs a tiny untrained world model (built from a fixed seed, so rollouts repeat) with
+# pixel observations, so the generic tests' 64x64x3 checks apply to it as to the real envs.
+from helpers import dream_env_kwargs  # noqa: E402
+
+ENV_KWARGS_FACTORIES["WM-Dream-v0"] = dream_env_kwargs
+
 
 def wm_env_ids() -> list[str]:
     """Every registered WM-* id the generic env tests can make."""

@@ -11,7 +11,8 @@ from typing import Literal
 
 from wm_agent.collect import DataCollector, EpisodeBuffer, make_env, make_policy, run_episodes, shard_rngs
 
-__all__ = ["BenchmarkCollectConfig", "benchmark_collect"]
+__all__ = ["BenchmarkCollectConfig", "BenchmarkDreamConfig", "BenchmarkTrainConfig", "benchmark_collect",
+           "benchmark_dream", "benchmark_train"]
 
 
 @dataclass
@@ -122,3 +123,140 @@ def benchmark_collect(
 def _load() -> float:
     """One-minute load average: other processes on the machine skew both rates."""
     return os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+
+
+# -- training throughput: our data pipeline + loop against a bare PyTorch loop -----------------------
+@dataclass
+class BenchmarkTrainConfig:
+    """wm-agent benchmark train: VQ-VAE images/s through wm-agent's memory-mapped pipeline vs a bare loop."""
+
+    batch_size: int = field(default=128, metadata={"help": "frames per batch (same for both loops)"})
+    images: int = field(default=20_000, metadata={"help": "images each loop trains on"})
+    episodes: int = field(default=400, metadata={"help": "GridWorld episodes generated as the dataset"})
+    seed: int = field(default=0, metadata={"help": "seed"})
+
+
+def benchmark_train(cfg: BenchmarkTrainConfig, verbose: bool = True) -> dict:
+    import numpy as np
+    import torch
+
+    from wm_agent.config import WorldModelConfig
+    from wm_agent.dataset import EpisodeDataset
+    from wm_agent.train import fit_vae
+    from wm_agent.vqvae import frames_to_tensor
+    from wm_agent.world_model import WorldModel
+
+    with tempfile.TemporaryDirectory() as tmp:
+        DataCollector("WM-GridWorld-v0", tmp, seed=cfg.seed).collect(cfg.episodes, progress=False)
+        ds = EpisodeDataset(tmp)
+        n_batches = max(cfg.images // cfg.batch_size, 1)
+
+        # Bare loop: the same model and batch size on a ready-made float tensor already in memory.
+        torch.manual_seed(cfg.seed)
+        wm = WorldModel(WorldModelConfig.gridworld())
+        data = frames_to_tensor(ds.frames(np.arange(min(ds.num_frames, n_batches * cfg.batch_size))))
+        opt = torch.optim.Adam(wm.vae.parameters(), wm.config.learning_rate)
+        wm.vae.train()
+        start = time.perf_counter()
+        for i in range(n_batches):
+            j = (i * cfg.batch_size) % max(len(data) - cfg.batch_size, 1)
+            _, recon, vq = wm.vae(data[j : j + cfg.batch_size])
+            opt.zero_grad(set_to_none=True)
+            (recon + vq).backward()
+            opt.step()
+        bare = n_batches * cfg.batch_size / (time.perf_counter() - start)
+
+        # wm-agent: shuffled batches gathered from the memory-mapped shards, uint8 -> float per batch.
+        torch.manual_seed(cfg.seed)
+        wm = WorldModel(WorldModelConfig.gridworld())
+
+        def batches(rng):
+            for k, batch in enumerate(ds.iter_frame_batches(cfg.batch_size, rng)):
+                if k == n_batches:
+                    return
+                yield batch
+
+        start = time.perf_counter()
+        fit_vae(wm, batches, epochs=1, seed=cfg.seed, progress=False)
+        ours = n_batches * cfg.batch_size / (time.perf_counter() - start)
+    result = {"bare_images_per_s": bare, "wm_agent_images_per_s": ours, "ratio": ours / bare,
+              "batch_size": cfg.batch_size, "images": n_batches * cfg.batch_size, "torch_threads": torch.get_num_threads()}
+    if verbose:
+        print(f"VQ-VAE training, batch {cfg.batch_size}, {result['images']} images, {result['torch_threads']} threads:")
+        print(f"  bare PyTorch loop (tensor in RAM):   {bare:9.0f} images/s")
+        print(f"  wm-agent (memory-mapped shards):     {ours:9.0f} images/s")
+        print(f"  ratio: {result['ratio']:.3f}")
+    return result
+
+
+# -- dream vs real env ---------------------------------------------------------------------------------
+@dataclass
+class BenchmarkDreamConfig:
+    """wm-agent benchmark dream: batched dream steps/s against the real GridWorld and CarRacing envs."""
+
+    num_envs: int = field(default=1024, metadata={"help": "dreams stepped in one batch"})
+    dream_steps: int = field(default=30, metadata={"help": "batched dream steps to time"})
+    real_steps: int = field(default=500, metadata={"help": "real env steps to time (CarRacing runs a fifth)"})
+    seed: int = field(default=0, metadata={"help": "seed"})
+
+
+def _real_steps_per_s(env_id: str, steps: int, seed: int) -> float:
+    import gymnasium as gym
+
+    env = gym.make(env_id)
+    env.reset(seed=seed)
+    env.action_space.seed(seed)
+    start = time.perf_counter()
+    for _ in range(steps):
+        _, _, terminated, truncated, _ = env.step(env.action_space.sample())
+        if terminated or truncated:
+            env.reset()
+    rate = steps / (time.perf_counter() - start)
+    env.close()
+    return rate
+
+
+def _dream_steps_per_s(config, num_envs: int, steps: int, seed: int) -> float:
+    import gymnasium as gym
+    import numpy as np
+    import torch
+
+    from wm_agent.world_model import WorldModel
+
+    torch.manual_seed(seed)
+    wm = WorldModel(config, env_id=None)
+    wm.start_codes = torch.randint(0, config.num_embeddings, (8, config.latent_grid, config.latent_grid))
+    wm.train_state = {"vae": {"epoch": 1}, "rnn": {"epoch": 1}}
+    env = gym.make_vec("WM-Dream-v0", num_envs=num_envs, world_model=wm, max_episode_steps=10**9)
+    env.reset(seed=seed)
+    env.action_space.seed(seed)
+    actions = [env.action_space.sample() for _ in range(steps + 1)]
+    env.step(actions[-1])  # warm-up
+    start = time.perf_counter()
+    for a in actions[:steps]:
+        env.step(a)
+    return num_envs * steps / (time.perf_counter() - start)
+
+
+def benchmark_dream(cfg: BenchmarkDreamConfig, verbose: bool = True) -> dict:
+    import torch
+
+    from wm_agent.config import WorldModelConfig
+
+    grid = _real_steps_per_s("WM-GridWorld-v0", cfg.real_steps * 20, cfg.seed)
+    car = _real_steps_per_s("WM-CarRacing-v0", max(cfg.real_steps // 5, 20), cfg.seed)
+    dream_grid = _dream_steps_per_s(WorldModelConfig.gridworld(), cfg.num_envs, cfg.dream_steps, cfg.seed)
+    dream_car = _dream_steps_per_s(WorldModelConfig.car_racing(), cfg.num_envs, cfg.dream_steps, cfg.seed)
+    result = {"real_gridworld_steps_per_s": grid, "real_carracing_steps_per_s": car,
+              "dream_gridworld_steps_per_s": dream_grid, "dream_carracing_steps_per_s": dream_car,
+              "dream_vs_real_gridworld": dream_grid / grid, "dream_vs_real_carracing": dream_car / car,
+              "num_envs": cfg.num_envs, "torch_threads": torch.get_num_threads(),
+              "device": "cpu"}
+    if verbose:
+        print(f"real WM-GridWorld-v0 (1 env):              {grid:10.0f} steps/s")
+        print(f"real WM-CarRacing-v0 (1 env):              {car:10.0f} steps/s")
+        print(f"dream, GridWorld model ({cfg.num_envs} envs, latent): {dream_grid:10.0f} steps/s  "
+              f"= {dream_grid / grid:.1f}x real GridWorld")
+        print(f"dream, CarRacing model ({cfg.num_envs} envs, latent): {dream_car:10.0f} steps/s  "
+              f"= {dream_car / car:.1f}x real CarRacing")
+    return result

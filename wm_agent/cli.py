@@ -88,7 +88,8 @@ def add_dataclass_args(
         if "default" in kwargs and kwargs.get("action") is not argparse.BooleanOptionalAction:
             shown = json.dumps(kwargs["default"]) if isinstance(kwargs["default"], dict) else kwargs["default"]
             help_text += f" (default: {str(shown).replace('%', '%%')})"
-        group.add_argument("--" + f.name.replace("_", "-"), dest=f.name, help=help_text, **kwargs)
+        flag = f.metadata.get("flag") or "--" + f.name.replace("_", "-")
+        group.add_argument(flag, dest=f.name, help=help_text, **kwargs)
     return group
 
 
@@ -129,7 +130,51 @@ def _cmd_benchmark_collect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_json(result: dict) -> None:
+    print(json.dumps(result, indent=2, default=float))
+
+
+def _job(module: str, config: str, func: str, emit_json: bool = False):
+    """A subcommand that builds ``config`` from the options and calls ``func(config)``."""
+
+    def run(args: argparse.Namespace) -> int:
+        mod = __import__(f"wm_agent.{module}", fromlist=[config, func])
+        result = getattr(mod, func)(dataclass_from_args(getattr(mod, config), args))
+        if emit_json:
+            _print_json(result)
+        return 0
+
+    return run
+
+
+# (name, module, config class, function, print JSON?, help) — the pipeline's stages in order.
+JOBS = [
+    ("train-vae", "train", "TrainVAEConfig", "run_train_vae", False,
+     "train the VQ-VAE (V) on collected frames; checkpoint and metrics each epoch, --resume"),
+    ("train-rnn", "train", "TrainRNNConfig", "run_train_rnn", False,
+     "train the MDN-RNN (M) on the VQ-VAE's codes of collected episodes, --resume"),
+    ("train-controller", "cmaes", "ControllerTrainConfig", "train_controller", False,
+     "train the controller (C) with CMA-ES in the dream or the real env, --resume"),
+    ("evaluate", "evaluate", "EvaluateConfig", "evaluate", True,
+     "run the controller in the real env; prints mean/std return (and success, oracle for GridWorld)"),
+    ("eval-dream", "evaluate", "EvalDreamConfig", "eval_dream", True,
+     "reconstruction MSE, codebook use and dream fidelity on held-out episodes, as JSON"),
+    ("render", "render", "RenderConfig", "run_render", True,
+     "write an episode (real, dream, or side by side) to .mp4/.gif, or show it with --human"),
+    ("play", "render", "PlayConfig", "run_play", True,
+     "drive the agent yourself inside the dream (arrow keys, R resets, Q quits)"),
+    ("demo", "demo", "DemoConfig", "run_demo", False,
+     "the whole GridWorld pipeline: collect, V, M, C in the dream, evaluate, figures and videos"),
+]
+BENCHMARKS = [
+    ("train", "BenchmarkTrainConfig", "benchmark_train", "VQ-VAE images/s of wm-agent's pipeline vs a bare PyTorch loop"),
+    ("dream", "BenchmarkDreamConfig", "benchmark_dream", "batched dream steps/s vs the real GridWorld and CarRacing"),
+]
+
+
 def build_parser() -> argparse.ArgumentParser:
+    import importlib
+
     from wm_agent.benchmark import BenchmarkCollectConfig
     from wm_agent.collect import CollectConfig
 
@@ -146,6 +191,12 @@ def build_parser() -> argparse.ArgumentParser:
     collect.add_argument("--no-progress", action="store_true", help="no progress bar")
     collect.set_defaults(func=_cmd_collect)
 
+    for name, module, config, func, emit_json, help_text in JOBS:
+        cls = getattr(importlib.import_module(f"wm_agent.{module}"), config)
+        sub = commands.add_parser(name, help=help_text, description=(cls.__doc__ or help_text).strip())
+        add_dataclass_args(sub, cls, title="settings")
+        sub.set_defaults(func=_job(module, config, func, emit_json))
+
     benchmark = commands.add_parser("benchmark", help="measure throughput", description="Throughput checks.")
     benchmarks = benchmark.add_subparsers(dest="benchmark", required=True, metavar="WHAT")
     bench_collect = benchmarks.add_parser(
@@ -154,6 +205,10 @@ def build_parser() -> argparse.ArgumentParser:
                     "processes (start-up and disk writes included), and print their ratio.")
     add_dataclass_args(bench_collect, BenchmarkCollectConfig, title="benchmark")
     bench_collect.set_defaults(func=_cmd_benchmark_collect)
+    for name, config, func, help_text in BENCHMARKS:
+        sub = benchmarks.add_parser(name, help=help_text, description=help_text)
+        add_dataclass_args(sub, getattr(importlib.import_module("wm_agent.benchmark"), config), title="benchmark")
+        sub.set_defaults(func=_job("benchmark", config, func))
     return parser
 
 
@@ -164,7 +219,8 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError, CollectionError) as exc:
+    except (ValueError, FileNotFoundError, FileExistsError, CollectionError, RuntimeError, TypeError,
+            FloatingPointError) as exc:
         if args.debug:
             raise
         print(f"{parser.prog}: error: {exc}", file=sys.stderr)

@@ -16,7 +16,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import cma
+import warnings
+
 import numpy as np
 import torch
 from tqdm.auto import tqdm
@@ -26,6 +27,10 @@ from wm_agent.controller import Controller, choose_actions
 from wm_agent.dream_env import DEFAULT_MAX_STEPS, DreamBatch
 from wm_agent.world_model import WorldModel
 
+with warnings.catch_warnings():  # pycma warns that matplotlib (which we do not need) is missing
+    warnings.simplefilter("ignore")
+    import cma
+
 
 @dataclass
 class ControllerTrainConfig:
@@ -33,7 +38,8 @@ class ControllerTrainConfig:
 
     world_model: str = doc("world-model checkpoint (trained V and M); the best controller is saved into it")
     env: str = doc("real env id, used by --in real and for the episode limit", "WM-GridWorld-v0")
-    where: str = doc("where candidates are scored: dream (batched, cheap) or real (worker processes)", "dream")
+    where: str = doc("where candidates are scored: dream (batched, cheap) or real (worker processes)", "dream",
+                     flag="--in")
     popsize: int = doc("CMA-ES population size", 64)
     rollouts: int = doc("episodes per candidate (their mean return is its fitness)", 16)
     generations: int = doc("CMA-ES generations to run (in total, counting resumed ones)", 100)
@@ -68,14 +74,17 @@ def dream_fitness(wm: WorldModel, params: np.ndarray, rollouts: int, temperature
     theta = torch.as_tensor(params, dtype=torch.float32, device=wm.device).repeat_interleave(rollouts, 0)
     controller = wm.controller
     returns = torch.zeros(n, device=wm.device)
-    alive = torch.ones(n, dtype=torch.bool, device=wm.device)
+    # Expected return under the model's own termination probabilities: each reward counts with the
+    # probability that the episode is still running. A hard "done if p > 0.5" lets a controller farm
+    # a state the model gives a goal-sized reward but only p = 0.4 of ending, step after step.
+    survival = torch.ones(n, device=wm.device)
     for _ in range(max_steps):
         out = controller.batched(theta, controller.normalize(batch.observation()))
         actions = choose_actions(out, wm.config.discrete_actions, greedy, gen)
         reward, done_p = batch.step(actions, gen)
-        returns += reward * alive
-        alive &= done_p <= 0.5
-        if not alive.any():
+        returns += reward * survival
+        survival *= 1.0 - done_p
+        if survival.max() < 1e-3:
             break
     return returns.view(p, rollouts).mean(1).cpu().numpy()
 
@@ -116,7 +125,7 @@ class RealEvaluator:
             return np.array([f.result(timeout=self.timeout) for f in futures])
         except cf.TimeoutError:
             self.close(kill=True)
-            raise RuntimeError(f"a real-env rollout worker did not finish within {self.timeout:.0f} s; stopped "
+            raise RuntimeError(f"a real-env rollout worker did not finish within {self.timeout:g} s; stopped "
                                f"the run (the CMA-ES state of the last finished generation is saved)") from None
         except cf.process.BrokenProcessPool:
             self.close(kill=True)

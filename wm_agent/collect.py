@@ -25,9 +25,11 @@ from __future__ import annotations
 import json
 import math
 import multiprocessing as mp
+import multiprocessing.connection
 import os
 import re
 import shutil
+import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, ThreadPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
@@ -328,6 +330,16 @@ def shard_rngs(seed: int, index: int, episodes_per_shard: int) -> tuple[np.ndarr
 def _init_worker(progress) -> None:
     global _PROGRESS
     _PROGRESS = progress
+    # A SIGKILLed main process cannot stop its workers, and they would wait on their queue forever:
+    # each worker watches its parent and exits when it is gone.
+    parent = mp.parent_process()
+    if parent is not None:
+        threading.Thread(target=_exit_with_parent, args=(parent.sentinel,), daemon=True).start()
+
+
+def _exit_with_parent(sentinel) -> None:
+    mp.connection.wait([sentinel])
+    os._exit(1)
 
 
 def _report_to_shared(index: int) -> Callable[[int, int], None]:

@@ -7,9 +7,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 
-def doc(text: str, default: Any = dataclasses.MISSING, **kw) -> Any:
-    """A dataclass field carrying its one-line help text."""
-    return field(default=default, metadata={"help": text}, **kw)
+def doc(text: str, default: Any = dataclasses.MISSING, flag: str | None = None, **kw) -> Any:
+    """A dataclass field carrying its one-line help text (and, optionally, its CLI flag)."""
+    metadata = {"help": text, **({"flag": flag} if flag else {})}
+    return field(default=default, metadata=metadata, **kw)
 
 
 @dataclass
@@ -20,11 +21,11 @@ class WorldModelConfig:
     latent_dim: int = doc("dimension of one codebook vector", 4)
     latent_grid: int = doc("side of the quantised latent grid (image_size / latent_grid must be a power of 2)", 8)
     num_embeddings: int = doc("codebook size", 8)
-    hidden_size: int = doc("LSTM hidden units of the MDN-RNN", 256)
+    hidden_size: int = doc("LSTM hidden units of the MDN-RNN", 128)
     head_hidden: int = doc("channels of the MDN-RNN's conv head over the latent grid", 32)
     context_channels: int = doc("channels through which the LSTM state enters the conv head", 16)
     num_mixtures: int = doc("Gaussian components of the MDN head", 5)
-    learning_rate: float = doc("Adam learning rate for V and M", 1e-3)
+    learning_rate: float = doc("Adam learning rate for V and M", 3e-3)
     channels: tuple[int, ...] = doc("conv channels of the VQ-VAE encoder, one per stride-2 stage", (16, 32, 32))
     kernel_size: int = doc("VQ-VAE conv kernel: 2 gives non-overlapping patches (one code per patch), 4 overlaps", 2)
     beta: float = doc("commitment loss weight of the vector quantiser", 0.25)

@@ -16,7 +16,6 @@ import torch
 from gymnasium import spaces
 from gymnasium.vector import AutoresetMode, VectorEnv
 
-from wm_agent.mdnrnn import MDNRNN
 from wm_agent.world_model import WorldModel
 
 # Episode limits of the real envs, so a dream of them ends when the real episode would.
@@ -51,9 +50,6 @@ class DreamBatch:
     def __init__(self, wm: WorldModel, n: int, temperature: float):
         if temperature < 0:
             raise ValueError(f"temperature must be >= 0, got {temperature}")
-        if len(wm.start_codes) == 0:
-            raise ValueError("the world model has no start frames: train its VQ-VAE with `wm-agent train-vae`, "
-                             "or pass a start frame in reset(options={'frame': ...})")
         self.wm, self.n, self.temperature = wm, n, temperature
         self.rnn = wm.rnn.eval()
         self.z = torch.zeros(n, wm.config.z_size, device=wm.device)
@@ -65,6 +61,9 @@ class DreamBatch:
         """Start the dreams at ``index`` from random banked start frames (or the given frames)."""
         if frames is not None:
             codes = self.wm.encode_indices(np.asarray(frames))
+        elif len(self.wm.start_codes) == 0:
+            raise ValueError("the world model has no start frames: train its VQ-VAE with `wm-agent train-vae`, "
+                             "or pass a start frame in reset(options={'frame': ...})")
         else:
             codes = self.wm.start_codes[rng.integers(len(self.wm.start_codes), size=len(index))]
         idx = torch.as_tensor(index, device=self.wm.device)
@@ -79,13 +78,11 @@ class DreamBatch:
     @torch.no_grad()
     def step(self, actions: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """Advance every dream one step; returns (reward (N,), done probability (N,))."""
-        params, self.hidden = self.rnn(self.z[:, None], actions[:, None], self.hidden)
-        pi, mu, sigma = params["pi"][:, 0], params["mu"][:, 0], params["sigma"][:, 0]
-        z_next = MDNRNN.sample(pi, mu, sigma, self.temperature, generator)
-        # Snap back onto the codebook: the dream never drifts into latents V cannot decode.
-        self.z = self.wm.vae.indices_to_latent(self.wm.vae.latent_to_indices(z_next))
+        # Snapping back onto the codebook keeps the dream on latents V can decode.
+        self.z, reward, done_p, self.hidden = self.rnn.dream_step(self.z, actions, self.hidden, self.temperature,
+                                                                  generator, self.wm.snap_latent)
         self.steps += 1
-        return params["reward"][:, 0], torch.sigmoid(params["done_logit"][:, 0])
+        return reward, done_p
 
     @torch.no_grad()
     def frames(self) -> np.ndarray:
@@ -161,6 +158,8 @@ class DreamEnv(gym.Env):
         return self._obs(), {}
 
     def step(self, action):
+        if isinstance(self.action_space, spaces.Box):
+            action = np.asarray(action, dtype=self.action_space.dtype)
         if not self.action_space.contains(action):
             raise ValueError(f"action {action!r} is not in the action space {self.action_space}")
         a = torch.as_tensor(np.asarray(action)[None], device=self.world_model.device)

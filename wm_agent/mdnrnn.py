@@ -22,8 +22,9 @@ class MDNRNN(nn.Module):
     diagonal components: pi (B, T, K), mu/sigma (B, T, K, Z)), their logs ``log_pi``, ``log_sigma``,
     and the ``reward`` and ``done_logit`` predictions for the transition.
 
-    The means are predicted as ``z_t + delta`` by a conv net over the latent grid: most of a frame
-    stays as it was from one step to the next, so the network only has to learn what moves. ``log_sigma`` is squashed into
+    The means come from a conv net over the latent grid that, per cell, either copies the cell's code
+    or writes new content: most of a frame stays as it was from one step to the next, so the network
+    only has to learn what moves. ``log_sigma`` is squashed into
     ``[min_log_sigma, max_log_sigma]`` so the NLL stays bounded on deterministic data.
     """
 
@@ -37,15 +38,38 @@ class MDNRNN(nn.Module):
         # The mixture means come from a small conv net over the latent grid: what happens to a cell
         # depends mostly on its neighbours and the action, the same everywhere on the grid, so
         # convolutions learn it from few examples. The LSTM state enters as extra channels (what the
-        # frame alone does not show), and pooled conv features feed pi, reward and done.
+        # frame alone does not show); pooled trunk features give the mixture weights pi.
         self.context = nn.Linear(h, config.context_channels)
         cin = d + a + config.context_channels
         self.trunk = nn.Sequential(
             nn.Conv2d(cin, c, 3, padding=1), nn.ReLU(inplace=True),
             nn.Conv2d(c, c, 3, padding=1), nn.ReLU(inplace=True),
         )
-        self.cell_head = nn.Conv2d(c, 2 * k * d, 1)
-        self.global_head = nn.Linear(2 * c + h, k + 2)
+        # Per component and cell: a new content vector, a log-sigma vector and a copy gate.
+        self.cell_head = nn.Conv2d(c, k * (2 * d + 1), 1)
+        with torch.no_grad():  # start as "copy every cell": most of a frame stays put
+            self.cell_head.bias.view(k, 2 * d + 1)[:, -1] = 4.0
+        self.pi_head = nn.Linear(2 * c + h, k)
+        # Reward and done come from their own small conv net over (z_t, a_t), apart from the dynamics
+        # (their rare, up-weighted events must not bend its features) and NOT from a predicted
+        # z_{t+1}: the rarest transitions (the agent stepping onto the goal) are the ones the dynamics
+        # get wrong, and a head reading a wrong next frame misses exactly the events that end an
+        # episode; a dream that never ends is one a controller farms for reward. A per-cell layer
+        # forms conjunctions ("agent here, goal next to it, action towards it") that max-pooling then
+        # finds anywhere on the grid.
+        self.event_net = nn.Sequential(
+            nn.Conv2d(d + a, c, 3, padding=1), nn.ReLU(inplace=True),
+            nn.Conv2d(c, c, 1), nn.ReLU(inplace=True),
+        )
+        self.event_head = nn.Sequential(nn.Linear(2 * c + h, 64), nn.ReLU(inplace=True), nn.Linear(64, 2))
+
+    def head_parameters(self) -> list[nn.Parameter]:
+        """The reward/done heads' parameters (disjoint from the dynamics'; clipped separately)."""
+        return [*self.event_net.parameters(), *self.event_head.parameters()]
+
+    def dynamics_parameters(self) -> list[nn.Parameter]:
+        heads = {id(p) for p in self.head_parameters()}
+        return [p for p in self.parameters() if id(p) not in heads]
 
     def initial_state(self, batch: int, device=None) -> Hidden:
         h = torch.zeros(1, batch, self.config.hidden_size, device=device)
@@ -65,6 +89,12 @@ class MDNRNN(nn.Module):
         return actions.float()
 
     def forward(self, z: torch.Tensor, actions: torch.Tensor, hidden: Hidden | None = None):
+        a, out, hidden = self._recur(z, actions, hidden)
+        params = self._mdn(out, z, a)
+        params.update(self._events(z, a, out))
+        return params, hidden
+
+    def _recur(self, z: torch.Tensor, actions: torch.Tensor, hidden: Hidden | None):
         cfg = self.config
         if z.dim() != 3 or z.shape[-1] != cfg.z_size:
             raise ValueError(f"expected z of shape (B, T, {cfg.z_size}), got {tuple(z.shape)}")
@@ -72,28 +102,59 @@ class MDNRNN(nn.Module):
         if a.shape[:2] != z.shape[:2]:
             raise ValueError(f"z {tuple(z.shape)} and actions {tuple(actions.shape)} disagree on (B, T)")
         out, hidden = self.lstm(torch.relu(self.input(torch.cat([z, a], -1))), hidden)
-        return self._mdn(out, z, a), hidden
+        return a, out, hidden
+
+    def _cells(self, z: torch.Tensor) -> torch.Tensor:
+        g, d = self.config.latent_grid, self.config.latent_dim
+        return z.reshape(-1, g, g, d)
+
+    def _grid(self, z: torch.Tensor) -> torch.Tensor:
+        g, d = self.config.latent_grid, self.config.latent_dim
+        return z.reshape(-1, g, g, d).permute(0, 3, 1, 2)
 
     def _mdn(self, out: torch.Tensor, z: torch.Tensor, a: torch.Tensor) -> dict[str, torch.Tensor]:
         cfg = self.config
         k, g, d = cfg.num_mixtures, cfg.latent_grid, cfg.latent_dim
         b, t = z.shape[:2]
         n = b * t
-        grid = z.reshape(n, g, g, d).permute(0, 3, 1, 2)
         extra = torch.cat([a.reshape(n, -1), self.context(out).reshape(n, -1)], -1)
-        feats = self.trunk(torch.cat([grid, extra[:, :, None, None].expand(-1, -1, g, g)], 1))
-        cells = self.cell_head(feats).reshape(n, 2, k, d, g, g).permute(0, 1, 2, 4, 5, 3).reshape(b, t, 2, k, g * g * d)
-        delta, raw_sigma = cells[:, :, 0], cells[:, :, 1]
+        feats = self.trunk(torch.cat([self._grid(z), extra[:, :, None, None].expand(-1, -1, g, g)], 1))
+        cells = self.cell_head(feats).reshape(n, k, 2 * d + 1, g, g).permute(0, 1, 3, 4, 2)  # (n, k, g, g, 2d+1)
+        content, raw_sigma, gate = cells.split([d, d, 1], -1)
+        keep = torch.sigmoid(gate)
+        # Each cell either keeps its code or is written with new content. "The agent arrives here" is
+        # then the same prediction whatever was under it (floor or goal), so rare cases generalise.
+        mu = (keep * self._cells(z).unsqueeze(1) + (1 - keep) * content).reshape(b, t, k, g * g * d)
+        raw_sigma = raw_sigma.reshape(b, t, k, g * g * d)
         pooled = torch.cat([feats.amax((2, 3)), feats.mean((2, 3)), out.reshape(n, -1)], -1)
-        logits, reward, done = self.global_head(pooled).reshape(b, t, -1).split([k, 1, 1], -1)
-        log_pi = torch.log_softmax(logits, -1)
-        mu = z.unsqueeze(-2) + delta  # the mean is "this frame, changed": most of it stays put
+        log_pi = torch.log_softmax(self.pi_head(pooled).reshape(b, t, k), -1)
         lo, hi = cfg.min_log_sigma, cfg.max_log_sigma
         log_sigma = lo + (hi - lo) * torch.sigmoid(raw_sigma)
-        return {
-            "pi": log_pi.exp(), "log_pi": log_pi, "mu": mu, "sigma": log_sigma.exp(), "log_sigma": log_sigma,
-            "reward": reward.squeeze(-1), "done_logit": done.squeeze(-1),
-        }
+        return {"pi": log_pi.exp(), "log_pi": log_pi, "mu": mu, "sigma": log_sigma.exp(), "log_sigma": log_sigma}
+
+    def _events(self, z: torch.Tensor, a: torch.Tensor, out: torch.Tensor) -> dict:
+        b, t = z.shape[:2]
+        n = b * t
+        g = self.config.latent_grid
+        grid = torch.cat([self._grid(z), a.reshape(n, -1, 1, 1).expand(-1, -1, g, g)], 1)
+        feats = self.event_net(grid)
+        pooled = torch.cat([feats.amax((2, 3)), feats.mean((2, 3)), out.reshape(n, -1).detach()], -1)
+        reward, done = self.event_head(pooled).reshape(b, t, 2).unbind(-1)
+        # Bounded (linear near 0) so even absurd activations cannot overflow the squared error.
+        return {"reward": 100.0 * torch.tanh(reward / 100.0), "done_logit": done}
+
+    @torch.no_grad()
+    def dream_step(self, z: torch.Tensor, actions: torch.Tensor, hidden: Hidden | None, temperature: float,
+                   generator: torch.Generator | None, snap) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, Hidden]:
+        """One imagined step for a batch: z (N, Z), actions (N[, A]) -> (z_next, reward, done probability,
+        hidden). ``snap`` maps the sampled latents back onto the codebook."""
+        z1, a1 = z[:, None], actions[:, None]
+        a, out, hidden = self._recur(z1, a1, hidden)
+        params = self._mdn(out, z1, a)
+        z_next = snap(self.sample(params["pi"][:, 0], params["mu"][:, 0], params["sigma"][:, 0], temperature,
+                                  generator))
+        events = self._events(z1, a, out)
+        return z_next, events["reward"][:, 0], torch.sigmoid(events["done_logit"][:, 0]), hidden
 
     @staticmethod
     def mixture_nll(params: dict[str, torch.Tensor], target: torch.Tensor, beta: float = 0.0) -> torch.Tensor:
@@ -110,12 +171,19 @@ class MDNRNN(nn.Module):
             per_dim = per_dim * torch.exp(2 * beta * log_sigma.detach())
         return -torch.logsumexp(params["log_pi"] + per_dim.sum(-1), -1)
 
-    def loss(self, params, next_z, rewards, dones, mask=None) -> tuple[torch.Tensor, dict[str, float]]:
-        """Mixture NLL (per latent dim) + reward_weight * MSE + done_weight * BCE, averaged over ``mask``."""
+    def loss(self, params, next_z, rewards, dones, mask=None, event_weight: float = 1.0
+             ) -> tuple[torch.Tensor, dict[str, float]]:
+        """Mixture NLL (per latent dim) + reward_weight * MSE + done_weight * BCE, averaged over ``mask``.
+
+        ``event_weight`` up-weights the reward and done terms of terminal transitions. They are rare (a
+        goal reached once in ~130 random steps), and heads that miss them predict a slightly positive
+        reward everywhere and never "done": a dream a controller exploits by never finishing.
+        """
         cfg = self.config
         nll = self.mixture_nll(params, next_z) / cfg.z_size
-        rew = (params["reward"] - rewards).pow(2)
-        done = F.binary_cross_entropy_with_logits(params["done_logit"], dones.float(), reduction="none")
+        weight = 1.0 + (event_weight - 1.0) * dones.float()
+        rew = (params["reward"] - rewards).pow(2) * weight
+        done = F.binary_cross_entropy_with_logits(params["done_logit"], dones.float(), reduction="none") * weight
         terms = [("nll", nll), ("reward_mse", rew), ("done_bce", done)]
         if cfg.nll_beta:
             terms.append(("beta_nll", self.mixture_nll(params, next_z, cfg.nll_beta) / cfg.z_size))

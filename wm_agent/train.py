@@ -32,7 +32,7 @@ class NonFiniteLoss(FloatingPointError):
 
 def _check_finite(loss: torch.Tensor, stage: str, epoch: int, step: int) -> None:
     if not torch.isfinite(loss):
-        raise NonFiniteLoss(f"{stage} loss became {float(loss)} at epoch {epoch}, batch {step}; "
+        raise NonFiniteLoss(f"{stage} loss became {loss.item()} at epoch {epoch}, batch {step}; "
                             f"stopped without saving these weights (the last good checkpoint is kept)")
 
 
@@ -89,9 +89,20 @@ def fit_vae(wm: WorldModel, make_batches: Batches, epochs: int, seed: int = 0, p
     return history
 
 
+def event_weight(dones: np.ndarray, mask: np.ndarray | None = None, cap: float = 50.0) -> float:
+    """Weight that balances terminal against ordinary transitions in the reward/done losses."""
+    dones = np.asarray(dones, dtype=bool)
+    valid = np.ones_like(dones) if mask is None else np.asarray(mask, dtype=bool)
+    pos = int((dones & valid).sum())
+    neg = int(valid.sum()) - pos
+    return float(np.clip(neg / pos, 1.0, cap)) if pos else 1.0
+
+
 def fit_rnn(wm: WorldModel, make_batches: Batches, epochs: int, seed: int = 0, progress: bool = True,
-            on_epoch_end: Callable[[int, dict], None] | None = None, clip: float = 1.0) -> list[dict]:
-    """Train M on batches of code sequences (see ``sequence_batches_from_arrays``)."""
+            on_epoch_end: Callable[[int, dict], None] | None = None, clip: float = 1.0,
+            events: float = 1.0) -> list[dict]:
+    """Train M on batches of code sequences (see ``sequence_batches_from_arrays``); ``events`` is the
+    weight of terminal transitions (``event_weight``)."""
     state = wm.train_state.setdefault("rnn", {"epoch": 0})
     opt = _optimizer(wm.rnn.parameters(), wm.config.learning_rate, state.get("optimizer"))
     history = []
@@ -113,11 +124,14 @@ def fit_rnn(wm: WorldModel, make_batches: Batches, epochs: int, seed: int = 0, p
                 params, _ = wm.rnn(z[:, :-1], batch["actions"].to(wm.device))
             params = {k: v.float() for k, v in params.items()}
             loss, parts = wm.rnn.loss(params, z[:, 1:], batch["rewards"].to(wm.device),
-                                      batch["dones"].to(wm.device), mask)
+                                      batch["dones"].to(wm.device), mask, events)
             _check_finite(loss, "MDN-RNN", epoch + 1, step)
             opt.zero_grad(set_to_none=True)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(wm.rnn.parameters(), clip)
+            # Clip the dynamics and the reward/done heads apart: one joint norm, dominated by the
+            # mixture NLL, would shrink the heads' updates to nothing.
+            torch.nn.utils.clip_grad_norm_(wm.rnn.dynamics_parameters(), clip)
+            torch.nn.utils.clip_grad_norm_(wm.rnn.head_parameters(), clip)
             opt.step()
             sums["loss"] += loss.item()
             for k, v in parts.items():
@@ -221,7 +235,7 @@ class TrainRNNConfig:
     data: str = doc("folder of episode shards written by `wm-agent collect`")
     world_model: str = doc("checkpoint with a trained VQ-VAE; the MDN-RNN is saved into it")
     epochs: int = doc("epochs over all sequences", 20)
-    batch_size: int = doc("sequences per batch", 32)
+    batch_size: int = doc("sequences per batch", 16)
     seq_len: int = doc("transitions per training sequence (episodes are cut into windows of this length)", 50)
     seed: int = doc("seed for batch order and initialisation", 0)
     resume: bool = doc("continue an interrupted MDN-RNN run instead of starting it afresh", False)
@@ -257,6 +271,8 @@ def save_on_interrupt(save: Callable[[], None], what: str):
 def run_train_vae(cfg: TrainVAEConfig) -> dict:
     from wm_agent.dataset import EpisodeDataset
 
+    if cfg.batch_size < 1 or cfg.epochs < 0:
+        raise ValueError("--batch-size must be >= 1 and --epochs >= 0")
     ds = EpisodeDataset(cfg.data)
     out = Path(cfg.out)
     device = resolve_device(cfg.device)
@@ -272,15 +288,18 @@ def run_train_vae(cfg: TrainVAEConfig) -> dict:
         else:
             raise ValueError(f"unknown preset {cfg.preset!r}; choose auto or one of {sorted(PRESETS)}")
         config = preset(**action_overrides(ds.action_space))
+        torch.manual_seed(cfg.seed)  # the initial weights too: same seed, same checkpoint
         wm = WorldModel(config, ds.env_id, device)
-        wm.set_start_frames(ds.frames(np.asarray(ds.frame_offsets[:256])))
         Path(str(out) + ".metrics.jsonl").unlink(missing_ok=True)
     done = wm.train_state.get("vae", {}).get("epoch", 0)
     remaining = max(cfg.epochs - done, 0)
     metrics_path = str(out) + ".metrics.jsonl"
 
+    start_frames = ds.frames(np.asarray(ds.frame_offsets[:256]))
+
     def end_epoch(epoch: int, metrics: dict) -> None:
         wm.metrics["vae"] = metrics
+        wm.set_start_frames(start_frames)  # encoded by THIS epoch's encoder: dreams start from real codes
         wm.save(out)
         append_metrics(metrics_path, metrics)
         if cfg.progress:
@@ -292,6 +311,7 @@ def run_train_vae(cfg: TrainVAEConfig) -> dict:
         history = fit_vae(wm, lambda rng: ds.iter_frame_batches(cfg.batch_size, rng), remaining, cfg.seed,
                           cfg.progress, end_epoch)
     if not history and not out.exists():
+        wm.set_start_frames(start_frames)
         wm.save(out)
     return {"checkpoint": str(out), "epochs_done": wm.train_state["vae"]["epoch"], "history": history}
 
@@ -311,13 +331,20 @@ def action_overrides(space) -> dict:
 def run_train_rnn(cfg: TrainRNNConfig) -> dict:
     from wm_agent.dataset import EpisodeDataset
 
+    if cfg.seq_len < 1 or cfg.batch_size < 1 or cfg.epochs < 0:
+        raise ValueError("--seq-len and --batch-size must be >= 1 and --epochs >= 0")
     ds = EpisodeDataset(cfg.data)
     path = Path(cfg.world_model)
     wm = WorldModel.load(path, resolve_device(cfg.device))
     if "vae" not in wm.train_state:
         raise ValueError(f"{path} has no trained VQ-VAE yet: run `wm-agent train-vae` first")
-    if not cfg.resume:
+    if not cfg.resume or "rnn" not in wm.train_state:  # a fresh M; an old dream's controller no longer applies
+        from wm_agent.mdnrnn import MDNRNN
+
+        torch.manual_seed(cfg.seed)
+        wm.rnn = MDNRNN(wm.config).to(wm.device)
         wm.train_state.pop("rnn", None)
+        wm.train_state.pop("cmaes", None)
     done = wm.train_state.get("rnn", {}).get("epoch", 0)
     codes = encode_dataset(wm, ds, progress=cfg.progress)
     win_codes, arrays = sequence_windows(ds, codes, cfg.seq_len)
@@ -333,5 +360,6 @@ def run_train_rnn(cfg: TrainRNNConfig) -> dict:
 
     with save_on_interrupt(lambda: wm.save(path), str(path)):
         history = fit_rnn(wm, lambda rng: sequence_batches_from_arrays(win_codes, arrays, cfg.batch_size, rng),
-                          max(cfg.epochs - done, 0), cfg.seed, cfg.progress, end_epoch)
+                          max(cfg.epochs - done, 0), cfg.seed, cfg.progress, end_epoch,
+                          events=event_weight(arrays["dones"], arrays["mask"]))
     return {"checkpoint": str(path), "epochs_done": wm.train_state["rnn"]["epoch"], "history": history}

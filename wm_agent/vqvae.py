@@ -150,6 +150,8 @@ class VQVAE(nn.Module):
             raise ValueError(f"expected frames of shape (B, 3, {s}, {s}), got {tuple(obs.shape)}")
         if not obs.is_floating_point():
             raise ValueError(f"expected float frames in [0, 1], got dtype {obs.dtype}; use wm_agent.frames_to_tensor")
+        if not torch.isfinite(obs).all():
+            raise ValueError("frames contain NaN or infinite values")
         lo, hi = float(obs.min()), float(obs.max())
         if lo < -1e-3 or hi > 1 + 1e-3:
             raise ValueError(f"expected pixel values in [0, 1], got range [{lo:.3g}, {hi:.3g}]")

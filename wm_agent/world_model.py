@@ -39,7 +39,7 @@ class WorldModel:
 
     # -- V ----------------------------------------------------------------------------------------
     def _as_input(self, frames) -> torch.Tensor:
-        t = torch.as_tensor(frames)
+        t = torch.as_tensor(np.asarray(frames).copy() if isinstance(frames, np.memmap) else frames)
         if t.dtype == torch.uint8:
             return frames_to_tensor(t, self.device)
         return t.to(self.device)
@@ -63,6 +63,10 @@ class WorldModel:
         self.vae.eval()
         return tensor_to_frames(self.vae.decode_latent(z.to(self.device)))
 
+    def snap_latent(self, z: torch.Tensor) -> torch.Tensor:
+        """Latents (..., Z) -> the nearest codebook latents (what V can decode)."""
+        return self.vae.indices_to_latent(self.vae.latent_to_indices(z))
+
     def set_start_frames(self, frames, max_frames: int = 256) -> None:
         """Keep up to ``max_frames`` real first frames (as code grids) for dreams to start from."""
         self.start_codes = self.encode_indices(frames[:max_frames]).cpu()
@@ -75,17 +79,18 @@ class WorldModel:
         frames = np.asarray(observations)
         return fit_vae(self, lambda rng: frame_batches_from_array(frames, batch_size, rng), epochs, seed, progress)
 
-    def train_rnn(self, sequences: dict[str, np.ndarray], epochs: int = 1, batch_size: int = 32, seed: int = 0,
+    def train_rnn(self, sequences: dict[str, np.ndarray], epochs: int = 1, batch_size: int = 16, seed: int = 0,
                   progress: bool = False):
         """Fit M on episodes: ``sequences`` has ``obs`` (B, T+1, H, W, 3) uint8, ``actions`` (B, T[, A]),
         ``rewards`` (B, T), ``dones`` (B, T) and optionally ``mask`` (B, T)."""
-        from wm_agent.train import fit_rnn, sequence_batches_from_arrays
+        from wm_agent.train import event_weight, fit_rnn, sequence_batches_from_arrays
 
         obs = np.asarray(sequences["obs"])
         b, t1 = obs.shape[:2]
         codes = self.encode_indices(obs.reshape(b * t1, *obs.shape[2:])).view(b, t1, *self.start_codes.shape[1:])
         arrays = {k: np.asarray(v) for k, v in sequences.items() if k != "obs"}
-        return fit_rnn(self, lambda rng: sequence_batches_from_arrays(codes, arrays, batch_size, rng), epochs, seed, progress)
+        return fit_rnn(self, lambda rng: sequence_batches_from_arrays(codes, arrays, batch_size, rng), epochs, seed,
+                       progress, events=event_weight(arrays["dones"], arrays.get("mask")))
 
     # -- M ----------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -98,17 +103,14 @@ class WorldModel:
         self.rnn.eval()
         gen = torch.Generator().manual_seed(seed) if seed is not None else None
         z = self.encode(np.asarray(initial_obs)[None])  # (1, Z)
-        acts = torch.as_tensor(np.asarray(actions))
+        acts = torch.as_tensor(np.asarray(actions)).to(self.device)
         hidden = None
         latents, rewards, dones = [z], [], []
         for a in acts:
-            params, hidden = self.rnn(z[:, None], a.reshape(1, 1, *a.shape).to(self.device), hidden)
-            nxt = MDNRNN.sample(params["pi"][:, 0].cpu(), params["mu"][:, 0].cpu(), params["sigma"][:, 0].cpu(),
-                                temperature, gen).to(self.device)
-            z = self.vae.indices_to_latent(self.vae.latent_to_indices(nxt))  # snap: the dream stays on the codebook
+            z, reward, done_p, hidden = self.rnn.dream_step(z, a[None], hidden, temperature, gen, self.snap_latent)
             latents.append(z)
-            rewards.append(float(params["reward"][0, 0]))
-            dones.append(float(torch.sigmoid(params["done_logit"][0, 0])))
+            rewards.append(float(reward[0]))
+            dones.append(float(done_p[0]))
         zs = torch.cat(latents)
         return {"frames": self.decode(zs), "rewards": np.array(rewards, np.float32),
                 "dones": np.array(dones, np.float32), "latents": zs.cpu().numpy()}
@@ -148,17 +150,29 @@ class WorldModel:
             wm.vae.load_state_dict(state["vae"])
             wm.rnn.load_state_dict(state["rnn"])
             wm.controller.load_state_dict(state["controller"])
-        except (KeyError, RuntimeError) as exc:
+        except (KeyError, RuntimeError, TypeError) as exc:
             raise ValueError(f"{path}: weights do not match its config: {exc}") from exc
-        wm.start_codes = state.get("start_codes", wm.start_codes).long()
+        codes = state.get("start_codes", wm.start_codes)
+        g = config.latent_grid
+        if (not isinstance(codes, torch.Tensor) or codes.is_floating_point() or codes.dim() != 3
+                or tuple(codes.shape[1:]) != (g, g)
+                or (codes.numel() and (codes.min() < 0 or codes.max() >= config.num_embeddings))):
+            raise ValueError(f"{path}: start_codes must be integer codes in [0, {config.num_embeddings}) "
+                             f"of shape (N, {g}, {g})")
+        wm.start_codes = codes.long()
         wm.metrics = state.get("metrics", {})
         wm.train_state = state.get("train_state", {})
         return wm
 
 
 def _to_cpu(obj):
+    """Tensors to CPU and numpy values to plain types: a weights-only load accepts nothing else."""
     if isinstance(obj, torch.Tensor):
         return obj.detach().cpu()
+    if isinstance(obj, np.ndarray):
+        return torch.from_numpy(np.ascontiguousarray(obj))
+    if isinstance(obj, np.generic):
+        return obj.item()
     if isinstance(obj, dict):
         return {k: _to_cpu(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):

@@ -1,0 +1,190 @@
+"""Controller search with CMA-ES: in the dream (batched), in the real env (worker processes), resume."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import threading
+import time
+
+import numpy as np
+import pytest
+import torch
+from helpers import gridworld_frames, tiny_world_model
+
+from wm_agent.cmaes import ControllerTrainConfig, RealEvaluator, dream_fitness, train_controller
+from wm_agent.controller import choose_actions
+from wm_agent.dream_env import DreamEnv
+from wm_agent.world_model import WorldModel
+
+
+@pytest.fixture
+def ckpt(tmp_path):
+    path = tmp_path / "wm.pt"
+    tiny_world_model().save(path)
+    return path
+
+
+def _cfg(path, **kw) -> ControllerTrainConfig:
+    base = dict(world_model=str(path), popsize=4, rollouts=2, generations=2, max_steps=8, progress=False,
+                device="cpu")
+    return ControllerTrainConfig(**{**base, **kw})
+
+
+# -- in the dream ------------------------------------------------------------------------------------
+def test_train_in_the_dream_saves_the_search_and_resumes(ckpt):
+    result = train_controller(_cfg(ckpt))
+    assert result["generations"] == 2 and [e["generation"] for e in result["log"]] == [1, 2]
+    wm = WorldModel.load(ckpt)
+    state = wm.train_state["cmaes"]
+    assert state["generation"] == 2 and len(state["log"]) == 2 and state["where"] == "dream"
+    n = wm.controller.num_params
+    assert state["mean"].shape == state["stds"].shape == state["best_params"].shape == (n,)
+    np.testing.assert_allclose(wm.controller.get_flat(), state["mean"].numpy(), rtol=1e-6, atol=1e-6)
+    assert state["best_fitness"] == pytest.approx(max(e["best"] for e in state["log"]))
+    for e in state["log"]:
+        assert e["worst"] <= e["mean"] <= e["best"] and e["sigma"] > 0
+    assert not torch.equal(wm.controller.obs_std, torch.ones_like(wm.controller.obs_std))  # normaliser fitted
+    assert wm.metrics["controller"]["generations"] == 2
+
+    result = train_controller(_cfg(ckpt, generations=3, resume=True))
+    assert result["generations"] == 3 and len(result["log"]) == 3
+    assert result["log"][:2] == state["log"]  # the first two generations are kept, not rerun
+    wm2 = WorldModel.load(ckpt)
+    assert wm2.train_state["cmaes"]["generation"] == 3
+    torch.testing.assert_close(wm2.controller.obs_mean, wm.controller.obs_mean)  # not refitted on resume
+
+
+def test_train_without_resume_starts_again(ckpt):
+    train_controller(_cfg(ckpt, generations=2))
+    result = train_controller(_cfg(ckpt, generations=1))
+    assert [e["generation"] for e in result["log"]] == [1]
+    assert WorldModel.load(ckpt).train_state["cmaes"]["generation"] == 1
+
+
+def test_resume_past_the_target_runs_nothing(ckpt):
+    train_controller(_cfg(ckpt, generations=2))
+    before = ckpt.read_bytes()
+    result = train_controller(_cfg(ckpt, generations=2, resume=True))
+    assert result["generations"] == 2 and len(result["log"]) == 2
+    assert ckpt.read_bytes() == before
+
+
+def test_train_with_an_in_memory_model_and_hidden_layer(tmp_path):
+    wm = tiny_world_model(controller_hidden=4)
+    path = tmp_path / "h.pt"
+    result = train_controller(_cfg(path, generations=1, temperature=0.0, greedy=True), wm)
+    assert result["generations"] == 1 and path.exists()
+    assert WorldModel.load(path).train_state["cmaes"]["mean"].shape == (wm.config.controller_params,)
+
+
+@pytest.mark.parametrize("kw, match", [(dict(where="moon"), "--in"), (dict(popsize=1), "popsize"),
+                                       (dict(rollouts=0), "rollouts"), (dict(generations=-1), "generations")])
+def test_bad_settings(ckpt, kw, match):
+    with pytest.raises(ValueError, match=match):
+        train_controller(_cfg(ckpt, **kw))
+
+
+def test_needs_a_trained_mdn_rnn(tmp_path):
+    path = tmp_path / "untrained.pt"
+    tiny_world_model(trained=False).save(path)
+    with pytest.raises(ValueError, match="train-rnn"):
+        train_controller(_cfg(path))
+
+
+# -- dream_fitness -----------------------------------------------------------------------------------
+def test_dream_fitness_shape_and_seed():
+    wm = tiny_world_model()
+    params = np.random.default_rng(0).normal(size=(3, wm.controller.num_params))
+    a = dream_fitness(wm, params, 2, 1.0, 6, False, np.random.default_rng(5))
+    b = dream_fitness(wm, params, 2, 1.0, 6, False, np.random.default_rng(5))
+    assert a.shape == (3,) and np.isfinite(a).all()
+    np.testing.assert_array_equal(a, b)
+
+
+def test_dream_fitness_gives_identical_candidates_identical_scores_at_temperature_zero():
+    wm = tiny_world_model()
+    p = np.random.default_rng(1).normal(size=wm.controller.num_params)
+    q = np.random.default_rng(2).normal(size=wm.controller.num_params)
+    fit = dream_fitness(wm, np.stack([p, q, p]), 3, 0.0, 8, True, np.random.default_rng(0))
+    assert fit[0] == fit[2]  # the same starts (common random numbers) and deterministic dreams
+
+
+def test_dream_fitness_equals_a_dream_env_episode():
+    """At temperature 0 with greedy actions, the batched score is the return of one DreamEnv episode."""
+    wm = tiny_world_model()
+    params = np.random.default_rng(3).normal(size=(1, wm.controller.num_params))
+    max_steps = 10
+    fit = dream_fitness(wm, params, 1, 0.0, max_steps, True, np.random.default_rng(7))
+    start = int(np.random.default_rng(7).integers(len(wm.start_codes), size=1)[0])  # as dream_fitness draws it
+    frame = gridworld_frames(len(wm.start_codes))[start]
+    wm.controller.set_flat(params[0])
+    env = DreamEnv(wm, temperature=0.0, max_episode_steps=max_steps)
+    obs, _ = env.reset(options={"frame": frame})
+    total = 0.0
+    for _ in range(max_steps):
+        action = choose_actions(wm.controller.from_obs(torch.as_tensor(obs)[None]), True, greedy=True)[0]
+        obs, reward, terminated, truncated, _ = env.step(int(action))
+        total += reward
+        if terminated or truncated:
+            break
+    assert fit[0] == pytest.approx(total, abs=1e-4)
+
+
+# -- in the real env ---------------------------------------------------------------------------------
+def test_train_in_the_real_env(ckpt):
+    result = train_controller(_cfg(ckpt, where="real", workers=1, popsize=2, rollouts=1, generations=1,
+                                   max_steps=5, timeout=120))
+    assert result["generations"] == 1
+    entry = result["log"][0]
+    # GridWorld: -0.01 per step, +1 at the goal, so 5 steps score between -0.05 and 1
+    assert -0.05 - 1e-9 <= entry["worst"] <= entry["best"] <= 1.0
+    state = WorldModel.load(ckpt).train_state["cmaes"]
+    assert state["where"] == "real" and state["generation"] == 1
+
+
+def _no_workers_left(deadline: float = 5.0) -> bool:
+    end = time.monotonic() + deadline
+    while mp.active_children() and time.monotonic() < end:
+        time.sleep(0.05)
+    return not mp.active_children()
+
+
+def _params(n: int = 2) -> np.ndarray:
+    return np.zeros((n, tiny_world_model().controller.num_params))
+
+
+def test_real_evaluator_reports_a_failing_worker(tmp_path):
+    ev = RealEvaluator(str(tmp_path / "missing.pt"), "WM-GridWorld-v0", workers=1, timeout=60)
+    t0 = time.monotonic()
+    with pytest.raises(RuntimeError, match="worker failed: FileNotFoundError.*missing.pt"):
+        ev(_params(), 1, True, 5, np.random.default_rng(0))
+    assert time.monotonic() - t0 < 30
+    assert _no_workers_left()
+
+
+def test_real_evaluator_stops_a_worker_that_overruns(ckpt):
+    ev = RealEvaluator(str(ckpt), "WM-GridWorld-v0", workers=1, timeout=0.01)
+    t0 = time.monotonic()
+    with pytest.raises(RuntimeError, match="did not finish within"):
+        ev(_params(), 1, True, 5, np.random.default_rng(0))
+    assert time.monotonic() - t0 < 5
+    assert _no_workers_left()
+
+
+def test_real_evaluator_reports_a_worker_that_dies(ckpt):
+    ev = RealEvaluator(str(ckpt), "WM-GridWorld-v0", workers=1, timeout=60)
+
+    def kill_workers():
+        for proc in list((ev.pool._processes or {}).values()):
+            proc.kill()
+
+    timer = threading.Timer(0.5, kill_workers)  # the worker is still starting (importing torch) by then
+    timer.start()
+    t0 = time.monotonic()
+    try:
+        with pytest.raises(RuntimeError, match="died"):
+            ev(_params(), 1, True, 5, np.random.default_rng(0))
+    finally:
+        timer.cancel()
+    assert time.monotonic() - t0 < 30
+    assert _no_workers_left()

@@ -1,0 +1,530 @@
+"""WorldModel: checkpoints (and their failure modes), config validation, dreams and the training jobs."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import pickle
+import shlex
+
+import numpy as np
+import pytest
+import torch
+from helpers import gridworld_frames, gridworld_sequences, tiny_config, tiny_world_model
+
+import wm_agent.train as train
+from wm_agent.collect import DataCollector
+from wm_agent.config import WorldModelConfig
+from wm_agent.mdnrnn import MDNRNN
+from wm_agent.train import NonFiniteLoss, TrainRNNConfig, TrainVAEConfig, run_train_rnn, run_train_vae
+from wm_agent.vqvae import VQVAE
+from wm_agent.world_model import FORMAT, VERSION, WorldModel
+
+
+def _outputs(wm: WorldModel, frames: np.ndarray) -> dict[str, torch.Tensor]:
+    """Everything a checkpoint must reproduce, for the same inputs (at least two frames)."""
+    with torch.no_grad():
+        z = wm.encode(frames)  # (N, Z)
+        seq = z[None].expand(2, -1, -1)  # two identical sequences of N steps
+        actions = torch.arange(len(frames))[None].expand(2, -1) % wm.config.action_dim
+        params, hidden = wm.rnn.eval()(seq, actions)
+        h = hidden[0][0]  # (2, H)
+        return {"z": z, "mu": params["mu"], "pi": params["pi"], "reward": params["reward"], "h": h,
+                "recon": torch.as_tensor(wm.decode(z)),
+                "controller": wm.controller.from_obs(torch.cat([z[:2], h], -1))}
+
+
+@pytest.fixture
+def saved(tmp_path):
+    wm = tiny_world_model(seed=1)
+    wm.controller.set_flat(np.random.default_rng(0).normal(size=wm.controller.num_params))
+    wm.controller.fit_normalizer(torch.randn(50, wm.controller.in_dim) * 3 + 1)
+    wm.metrics = {"vae": {"recon_mse": 0.5}}
+    path = tmp_path / "wm.pt"
+    wm.save(path)
+    return wm, path
+
+
+# -- save / load -------------------------------------------------------------------------------------
+def test_save_load_round_trip(saved):
+    wm, path = saved
+    loaded = WorldModel.load(path)
+    assert loaded.config == wm.config
+    assert loaded.env_id == "WM-GridWorld-v0"
+    assert torch.equal(loaded.start_codes, wm.start_codes) and loaded.start_codes.dtype == torch.long
+    assert loaded.metrics == wm.metrics
+    assert loaded.train_state == wm.train_state
+    frames = gridworld_frames(4, first_seed=20)
+    for name, (a, b) in {k: (v, _outputs(loaded, frames)[k]) for k, v in _outputs(wm, frames).items()}.items():
+        assert torch.equal(a, b), name
+    for module in ("vae", "rnn", "controller"):
+        sa, sb = getattr(wm, module).state_dict(), getattr(loaded, module).state_dict()
+        assert sa.keys() == sb.keys()
+        assert all(torch.equal(sa[k], sb[k]) for k in sa), module
+
+
+def test_save_is_atomic_and_replaces(saved, tmp_path):
+    wm, path = saved
+    wm.metrics = {"changed": 1}
+    wm.save(path)
+    assert WorldModel.load(path).metrics == {"changed": 1}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["wm.pt"]  # no temporary files left behind
+
+
+@pytest.mark.xfail(strict=True, raises=ValueError, reason="library bug: WorldModel.save (wm_agent/world_model.py) writes numpy "
+                   "scalars/arrays in metrics or train_state as pickled numpy objects, which WorldModel.load "
+                   "(weights_only=True) then refuses: a checkpoint that saves but never loads. Fix: convert them in "
+                   "_to_cpu (np.generic -> .item(), np.ndarray -> torch.from_numpy) or refuse them in save")
+def test_numpy_values_in_metrics_survive_a_round_trip(saved):
+    wm, path = saved
+    wm.metrics["eval"] = {"mean_return": np.float64(0.5), "returns": np.array([0.25, 0.75])}
+    wm.save(path)
+    loaded = WorldModel.load(path)
+    assert float(loaded.metrics["eval"]["mean_return"]) == 0.5
+    assert list(np.asarray(loaded.metrics["eval"]["returns"])) == [0.25, 0.75]
+
+
+def test_checkpoint_loads_with_plain_weights_only_torch_load(saved):
+    wm, path = saved
+    state = torch.load(path, weights_only=True)
+    assert state["format"] == FORMAT and state["version"] == VERSION
+    assert WorldModelConfig.from_dict(state["config"]) == wm.config
+    assert set(state) >= {"vae", "rnn", "controller", "start_codes", "config"}
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nope.pt"):
+        WorldModel.load(tmp_path / "nope.pt")
+
+
+def test_truncated_file(saved):
+    _, path = saved
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match="wm.pt"):
+        WorldModel.load(path)
+
+
+def test_garbage_bytes(tmp_path):
+    path = tmp_path / "garbage.pt"
+    path.write_bytes(os.urandom(4096))
+    with pytest.raises(ValueError, match="garbage.pt"):
+        WorldModel.load(path)
+
+
+def test_empty_file(tmp_path):
+    path = tmp_path / "empty.pt"
+    path.write_bytes(b"")
+    with pytest.raises(ValueError, match="empty.pt"):
+        WorldModel.load(path)
+
+
+@pytest.mark.parametrize("obj", [{"weights": torch.zeros(3)}, [1, 2, 3], torch.zeros(2)])
+def test_torch_file_without_the_format_tag(tmp_path, obj):
+    path = tmp_path / "other.pt"
+    torch.save(obj, path)
+    with pytest.raises(ValueError, match="format tag"):
+        WorldModel.load(path)
+
+
+def _rewrite(path, edit):
+    state = torch.load(path, weights_only=True)
+    edit(state)
+    torch.save(state, path)
+
+
+def test_wrong_version(saved):
+    _, path = saved
+    _rewrite(path, lambda s: s.update(version=VERSION + 1))
+    with pytest.raises(ValueError, match="version"):
+        WorldModel.load(path)
+
+
+def test_config_with_unknown_fields(saved):
+    _, path = saved
+    _rewrite(path, lambda s: s["config"].update(frobnication=3))
+    with pytest.raises(ValueError, match="frobnication"):
+        WorldModel.load(path)
+
+
+def test_config_that_is_invalid(saved):
+    _, path = saved
+    _rewrite(path, lambda s: s["config"].update(image_size=60))
+    with pytest.raises(ValueError, match="unusable config"):
+        WorldModel.load(path)
+
+
+def test_weights_that_do_not_match_the_config(saved):
+    _, path = saved
+    _rewrite(path, lambda s: s["config"].update(hidden_size=32))
+    with pytest.raises(ValueError, match="weights do not match"):
+        WorldModel.load(path)
+
+
+def test_expect_config(saved):
+    wm, path = saved
+    assert WorldModel.load(path, expect_config=tiny_config()).config == wm.config
+    with pytest.raises(ValueError, match="num_mixtures"):
+        WorldModel.load(path, expect_config=tiny_config(num_mixtures=3))
+
+
+class _Payload:
+    """Pickles to a call of os.system: loading it with plain pickle would run a shell command."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {shlex.quote(str(self.marker))}",)
+
+
+def test_pickle_payload_would_run_code(tmp_path):
+    """The payload is armed: plain pickle runs it (so the next test's check means something)."""
+    marker = tmp_path / "ran"
+    pickle.loads(pickle.dumps(_Payload(marker)))
+    assert marker.exists()
+
+
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
+@pytest.mark.parametrize("how", ["pickle", "torch.save"])
+def test_pickle_carrying_code_is_refused_and_never_runs(tmp_path, how):
+    marker = tmp_path / "pwned"
+    path = tmp_path / "evil.pt"
+    if how == "pickle":
+        path.write_bytes(pickle.dumps(_Payload(marker)))
+    else:  # a real torch zip file with a format tag, and code inside
+        torch.save({"format": FORMAT, "version": VERSION, "config": {}, "x": _Payload(marker)}, path)
+    with pytest.raises(ValueError, match="evil.pt"):
+        WorldModel.load(path)
+    assert not marker.exists()
+
+
+# -- config validation -------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(image_size=60), "image_size"),
+        (dict(latent_grid=16), "2\\*\\*len\\(channels\\)"),
+        (dict(channels=(4, 4)), "2\\*\\*len\\(channels\\)"),
+        (dict(latent_grid=0), "latent_grid"),
+        (dict(latent_dim=0), "latent_dim"),
+        (dict(num_embeddings=0), "num_embeddings"),
+        (dict(num_mixtures=0), "num_mixtures"),
+        (dict(hidden_size=-1), "hidden_size"),
+        (dict(action_dim=0), "action_dim"),
+        (dict(kernel_size=3), "kernel_size"),
+        (dict(min_log_sigma=1.0, max_log_sigma=1.0), "min_log_sigma"),
+        (dict(action_dim=3, discrete_actions=False, action_low=(-1.0, 0.0), action_high=(1.0, 1.0)), "action_low"),
+        (dict(action_dim=2, discrete_actions=False, action_low=(-1.0, 0.0)), "action_low"),
+        (dict(latent_dim=64, hidden_size=2048), "controller"),
+        (dict(controller_hidden=64, hidden_size=512, max_controller_params=5000), "controller"),
+    ],
+)
+def test_config_rejects(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        WorldModelConfig(**kwargs)
+
+
+def test_config_controller_error_explains_itself():
+    with pytest.raises(ValueError) as exc:
+        WorldModelConfig(latent_dim=64, hidden_size=2048)
+    msg = str(exc.value)
+    n = (8 * 8 * 64 + 2048) * 4 + 4
+    assert str(n) in msg and "max_controller_params" in msg
+
+
+def test_config_dict_round_trip():
+    for cfg in (WorldModelConfig(), tiny_config(), WorldModelConfig.car_racing()):
+        d = cfg.to_dict()
+        assert json.loads(json.dumps(d)) == d  # plain JSON values
+        assert WorldModelConfig.from_dict(d) == cfg
+    assert WorldModelConfig(channels=[4, 4, 4]).channels == (4, 4, 4)
+
+
+def test_presets_are_valid():
+    assert WorldModelConfig.gridworld().discrete_actions and WorldModelConfig.gridworld().action_dim == 4
+    car = WorldModelConfig.car_racing()
+    assert not car.discrete_actions and car.action_dim == 3 and len(car.action_low) == 3
+    for cfg in (WorldModelConfig.gridworld(), car):
+        assert cfg.controller_params <= cfg.max_controller_params
+        assert cfg.image_size // cfg.latent_grid == 2 ** len(cfg.channels)
+
+
+# -- dream -------------------------------------------------------------------------------------------
+def test_dream_shapes_discrete():
+    wm = tiny_world_model()
+    frame = gridworld_frames(1, first_seed=30)[0]
+    out = wm.dream(frame, np.array([0, 1, 2, 3, 0]))
+    t, z = 5, wm.config.z_size
+    assert out["frames"].shape == (t + 1, 64, 64, 3) and out["frames"].dtype == np.uint8
+    assert out["rewards"].shape == (t,) and out["rewards"].dtype == np.float32
+    assert out["dones"].shape == (t,) and ((out["dones"] >= 0) & (out["dones"] <= 1)).all()
+    assert out["latents"].shape == (t + 1, z)
+    np.testing.assert_array_equal(out["latents"][0], wm.encode(frame[None])[0].numpy())
+    np.testing.assert_array_equal(out["frames"][0], wm.decode(wm.encode(frame[None]))[0])
+    # every imagined latent lies on the codebook
+    lat = torch.as_tensor(out["latents"])
+    torch.testing.assert_close(wm.vae.indices_to_latent(wm.vae.latent_to_indices(lat)), lat, rtol=0, atol=0)
+
+
+def test_dream_shapes_continuous():
+    wm = tiny_world_model(discrete_actions=False, action_dim=3, action_low=(-1, 0, 0), action_high=(1, 1, 1))
+    frame = gridworld_frames(1)[0]
+    out = wm.dream(frame, np.random.default_rng(0).uniform(0, 1, (4, 3)).astype(np.float32), temperature=1.0, seed=0)
+    assert out["frames"].shape == (5, 64, 64, 3) and out["latents"].shape == (5, wm.config.z_size)
+    assert out["rewards"].shape == out["dones"].shape == (4,)
+
+
+def test_dream_is_deterministic_at_temperature_zero_and_seeded_above():
+    wm = tiny_world_model()
+    frame = gridworld_frames(1)[0]
+    actions = np.array([0, 1, 2, 3, 0, 1, 2, 3])
+    a, b = wm.dream(frame, actions), wm.dream(frame, actions)
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k])
+    s1, s2 = wm.dream(frame, actions, 1.0, seed=5), wm.dream(frame, actions, 1.0, seed=5)
+    for k in s1:
+        np.testing.assert_array_equal(s1[k], s2[k])
+    s3 = wm.dream(frame, actions, 1.0, seed=6)
+    assert not np.array_equal(s1["latents"], s3["latents"])
+
+
+def test_dream_rejects_invalid_actions():
+    wm = tiny_world_model()
+    with pytest.raises(ValueError):
+        wm.dream(gridworld_frames(1)[0], np.array([0, 7]))
+
+
+# -- training in memory ------------------------------------------------------------------------------
+def test_train_vae_and_rnn_in_memory():
+    wm = tiny_world_model(trained=False)
+    frames = gridworld_frames(16)
+    history = wm.train_vae(frames, epochs=2, batch_size=8)
+    assert [h["epoch"] for h in history] == [1, 2] and wm.train_state["vae"]["epoch"] == 2
+    for h in history:
+        assert h["stage"] == "vae" and h["images"] == 16
+        assert np.isfinite(h["recon_mse"]) and 1 <= h["perplexity"] <= wm.config.num_embeddings
+        assert 0 < h["usage"] <= 1
+    history = wm.train_rnn(gridworld_sequences(4, 5), epochs=2, batch_size=2)
+    assert [h["epoch"] for h in history] == [1, 2] and wm.train_state["rnn"]["epoch"] == 2
+    for h in history:
+        assert h["stage"] == "rnn" and all(np.isfinite(h[k]) for k in ("loss", "nll", "reward_mse", "done_bce"))
+    seqs = gridworld_sequences(4, 5)
+    assert history[0]["steps"] == int(seqs["mask"].sum())  # masked steps are not counted
+    wm.train_vae(frames, epochs=1, batch_size=8)
+    assert wm.train_state["vae"]["epoch"] == 3  # continues the count
+
+
+def _trained(seed: int, train_seed: int) -> WorldModel:
+    wm = tiny_world_model(seed=seed, trained=False)
+    wm.train_vae(gridworld_frames(6), epochs=2, batch_size=3, seed=train_seed)
+    wm.train_rnn(gridworld_sequences(3, 3), epochs=2, batch_size=2, seed=train_seed)
+    return wm
+
+
+def _same_weights(a: WorldModel, b: WorldModel) -> bool:
+    sa = {**{f"v.{k}": v for k, v in a.vae.state_dict().items()}, **{f"m.{k}": v for k, v in a.rnn.state_dict().items()}}
+    sb = {**{f"v.{k}": v for k, v in b.vae.state_dict().items()}, **{f"m.{k}": v for k, v in b.rnn.state_dict().items()}}
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_training_is_reproducible():
+    a, b, c = _trained(0, 3), _trained(0, 3), _trained(0, 4)
+    assert _same_weights(a, b)
+    assert not _same_weights(a, c)
+
+
+# -- the command-line jobs ---------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    out = tmp_path_factory.mktemp("data")
+    DataCollector("WM-GridWorld-v0", out, episodes_per_shard=2, max_steps=8).collect(4, progress=False)
+    return str(out)
+
+
+@pytest.fixture
+def tiny_preset(monkeypatch):
+    """`train-vae --preset auto` picks the tiny sizes for GridWorld."""
+    monkeypatch.setitem(train.PRESETS, "WM-GridWorld-v0", tiny_config)
+
+
+def _vae_cfg(dataset, out, **kw):
+    return TrainVAEConfig(data=dataset, out=str(out), batch_size=16, progress=False, device="cpu", **kw)
+
+
+def _rnn_cfg(dataset, ckpt, **kw):
+    return TrainRNNConfig(data=dataset, world_model=str(ckpt), batch_size=4, seq_len=4, progress=False,
+                          device="cpu", **kw)
+
+
+def _metrics(ckpt) -> list[dict]:
+    return [json.loads(line) for line in open(f"{ckpt}.metrics.jsonl")]
+
+
+def test_run_train_vae_and_rnn_write_checkpoint_and_metrics(dataset, tiny_preset, tmp_path):
+    ckpt = tmp_path / "wm.pt"
+    result = run_train_vae(_vae_cfg(dataset, ckpt, epochs=1))
+    assert result["epochs_done"] == 1 and ckpt.exists()
+    wm = WorldModel.load(ckpt)
+    assert wm.config == tiny_config() and wm.env_id == "WM-GridWorld-v0"
+    assert wm.train_state["vae"]["epoch"] == 1 and len(wm.start_codes) == 4  # one start frame per episode
+    assert [(m["stage"], m["epoch"]) for m in _metrics(ckpt)] == [("vae", 1)]
+
+    # resume continues the epoch count and appends to the metrics
+    result = run_train_vae(_vae_cfg(dataset, ckpt, epochs=2, resume=True))
+    assert result["epochs_done"] == 2 and len(result["history"]) == 1
+    assert WorldModel.load(ckpt).train_state["vae"]["epoch"] == 2
+    assert [(m["stage"], m["epoch"]) for m in _metrics(ckpt)] == [("vae", 1), ("vae", 2)]
+
+    # nothing left to do: no epoch runs
+    result = run_train_vae(_vae_cfg(dataset, ckpt, epochs=2, resume=True))
+    assert result["history"] == [] and result["epochs_done"] == 2
+
+    result = run_train_rnn(_rnn_cfg(dataset, ckpt, epochs=1))
+    assert result["epochs_done"] == 1
+    wm = WorldModel.load(ckpt)
+    assert wm.train_state["rnn"]["epoch"] == 1 and wm.train_state["vae"]["epoch"] == 2
+    assert "rnn" in wm.metrics and "vae" in wm.metrics
+    assert [(m["stage"], m["epoch"]) for m in _metrics(ckpt)][-1] == ("rnn", 1)
+
+    result = run_train_rnn(_rnn_cfg(dataset, ckpt, epochs=2, resume=True))
+    assert result["epochs_done"] == 2 and len(result["history"]) == 1
+    assert WorldModel.load(ckpt).train_state["rnn"]["epoch"] == 2
+
+    # without --resume the MDN-RNN starts again from epoch 0
+    result = run_train_rnn(_rnn_cfg(dataset, ckpt, epochs=1))
+    assert result["epochs_done"] == 1 and [h["epoch"] for h in result["history"]] == [1]
+
+
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason="library bug: run_train_vae (wm_agent/train.py) builds WorldModel(config) "
+                   "from the global torch RNG; --seed ('seed for batch order and initialisation') does not seed the "
+                   "initial weights, so the same seed gives different checkpoints. Fix: torch.manual_seed(cfg.seed) "
+                   "before WorldModel(...), as run_train_rnn now does for a fresh MDN-RNN")
+def test_run_train_vae_same_seed_same_weights(dataset, tiny_preset, tmp_path):
+    torch.manual_seed(1)  # whatever the process did before must not matter
+    run_train_vae(_vae_cfg(dataset, tmp_path / "a.pt", epochs=1, seed=0))
+    torch.manual_seed(2)
+    run_train_vae(_vae_cfg(dataset, tmp_path / "b.pt", epochs=1, seed=0))
+    assert _same_weights(WorldModel.load(tmp_path / "a.pt"), WorldModel.load(tmp_path / "b.pt"))
+
+
+def test_run_train_rnn_fresh_start_is_reproducible_and_drops_the_old_controller_search(dataset, tiny_preset,
+                                                                                      tmp_path):
+    ckpt = tmp_path / "wm.pt"
+    run_train_vae(_vae_cfg(dataset, ckpt, epochs=1))
+    run_train_rnn(_rnn_cfg(dataset, ckpt, epochs=1, seed=5))
+    first = {k: v.clone() for k, v in WorldModel.load(ckpt).rnn.state_dict().items()}
+    wm = WorldModel.load(ckpt)
+    wm.train_state["cmaes"] = {"generation": 3}  # stands in for a controller searched in this dream
+    wm.save(ckpt)
+    run_train_rnn(_rnn_cfg(dataset, ckpt, epochs=1, seed=5))  # no --resume: a fresh M, same seed
+    wm = WorldModel.load(ckpt)
+    assert all(torch.equal(first[k], v) for k, v in wm.rnn.state_dict().items())
+    assert "cmaes" not in wm.train_state
+
+
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason="library bug: run_train_vae (wm_agent/train.py) encodes the bank of start "
+                   "frames (wm.set_start_frames) with the UNTRAINED VQ-VAE before fit_vae and never again, so the "
+                   "saved start_codes are not the trained encoder's codes of those frames and dreams/CMA-ES start "
+                   "from wrong frames. Fix: call wm.set_start_frames(...) again in end_epoch before wm.save(out)")
+def test_run_train_vae_start_codes_are_the_trained_encoders(dataset, tiny_preset, tmp_path, monkeypatch):
+    from wm_agent.dataset import EpisodeDataset
+
+    fit = train.fit_vae
+
+    def fit_that_reassigns_codes(wm, make_batches, epochs, seed=0, progress=True, on_epoch_end=None, **kw):
+        """Real training, plus a sure change of code assignments each epoch (tiny models barely move):
+        rolling the codebook by one row turns every code index i into i + 1."""
+        def end_epoch(epoch, metrics):
+            q = wm.vae.quantizer
+            with torch.no_grad():
+                for buf in (q.codebook, q.embed_avg, q.cluster_size, q.usage):
+                    buf.copy_(buf.roll(1, 0))
+            if on_epoch_end:
+                on_epoch_end(epoch, metrics)
+        return fit(wm, make_batches, epochs, seed, progress, end_epoch, **kw)
+
+    monkeypatch.setattr(train, "fit_vae", fit_that_reassigns_codes)
+    ckpt = tmp_path / "wm.pt"
+    run_train_vae(_vae_cfg(dataset, ckpt, epochs=2))
+    wm = WorldModel.load(ckpt)
+    ds = EpisodeDataset(dataset)
+    first_frames = ds.frames(np.asarray(ds.frame_offsets[:256]))
+    assert torch.equal(wm.start_codes, wm.encode_indices(first_frames))
+
+
+def test_run_train_vae_refuses_to_overwrite(dataset, tiny_preset, tmp_path):
+    ckpt = tmp_path / "wm.pt"
+    run_train_vae(_vae_cfg(dataset, ckpt, epochs=1))
+    before = ckpt.read_bytes()
+    with pytest.raises(FileExistsError, match="--resume|--overwrite"):
+        run_train_vae(_vae_cfg(dataset, ckpt, epochs=1))
+    assert ckpt.read_bytes() == before
+    result = run_train_vae(_vae_cfg(dataset, ckpt, epochs=1, overwrite=True, seed=1))
+    assert result["epochs_done"] == 1  # started again rather than continued
+    assert [m["epoch"] for m in _metrics(ckpt)] == [1]
+
+
+def test_run_train_vae_rejects_an_unknown_preset(dataset, tmp_path):
+    with pytest.raises(ValueError, match="preset"):
+        run_train_vae(_vae_cfg(dataset, tmp_path / "wm.pt", epochs=1, preset="WM-Pong-v0"))
+
+
+def test_run_train_rnn_needs_a_trained_vae(dataset, tmp_path):
+    ckpt = tmp_path / "fresh.pt"
+    tiny_world_model(trained=False).save(ckpt)
+    with pytest.raises(ValueError, match="train-vae"):
+        run_train_rnn(_rnn_cfg(dataset, ckpt, epochs=1))
+
+
+@pytest.mark.filterwarnings("ignore:Converting a tensor with requires_grad")
+def test_nonfinite_vae_loss_keeps_the_previous_checkpoint(dataset, tiny_preset, tmp_path, monkeypatch):
+    ckpt = tmp_path / "wm.pt"
+    run_train_vae(_vae_cfg(dataset, ckpt, epochs=1))
+    before, metrics_before = ckpt.read_bytes(), _metrics(ckpt)
+    forward = VQVAE.forward
+
+    def nan_forward(self, obs):
+        x, recon, vq = forward(self, obs)
+        return x, recon * float("nan"), vq
+
+    monkeypatch.setattr(VQVAE, "forward", nan_forward)
+    with pytest.raises(NonFiniteLoss, match="VQ-VAE"):
+        run_train_vae(_vae_cfg(dataset, ckpt, epochs=3, resume=True))
+    assert ckpt.read_bytes() == before
+    assert _metrics(ckpt) == metrics_before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["wm.pt", "wm.pt.metrics.jsonl"]
+
+
+def test_nonfinite_rnn_loss_keeps_the_previous_checkpoint(dataset, tiny_preset, tmp_path, monkeypatch):
+    ckpt = tmp_path / "wm.pt"
+    run_train_vae(_vae_cfg(dataset, ckpt, epochs=1))
+    run_train_rnn(_rnn_cfg(dataset, ckpt, epochs=1))
+    before = ckpt.read_bytes()
+    loss = MDNRNN.loss
+
+    def inf_loss(self, *args, **kwargs):
+        total, parts = loss(self, *args, **kwargs)
+        return total + float("inf"), parts
+
+    monkeypatch.setattr(MDNRNN, "loss", inf_loss)
+    with pytest.raises(NonFiniteLoss, match="MDN-RNN"):
+        run_train_rnn(_rnn_cfg(dataset, ckpt, epochs=3, resume=True))
+    assert ckpt.read_bytes() == before
+
+
+@pytest.mark.filterwarnings("ignore:Converting a tensor with requires_grad")
+def test_nonfinite_loss_in_memory_leaves_weights_and_epoch(monkeypatch):
+    wm = tiny_world_model(trained=False)
+    monkeypatch.setattr(MDNRNN, "loss", lambda self, *a, **k: (torch.tensor(float("nan"), requires_grad=True), {}))
+    weights = {k: v.clone() for k, v in wm.rnn.state_dict().items()}
+    with pytest.raises(NonFiniteLoss):
+        wm.train_rnn(gridworld_sequences(2, 3), epochs=1)
+    assert wm.train_state["rnn"]["epoch"] == 0
+    assert all(torch.equal(weights[k], v) for k, v in wm.rnn.state_dict().items())
+
+
+def test_world_model_config_is_a_dataclass_with_help():
+    for f in dataclasses.fields(WorldModelConfig):
+        assert f.metadata.get("help"), f.name

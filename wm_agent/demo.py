@@ -1,0 +1,136 @@
+"""The whole GridWorld pipeline in one command: collect -> V -> M -> C (in the dream only) -> real env.
+
+Each stage is the same function its own CLI command runs, so the demo is also the integration test of
+the pipeline; a re-run resumes whatever stage was interrupted.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from wm_agent.config import doc
+from wm_agent.io import save_json
+
+ENV_ID = "WM-GridWorld-v0"
+
+
+@dataclass
+class DemoConfig:
+    """wm-agent demo: the full GridWorld pipeline on a laptop CPU, with figures, videos and summary.json."""
+
+    out: str = doc("results folder", "world_model_results")
+    train_episodes: int = doc("random-policy episodes to learn the world model from", 600)
+    heldout_episodes: int = doc("episodes (other seeds) kept aside to measure the world model", 100)
+    vae_epochs: int = doc("VQ-VAE epochs", 3)
+    rnn_epochs: int = doc("MDN-RNN epochs", 10)
+    rnn_batch_size: int = doc("MDN-RNN sequences per batch", 16)
+    popsize: int = doc("CMA-ES population", 64)
+    rollouts: int = doc("dream episodes per CMA-ES candidate", 16)
+    generations: int = doc("CMA-ES generations (in the dream)", 60)
+    temperature: float = doc("dream temperature for controller training", 1.0)
+    eval_episodes: int = doc("fresh real-env layouts the controller is evaluated on", 200)
+    workers: int = doc("collector worker processes", 2)
+    seed: int = doc("seed of the whole run", 0)
+    progress: bool = doc("show progress bars", True)
+
+
+def _stage(name: str, progress: bool):
+    if progress:
+        print(f"\n== {name} ==", flush=True)
+    return time.perf_counter()
+
+
+def run_demo(cfg: DemoConfig) -> dict:
+    from wm_agent.cmaes import ControllerTrainConfig, train_controller
+    from wm_agent.collect import DataCollector
+    from wm_agent.dataset import EpisodeDataset
+    from wm_agent.evaluate import EvaluateConfig, evaluate, dream_fidelity, vae_quality
+    from wm_agent.render import (Visualizer, record_dream_episode, record_side_by_side, write_video)
+    from wm_agent.train import TrainRNNConfig, TrainVAEConfig, run_train_rnn, run_train_vae
+    from wm_agent.world_model import WorldModel
+
+    t_start = time.perf_counter()
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt = out / "world_model_gridworld.pt"
+    timings = {}
+
+    t = _stage("1/6 collect random episodes", cfg.progress)
+    train_dir, heldout_dir = out / "data" / "train", out / "data" / "heldout"
+    DataCollector(ENV_ID, train_dir, "random", cfg.seed, cfg.workers).collect(cfg.train_episodes, cfg.progress)
+    DataCollector(ENV_ID, heldout_dir, "random", cfg.seed + 10_000, cfg.workers).collect(cfg.heldout_episodes,
+                                                                                         cfg.progress)
+    train, heldout = EpisodeDataset(train_dir), EpisodeDataset(heldout_dir)
+    timings["collect_s"] = time.perf_counter() - t
+
+    t = _stage("2/6 train the VQ-VAE (V)", cfg.progress)
+    run_train_vae(TrainVAEConfig(data=str(train_dir), out=str(ckpt), epochs=cfg.vae_epochs, seed=cfg.seed,
+                                 resume=ckpt.exists(), progress=cfg.progress))
+    timings["vae_s"] = time.perf_counter() - t
+
+    t = _stage("3/6 train the MDN-RNN (M)", cfg.progress)
+    resume_rnn = "rnn" in WorldModel.load(ckpt).train_state
+    run_train_rnn(TrainRNNConfig(data=str(train_dir), world_model=str(ckpt), epochs=cfg.rnn_epochs,
+                                 batch_size=cfg.rnn_batch_size, seed=cfg.seed, resume=resume_rnn,
+                                 progress=cfg.progress))
+    wm = WorldModel.load(ckpt)
+    rng = np.random.default_rng(cfg.seed)
+    frames = heldout.frames(np.sort(rng.choice(heldout.num_frames, min(20_000, heldout.num_frames), replace=False)))
+    quality = vae_quality(wm, frames)
+    fidelity = dream_fidelity(wm, heldout, 0, 0.0, {"fidelity": 0.01, "exact": 0.002}, cfg.seed, cfg.progress)
+    timings["rnn_s"] = time.perf_counter() - t
+
+    t = _stage("4/6 train the controller (C) with CMA-ES, in the dream only", cfg.progress)
+    resume_c = "cmaes" in wm.train_state
+    train_controller(ControllerTrainConfig(world_model=str(ckpt), env=ENV_ID, where="dream", popsize=cfg.popsize,
+                                           rollouts=cfg.rollouts, generations=cfg.generations,
+                                           temperature=cfg.temperature, seed=cfg.seed, resume=resume_c,
+                                           progress=cfg.progress))
+    wm = WorldModel.load(ckpt)
+    timings["controller_s"] = time.perf_counter() - t
+
+    t = _stage("5/6 evaluate in the real env", cfg.progress)
+    result = evaluate(EvaluateConfig(checkpoint=str(ckpt), env=ENV_ID, episodes=cfg.eval_episodes,
+                                     seed=cfg.seed + 20_000, greedy=False, progress=cfg.progress), wm)
+    timings["evaluate_s"] = time.perf_counter() - t
+
+    t = _stage("6/6 figures and videos", cfg.progress)
+    vis = Visualizer(out, tag="gridworld")
+    sample = frames[:10]
+    recon = wm.decode(wm.encode(sample))
+    vis.reconstruction(sample, recon)
+    ep = heldout.episode(0)
+    actions = np.asarray(ep["actions"])[:19]
+    dream = wm.dream(ep["obs"][0], actions, temperature=0.0)["frames"]
+    vis.real_vs_dream(np.asarray(ep["obs"][: len(dream)]), dream)
+    vis.dream_sequence(record_dream_episode(wm, seed=cfg.seed, temperature=cfg.temperature)["frames"])
+    vis.training_curves(str(ckpt) + ".metrics.jsonl", wm.train_state["cmaes"]["log"])
+    side = record_side_by_side(wm, ENV_ID, seed=cfg.seed + 20_000)
+    write_video(side["frames"], out / "episode_real_vs_dream_gridworld.mp4", fps=4)
+    dream_ep = record_dream_episode(wm, seed=cfg.seed + 1, temperature=cfg.temperature)
+    write_video(np.repeat(np.repeat(dream_ep["frames"], 4, 1), 4, 2), out / "episode_dream_gridworld.mp4", fps=4)
+    timings["figures_s"] = time.perf_counter() - t
+
+    summary = {
+        "vae_mse": quality["vae_mse"], "codebook_perplexity": quality["codebook_perplexity"],
+        "codebook_usage": quality["codebook_usage"], "codes_in_use": quality["codes_in_use"],
+        "dream_fidelity_steps": fidelity["fidelity_steps"], "dream_exact_steps": fidelity["exact_steps"],
+        "dream_fidelity_frozen_baseline_steps": fidelity["fidelity_frozen_baseline_steps"],
+        "heldout_mean_episode_length": fidelity["mean_episode_length"],
+        "success_rate": result["success_rate"], "mean_return": result["mean_return"],
+        "oracle_return": result["oracle_return"], "return_vs_oracle": result["return_vs_oracle"],
+        "eval_episodes": result["episodes"],
+        "real_env_steps_used": int(train.num_steps),  # the controller never touched the real env
+        "controller_trained_in": "dream", "controller_generations": wm.train_state["cmaes"]["generation"],
+        "wall_time_s": time.perf_counter() - t_start, "stage_seconds": timings, "torch_threads": torch.get_num_threads(),
+    }
+    save_json(summary, out / "summary.json")
+    if cfg.progress:
+        print(json.dumps(summary, indent=2))
+    return summary
