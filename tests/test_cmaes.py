@@ -110,7 +110,8 @@ def test_dream_fitness_gives_identical_candidates_identical_scores_at_temperatur
 
 
 def test_dream_fitness_equals_a_dream_env_episode():
-    """At temperature 0 with greedy actions, the batched score is the return of one DreamEnv episode."""
+    """At temperature 0 with greedy actions, the batched score is one DreamEnv episode's return, each
+    reward weighted by the model's probability that the episode is still running."""
     wm = tiny_world_model()
     params = np.random.default_rng(3).normal(size=(1, wm.controller.num_params))
     max_steps = 10
@@ -118,14 +119,15 @@ def test_dream_fitness_equals_a_dream_env_episode():
     start = int(np.random.default_rng(7).integers(len(wm.start_codes), size=1)[0])  # as dream_fitness draws it
     frame = gridworld_frames(len(wm.start_codes))[start]
     wm.controller.set_flat(params[0])
-    env = DreamEnv(wm, temperature=0.0, max_episode_steps=max_steps)
+    env = DreamEnv(wm, temperature=0.0, max_episode_steps=max_steps, done_threshold=1.1)  # never ends early
     obs, _ = env.reset(options={"frame": frame})
-    total = 0.0
+    total, survival = 0.0, 1.0
     for _ in range(max_steps):
         action = choose_actions(wm.controller.from_obs(torch.as_tensor(obs)[None]), True, greedy=True)[0]
-        obs, reward, terminated, truncated, _ = env.step(int(action))
-        total += reward
-        if terminated or truncated:
+        obs, reward, terminated, truncated, info = env.step(int(action))
+        total += reward * survival
+        survival *= 1.0 - info["done_probability"]
+        if truncated:
             break
     assert fit[0] == pytest.approx(total, abs=1e-4)
 

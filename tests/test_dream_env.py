@@ -95,10 +95,6 @@ def test_continuous_world_model_gives_box_actions():
         env.step(np.array([0.0, -0.5, 0.0], np.float32))  # below the gas bound
 
 
-@pytest.mark.xfail(strict=True, raises=ValueError, reason="library bug: DreamEnv.step (wm_agent/dream_env.py) checks "
-                   "action_space.contains(action) on the raw action, so an in-bounds float64 array (what numpy "
-                   "gives by default) is refused for a float32 Box; DreamVectorEnv casts first and accepts it, "
-                   "and the real env accepts it too. Fix: cast Box actions to the space's dtype before the check")
 def test_continuous_dream_accepts_float64_actions_like_the_vector_dream():
     wm = tiny_world_model(discrete_actions=False, action_dim=3, action_low=(-1, 0, 0), action_high=(1, 1, 1))
     venv = DreamVectorEnv(2, wm)
@@ -195,9 +191,6 @@ def test_constructor_validation(wm, tmp_path):
         DreamEnv(tmp_path / "missing.pt")
 
 
-@pytest.mark.xfail(strict=True, raises=ValueError, reason="library bug: DreamBatch.__init__ (wm_agent/dream_env.py) refuses a world "
-                   "model without banked start frames at construction, although its own message offers "
-                   "reset(options={'frame': ...}) as the alternative; the check belongs in reset() when no frame is given")
 def test_a_model_without_start_frames_dreams_from_a_given_frame(wm):
     bare = WorldModel(wm.config)
     bare.vae.load_state_dict(wm.vae.state_dict())

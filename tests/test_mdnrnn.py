@@ -98,14 +98,21 @@ def test_sigma_within_bounds(scale):
     assert ((params["log_sigma"] >= cfg.min_log_sigma - 1e-6) & (params["log_sigma"] <= cfg.max_log_sigma + 1e-6)).all()
 
 
-def test_mean_is_the_current_latent_plus_a_delta():
+def test_a_closed_gate_copies_the_cell_and_an_open_gate_writes_new_content():
     rnn = _rnn()
-    with torch.no_grad():  # zero cell head: no predicted change, so mu == z_t for every component
+    k, d = rnn.config.num_mixtures, rnn.config.latent_dim
+    z, a = _inputs(rnn)
+    with torch.no_grad():  # no features reach the cell head: content = bias, gate = bias
         rnn.cell_head.weight.zero_()
         rnn.cell_head.bias.zero_()
-    z, a = _inputs(rnn)
-    params, _ = rnn(z, a)
-    torch.testing.assert_close(params["mu"], z.unsqueeze(-2).expand_as(params["mu"]))
+        bias = rnn.cell_head.bias.view(k, 2 * d + 1)
+        bias[:, :d] = 0.5  # the content written when the gate opens
+        bias[:, -1] = 50.0  # keep
+    torch.testing.assert_close(rnn(z, a)[0]["mu"], z.unsqueeze(-2).expand(*z.shape[:2], k, z.shape[-1]))
+    with torch.no_grad():
+        rnn.cell_head.bias.view(k, 2 * d + 1)[:, -1] = -50.0  # write
+    mu = rnn(z, a)[0]["mu"]
+    torch.testing.assert_close(mu, torch.full_like(mu, 0.5))
 
 
 # -- the mixture NLL ---------------------------------------------------------------------------------
@@ -173,11 +180,6 @@ def test_mixture_nll_and_its_gradients_finite_for_huge_activations(continuous):
             assert torch.isfinite(p.grad).all(), name
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "library bug (regression): MDNRNN.loss (wm_agent/mdnrnn.py) squares the unbounded reward head's output; "
-    "since global_head became Linear-ReLU-Linear, weights of 1e3 give reward ~3e26, whose square overflows "
-    "float32, so the loss is inf and the gradients non-finite. Fix: bound the reward prediction (clamp or "
-    "scaled tanh) or use a Huber/smooth-L1 reward loss"))
 @pytest.mark.parametrize("continuous", [False, True])
 def test_loss_and_gradients_finite_for_huge_activations(continuous):
     rnn = _huge(continuous)

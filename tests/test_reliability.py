@@ -187,9 +187,6 @@ def test_image_observation_to_image_refuses_wrong_frames(rgb_wrapper, frame, mat
         rgb_wrapper.to_image(frame)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "library bug: envs/wrappers.py ImageObservation.to_image accepts an empty (0, W, 3) or (H, 0, 3) frame "
-    "and returns a 32x32 picture resized from nothing; it should raise ValueError like an empty crop does"))
 @pytest.mark.parametrize("shape", [(0, 64, 3), (64, 0, 3)])
 def test_image_observation_to_image_refuses_empty_frames(rgb_wrapper, shape):
     with pytest.raises(ValueError):
@@ -230,9 +227,6 @@ def test_vqvae_forward_refuses_wrong_shape_dtype_or_range(wm, batch, error, matc
         wm.vae(batch)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "library bug: wm_agent/vqvae.py VQVAE.check_input lets NaN pixels through (NaN < -1e-3 and NaN > 1 are "
-    "both False), so NaN frames are encoded to arbitrary codes; check torch.isfinite(obs).all() as well"))
 def test_vqvae_refuses_nan_pixels(wm):
     batch = torch.rand(2, 3, 64, 64)
     batch[0, 0, 0, 0] = float("nan")
@@ -371,15 +365,9 @@ def _vae_not_a_dict(path: Path, good: bytes) -> None:
 
 
 @pytest.mark.parametrize("make, command", [
-    pytest.param(_start_codes_not_a_tensor, "evaluate", marks=pytest.mark.xfail(strict=True, reason=(
-        "library bug: wm_agent/world_model.py WorldModel.load calls state.get('start_codes').long() unchecked: "
-        "a list there raises AttributeError, which the CLI does not catch, so the user gets a traceback"))),
-    pytest.param(_start_codes_out_of_range, "train-controller", marks=pytest.mark.xfail(strict=True, reason=(
-        "library bug: WorldModel.load does not check start_codes (shape (N, G, G), codes < num_embeddings); "
-        "codes of 999 load fine and `train-controller` then dies with a traceback (IndexError in embedding)"))),
-    pytest.param(_vae_not_a_dict, "evaluate", marks=pytest.mark.xfail(strict=True, reason=(
-        "library bug: WorldModel.load wraps KeyError/RuntimeError from load_state_dict but not TypeError, so a "
-        "non-dict 'vae' entry gives 'Expected state_dict to be dict-like' without naming the file"))),
+    pytest.param(_start_codes_not_a_tensor, "evaluate"),
+    pytest.param(_start_codes_out_of_range, "train-controller"),
+    pytest.param(_vae_not_a_dict, "evaluate"),
 ])
 def test_a_checkpoint_with_malformed_entries_is_named(tmp_path, data, checkpoint_bytes, capsys, make, command):
     path = tmp_path / "odd.pt"
@@ -546,9 +534,6 @@ def test_nonsense_arguments_exit_2_with_usage(argv, capsys):
 
 
 @pytest.mark.parametrize("option", ["--seq-len", "--batch-size"])
-@pytest.mark.xfail(strict=True, reason=(
-    "library bug: wm_agent/train.py run_train_rnn does not check seq_len/batch_size; 0 reaches range(..., 0) and "
-    "the user reads 'range() arg 3 must not be zero' (no option named); validate both >= 1 up front"))
 def test_train_rnn_zero_sizes_are_explained(checkpoint, data, capsys, option):
     err = cli_error(capsys, ["train-rnn", "--data", str(data), "--world-model", str(checkpoint), option, "0",
                              "--no-progress"])
@@ -557,7 +542,7 @@ def test_train_rnn_zero_sizes_are_explained(checkpoint, data, capsys, option):
 
 @pytest.mark.parametrize("argv, message", [
     (["train-vae", "--preset", "WM-Pong-v0"], "unknown preset 'WM-Pong-v0'"),
-    (["train-vae", "--batch-size", "0"], "batch_size must be a positive int, got 0"),
+    (["train-vae", "--batch-size", "0"], "--batch-size must be >= 1"),
     (["train-controller", "--popsize", "1"], "popsize >= 2"),
     (["train-controller", "--rollouts", "0"], "rollouts >= 1"),
     (["train-controller", "--in", "moon"], "--in must be 'dream' or 'real'"),
@@ -616,7 +601,7 @@ def test_a_nan_mid_epoch_leaves_the_last_good_checkpoint_untouched_and_resumable
     try:
         main(_train_vae(data, path) + ["--resume", "--epochs", "3", "--batch-size", "16"])
     except NonFiniteLoss:
-        pass  # (the CLI lets this one escape: see the xfail below)
+        pass  # (checked through the CLI in the next test)
     capsys.readouterr()
     assert path.read_bytes() == good, "the checkpoint of the last good epoch was rewritten"
     assert metrics.read_text() == lines
@@ -627,10 +612,6 @@ def test_a_nan_mid_epoch_leaves_the_last_good_checkpoint_untouched_and_resumable
     assert WorldModel.load(path).train_state["vae"]["epoch"] == 2
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "library bug: wm_agent/cli.py main catches (ValueError, FileNotFoundError, FileExistsError, CollectionError, "
-    "RuntimeError, TypeError) but not FloatingPointError, the base of wm_agent.train.NonFiniteLoss: a NaN loss "
-    "ends `wm-agent train-vae/train-rnn` with a traceback instead of its (good) one-line message"))
 def test_a_nan_loss_ends_the_cli_with_a_message_not_a_traceback(vae_after_one_epoch, data, monkeypatch, capsys):
     path, good = vae_after_one_epoch
     _nan_after(monkeypatch, good_batches=0)

@@ -397,10 +397,6 @@ def test_kill_collect_then_rerun_gives_the_uninterrupted_dataset(killed_collect,
     no_leftovers_or_known_bug(k["out"], "manifest.json")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "library bug: after SIGKILL of `wm-agent collect --workers N`, its forkserver, N pool workers and the "
-    "resource tracker live on forever (workers block on a call queue whose write end they hold themselves); "
-    "wm_agent/collect.py _init_worker should watch multiprocessing.parent_process().sentinel and os._exit"))
 def test_kill_collect_leaves_no_worker_processes_behind(killed_collect):
     assert killed_collect["killed"], "the run finished before the kill; nothing to check"
     orphans = killed_collect["orphans"]
@@ -557,9 +553,6 @@ io.save_torch({"new": torch.ones(3)}, sys.argv[1])
 """
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "library bug: wm_agent/io.py atomic_path leaves '.NAME.XXXX.tmp' beside NAME when the process is "
-    "SIGKILLed inside the block (the finally never runs), and no later save or --resume removes it"))
 def test_a_save_cut_by_sigkill_leaves_no_temp_file(tmp_path, commands):
     from wm_agent.io import load_torch, save_torch
 

@@ -72,10 +72,6 @@ def test_save_is_atomic_and_replaces(saved, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["wm.pt"]  # no temporary files left behind
 
 
-@pytest.mark.xfail(strict=True, raises=ValueError, reason="library bug: WorldModel.save (wm_agent/world_model.py) writes numpy "
-                   "scalars/arrays in metrics or train_state as pickled numpy objects, which WorldModel.load "
-                   "(weights_only=True) then refuses: a checkpoint that saves but never loads. Fix: convert them in "
-                   "_to_cpu (np.generic -> .item(), np.ndarray -> torch.from_numpy) or refuse them in save")
 def test_numpy_values_in_metrics_survive_a_round_trip(saved):
     wm, path = saved
     wm.metrics["eval"] = {"mean_return": np.float64(0.5), "returns": np.array([0.25, 0.75])}
@@ -397,10 +393,6 @@ def test_run_train_vae_and_rnn_write_checkpoint_and_metrics(dataset, tiny_preset
     assert result["epochs_done"] == 1 and [h["epoch"] for h in result["history"]] == [1]
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason="library bug: run_train_vae (wm_agent/train.py) builds WorldModel(config) "
-                   "from the global torch RNG; --seed ('seed for batch order and initialisation') does not seed the "
-                   "initial weights, so the same seed gives different checkpoints. Fix: torch.manual_seed(cfg.seed) "
-                   "before WorldModel(...), as run_train_rnn now does for a fresh MDN-RNN")
 def test_run_train_vae_same_seed_same_weights(dataset, tiny_preset, tmp_path):
     torch.manual_seed(1)  # whatever the process did before must not matter
     run_train_vae(_vae_cfg(dataset, tmp_path / "a.pt", epochs=1, seed=0))
@@ -424,10 +416,6 @@ def test_run_train_rnn_fresh_start_is_reproducible_and_drops_the_old_controller_
     assert "cmaes" not in wm.train_state
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason="library bug: run_train_vae (wm_agent/train.py) encodes the bank of start "
-                   "frames (wm.set_start_frames) with the UNTRAINED VQ-VAE before fit_vae and never again, so the "
-                   "saved start_codes are not the trained encoder's codes of those frames and dreams/CMA-ES start "
-                   "from wrong frames. Fix: call wm.set_start_frames(...) again in end_epoch before wm.save(out)")
 def test_run_train_vae_start_codes_are_the_trained_encoders(dataset, tiny_preset, tmp_path, monkeypatch):
     from wm_agent.dataset import EpisodeDataset
 

@@ -151,7 +151,7 @@ class VQVAE(nn.Module):
         if not obs.is_floating_point():
             raise ValueError(f"expected float frames in [0, 1], got dtype {obs.dtype}; use wm_agent.frames_to_tensor")
         if not torch.isfinite(obs).all():
-            raise ValueError("frames contain NaN or infinite values")
+            raise ValueError("pixel values contain NaN or infinity")
         lo, hi = float(obs.min()), float(obs.max())
         if lo < -1e-3 or hi > 1 + 1e-3:
             raise ValueError(f"expected pixel values in [0, 1], got range [{lo:.3g}, {hi:.3g}]")
