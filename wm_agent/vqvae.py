@@ -39,8 +39,9 @@ class VectorQuantizer(nn.Module):
     def nearest(self, flat: torch.Tensor) -> torch.Tensor:
         """Indices of the nearest code for each row of ``flat`` (N, dim)."""
         cb = self.codebook
-        dist = flat.pow(2).sum(1, keepdim=True) - 2 * flat @ cb.t() + cb.pow(2).sum(1)[None]
-        return dist.argmin(1)
+        # ||x||^2 is the same for every code, so the argmin needs only ||e||^2 - 2 x.e (one addmm):
+        # this runs on every dream step for every cell of every env.
+        return torch.addmm(cb.pow(2).sum(1)[None], flat, cb.t(), alpha=-2).argmin(1)
 
     def lookup(self, indices: torch.Tensor) -> torch.Tensor:
         """Code vectors for integer ``indices`` of any shape -> shape + (dim,)."""
