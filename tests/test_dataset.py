@@ -188,3 +188,25 @@ def test_box_action_space_round_trips(tmp_path):
     ds = EpisodeDataset(tmp_path)
     assert ds.action_space == spaces.Box(-1.0, 1.0, (2,), np.float32)
     assert ds.actions_all().shape == (ds.num_steps, 2) and ds.actions_all().dtype == np.float32
+
+
+def test_an_epoch_leaves_the_frame_pages_out_of_the_resident_set(tmp_path):
+    """Reading every frame once must not leave the whole dataset counted in this process's RSS."""
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        pytest.skip("reads /proc/self/status")
+    from wm_agent.collect import DataCollector
+    from wm_agent.dataset import EpisodeDataset
+
+    DataCollector("WM-GridWorld-v0", tmp_path, episodes_per_shard=50).collect(300, progress=False)
+    ds = EpisodeDataset(tmp_path)
+
+    def rss_mb() -> float:
+        return int(open("/proc/self/status").read().split("VmRSS:")[1].split()[0]) / 1024
+
+    before = rss_mb()
+    for _ in ds.iter_frame_batches(128, np.random.default_rng(0)):
+        pass
+    data_mb = ds.num_frames * 64 * 64 * 3 / 2**20
+    assert rss_mb() - before < 0.5 * data_mb

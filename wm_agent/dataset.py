@@ -9,6 +9,7 @@ step ``t`` of episode ``i`` is ``frame_offsets[i] + t`` and the frame after it i
 from __future__ import annotations
 
 import json
+import mmap
 import os
 from pathlib import Path
 from typing import Iterator
@@ -150,8 +151,25 @@ class EpisodeDataset:
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
         order = rng.permutation(self.num_frames)
         stop = len(order) - len(order) % batch_size if drop_last else len(order)
-        for start in range(0, stop, batch_size):
+        for i, start in enumerate(range(0, stop, batch_size)):
             yield self.frames(order[start : start + batch_size])
+            if i % 256 == 255:
+                self.release_pages()
+        self.release_pages()
+
+    def release_pages(self) -> None:
+        """Drop the frame pages an epoch has touched from this process's resident set.
+
+        They are clean file pages (the kernel could reclaim them anyway), but without this the
+        resident size of a process that read a 12 GB dataset once reads as 12 GB.
+        """
+        for shard in self._shards:
+            mapping = getattr(shard["obs"], "_mmap", None)
+            if mapping is not None and hasattr(mmap, "MADV_DONTNEED"):
+                try:
+                    mapping.madvise(mmap.MADV_DONTNEED)
+                except (OSError, ValueError):
+                    pass
 
     def actions_all(self) -> np.ndarray:
         return self._concat_steps("actions")
