@@ -151,41 +151,48 @@ def benchmark_train(cfg: BenchmarkTrainConfig, verbose: bool = True) -> dict:
         ds = EpisodeDataset(tmp)
         n_batches = max(cfg.images // cfg.batch_size, 1)
 
-        # Bare loop: the same model and batch size on a ready-made float tensor already in memory.
-        torch.manual_seed(cfg.seed)
-        wm = WorldModel(WorldModelConfig.gridworld())
         data = frames_to_tensor(ds.frames(np.arange(min(ds.num_frames, (n_batches + 5) * cfg.batch_size))))
-        opt = torch.optim.Adam(wm.vae.parameters(), wm.config.learning_rate)
-        wm.vae.train()
         warmup = 5  # first batches pay for allocator and kernel set-up; time neither loop's warm-up
-        start = None
-        for i in range(n_batches + warmup):
-            if i == warmup:
-                start = time.perf_counter()
-            j = (i * cfg.batch_size) % max(len(data) - cfg.batch_size, 1)
-            # (same number of batches; the epoch over the data wraps around)
-            _, recon, vq = wm.vae(data[j : j + cfg.batch_size])
-            opt.zero_grad(set_to_none=True)
-            (recon + vq).backward()
-            opt.step()
-        bare = n_batches * cfg.batch_size / (time.perf_counter() - start)
 
-        # wm-agent: shuffled batches gathered from the memory-mapped shards, uint8 -> float per batch.
-        torch.manual_seed(cfg.seed)
-        wm = WorldModel(WorldModelConfig.gridworld())
+        def bare_loop() -> float:
+            """The same model and batch size on a ready-made float tensor already in memory."""
+            torch.manual_seed(cfg.seed)
+            wm = WorldModel(WorldModelConfig.gridworld())
+            opt = torch.optim.Adam(wm.vae.parameters(), wm.config.learning_rate)
+            wm.vae.train()
+            start = None
+            for i in range(n_batches + warmup):
+                if i == warmup:
+                    start = time.perf_counter()
+                j = (i * cfg.batch_size) % max(len(data) - cfg.batch_size, 1)
+                _, recon, vq = wm.vae(data[j : j + cfg.batch_size])
+                opt.zero_grad(set_to_none=True)
+                (recon + vq).backward()
+                opt.step()
+            return n_batches * cfg.batch_size / (time.perf_counter() - start)
 
-        timer = {}
+        def our_loop() -> float:
+            """wm-agent's fit_vae on shuffled batches gathered from the memory-mapped shards."""
+            torch.manual_seed(cfg.seed)
+            wm = WorldModel(WorldModelConfig.gridworld())
+            timer = {}
 
-        def batches(rng):
-            for k, batch in enumerate(ds.iter_frame_batches(cfg.batch_size, rng)):
-                if k == warmup:
-                    timer["start"] = time.perf_counter()
-                if k == n_batches + warmup:
-                    return
-                yield batch
+            def batches(rng):
+                for k, batch in enumerate(ds.iter_frame_batches(cfg.batch_size, rng)):
+                    if k == warmup:
+                        timer["start"] = time.perf_counter()
+                    if k == n_batches + warmup:
+                        return
+                    yield batch
 
-        fit_vae(wm, batches, epochs=1, seed=cfg.seed, progress=False)
-        ours = n_batches * cfg.batch_size / (time.perf_counter() - timer["start"])
+            fit_vae(wm, batches, epochs=1, seed=cfg.seed, progress=False)
+            return n_batches * cfg.batch_size / (time.perf_counter() - timer["start"])
+
+        # Alternate the two and keep each one's best, so neither gains from running second (or first).
+        bare = ours = 0.0
+        for _ in range(2):
+            bare = max(bare, bare_loop())
+            ours = max(ours, our_loop())
     result = {"bare_images_per_s": bare, "wm_agent_images_per_s": ours, "ratio": ours / bare,
               "batch_size": cfg.batch_size, "images": n_batches * cfg.batch_size, "torch_threads": torch.get_num_threads()}
     if verbose:
@@ -203,7 +210,7 @@ class BenchmarkDreamConfig:
 
     num_envs: int = field(default=1024, metadata={"help": "dreams stepped in one batch"})
     dream_steps: int = field(default=30, metadata={"help": "batched dream steps to time"})
-    real_steps: int = field(default=500, metadata={"help": "real env steps to time (CarRacing runs a fifth)"})
+    real_steps: int = field(default=1500, metadata={"help": "real env steps to time (CarRacing runs a fifth)"})
     seed: int = field(default=0, metadata={"help": "seed"})
 
 
