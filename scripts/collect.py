@@ -1,13 +1,7 @@
 #!/usr/bin/env python
 """`python scripts/collect.py ARGS` from a clone: the same as `wm-agent collect ARGS`."""
 
-import sys
-from pathlib import Path
-
-# Runnable without installing the package: the repository root holds wm_agent/ and envs/.
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from wm_agent.cli import main  # noqa: E402
+from _run import run
 
 if __name__ == "__main__":
-    sys.exit(main(["collect", *sys.argv[1:]]))
+    run("collect")

@@ -126,3 +126,12 @@ def test_dataclass_required_fields_and_unsupported_types():
 
     with pytest.raises(TypeError, match="unsupported type"):
         add_dataclass_args(argparse.ArgumentParser(), Bad)
+
+
+@pytest.mark.parametrize("script", ["demo", "train_vae", "train_rnn", "train_controller", "evaluate", "render"])
+def test_scripts_are_runnable_wrappers_from_anywhere(script, tmp_path):
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, str(root / "scripts" / f"{script}.py"), "--help"], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert f"usage: wm-agent {script.replace('_', '-')}" in out.stdout
