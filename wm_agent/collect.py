@@ -327,6 +327,11 @@ def shard_rngs(seed: int, index: int, episodes_per_shard: int) -> tuple[np.ndarr
     return reset_seeds, np.random.default_rng(policy_seq)
 
 
+def _shard_failed(task: "_ShardTask", exc: BaseException, where: str = "") -> "CollectionError":
+    return CollectionError(
+        f"collecting {shard_name(task.index)} of {task.env_id} failed{where}: {type(exc).__name__}: {exc}")
+
+
 def _init_worker(progress) -> None:
     global _PROGRESS
     _PROGRESS = progress
@@ -660,9 +665,7 @@ class DataCollector:
                 try:
                     entry = _collect_shard(task, on_progress)
                 except Exception as exc:
-                    raise CollectionError(
-                        f"collecting {shard_name(task.index)} of {task.env_id} failed: {type(exc).__name__}: {exc}"
-                    ) from exc
+                    raise _shard_failed(task, exc) from exc
                 record(entry)
                 done_frames += entry["frames"]
                 done_episodes += entry["episodes"]
@@ -692,9 +695,7 @@ class DataCollector:
                             f"finished shards are kept in {self.out_dir}: re-run the same command to resume"
                         ) from exc
                     except Exception as exc:
-                        raise CollectionError(
-                            f"collecting {name} of {task.env_id} failed in a worker: {type(exc).__name__}: {exc}"
-                        ) from exc
+                        raise _shard_failed(task, exc, " in a worker") from exc
                     record(entry)
                     done_frames += entry["frames"]
                     done_episodes += entry["episodes"]

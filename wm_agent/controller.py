@@ -100,3 +100,9 @@ def choose_actions(outputs: torch.Tensor, discrete: bool, greedy: bool, generato
     if greedy:
         return outputs.argmax(-1)
     return torch.multinomial(torch.softmax(outputs, -1), 1, generator=generator).squeeze(-1)
+
+
+def env_action(outputs: torch.Tensor, discrete: bool, greedy: bool, generator: torch.Generator | None = None):
+    """The first row of controller outputs as an action a Gymnasium env accepts (int, or float32 array)."""
+    action = choose_actions(outputs, discrete, greedy, generator)[0]
+    return int(action) if discrete else action.detach().cpu().numpy().astype(np.float32)

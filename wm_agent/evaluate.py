@@ -10,7 +10,7 @@ import torch
 from tqdm.auto import tqdm
 
 from wm_agent.config import doc
-from wm_agent.controller import choose_actions
+from wm_agent.controller import env_action
 from wm_agent.latent_env import LatentObservation
 from wm_agent.world_model import WorldModel
 
@@ -39,9 +39,7 @@ def run_episode(env: LatentObservation, wm: WorldModel, seed: int, greedy: bool,
     total, steps, frames = 0.0, 0, [info["frame"]] if record else None
     oracle = info.get("oracle_return")
     while True:
-        out = wm.controller.from_obs(torch.as_tensor(obs)[None])
-        action = choose_actions(out, wm.config.discrete_actions, greedy, gen)[0]
-        action = int(action) if wm.config.discrete_actions else action.cpu().numpy()
+        action = env_action(wm.controller.from_obs(torch.as_tensor(obs)[None]), wm.config.discrete_actions, greedy, gen)
         obs, reward, terminated, truncated, info = env.step(action)
         total += float(reward)
         steps += 1

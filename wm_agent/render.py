@@ -462,10 +462,9 @@ def compose_frame(real, dream=None, step: int | None = None, reward: float | Non
 # Episodes
 # ----------------------------------------------------------------------------------------------
 def _env_action(out: torch.Tensor, wm, greedy: bool, gen: torch.Generator):
-    from wm_agent.controller import choose_actions
+    from wm_agent.controller import env_action
 
-    action = choose_actions(out, wm.config.discrete_actions, greedy, gen)[0]
-    return int(action) if wm.config.discrete_actions else action.cpu().numpy().astype(np.float32)
+    return env_action(out, wm.config.discrete_actions, greedy, gen)
 
 
 @torch.no_grad()
