@@ -12,9 +12,15 @@ from wm_agent.controller import Controller, choose_actions
 CONTINUOUS = dict(discrete_actions=False, action_dim=3, action_low=(-1.0, 0.0, 0.0), action_high=(1.0, 1.0, 1.0))
 
 
-def _controller(hidden: int = 0, continuous: bool = False, seed: int = 0) -> Controller:
-    cfg = tiny_config(controller_hidden=hidden, **(CONTINUOUS if continuous else {}))
-    c = Controller(cfg)
+def _codebook(num: int = 8, dim: int = 4) -> torch.Tensor:
+    """Code 0 is the zero vector, code k + 1 the unit vector of latent dim k, then twice the unit vectors."""
+    eye = torch.eye(dim)
+    return torch.cat([torch.zeros(1, dim), eye, 2 * eye])[:num]
+
+
+def _controller(hidden: int = 0, continuous: bool = False, seed: int = 0, kind: str = "linear") -> Controller:
+    cfg = tiny_config(controller_hidden=hidden, controller=kind, **(CONTINUOUS if continuous else {}))
+    c = Controller(cfg, _codebook(cfg.num_embeddings, cfg.latent_dim))
     c.set_flat(np.random.default_rng(seed).normal(size=c.num_params))
     return c
 
@@ -37,7 +43,8 @@ def test_paper_sized_controller_count():
     # the paper's controller: z=32, h=256, 3 actions -> 867 parameters
     inputs, actions = 32 + 256, 3
     assert inputs * actions + actions == 867
-    cfg = tiny_config(latent_grid=4, channels=(4, 4, 4, 4), latent_dim=2, hidden_size=256, **CONTINUOUS)
+    cfg = tiny_config(latent_grid=4, channels=(4, 4, 4, 4), latent_dim=2, hidden_size=256, controller="linear",
+                      **CONTINUOUS)
     assert cfg.z_size == 32 and cfg.controller_params == 867
 
 
@@ -54,8 +61,9 @@ def test_set_flat_round_trip_and_shape_check():
 
 @pytest.mark.parametrize("hidden", [0, 8])
 @pytest.mark.parametrize("continuous", [False, True])
-def test_batched_with_identical_params_equals_from_obs(hidden, continuous):
-    c = _controller(hidden, continuous)
+@pytest.mark.parametrize("kind", ["linear", "keypoint"])
+def test_batched_with_identical_params_equals_from_obs(hidden, continuous, kind):
+    c = _controller(hidden, continuous, kind=kind)
     c.fit_normalizer(torch.randn(100, c.in_dim) * 2 + 0.5)
     obs = torch.randn(6, c.in_dim)
     theta = torch.as_tensor(c.get_flat(), dtype=torch.float32).expand(6, -1)
@@ -64,8 +72,9 @@ def test_batched_with_identical_params_equals_from_obs(hidden, continuous):
 
 
 @pytest.mark.parametrize("hidden", [0, 8])
-def test_batched_row_i_uses_params_i(hidden):
-    c = _controller(hidden)
+@pytest.mark.parametrize("kind", ["linear", "keypoint"])
+def test_batched_row_i_uses_params_i(hidden, kind):
+    c = _controller(hidden, kind=kind)
     rng = np.random.default_rng(1)
     params = rng.normal(size=(4, c.num_params))
     obs = torch.randn(4, c.in_dim)
@@ -145,3 +154,104 @@ def test_choose_actions():
         assert float((first == k).float().mean()) == pytest.approx(float(share[k]), abs=0.06)
     cont = torch.rand(3, 2)
     assert torch.equal(choose_actions(cont, False, greedy=False), cont)
+
+
+# -- the keypoint controller ---------------------------------------------------------------------------
+def _one_hot_grid(cells: dict[tuple[int, int], int], g: int = 8, d: int = 4) -> torch.Tensor:
+    """A latent grid (g*g*d,) with latent dim k set to 1 at each given cell: code k + 1 of ``_codebook``,
+    every other cell code 0."""
+    z = torch.zeros(g, g, d)
+    for (r, col), k in cells.items():
+        z[r, col, k] = 1.0
+    return z.flatten()
+
+
+@pytest.mark.parametrize("keypoints,hidden", [(1, 0), (2, 0), (3, 0), (2, 8)])
+def test_keypoint_param_layout(keypoints, hidden):
+    c = Controller(tiny_config(controller="keypoint", controller_keypoints=keypoints, controller_hidden=hidden))
+    e, a = c.config.num_embeddings, c.config.action_dim
+    features = 2 * keypoints + 9 * (e + 1) + 4 * (keypoints * (keypoints - 1) // 2)
+    head = features * a + a if not hidden else features * hidden + hidden + hidden * a + a
+    assert c.num_params == c.config.controller_params == keypoints * e + head
+    assert sum(int(np.prod(s)) for s in c.shapes) == c.num_params
+    # far fewer than the linear controller on concat(z, h): that is the point of it
+    assert c.num_params < Controller(tiny_config(controller="linear")).num_params
+
+
+def test_keypoints_find_their_cells_and_glimpse_the_neighbourhood():
+    c = _controller(kind="keypoint")
+    g, e = c.config.latent_grid, c.config.num_embeddings
+    obs = torch.cat([_one_hot_grid({(0, 3): 0, (5, 6): 1, (1, 3): 2}), torch.zeros(c.config.hidden_size)])[None]
+    score = torch.zeros(1, 2, e)
+    score[0, 0, 1] = score[0, 1, 2] = 5.0  # keypoint 0 looks for code 1, keypoint 1 for code 2
+    feats = c.keypoint_features(score, obs)[0]
+    where = feats[:4].view(2, 2) * g + (g - 1) / 2
+    torch.testing.assert_close(where, torch.tensor([[0.0, 3.0], [5.0, 6.0]]), atol=1e-3, rtol=0)
+    glimpse = feats[4 : 4 + 9 * (e + 1)].view(e + 1, 3, 3)  # unfold order: channel, then 3x3 offsets
+    assert torch.all(glimpse[e, 0] < 1e-3) and torch.all(glimpse[e, 1:] > 0.999)  # row above is off the grid
+    assert glimpse[3, 2, 1] > 0.999 and glimpse[3].sum() == pytest.approx(1.0, abs=1e-3)  # (1,3) below
+    assert glimpse[0, 1:].sum() == pytest.approx(4.0, abs=1e-3)  # code 0 (empty) on the 4 other on-grid cells
+    assert glimpse[1, 1, 1] > 0.999  # the agent itself in the middle
+    delta = feats[4 + 9 * (e + 1) : 4 + 9 * (e + 1) + 2]
+    torch.testing.assert_close(delta * g, torch.tensor([5.0, 3.0]), atol=1e-3, rtol=0)
+
+
+def test_keypoint_controller_can_express_move_towards_the_goal_around_obstacles():
+    """Weights set by hand (no search): "towards the goal, not into an obstacle or off the grid" is
+    linear in the keypoint features, for every agent/goal placement tried."""
+    c = _controller(kind="keypoint")
+    g, e = c.config.latent_grid, c.config.num_embeddings
+    moves = [(-1, 0), (0, 1), (1, 0), (0, -1)]  # GridWorld's up, right, down, left
+    theta = torch.zeros(c.num_params)
+    score = theta[: 2 * e].view(2, e)
+    score[0, 1] = score[1, 2] = 5.0  # code 1 = agent, code 2 = goal, code 3 = obstacle
+    w = theta[2 * e : 2 * e + c.config.controller_features * 4].view(-1, 4)
+    glimpse_at = 4  # after the two keypoints' (row, col)
+    sign_at = 4 + 9 * (e + 1) + 2
+    for a, (dr, dc) in enumerate(moves):
+        w[sign_at, a], w[sign_at + 1, a] = dr, dc  # towards the goal along each axis
+        offset = (dr + 1) * 3 + (dc + 1)
+        w[glimpse_at + 3 * 9 + offset, a] = -10.0  # an obstacle in that neighbour
+        w[glimpse_at + e * 9 + offset, a] = 10.0  # the neighbour is on the grid
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        agent, goal, block = (tuple(int(v) for v in rng.integers(g, size=2)) for _ in range(3))
+        if len({agent, goal, block}) < 3:
+            continue
+        obs = torch.cat([_one_hot_grid({agent: 0, goal: 1, block: 2}), torch.zeros(c.config.hidden_size)])[None]
+        a = int(c.batched(theta[None], obs).argmax())
+        nxt = (agent[0] + moves[a][0], agent[1] + moves[a][1])
+        assert 0 <= nxt[0] < g and 0 <= nxt[1] < g and nxt != block
+        before = abs(goal[0] - agent[0]) + abs(goal[1] - agent[1])
+        after = abs(goal[0] - nxt[0]) + abs(goal[1] - nxt[1])
+        if nxt != block and (agent[0] + np.sign(goal[0] - agent[0]), agent[1]) != block and \
+                (agent[0], agent[1] + np.sign(goal[1] - agent[1])) != block:
+            assert after == before - 1  # nothing in the way: a step closer
+
+
+def test_keypoint_controller_reads_z_as_codes():
+    c = _controller(kind="keypoint")
+    obs = torch.randn(300, c.in_dim) * 3 + 1
+    c.fit_normalizer(obs)
+    zs = c.config.z_size
+    assert torch.all(c.obs_mean[:zs] == 0) and torch.all(c.obs_std[:zs] == 1)  # z untouched: it is read as codes
+    assert torch.all(c.obs_std[zs:] != 1)  # h is still standardised
+    cells = c.code_memberships(_codebook()[None] + 0.01)  # each code, slightly off: itself
+    torch.testing.assert_close(cells[0], torch.eye(8), atol=1e-3, rtol=0)
+    bare = Controller(tiny_config(controller="keypoint"))
+    with pytest.raises(ValueError, match="codebook"):
+        bare.from_obs(torch.zeros(1, bare.in_dim))
+
+
+def test_near_duplicate_codes_read_alike():
+    codebook = _codebook()
+    codebook[5] = codebook[1] + 1e-3  # what EMA dead-code restarts leave behind
+    c = Controller(tiny_config(controller="keypoint"), codebook)
+    cells = c.code_memberships(codebook[None])[0]
+    torch.testing.assert_close(cells[1], cells[5], atol=1e-3, rtol=0)
+    assert cells[1, 1] > 0.99 and cells[1, 5] > 0.99 and cells[1, 2] < 1e-3
+
+
+def test_unknown_controller_kind_is_refused():
+    with pytest.raises(ValueError, match="controller must be"):
+        tiny_config(controller="transformer")

@@ -17,7 +17,7 @@ B, T = 2, 3
 def _rnn(continuous: bool = False, seed: int = 0, **overrides) -> MDNRNN:
     cfg = tiny_config(discrete_actions=False, action_dim=3, **overrides) if continuous else tiny_config(**overrides)
     torch.manual_seed(seed)
-    return MDNRNN(cfg)
+    return MDNRNN(cfg, torch.randn(cfg.num_embeddings, cfg.latent_dim))
 
 
 def _inputs(rnn: MDNRNN, seed: int = 0):
@@ -356,3 +356,18 @@ def test_rejects_z_and_actions_of_different_lengths():
     z, _ = _inputs(rnn)
     with pytest.raises(ValueError, match="disagree"):
         rnn(z, torch.zeros(B, T + 1, dtype=torch.long))
+
+
+def test_conv_heads_read_cells_as_codes():
+    rnn = _rnn()
+    cfg = rnn.config
+    z, a = _inputs(rnn)
+    grid = rnn._grid(z.reshape(-1, cfg.z_size))
+    assert grid.shape[1] == cfg.num_embeddings  # one channel per code, not per latent dimension
+    snapped = rnn.codebook[rnn.codebook.new_zeros(cfg.latent_grid**2, dtype=torch.long) + 3].flatten()[None]
+    torch.testing.assert_close(rnn._grid(snapped + 0.01)[0, :, 0, 0], torch.eye(cfg.num_embeddings)[3], atol=1e-3, rtol=0)
+    bare = MDNRNN(cfg)
+    with pytest.raises(ValueError, match="codebook"):
+        bare(z, a)
+    raw = MDNRNN(tiny_config(rnn_reads_codes=False))  # the plain variant needs none
+    assert raw(z, a)[0]["mu"].shape[-1] == cfg.z_size

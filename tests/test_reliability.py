@@ -251,6 +251,7 @@ def test_a_config_whose_controller_is_too_big_is_refused_with_the_reason():
 def test_a_checkpoint_whose_config_has_a_too_big_controller_is_refused_by_the_cli(checkpoint, capsys):
     state = torch.load(checkpoint, weights_only=True)
     state["config"]["hidden_size"] = 8192
+    state["config"]["controller"] = "linear"  # the one whose size grows with h
     torch.save(state, checkpoint)
     err = cli_error(capsys, ["evaluate", "--checkpoint", str(checkpoint), "--no-progress"])
     assert str(checkpoint) in err and "max_controller_params" in err

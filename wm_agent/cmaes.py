@@ -11,6 +11,7 @@ into the world-model checkpoint, so ``--resume`` continues an interrupted run.
 from __future__ import annotations
 
 import concurrent.futures as cf
+import dataclasses
 import multiprocessing as mp
 import time
 from dataclasses import dataclass
@@ -44,6 +45,8 @@ class ControllerTrainConfig:
     rollouts: int = doc("episodes per candidate (their mean return is its fitness)", 16)
     generations: int = doc("CMA-ES generations to run (in total, counting resumed ones)", 100)
     temperature: float = doc("dream temperature tau (pi ~ softmax(log pi / tau), sigma * sqrt(tau))", 1.0)
+    controller: str = doc("controller architecture to train: linear or keypoint (empty: the checkpoint's)", "")
+    hidden: int = doc("hidden units of the controller's readout (-1: the checkpoint's)", -1)
     sigma0: float = doc("initial CMA-ES step size", 0.5)
     greedy: bool = doc("take the argmax action instead of sampling from the controller's softmax", False)
     seed: int = doc("seed of CMA-ES, start frames and action sampling", 0)
@@ -90,39 +93,44 @@ def dream_fitness(wm: WorldModel, params: np.ndarray, rollouts: int, temperature
 
 
 # -- scoring in the real env (worker processes) --------------------------------------------------------
-_worker_env = None
+_worker_state = None
 
 
 def _real_rollouts(checkpoint: str, env_id: str, params: np.ndarray, seeds: list[int], greedy: bool,
-                   max_steps: int) -> float:
-    """Runs in a worker: mean return of one controller over episodes with the given reset seeds."""
-    global _worker_env
-    torch.set_num_threads(1)
-    from wm_agent.evaluate import run_episode, make_latent_env
+                   max_steps: int) -> np.ndarray:
+    """Runs in a worker: mean return of each controller in ``params`` (P, n) over the given reset seeds,
+    all P x len(seeds) episodes stepped as one batch."""
+    global _worker_state
+    import gymnasium as gym
 
-    if _worker_env is None or _worker_env[0] != (checkpoint, env_id):
-        wm = WorldModel.load(checkpoint)
-        _worker_env = ((checkpoint, env_id), wm, make_latent_env(env_id, wm))
-    _, wm, env = _worker_env
-    wm.controller.set_flat(params)
+    from wm_agent.evaluate import rollout_batch
+
+    torch.set_num_threads(1)
+    if _worker_state is None or _worker_state[0] != (checkpoint, env_id):
+        _worker_state = ((checkpoint, env_id), WorldModel.load(checkpoint), [])
+    _, wm, envs = _worker_state
+    envs.extend(gym.make(env_id) for _ in range(len(params) * len(seeds) - len(envs)))
     gen = torch.Generator().manual_seed(seeds[0])
-    return float(np.mean([run_episode(env, wm, s, greedy, gen, max_steps)["return"] for s in seeds]))
+    result = rollout_batch(wm, envs, torch.as_tensor(params), seeds, greedy, gen, max_steps)
+    return result["return"].mean(1)
 
 
 class RealEvaluator:
     """Scores candidates in worker processes; a worker that raises, dies or overruns stops the run clearly."""
 
     def __init__(self, checkpoint: str, env_id: str, workers: int, timeout: float):
-        self.checkpoint, self.env_id, self.timeout = checkpoint, env_id, timeout
+        self.checkpoint, self.env_id, self.timeout, self.workers = checkpoint, env_id, timeout, workers
         self.pool = cf.ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"))
 
     def __call__(self, params: np.ndarray, rollouts: int, greedy: bool, max_steps: int,
                  rng: np.random.Generator) -> np.ndarray:
         seeds = [int(s) for s in rng.integers(2**31, size=rollouts)]
+        # One batched chunk of candidates per worker (all meet the same seeds: common random numbers).
+        chunks = np.array_split(params, min(self.workers, len(params)))
         futures = [self.pool.submit(_real_rollouts, self.checkpoint, self.env_id, x, seeds, greedy, max_steps)
-                   for x in params]
+                   for x in chunks]
         try:
-            return np.array([f.result(timeout=self.timeout) for f in futures])
+            return np.concatenate([f.result(timeout=self.timeout) for f in futures])
         except cf.TimeoutError:
             self.close(kill=True)
             raise RuntimeError(f"a real-env rollout worker did not finish within {self.timeout:g} s; stopped "
@@ -172,6 +180,7 @@ def train_controller(cfg: ControllerTrainConfig, wm: WorldModel | None = None) -
         generation, log = int(state["generation"]), list(state["log"])
         best_x, best_f = state["best_params"].double().numpy(), float(state["best_fitness"])
     else:
+        _set_architecture(wm, cfg)
         wm.controller.fit_normalizer(_sample_observations(wm, cfg, max_steps))
         es = _new_es(np.zeros(wm.controller.num_params), cfg.sigma0, cfg, None, cfg.seed)
         generation, log, best_x, best_f = 0, [], np.zeros(wm.controller.num_params), -np.inf
@@ -214,6 +223,18 @@ def train_controller(cfg: ControllerTrainConfig, wm: WorldModel | None = None) -
         if evaluator:
             evaluator.close()
     return {"checkpoint": str(path), "generations": generation, "log": log}
+
+
+def _set_architecture(wm: WorldModel, cfg: ControllerTrainConfig) -> None:
+    """A fresh controller of the requested architecture (only when starting a search, never on resume)."""
+    changes = {}
+    if cfg.controller and cfg.controller != wm.config.controller:
+        changes["controller"] = cfg.controller
+    if cfg.hidden >= 0 and cfg.hidden != wm.config.controller_hidden:
+        changes["controller_hidden"] = cfg.hidden
+    if changes:
+        wm.config = dataclasses.replace(wm.config, **changes)  # validates, with a clear error
+        wm.controller = wm.new_controller(wm.config)
 
 
 @torch.no_grad()

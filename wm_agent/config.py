@@ -24,6 +24,8 @@ class WorldModelConfig:
     hidden_size: int = doc("LSTM hidden units of the MDN-RNN", 128)
     head_hidden: int = doc("channels of the MDN-RNN's conv head over the latent grid", 32)
     context_channels: int = doc("channels through which the LSTM state enters the conv head", 16)
+    rnn_reads_codes: bool = doc("M's conv heads read each latent cell as its code (one-hot over the codebook) "
+                                "instead of its raw latent vector", True)
     num_mixtures: int = doc("Gaussian components of the MDN head", 5)
     learning_rate: float = doc("Adam learning rate for V and M", 3e-3)
     channels: tuple[int, ...] = doc("conv channels of the VQ-VAE encoder, one per stride-2 stage", (16, 32, 32))
@@ -39,9 +41,13 @@ class WorldModelConfig:
     min_log_sigma: float = doc("lower bound of the MDN's log std (keeps the NLL bounded on deterministic data)", -4.0)
     max_log_sigma: float = doc("upper bound of the MDN's log std", 1.0)
     nll_beta: float = doc("beta-NLL weight sg[sigma^(2 beta)] on the mixture NLL while training (0 = plain NLL)", 1.0)
+    change_weight: float = doc("weight in M's fitted NLL of latent cells that change from z_t to z_t+1 (1 = plain)", 10.0)
     reward_weight: float = doc("weight of the reward MSE in the MDN-RNN loss", 0.1)
     done_weight: float = doc("weight of the done BCE in the MDN-RNN loss", 0.1)
-    controller_hidden: int = doc("hidden units of the controller (0 = linear, as in the paper)", 0)
+    controller: str = doc("controller architecture: 'linear' on concat(z, h) as in the paper, or 'keypoint' "
+                          "(spatial-softmax keypoints on the latent grid, see controller.py)", "linear")
+    controller_hidden: int = doc("hidden units of the controller (0 = linear readout, as in the paper)", 0)
+    controller_keypoints: int = doc("keypoints of the 'keypoint' controller (>= 1)", 2)
     max_controller_params: int = doc("refuse configs whose controller would be too large for CMA-ES", 20000)
 
     def __post_init__(self):
@@ -66,6 +72,10 @@ class WorldModelConfig:
             problems.append(f"kernel_size must be 2 or 4, got {self.kernel_size}")
         if not self.min_log_sigma < self.max_log_sigma:
             problems.append("min_log_sigma must be below max_log_sigma")
+        if self.controller not in ("linear", "keypoint"):
+            problems.append(f"controller must be 'linear' or 'keypoint', got {self.controller!r}")
+        if self.controller_keypoints < 1 or self.controller_hidden < 0:
+            problems.append("controller_keypoints must be >= 1 and controller_hidden >= 0")
         if not problems and self.controller_params > self.max_controller_params:
             problems.append(
                 f"the controller would have {self.controller_params} parameters (z={self.z_size}, h={self.hidden_size}, "
@@ -81,11 +91,35 @@ class WorldModelConfig:
         return self.latent_grid * self.latent_grid * self.latent_dim
 
     @property
-    def controller_params(self) -> int:
-        inputs = self.z_size + self.hidden_size
+    def controller_features(self) -> int:
+        """Inputs of the controller's readout: concat(z, h), or the keypoint features."""
+        if self.controller == "linear":
+            return self.z_size + self.hidden_size
+        k = self.controller_keypoints
+        # per keypoint its (row, col); the 3x3 glimpse around the first one (code memberships + an
+        # "inside the grid" channel); per pair of keypoints their offset and its squashed sign
+        return 2 * k + 9 * (self.num_embeddings + 1) + 4 * (k * (k - 1) // 2)
+
+    def controller_shapes(self) -> list[tuple[int, ...]]:
+        """Shapes of the controller's parameters, in the order they sit in its flat vector."""
+        shapes: list[tuple[int, ...]] = []
+        if self.controller == "keypoint":
+            shapes.append((self.controller_keypoints, self.num_embeddings))  # keypoint score weight per code
+        inputs, out = self.controller_features, self.action_dim
         if self.controller_hidden:
-            return inputs * self.controller_hidden + self.controller_hidden + self.controller_hidden * self.action_dim + self.action_dim
-        return inputs * self.action_dim + self.action_dim
+            shapes += [(inputs, self.controller_hidden), (self.controller_hidden,)]
+            inputs = self.controller_hidden
+        return shapes + [(inputs, out), (out,)]
+
+    @property
+    def controller_params(self) -> int:
+        total = 0
+        for shape in self.controller_shapes():
+            size = 1
+            for n in shape:
+                size *= n
+            total += size
+        return total
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -103,8 +137,8 @@ class WorldModelConfig:
 
     @classmethod
     def gridworld(cls, **overrides) -> "WorldModelConfig":
-        """Preset for WM-GridWorld-v0: one code per 8x8-pixel cell, 4 actions."""
-        return cls(**overrides)
+        """Preset for WM-GridWorld-v0: one code per 8x8-pixel cell, 4 actions, the keypoint controller."""
+        return cls(**{"controller": "keypoint", **overrides})
 
     @classmethod
     def car_racing(cls, **overrides) -> "WorldModelConfig":

@@ -1,12 +1,30 @@
-"""C: the small policy on (z_t, h_t) that CMA-ES searches; linear like the paper, or one hidden layer."""
+"""C: the small policy on (z_t, h_t) that CMA-ES searches: linear like the paper, or spatial keypoints.
+
+``linear`` reads concat(z, h) with one matrix (optionally one hidden layer), exactly the paper's C.
+``keypoint`` reads the latent GRID the way a spatial-softmax layer does (Levine et al., 2016): each
+cell is described by which codebook entry it holds (a soft membership per code, so near-duplicate
+codes read alike), each keypoint scores every cell with one weight per code, the same at every cell,
+a softmax over cells turns the scores into an attention map, and the keypoint's expected (row, col)
+plus the 3x3 neighbourhood of memberships around the first keypoint feed the linear readout (codes,
+not raw latent dimensions: see ``vqvae.code_memberships``). The
+readout then sees "where is what, relative to what" in a few numbers instead of a 256-dimensional
+absolute map: a navigation rule such as "towards the goal, around what blocks the next cell" is linear
+in these features but not in the raw latent, and ~220 parameters instead of ~1,500 are far easier for
+CMA-ES to search.
+"""
 
 from __future__ import annotations
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from wm_agent.config import WorldModelConfig
+from wm_agent.vqvae import code_memberships
+
+
+ATTENTION_SCALE = 10.0
 
 
 class Controller(nn.Module):
@@ -17,19 +35,18 @@ class Controller(nn.Module):
     per row, which is how a vector dream scores every candidate in one forward pass.
     """
 
-    def __init__(self, config: WorldModelConfig):
+    def __init__(self, config: WorldModelConfig, codebook: torch.Tensor | None = None):
         super().__init__()
         self.config = config
+        # The VQ-VAE's codebook, shared (not copied, not saved twice): the keypoint controller reads
+        # cells as codes. WorldModel passes its own; a bare Controller gets none.
+        self.codebook = codebook
         self.in_dim = config.z_size + config.hidden_size
         self.hidden = config.controller_hidden
         self.out_dim = config.action_dim
-        shapes = []
-        if self.hidden:
-            shapes += [(self.in_dim, self.hidden), (self.hidden,), (self.hidden, self.out_dim), (self.out_dim,)]
-        else:
-            shapes += [(self.in_dim, self.out_dim), (self.out_dim,)]
-        self.shapes = shapes
-        self.num_params = sum(int(np.prod(s)) for s in shapes)
+        self.kind = config.controller
+        self.shapes = config.controller_shapes()
+        self.num_params = config.controller_params
         self.params = nn.Parameter(torch.zeros(self.num_params))
         low = config.action_low or (-1.0,) * config.action_dim
         high = config.action_high or (1.0,) * config.action_dim
@@ -39,11 +56,19 @@ class Controller(nn.Module):
         self.register_buffer("obs_std", torch.ones(self.in_dim))
         self.register_buffer("low", torch.tensor(low if not config.discrete_actions else [0.0] * config.action_dim))
         self.register_buffer("high", torch.tensor(high if not config.discrete_actions else [0.0] * config.action_dim))
+        g = config.latent_grid
+        rows, cols = torch.meshgrid(torch.arange(g), torch.arange(g), indexing="ij")
+        coords = torch.stack([rows.flatten(), cols.flatten()], -1).float()
+        self.register_buffer("coords", (coords - (g - 1) / 2) / g, persistent=False)  # cell centres in (-1/2, 1/2)
 
     def fit_normalizer(self, observations: torch.Tensor) -> None:
         """Set the input standardisation from a batch of observations (N, in_dim)."""
-        self.obs_mean.copy_(observations.mean(0))
-        self.obs_std.copy_(observations.std(0).clamp_min(1e-2))
+        mean, std = observations.mean(0), observations.std(0).clamp_min(1e-2)
+        if self.kind == "keypoint":
+            zs = self.config.z_size  # z is read as codes, which needs it as it is
+            mean[:zs], std[:zs] = 0.0, 1.0
+        self.obs_mean.copy_(mean)
+        self.obs_std.copy_(std)
 
     def normalize(self, obs: torch.Tensor) -> torch.Tensor:
         return (obs - self.obs_mean) / self.obs_std
@@ -66,7 +91,10 @@ class Controller(nn.Module):
             size = int(np.prod(shape))
             chunks.append(params[:, at : at + size].reshape(n, *shape))
             at += size
-        x = obs.unsqueeze(1)
+        if self.kind == "keypoint":
+            x = self.keypoint_features(chunks.pop(0), obs).unsqueeze(1)
+        else:
+            x = obs.unsqueeze(1)
         if self.hidden:
             w1, b1, w2, b2 = chunks
             x = torch.tanh(torch.bmm(x, w1) + b1.unsqueeze(1))
@@ -75,6 +103,37 @@ class Controller(nn.Module):
             w, b = chunks
             out = (torch.bmm(x, w) + b.unsqueeze(1)).squeeze(1)
         return self.squash(out)
+
+    def code_memberships(self, z: torch.Tensor) -> torch.Tensor:
+        """Latent cells (N, cells, latent_dim) -> (N, cells, num_embeddings), see ``vqvae.code_memberships``."""
+        if self.codebook is None:
+            raise ValueError("the keypoint controller reads cells as codes: build it with the VQ-VAE's codebook "
+                             "(WorldModel does this)")
+        return code_memberships(z, self.codebook)
+
+    def keypoint_features(self, score_w: torch.Tensor, obs: torch.Tensor) -> torch.Tensor:
+        """(N, K, num_embeddings) score weights and (N, in_dim) observations -> (N, features)."""
+        cfg = self.config
+        n, g = obs.shape[0], cfg.latent_grid
+        cells = self.code_memberships(obs[:, : cfg.z_size].reshape(n, g * g, cfg.latent_dim))
+        # Scaled so that weights of the size CMA-ES starts with (sigma0 ~ 0.5) already give a sharp map:
+        # with unit scale, attention starts nearly uniform, every keypoint sits at the centre, and the
+        # readout sees no signal to follow (a flat plateau for an evolution strategy).
+        scores = ATTENTION_SCALE * torch.bmm(cells, score_w.transpose(1, 2))
+        attention = torch.softmax(scores, 1)  # (N, cells, K)
+        where = torch.einsum("nck,cx->nkx", attention, self.coords)  # (N, K, 2) expected (row, col)
+        # The 3x3 cells around the first keypoint, with an "inside the grid" channel so the border
+        # reads differently from any code.
+        e = cells.shape[-1]
+        grid = torch.cat([cells, cells.new_ones(n, g * g, 1)], -1).transpose(1, 2).reshape(n, e + 1, g, g)
+        glimpse = torch.bmm(F.unfold(grid, 3, padding=1), attention[:, :, :1]).squeeze(-1)
+        feats = [where.flatten(1), glimpse]
+        k = where.shape[1]
+        for i in range(k):
+            for j in range(i + 1, k):
+                delta = where[:, j] - where[:, i]
+                feats += [delta, torch.tanh(delta * g)]  # the offset, and its sign once over a cell
+        return torch.cat(feats, -1)
 
     def squash(self, out: torch.Tensor) -> torch.Tensor:
         if self.config.discrete_actions:

@@ -10,7 +10,7 @@ import torch
 from tqdm.auto import tqdm
 
 from wm_agent.config import doc
-from wm_agent.controller import env_action
+from wm_agent.controller import choose_actions, env_action
 from wm_agent.latent_env import LatentObservation
 from wm_agent.world_model import WorldModel
 
@@ -54,23 +54,80 @@ def run_episode(env: LatentObservation, wm: WorldModel, seed: int, greedy: bool,
     return result
 
 
+@torch.no_grad()
+def rollout_batch(wm: WorldModel, envs: list[gym.Env], params: torch.Tensor, seeds: list[int], greedy: bool,
+                  gen: torch.Generator, max_steps: int = 0, progress: bool = False) -> dict[str, np.ndarray]:
+    """Every controller in ``params`` (P, n) for an episode from each reset seed, all at once in the REAL env.
+
+    ``envs`` holds at least P x len(seeds) envs, stepped in lockstep: each step encodes all frames with
+    V, runs C and M's LSTM once for the whole batch, so the networks cost one batched call per step
+    instead of one call per env. Returns per-episode arrays of shape (P, len(seeds)): ``return``,
+    ``steps``, ``success`` and, where the env reports it, ``oracle_return``.
+    """
+    rollouts = len(seeds)
+    n = len(params) * rollouts
+    if len(envs) < n:
+        raise ValueError(f"need {n} envs for {len(params)} controllers x {rollouts} seeds, got {len(envs)}")
+    controller, rnn, device = wm.controller, wm.rnn.eval(), wm.device
+    frames, oracle = [], np.full(n, np.nan)
+    for i in range(n):
+        frame, info = envs[i].reset(seed=int(seeds[i % rollouts]))
+        frames.append(frame)
+        oracle[i] = info.get("oracle_return", np.nan)
+    z = wm.encode(np.stack(frames))
+    h, c = rnn.initial_state(n, device)
+    theta = torch.as_tensor(params, dtype=torch.float32, device=device).repeat_interleave(rollouts, 0)
+    returns, steps, success = np.zeros(n), np.zeros(n, dtype=np.int64), np.zeros(n, dtype=bool)
+    running = np.arange(n)
+    bar = tqdm(total=n, desc="evaluate", unit="ep", disable=not progress)
+    while len(running):
+        idx = torch.as_tensor(running, device=device)
+        hidden = (h[:, idx], c[:, idx])
+        out = controller.batched(theta[idx], controller.normalize(torch.cat([z[idx], hidden[0][0]], -1)))
+        actions = choose_actions(out, wm.config.discrete_actions, greedy, gen)
+        _, _, (h[:, idx], c[:, idx]) = rnn._recur(z[idx, None], actions[:, None], hidden)
+        host = actions.cpu().numpy()
+        host = host.astype(np.float32) if not wm.config.discrete_actions else host
+        finished, frames = [], []
+        for j, i in enumerate(running):
+            frame, reward, terminated, truncated, info = envs[i].step(host[j] if host.ndim > 1 else int(host[j]))
+            returns[i] += float(reward)
+            steps[i] += 1
+            frames.append(frame)
+            if terminated or truncated or (max_steps and steps[i] >= max_steps):
+                success[i] = bool(info.get("success", terminated))
+                finished.append(j)
+        z[idx] = wm.encode(np.stack(frames))
+        bar.update(len(finished))
+        running = np.delete(running, finished)
+    bar.close()
+    shape = (len(params), rollouts)
+    result = {"return": returns.reshape(shape), "steps": steps.reshape(shape), "success": success.reshape(shape)}
+    if not np.isnan(oracle).any():
+        result["oracle_return"] = oracle.reshape(shape)
+    return result
+
+
 def evaluate(cfg: EvaluateConfig, wm: WorldModel | None = None) -> dict:
     wm = wm or WorldModel.load(cfg.checkpoint)
     if cfg.episodes < 1:
         raise ValueError(f"--episodes must be >= 1, got {cfg.episodes}")
-    env = make_latent_env(cfg.env, wm)
-    gen = torch.Generator().manual_seed(cfg.seed)
-    results = [run_episode(env, wm, cfg.seed + i, cfg.greedy, gen)
-               for i in tqdm(range(cfg.episodes), desc="evaluate", unit="ep", disable=not cfg.progress)]
-    env.close()
-    returns = np.array([r["return"] for r in results])
+    envs = [gym.make(cfg.env) for _ in range(cfg.episodes)]
+    try:
+        gen = torch.Generator().manual_seed(cfg.seed)
+        params = wm.controller.params.detach()[None]
+        res = rollout_batch(wm, envs, params, [cfg.seed + i for i in range(cfg.episodes)], cfg.greedy, gen,
+                            progress=cfg.progress)
+    finally:
+        for env in envs:
+            env.close()
+    returns = res["return"][0]
     summary = {"env": cfg.env, "episodes": cfg.episodes, "seed": cfg.seed, "greedy": cfg.greedy,
                "mean_return": float(returns.mean()), "std_return": float(returns.std()),
-               "mean_steps": float(np.mean([r["steps"] for r in results]))}
-    if results[0]["oracle_return"] is not None:
-        oracle = np.array([r["oracle_return"] for r in results])
-        summary.update(success_rate=float(np.mean([r["success"] for r in results])),
-                       oracle_return=float(oracle.mean()),
+               "mean_steps": float(res["steps"].mean())}
+    if "oracle_return" in res:
+        oracle = res["oracle_return"][0]
+        summary.update(success_rate=float(res["success"].mean()), oracle_return=float(oracle.mean()),
                        return_vs_oracle=float(returns.mean() / oracle.mean()))
     return summary
 

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from wm_agent.config import WorldModelConfig
+from wm_agent.vqvae import code_memberships
 
 Hidden = tuple[torch.Tensor, torch.Tensor]
 LOG_2PI = math.log(2 * math.pi)
@@ -28,11 +29,15 @@ class MDNRNN(nn.Module):
     ``[min_log_sigma, max_log_sigma]`` so the NLL stays bounded on deterministic data.
     """
 
-    def __init__(self, config: WorldModelConfig):
+    def __init__(self, config: WorldModelConfig, codebook: torch.Tensor | None = None):
         super().__init__()
         self.config = config
+        # V's codebook, shared (not copied): with ``rnn_reads_codes`` the conv heads see each cell as
+        # its code (see ``vqvae.code_memberships``). WorldModel passes its own.
+        self.codebook = codebook
         z, k, a, h = config.z_size, config.num_mixtures, config.action_dim, config.hidden_size
         d, c = config.latent_dim, config.head_hidden
+        read = config.num_embeddings if config.rnn_reads_codes else d  # channels per cell the conv heads read
         self.input = nn.Linear(z + a, h)
         self.lstm = nn.LSTM(h, h, batch_first=True)
         # The mixture means come from a small conv net over the latent grid: what happens to a cell
@@ -40,7 +45,7 @@ class MDNRNN(nn.Module):
         # convolutions learn it from few examples. The LSTM state enters as extra channels (what the
         # frame alone does not show); pooled trunk features give the mixture weights pi.
         self.context = nn.Linear(h, config.context_channels)
-        cin = d + a + config.context_channels
+        cin = read + a + config.context_channels
         self.trunk = nn.Sequential(
             nn.Conv2d(cin, c, 3, padding=1), nn.ReLU(inplace=True),
             nn.Conv2d(c, c, 3, padding=1), nn.ReLU(inplace=True),
@@ -58,7 +63,7 @@ class MDNRNN(nn.Module):
         # forms conjunctions ("agent here, goal next to it, action towards it") that max-pooling then
         # finds anywhere on the grid.
         self.event_net = nn.Sequential(
-            nn.Conv2d(d + a, c, 3, padding=1), nn.ReLU(inplace=True),
+            nn.Conv2d(read + a, c, 3, padding=1), nn.ReLU(inplace=True),
             nn.Conv2d(c, c, 1), nn.ReLU(inplace=True),
         )
         self.event_head = nn.Sequential(nn.Linear(2 * c + h, 64), nn.ReLU(inplace=True), nn.Linear(64, 2))
@@ -109,8 +114,14 @@ class MDNRNN(nn.Module):
         return z.reshape(-1, g, g, d)
 
     def _grid(self, z: torch.Tensor) -> torch.Tensor:
-        g, d = self.config.latent_grid, self.config.latent_dim
-        return z.reshape(-1, g, g, d).permute(0, 3, 1, 2)
+        """What the conv heads read: (n, channels, g, g), the cells' codes or their raw latents."""
+        cells = self._cells(z)
+        if self.config.rnn_reads_codes:
+            if self.codebook is None:
+                raise ValueError("this MDN-RNN reads cells as codes (rnn_reads_codes): build it with the VQ-VAE's "
+                                 "codebook (WorldModel does this)")
+            cells = code_memberships(cells, self.codebook)
+        return cells.permute(0, 3, 1, 2)
 
     def _mdn(self, out: torch.Tensor, z: torch.Tensor, a: torch.Tensor) -> dict[str, torch.Tensor]:
         cfg = self.config
@@ -157,7 +168,8 @@ class MDNRNN(nn.Module):
         return z_next, events["reward"][:, 0], torch.sigmoid(events["done_logit"][:, 0]), hidden
 
     @staticmethod
-    def mixture_nll(params: dict[str, torch.Tensor], target: torch.Tensor, beta: float = 0.0) -> torch.Tensor:
+    def mixture_nll(params: dict[str, torch.Tensor], target: torch.Tensor, beta: float = 0.0,
+                    weights: torch.Tensor | None = None) -> torch.Tensor:
         """-log p(target) per (B, T), summed over the latent's dimensions, computed with log-sum-exp.
 
         ``beta > 0`` weights each dimension's term by ``sg[sigma^(2 beta)]`` (beta-NLL, Seitzer et al.
@@ -169,9 +181,11 @@ class MDNRNN(nn.Module):
         per_dim = -0.5 * zscore.pow(2) - log_sigma - 0.5 * LOG_2PI
         if beta:
             per_dim = per_dim * torch.exp(2 * beta * log_sigma.detach())
+        if weights is not None:
+            per_dim = per_dim * weights.unsqueeze(-2)
         return -torch.logsumexp(params["log_pi"] + per_dim.sum(-1), -1)
 
-    def loss(self, params, next_z, rewards, dones, mask=None, event_weight: float = 1.0
+    def loss(self, params, next_z, rewards, dones, mask=None, event_weight: float = 1.0, prev_z=None
              ) -> tuple[torch.Tensor, dict[str, float]]:
         """Mixture NLL (per latent dim) + reward_weight * MSE + done_weight * BCE, averaged over ``mask``.
 
@@ -185,14 +199,20 @@ class MDNRNN(nn.Module):
         rew = (params["reward"] - rewards).pow(2) * weight
         done = F.binary_cross_entropy_with_logits(params["done_logit"], dones.float(), reduction="none") * weight
         terms = [("nll", nll), ("reward_mse", rew), ("done_bce", done)]
-        if cfg.nll_beta:
-            terms.append(("beta_nll", self.mixture_nll(params, next_z, cfg.nll_beta) / cfg.z_size))
+        weights = None
+        if prev_z is not None and cfg.change_weight != 1.0:
+            d = cfg.latent_dim
+            changed = (next_z - prev_z).abs().reshape(*next_z.shape[:-1], -1, d).amax(-1, keepdim=True) > 1e-6
+            weights = (1.0 + (cfg.change_weight - 1.0) * changed.float()).expand(*changed.shape[:-1], d)
+            weights = weights.reshape(next_z.shape)
+        if cfg.nll_beta or weights is not None:
+            terms.append(("beta_nll", self.mixture_nll(params, next_z, cfg.nll_beta, weights) / cfg.z_size))
         if mask is None:
             mask = torch.ones_like(nll)
         mask = mask.float()
         n = mask.sum().clamp_min(1.0)
         parts = {k: (v * mask).sum() / n for k, v in terms}
-        fit = parts["beta_nll"] if cfg.nll_beta else parts["nll"]
+        fit = parts.get("beta_nll", parts["nll"])
         total = fit + cfg.reward_weight * parts["reward_mse"] + cfg.done_weight * parts["done_bce"]
         return total, {k: float(v.detach()) for k, v in parts.items()}
 

@@ -124,7 +124,7 @@ def fit_rnn(wm: WorldModel, make_batches: Batches, epochs: int, seed: int = 0, p
                 params, _ = wm.rnn(z[:, :-1], batch["actions"].to(wm.device))
             params = {k: v.float() for k, v in params.items()}
             loss, parts = wm.rnn.loss(params, z[:, 1:], batch["rewards"].to(wm.device),
-                                      batch["dones"].to(wm.device), mask, events)
+                                      batch["dones"].to(wm.device), mask, events, prev_z=z[:, :-1])
             _check_finite(loss, "MDN-RNN", epoch + 1, step)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -339,10 +339,8 @@ def run_train_rnn(cfg: TrainRNNConfig) -> dict:
     if "vae" not in wm.train_state:
         raise ValueError(f"{path} has no trained VQ-VAE yet: run `wm-agent train-vae` first")
     if not cfg.resume or "rnn" not in wm.train_state:  # a fresh M; an old dream's controller no longer applies
-        from wm_agent.mdnrnn import MDNRNN
-
         torch.manual_seed(cfg.seed)
-        wm.rnn = MDNRNN(wm.config).to(wm.device)
+        wm.rnn = wm.new_rnn()
         wm.train_state.pop("rnn", None)
         wm.train_state.pop("cmaes", None)
     done = wm.train_state.get("rnn", {}).get("epoch", 0)

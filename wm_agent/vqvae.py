@@ -189,6 +189,25 @@ class VQVAE(nn.Module):
         return self.decode(self.latent_to_indices(z))
 
 
+def code_memberships(z: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
+    """Latent cells (..., dim) -> (..., num_embeddings): how much each cell holds each code.
+
+    The nearest code's row of a Gaussian similarity between codes, with a width of a tenth of the
+    codebook's median spacing: one-hot for well separated codes, identical rows for near-duplicates
+    (EMA restarts leave codes that decode alike, and a dream may snap a cell to either). Networks that
+    read the latent grid (M's conv heads, the keypoint controller) read it this way because a learnt
+    codebook can put a rare code (the agent) between two common ones on a line, where no single ReLU
+    or linear score over raw latent dimensions can single it out.
+    """
+    cb = codebook.to(z.dtype)
+    flat = z.reshape(-1, cb.shape[1])
+    nearest = torch.addmm(cb.pow(2).sum(1)[None], flat, cb.t(), alpha=-2).argmin(1)
+    dist = torch.cdist(cb, cb)
+    spacing = dist[~torch.eye(len(cb), dtype=torch.bool, device=cb.device)].median().clamp_min(1e-6)
+    similar = torch.exp(-0.5 * (dist / (0.1 * spacing)).pow(2))
+    return similar[nearest].view(*z.shape[:-1], len(cb))
+
+
 def frames_to_tensor(frames, device: torch.device | str = "cpu") -> torch.Tensor:
     """uint8 frames (B, H, W, 3) (numpy or torch) -> float (B, 3, H, W) in [0, 1]."""
     t = torch.as_tensor(frames, device=device)

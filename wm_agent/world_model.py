@@ -31,8 +31,8 @@ class WorldModel:
         self.env_id = env_id
         self.device = torch.device(device)
         self.vae = VQVAE(config).to(self.device)
-        self.rnn = MDNRNN(config).to(self.device)
-        self.controller = Controller(config).to(self.device)
+        self.rnn = self.new_rnn()
+        self.controller = self.new_controller(config)
         self.start_codes = torch.zeros(0, config.latent_grid, config.latent_grid, dtype=torch.long)
         self.metrics: dict[str, Any] = {}
         self.train_state: dict[str, Any] = {}  # optimiser / CMA-ES state so interrupted runs resume
@@ -45,6 +45,14 @@ class WorldModel:
         return t.to(self.device)
 
     @torch.no_grad()
+    def new_rnn(self) -> MDNRNN:
+        """A fresh MDN-RNN on this model's device, reading cells through V's codebook."""
+        return MDNRNN(self.config, self.vae.quantizer.codebook).to(self.device)
+
+    def new_controller(self, config: WorldModelConfig) -> Controller:
+        """A fresh controller for ``config`` on this model's device, reading cells through V's codebook."""
+        return Controller(config, self.vae.quantizer.codebook).to(self.device)
+
     def encode(self, frames, batch_size: int = 1024) -> torch.Tensor:
         """uint8 frames (B, H, W, 3) or float (B, 3, H, W) -> flattened quantised latents (B, Z)."""
         return self.vae.indices_to_latent(self.encode_indices(frames, batch_size))
