@@ -41,7 +41,6 @@ class WorldModelConfig:
     min_log_sigma: float = doc("lower bound of the MDN's log std (keeps the NLL bounded on deterministic data)", -4.0)
     max_log_sigma: float = doc("upper bound of the MDN's log std", 1.0)
     nll_beta: float = doc("beta-NLL weight sg[sigma^(2 beta)] on the mixture NLL while training (0 = plain NLL)", 1.0)
-    change_weight: float = doc("weight in M's fitted NLL of latent cells that change from z_t to z_t+1 (1 = plain)", 10.0)
     reward_weight: float = doc("weight of the reward MSE in the MDN-RNN loss", 0.1)
     done_weight: float = doc("weight of the done BCE in the MDN-RNN loss", 0.1)
     controller: str = doc("controller architecture: 'linear' on concat(z, h) as in the paper, or 'keypoint' "

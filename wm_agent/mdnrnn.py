@@ -168,8 +168,7 @@ class MDNRNN(nn.Module):
         return z_next, events["reward"][:, 0], torch.sigmoid(events["done_logit"][:, 0]), hidden
 
     @staticmethod
-    def mixture_nll(params: dict[str, torch.Tensor], target: torch.Tensor, beta: float = 0.0,
-                    weights: torch.Tensor | None = None) -> torch.Tensor:
+    def mixture_nll(params: dict[str, torch.Tensor], target: torch.Tensor, beta: float = 0.0) -> torch.Tensor:
         """-log p(target) per (B, T), summed over the latent's dimensions, computed with log-sum-exp.
 
         ``beta > 0`` weights each dimension's term by ``sg[sigma^(2 beta)]`` (beta-NLL, Seitzer et al.
@@ -181,11 +180,9 @@ class MDNRNN(nn.Module):
         per_dim = -0.5 * zscore.pow(2) - log_sigma - 0.5 * LOG_2PI
         if beta:
             per_dim = per_dim * torch.exp(2 * beta * log_sigma.detach())
-        if weights is not None:
-            per_dim = per_dim * weights.unsqueeze(-2)
         return -torch.logsumexp(params["log_pi"] + per_dim.sum(-1), -1)
 
-    def loss(self, params, next_z, rewards, dones, mask=None, event_weight: float = 1.0, prev_z=None
+    def loss(self, params, next_z, rewards, dones, mask=None, event_weight: float = 1.0
              ) -> tuple[torch.Tensor, dict[str, float]]:
         """Mixture NLL (per latent dim) + reward_weight * MSE + done_weight * BCE, averaged over ``mask``.
 
@@ -199,14 +196,8 @@ class MDNRNN(nn.Module):
         rew = (params["reward"] - rewards).pow(2) * weight
         done = F.binary_cross_entropy_with_logits(params["done_logit"], dones.float(), reduction="none") * weight
         terms = [("nll", nll), ("reward_mse", rew), ("done_bce", done)]
-        weights = None
-        if prev_z is not None and cfg.change_weight != 1.0:
-            d = cfg.latent_dim
-            changed = (next_z - prev_z).abs().reshape(*next_z.shape[:-1], -1, d).amax(-1, keepdim=True) > 1e-6
-            weights = (1.0 + (cfg.change_weight - 1.0) * changed.float()).expand(*changed.shape[:-1], d)
-            weights = weights.reshape(next_z.shape)
-        if cfg.nll_beta or weights is not None:
-            terms.append(("beta_nll", self.mixture_nll(params, next_z, cfg.nll_beta, weights) / cfg.z_size))
+        if cfg.nll_beta:
+            terms.append(("beta_nll", self.mixture_nll(params, next_z, cfg.nll_beta) / cfg.z_size))
         if mask is None:
             mask = torch.ones_like(nll)
         mask = mask.float()

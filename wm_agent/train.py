@@ -124,7 +124,7 @@ def fit_rnn(wm: WorldModel, make_batches: Batches, epochs: int, seed: int = 0, p
                 params, _ = wm.rnn(z[:, :-1], batch["actions"].to(wm.device))
             params = {k: v.float() for k, v in params.items()}
             loss, parts = wm.rnn.loss(params, z[:, 1:], batch["rewards"].to(wm.device),
-                                      batch["dones"].to(wm.device), mask, events, prev_z=z[:, :-1])
+                                      batch["dones"].to(wm.device), mask, events)
             _check_finite(loss, "MDN-RNN", epoch + 1, step)
             opt.zero_grad(set_to_none=True)
             loss.backward()
