@@ -56,7 +56,7 @@ class MDNRNN(nn.Module):
             self.cell_head.bias.view(k, 2 * d + 1)[:, -1] = 4.0
         self.pi_head = nn.Linear(2 * c + h, k)
         # Reward and done come from their own small conv net over (z_t, a_t), apart from the dynamics
-        # (their rare, up-weighted events must not bend its features) and NOT from a predicted
+        # (their rare events must not bend its features) and NOT from a predicted
         # z_{t+1}: the rarest transitions (the agent stepping onto the goal) are the ones the dynamics
         # get wrong, and a head reading a wrong next frame misses exactly the events that end an
         # episode; a dream that never ends is one a controller farms for reward. A per-cell layer
@@ -186,9 +186,9 @@ class MDNRNN(nn.Module):
              ) -> tuple[torch.Tensor, dict[str, float]]:
         """Mixture NLL (per latent dim) + reward_weight * MSE + done_weight * BCE, averaged over ``mask``.
 
-        ``event_weight`` up-weights the reward and done terms of terminal transitions. They are rare (a
-        goal reached once in ~130 random steps), and heads that miss them predict a slightly positive
-        reward everywhere and never "done": a dream a controller exploits by never finishing.
+        ``event_weight`` up-weights the reward and done terms of terminal transitions. The training
+        commands leave it at 1: a weight w inflates the predicted odds of the event by w wherever the
+        model is unsure, and a controller search farms exactly those states (see ``train.fit_rnn``).
         """
         cfg = self.config
         nll = self.mixture_nll(params, next_z) / cfg.z_size

@@ -89,20 +89,13 @@ def fit_vae(wm: WorldModel, make_batches: Batches, epochs: int, seed: int = 0, p
     return history
 
 
-def event_weight(dones: np.ndarray, mask: np.ndarray | None = None, cap: float = 50.0) -> float:
-    """Weight that balances terminal against ordinary transitions in the reward/done losses."""
-    dones = np.asarray(dones, dtype=bool)
-    valid = np.ones_like(dones) if mask is None else np.asarray(mask, dtype=bool)
-    pos = int((dones & valid).sum())
-    neg = int(valid.sum()) - pos
-    return float(np.clip(neg / pos, 1.0, cap)) if pos else 1.0
-
-
 def fit_rnn(wm: WorldModel, make_batches: Batches, epochs: int, seed: int = 0, progress: bool = True,
             on_epoch_end: Callable[[int, dict], None] | None = None, clip: float = 1.0,
             events: float = 1.0) -> list[dict]:
-    """Train M on batches of code sequences (see ``sequence_batches_from_arrays``); ``events`` is the
-    weight of terminal transitions (``event_weight``)."""
+    """Train M on batches of code sequences (see ``sequence_batches_from_arrays``); ``events`` weights
+    terminal transitions in the reward/done losses (1 = unweighted, the default everywhere: up-weighting
+    makes the heads over-predict rare events, e.g. balanced weights (~50x here) gave a +0.3 reward
+    with a 6% done probability next to the goal, which CMA-ES farmed for dream returns of up to 3.9)."""
     state = wm.train_state.setdefault("rnn", {"epoch": 0})
     opt = _optimizer(wm.rnn.parameters(), wm.config.learning_rate, state.get("optimizer"))
     history = []
@@ -358,6 +351,5 @@ def run_train_rnn(cfg: TrainRNNConfig) -> dict:
 
     with save_on_interrupt(lambda: wm.save(path), str(path)):
         history = fit_rnn(wm, lambda rng: sequence_batches_from_arrays(win_codes, arrays, cfg.batch_size, rng),
-                          max(cfg.epochs - done, 0), cfg.seed, cfg.progress, end_epoch,
-                          events=event_weight(arrays["dones"], arrays["mask"]))
+                          max(cfg.epochs - done, 0), cfg.seed, cfg.progress, end_epoch)
     return {"checkpoint": str(path), "epochs_done": wm.train_state["rnn"]["epoch"], "history": history}

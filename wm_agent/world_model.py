@@ -16,7 +16,7 @@ from wm_agent.mdnrnn import MDNRNN
 from wm_agent.vqvae import VQVAE, frames_to_tensor, tensor_to_frames
 
 FORMAT = "wm-agent/world-model"
-VERSION = 1
+VERSION = 2  # 2: M reads cells as codes, the keypoint controller
 
 
 class WorldModel:
@@ -91,14 +91,14 @@ class WorldModel:
                   progress: bool = False):
         """Fit M on episodes: ``sequences`` has ``obs`` (B, T+1, H, W, 3) uint8, ``actions`` (B, T[, A]),
         ``rewards`` (B, T), ``dones`` (B, T) and optionally ``mask`` (B, T)."""
-        from wm_agent.train import event_weight, fit_rnn, sequence_batches_from_arrays
+        from wm_agent.train import fit_rnn, sequence_batches_from_arrays
 
         obs = np.asarray(sequences["obs"])
         b, t1 = obs.shape[:2]
         codes = self.encode_indices(obs.reshape(b * t1, *obs.shape[2:])).view(b, t1, *self.start_codes.shape[1:])
         arrays = {k: np.asarray(v) for k, v in sequences.items() if k != "obs"}
         return fit_rnn(self, lambda rng: sequence_batches_from_arrays(codes, arrays, batch_size, rng), epochs, seed,
-                       progress, events=event_weight(arrays["dones"], arrays.get("mask")))
+                       progress)
 
     # -- M ----------------------------------------------------------------------------------------
     @torch.no_grad()
