@@ -170,12 +170,13 @@ def _one_hot_grid(cells: dict[tuple[int, int], int], g: int = 8, d: int = 4) -> 
 def test_keypoint_param_layout(keypoints, hidden):
     c = Controller(tiny_config(controller="keypoint", controller_keypoints=keypoints, controller_hidden=hidden))
     e, a = c.config.num_embeddings, c.config.action_dim
-    features = 2 * keypoints + 9 * (e + 1) + 4 * (keypoints * (keypoints - 1) // 2)
+    features = 2 * keypoints + keypoints * 9 * (e + 1) + 4 * (keypoints * (keypoints - 1) // 2)
     head = features * a + a if not hidden else features * hidden + hidden + hidden * a + a
     assert c.num_params == c.config.controller_params == keypoints * e + head
     assert sum(int(np.prod(s)) for s in c.shapes) == c.num_params
     # far fewer than the linear controller on concat(z, h): that is the point of it
-    assert c.num_params < Controller(tiny_config(controller="linear")).num_params
+    if not hidden:
+        assert c.num_params < Controller(tiny_config(controller="linear")).num_params
 
 
 def test_keypoints_find_their_cells_and_glimpse_the_neighbourhood():
@@ -192,7 +193,9 @@ def test_keypoints_find_their_cells_and_glimpse_the_neighbourhood():
     assert glimpse[3, 2, 1] > 0.999 and glimpse[3].sum() == pytest.approx(1.0, abs=1e-3)  # (1,3) below
     assert glimpse[0, 1:].sum() == pytest.approx(4.0, abs=1e-3)  # code 0 (empty) on the 4 other on-grid cells
     assert glimpse[1, 1, 1] > 0.999  # the agent itself in the middle
-    delta = feats[4 + 9 * (e + 1) : 4 + 9 * (e + 1) + 2]
+    glimpse1 = feats[4 + 9 * (e + 1) : 4 + 18 * (e + 1)].view(e + 1, 3, 3)  # around (5, 6): all on the grid
+    assert glimpse1[2, 1, 1] > 0.999 and torch.all(glimpse1[e] > 0.999)
+    delta = feats[4 + 18 * (e + 1) : 4 + 18 * (e + 1) + 2]
     torch.testing.assert_close(delta * g, torch.tensor([5.0, 3.0]), atol=1e-3, rtol=0)
 
 
@@ -207,7 +210,7 @@ def test_keypoint_controller_can_express_move_towards_the_goal_around_obstacles(
     score[0, 1] = score[1, 2] = 5.0  # code 1 = agent, code 2 = goal, code 3 = obstacle
     w = theta[2 * e : 2 * e + c.config.controller_features * 4].view(-1, 4)
     glimpse_at = 4  # after the two keypoints' (row, col)
-    sign_at = 4 + 9 * (e + 1) + 2
+    sign_at = 4 + 18 * (e + 1) + 2
     for a, (dr, dc) in enumerate(moves):
         w[sign_at, a], w[sign_at + 1, a] = dr, dc  # towards the goal along each axis
         offset = (dr + 1) * 3 + (dc + 1)
@@ -249,9 +252,34 @@ def test_near_duplicate_codes_read_alike():
     c = Controller(tiny_config(controller="keypoint"), codebook)
     cells = c.code_memberships(codebook[None])[0]
     torch.testing.assert_close(cells[1], cells[5], atol=1e-3, rtol=0)
-    assert cells[1, 1] > 0.99 and cells[1, 5] > 0.99 and cells[1, 2] < 1e-3
+    assert cells[1, 1] == pytest.approx(0.5, abs=1e-3) and cells[1, 5] == pytest.approx(0.5, abs=1e-3)
+    assert cells[1, 2] < 1e-3 and cells.sum(1).allclose(torch.ones(8))  # a cell is one unit, shared out
 
 
 def test_unknown_controller_kind_is_refused():
     with pytest.raises(ValueError, match="controller must be"):
         tiny_config(controller="transformer")
+
+
+def test_keypoints_start_on_the_rarest_kinds_of_cell():
+    codebook = _codebook()
+    codebook[5] = codebook[2] + 1e-3  # code 5 duplicates code 2
+    c = Controller(tiny_config(controller="keypoint", controller_keypoints=3), codebook)
+    g = c.config.hidden_size
+    # code 0 everywhere but: code 1 on 10 cells, code 2/5 (one kind) on one cell, code 3 on 3 cells
+    grids = []
+    for shift in range(4):
+        cells = {(r, (col + shift) % 8): 0 for r, col in [(0, 0), (0, 1), (0, 2), (0, 3), (0, 4), (1, 0), (1, 1),
+                                                          (1, 2), (1, 3), (1, 4)]}
+        cells.update({(5, shift): 1, (6, 0): 2, (6, 1): 2, (6, 2): 2})
+        grids.append(torch.cat([_one_hot_grid(cells), torch.zeros(g)]))
+    x0 = c.initial_params(torch.stack(grids))
+    scores = torch.as_tensor(x0[: 3 * 8]).view(3, 8)
+    assert scores[0, 2] > 0 and scores[0, 5] > 0 and scores[0].count_nonzero() == 2  # rarest: the 2/5 kind
+    assert scores[1, 3] > 0 and scores[1].count_nonzero() == 1  # then code 3 (3 cells)
+    assert scores[2, 1] > 0 and scores[2].count_nonzero() == 1  # then code 1 (10 cells); never the background
+    assert not x0[3 * 8 :].any()  # the readout starts at zero
+    feats = c.keypoint_features(torch.as_tensor(x0[: 3 * 8], dtype=torch.float32).view(1, 3, 8), grids[0][None])
+    where = feats[0, :6].view(3, 2) * 8 + 3.5
+    torch.testing.assert_close(where[0], torch.tensor([5.0, 0.0]), atol=0.15, rtol=0)  # sharp from the start
+    assert not Controller(tiny_config(controller="linear"), codebook).initial_params(torch.stack(grids)).any()

@@ -181,9 +181,11 @@ def train_controller(cfg: ControllerTrainConfig, wm: WorldModel | None = None) -
         best_x, best_f = state["best_params"].double().numpy(), float(state["best_fitness"])
     else:
         _set_architecture(wm, cfg)
-        wm.controller.fit_normalizer(_sample_observations(wm, cfg, max_steps))
-        es = _new_es(np.zeros(wm.controller.num_params), cfg.sigma0, cfg, None, cfg.seed)
-        generation, log, best_x, best_f = 0, [], np.zeros(wm.controller.num_params), -np.inf
+        seen = _sample_observations(wm, cfg, max_steps)
+        wm.controller.fit_normalizer(seen)
+        x0 = wm.controller.initial_params(seen)
+        es = _new_es(x0, cfg.sigma0, cfg, wm.controller.param_scales(), cfg.seed)
+        generation, log, best_x, best_f = 0, [], x0.copy(), -np.inf
 
     evaluator = RealEvaluator(str(path), cfg.env, cfg.workers, cfg.timeout) if cfg.where == "real" else None
     if evaluator:

@@ -95,9 +95,9 @@ class WorldModelConfig:
         if self.controller == "linear":
             return self.z_size + self.hidden_size
         k = self.controller_keypoints
-        # per keypoint its (row, col); the 3x3 glimpse around the first one (code memberships + an
-        # "inside the grid" channel); per pair of keypoints their offset and its squashed sign
-        return 2 * k + 9 * (self.num_embeddings + 1) + 4 * (k * (k - 1) // 2)
+        # per keypoint its (row, col) and the 3x3 glimpse around it (code memberships + an "inside the
+        # grid" channel); per pair of keypoints their offset and its squashed sign
+        return 2 * k + k * 9 * (self.num_embeddings + 1) + 4 * (k * (k - 1) // 2)
 
     def controller_shapes(self) -> list[tuple[int, ...]]:
         """Shapes of the controller's parameters, in the order they sit in its flat vector."""

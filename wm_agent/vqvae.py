@@ -193,8 +193,9 @@ def code_memberships(z: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
     """Latent cells (..., dim) -> (..., num_embeddings): how much each cell holds each code.
 
     The nearest code's row of a Gaussian similarity between codes, with a width of a tenth of the
-    codebook's median spacing: one-hot for well separated codes, identical rows for near-duplicates
-    (EMA restarts leave codes that decode alike, and a dream may snap a cell to either). Networks that
+    codebook's median spacing, normalised to sum to 1: one-hot for well separated codes, identical
+    rows shared out among near-duplicates (EMA restarts leave codes that decode alike, a dream may snap
+    a cell to either, and a cell kind with four duplicate codes must not weigh four times as much). Networks that
     read the latent grid (M's conv heads, the keypoint controller) read it this way because a learnt
     codebook can put a rare code (the agent) between two common ones on a line, where no single ReLU
     or linear score over raw latent dimensions can single it out.
@@ -205,6 +206,7 @@ def code_memberships(z: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
     dist = torch.cdist(cb, cb)
     spacing = dist[~torch.eye(len(cb), dtype=torch.bool, device=cb.device)].median().clamp_min(1e-6)
     similar = torch.exp(-0.5 * (dist / (0.1 * spacing)).pow(2))
+    similar = similar / similar.sum(1, keepdim=True)
     return similar[nearest].view(*z.shape[:-1], len(cb))
 
 
