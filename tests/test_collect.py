@@ -302,3 +302,53 @@ def test_collect_config_defaults_match_the_collector():
     config = CollectConfig(out="x")
     for name in ("policy", "seed", "workers", "episodes_per_shard", "max_steps"):
         assert getattr(config, name) == signature[name].default, name
+
+
+# -- streaming the frames to obs.npy ------------------------------------------------------------------
+def test_frames_streamed_through_a_tiny_ring_do_not_change_a_byte(two_worker_run, tmp_path, monkeypatch):
+    """Blocks of 3 frames and a ring of 2: every episode crosses block boundaries and the rollout
+    waits for the writer thread, yet the files equal the default run's."""
+    import wm_agent.collect as collect
+
+    out, _ = two_worker_run
+    monkeypatch.setattr(collect, "RING_BLOCK_BYTES", 3 * 64 * 64 * 3)
+    monkeypatch.setattr(collect, "RING_BLOCKS", 2)
+    collect._close_cached_envs()  # the ring is cached with the env
+    try:
+        DataCollector("WM-GridWorld-v0", tmp_path, seed=7, workers=1, episodes_per_shard=2, max_steps=12).collect(
+            5, progress=False)
+    finally:
+        collect._close_cached_envs()
+    assert _files(tmp_path) == _files(out)
+
+
+@pytest.mark.parametrize("shape", [(64, 64, 3), (5, 7, 3), (96, 96, 3)])
+@pytest.mark.parametrize("frames", [1, 2, 9, 40])
+def test_frame_file_writes_an_npy_that_numpy_maps(tmp_path, monkeypatch, shape, frames):
+    import wm_agent.collect as collect
+
+    rng = np.random.default_rng(0)
+    data = rng.integers(0, 256, (frames, *shape), dtype=np.uint8)
+    outputs = []
+    for direct in (True, False):
+        if not direct:  # the fallback where O_DIRECT is missing (Windows, macOS) must give the same bytes
+            monkeypatch.setattr(collect, "_O_DIRECT", 0)
+        ring = collect._FrameRing(shape, block_bytes=4 * int(np.prod(shape)), blocks=2)
+        path = tmp_path / f"obs-{direct}.npy"
+        writer = collect._FrameFile(path, ring)
+        try:
+            block, start, done = writer.first_block(), 0, 0
+            while done < frames:
+                if done - start == len(block):
+                    start, block = done, writer.next_block(block)
+                block[done - start] = data[done]
+                done += 1
+            writer.finish(block, done - start, frames)
+        finally:
+            writer.close()
+        loaded = np.load(path, mmap_mode="r")
+        assert loaded.dtype == np.uint8 and loaded.shape == data.shape
+        np.testing.assert_array_equal(loaded, data)
+        assert path.stat().st_size == 4096 + data.nbytes  # header padded to one block, then the frames
+        outputs.append(path.read_bytes())
+    assert outputs[0] == outputs[1]

@@ -107,6 +107,10 @@ def benchmark_collect(
     say(f"  collector (K={workers}) : {manifest['steps']:,} steps, {manifest['frames']:,} frames, "
         f"{len(manifest['shards'])} shards in {col_s:.2f} s wall (start-up, imports and disk writes included) "
         f"-> {col_fps:,.0f} frames/s")
+    disk_wait = collector.stats.get("worker_disk_wait_seconds", 0.0)
+    frame_bytes = math.prod(collector.observation_shape)
+    say(f"  frames written  : {manifest['frames'] * frame_bytes / 1e9:.2f} GB "
+        f"({manifest['frames'] * frame_bytes / col_s / 1e6:,.0f} MB/s); workers waited {disk_wait:.2f} s for the disk")
     say(f"  ratio collector / ({workers} x raw) = {ratio:.2f}   (frames per worker CPU-second vs raw: "
         f"{cpu_ratio:.2f}; load average now {_load():.2f})")
     return {
@@ -116,6 +120,7 @@ def benchmark_collect(
         "collector_steps": manifest["steps"], "collector_frames": manifest["frames"],
         "collector_shards": len(manifest["shards"]), "collector_seconds": col_s, "collector_fps": col_fps,
         "collector_worker_cpu_seconds": worker_cpu, "raw_cpu_seconds": raw_cpu,
+        "collector_worker_disk_wait_seconds": disk_wait,
         "ratio": ratio, "cpu_ratio": cpu_ratio, "load_average_after": _load(),
     }
 
