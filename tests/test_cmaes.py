@@ -190,3 +190,30 @@ def test_real_evaluator_reports_a_worker_that_dies(ckpt):
         timer.cancel()
     assert time.monotonic() - t0 < 30
     assert _no_workers_left()
+
+
+def test_batched_real_rollouts_match_one_episode_at_a_time():
+    """rollout_batch steps many envs in lockstep; with greedy actions each episode must be exactly the
+    one run_episode plays alone (same return, length and success), whatever else is in the batch."""
+    import gymnasium as gym
+
+    from wm_agent.evaluate import make_latent_env, rollout_batch, run_episode
+
+    wm = tiny_world_model(seed=3)
+    wm.controller.fit_normalizer(torch.randn(64, wm.controller.in_dim))
+    rng = np.random.default_rng(0)
+    params = torch.as_tensor(rng.normal(size=(3, wm.controller.num_params)) * 0.5, dtype=torch.float32)
+    seeds = [11, 12, 13, 14]
+    envs = [gym.make("WM-GridWorld-v0") for _ in range(len(params) * len(seeds))]
+    batch = rollout_batch(wm, envs, params, seeds, greedy=True, gen=torch.Generator().manual_seed(0))
+    assert batch["return"].shape == (3, 4) and batch["oracle_return"].shape == (3, 4)
+    single = make_latent_env("WM-GridWorld-v0", wm)
+    for i, theta in enumerate(params):
+        wm.controller.set_flat(theta.numpy())
+        for j, seed in enumerate(seeds):
+            one = run_episode(single, wm, seed, True, torch.Generator().manual_seed(0))
+            assert batch["return"][i, j] == pytest.approx(one["return"])
+            assert batch["steps"][i, j] == one["steps"] and batch["success"][i, j] == one["success"]
+            assert batch["oracle_return"][i, j] == pytest.approx(one["oracle_return"])
+    with pytest.raises(ValueError, match="need 12 envs"):
+        rollout_batch(wm, envs[:5], params, seeds, True, torch.Generator())
