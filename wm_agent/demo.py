@@ -32,7 +32,7 @@ class DemoConfig:
     rnn_batch_size: int = doc("MDN-RNN sequences per batch", 16)
     popsize: int = doc("CMA-ES population", 32)
     rollouts: int = doc("dream episodes per CMA-ES candidate", 8)
-    generations: int = doc("CMA-ES generations (in the dream)", 80)
+    generations: int = doc("CMA-ES generations (in the dream)", 60)
     temperature: float = doc("dream temperature for controller training", 1.0)
     eval_episodes: int = doc("fresh real-env layouts the controller is evaluated on", 200)
     workers: int = doc("collector worker processes", 2)
