@@ -112,7 +112,7 @@ def _real_rollouts(checkpoint: str, env_id: str, params: np.ndarray, seeds: list
     envs.extend(gym.make(env_id) for _ in range(len(params) * len(seeds) - len(envs)))
     gen = torch.Generator().manual_seed(seeds[0])
     result = rollout_batch(wm, envs, torch.as_tensor(params), seeds, greedy, gen, max_steps)
-    return result["return"].mean(1)
+    return result["return"].mean(1), int(result["steps"].sum())
 
 
 class RealEvaluator:
@@ -120,6 +120,7 @@ class RealEvaluator:
 
     def __init__(self, checkpoint: str, env_id: str, workers: int, timeout: float):
         self.checkpoint, self.env_id, self.timeout, self.workers = checkpoint, env_id, timeout, workers
+        self.steps = 0  # real env steps taken so far
         self.pool = cf.ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"))
 
     def __call__(self, params: np.ndarray, rollouts: int, greedy: bool, max_steps: int,
@@ -130,7 +131,9 @@ class RealEvaluator:
         futures = [self.pool.submit(_real_rollouts, self.checkpoint, self.env_id, x, seeds, greedy, max_steps)
                    for x in chunks]
         try:
-            return np.concatenate([f.result(timeout=self.timeout) for f in futures])
+            results = [f.result(timeout=self.timeout) for f in futures]
+            self.steps += sum(steps for _, steps in results)
+            return np.concatenate([fit for fit, _ in results])
         except cf.TimeoutError:
             self.close(kill=True)
             raise RuntimeError(f"a real-env rollout worker did not finish within {self.timeout:g} s; stopped "
@@ -189,6 +192,7 @@ def train_controller(cfg: ControllerTrainConfig, wm: WorldModel | None = None) -
 
     evaluator = RealEvaluator(str(path), cfg.env, cfg.workers, cfg.timeout) if cfg.where == "real" else None
     if evaluator:
+        evaluator.steps = int(log[-1].get("real_env_steps", 0)) if log else 0
         wm.save(path)  # workers load the controller's normaliser from the file
     bar = tqdm(total=cfg.generations, initial=generation, desc=f"CMA-ES in the {cfg.where}", unit="gen",
                disable=not cfg.progress)
@@ -206,7 +210,8 @@ def train_controller(cfg: ControllerTrainConfig, wm: WorldModel | None = None) -
             if fit.max() > best_f:
                 best_f, best_x = float(fit.max()), xs[fit.argmax()].copy()
             log.append({"generation": generation, "best": float(fit.max()), "mean": float(fit.mean()),
-                        "worst": float(fit.min()), "sigma": float(es.sigma), "seconds": time.perf_counter() - t0})
+                        "worst": float(fit.min()), "sigma": float(es.sigma), "seconds": time.perf_counter() - t0,
+                        "real_env_steps": evaluator.steps if evaluator else 0})  # cumulative, resumes counted
             # Save every generation: mean/sigma/scales restore the search, the best so far is the controller.
             wm.controller.set_flat(es.mean)
             wm.train_state["cmaes"] = {
@@ -216,7 +221,8 @@ def train_controller(cfg: ControllerTrainConfig, wm: WorldModel | None = None) -
                 "where": cfg.where, "temperature": cfg.temperature, "greedy": cfg.greedy,
             }
             wm.metrics["controller"] = {"generations": generation, "where": cfg.where, "best_fitness": best_f,
-                                        "greedy": cfg.greedy, "rollouts": cfg.rollouts, "popsize": cfg.popsize}
+                                        "greedy": cfg.greedy, "rollouts": cfg.rollouts, "popsize": cfg.popsize,
+                                        "real_env_steps": log[-1]["real_env_steps"]}
             wm.save(path)
             bar.update(1)
             bar.set_postfix(best=f"{log[-1]['best']:.3f}", mean=f"{log[-1]['mean']:.3f}", sigma=f"{es.sigma:.3f}")
