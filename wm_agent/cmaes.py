@@ -97,9 +97,9 @@ _worker_state = None
 
 
 def _real_rollouts(checkpoint: str, env_id: str, params: np.ndarray, seeds: list[int], greedy: bool,
-                   max_steps: int) -> np.ndarray:
+                   max_steps: int) -> tuple[np.ndarray, int]:
     """Runs in a worker: mean return of each controller in ``params`` (P, n) over the given reset seeds,
-    all P x len(seeds) episodes stepped as one batch."""
+    all P x len(seeds) episodes stepped as one batch, and the real env steps that took."""
     global _worker_state
     import gymnasium as gym
 
