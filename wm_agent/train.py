@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from wm_agent.config import PRESETS, WorldModelConfig, doc
 from wm_agent.vqvae import frames_to_tensor
-from wm_agent.world_model import WorldModel
+from wm_agent.world_model import MAX_START_FRAMES, WorldModel
 
 Batches = Callable[[np.random.Generator], Iterable[Any]]
 
@@ -288,7 +288,7 @@ def run_train_vae(cfg: TrainVAEConfig) -> dict:
     remaining = max(cfg.epochs - done, 0)
     metrics_path = str(out) + ".metrics.jsonl"
 
-    start_frames = ds.frames(np.asarray(ds.frame_offsets[:256]))
+    start_frames = ds.frames(np.asarray(ds.frame_offsets[:MAX_START_FRAMES]))
 
     def end_epoch(epoch: int, metrics: dict) -> None:
         wm.metrics["vae"] = metrics
