@@ -85,7 +85,7 @@ def rollout_batch(wm: WorldModel, envs: list[gym.Env], params: torch.Tensor, see
         hidden = (h[:, idx], c[:, idx])
         out = controller.batched(theta[idx], controller.normalize(torch.cat([z[idx], hidden[0][0]], -1)))
         actions = choose_actions(out, wm.config.discrete_actions, greedy, gen)
-        _, _, (h[:, idx], c[:, idx]) = rnn._recur(z[idx, None], actions[:, None], hidden)
+        h[:, idx], c[:, idx] = rnn.advance(z[idx, None], actions[:, None], hidden)
         host = actions.cpu().numpy()
         host = host.astype(np.float32) if not wm.config.discrete_actions else host
         finished, frames = [], []

@@ -47,7 +47,7 @@ class LatentObservation(gym.Wrapper, gym.utils.RecordConstructorArgs):
     @torch.no_grad()
     def step(self, action):
         a = torch.as_tensor(np.asarray(action)[None, None], device=self.world_model.device)
-        _, _, self._hidden = self.world_model.rnn.eval()._recur(self._z[:, None], a, self._hidden)  # LSTM only
+        self._hidden = self.world_model.rnn.eval().advance(self._z[:, None], a, self._hidden)
         frame, reward, terminated, truncated, info = self.env.step(action)
         self._z = self.world_model.encode(frame[None])
         info["frame"] = frame

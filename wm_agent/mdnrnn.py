@@ -99,6 +99,12 @@ class MDNRNN(nn.Module):
         params.update(self._events(z, a, out))
         return params, hidden
 
+    @torch.no_grad()
+    def advance(self, z: torch.Tensor, actions: torch.Tensor, hidden: Hidden | None) -> Hidden:
+        """Only the LSTM state after (z, actions) of shape (B, T, ...): what a controller in the REAL env
+        needs, without the mixture and event heads that predict the next frame."""
+        return self._recur(z, actions, hidden)[2]
+
     def _recur(self, z: torch.Tensor, actions: torch.Tensor, hidden: Hidden | None):
         cfg = self.config
         if z.dim() != 3 or z.shape[-1] != cfg.z_size:
