@@ -109,6 +109,17 @@ def test_dream_fitness_gives_identical_candidates_identical_scores_at_temperatur
     assert fit[0] == fit[2]  # the same starts (common random numbers) and deterministic dreams
 
 
+def test_dream_fitness_samples_actions_with_common_random_numbers():
+    """Sampled actions too: a candidate's r-th rollout draws from the same numbers as every other's, so
+    copies of one controller score exactly alike (with independent draws they would not)."""
+    wm = tiny_world_model()
+    p = np.random.default_rng(1).normal(size=wm.controller.num_params)
+    q = np.random.default_rng(2).normal(size=wm.controller.num_params)
+    fit = dream_fitness(wm, np.stack([p, q, p, p]), 4, 0.0, 8, False, np.random.default_rng(0))
+    assert fit[0] == fit[2] == fit[3]
+    assert fit[0] != fit[1]
+
+
 def test_dream_fitness_equals_a_dream_env_episode():
     """At temperature 0 with greedy actions, the batched score is one DreamEnv episode's return, each
     reward weighted by the model's probability that the episode is still running."""

@@ -156,6 +156,19 @@ def test_choose_actions():
     assert torch.equal(choose_actions(cont, False, greedy=False), cont)
 
 
+def test_choose_actions_from_given_uniforms_is_the_inverse_cdf():
+    probs = torch.tensor([0.2, 0.3, 0.5])
+    logits = probs.log().expand(6, 3)
+    u = torch.tensor([0.0, 0.1, 0.25, 0.55, 0.9, 0.999999])
+    assert choose_actions(logits, True, False, uniforms=u).tolist() == [0, 0, 1, 2, 2, 2]
+    # Uniform numbers give each action its softmax share, like the generator's samples.
+    many = choose_actions(torch.zeros(4000, 4) + torch.tensor([0.0, 1.0, 2.0, 0.5]), True, False,
+                          uniforms=torch.rand(4000, generator=torch.Generator().manual_seed(0)))
+    share = torch.softmax(torch.tensor([0.0, 1.0, 2.0, 0.5]), -1)
+    for k in range(4):
+        assert float((many == k).float().mean()) == pytest.approx(float(share[k]), abs=0.03)
+
+
 # -- the keypoint controller ---------------------------------------------------------------------------
 def _one_hot_grid(cells: dict[tuple[int, int], int], g: int = 8, d: int = 4) -> torch.Tensor:
     """A latent grid (g*g*d,) with latent dim k set to 1 at each given cell: code k + 1 of ``_codebook``,

@@ -64,8 +64,10 @@ def dream_fitness(wm: WorldModel, params: np.ndarray, rollouts: int, temperature
                   greedy: bool, rng: np.random.Generator) -> np.ndarray:
     """Mean dream return of each row of ``params`` (P, n) over ``rollouts`` episodes, all batched.
 
-    Every candidate meets the same ``rollouts`` start frames (common random numbers), so differences in
-    fitness come from the controllers, not from luckier starts.
+    Every candidate meets the same ``rollouts`` start frames and, in its r-th rollout, draws its actions
+    from the same uniform numbers as every other candidate's r-th rollout (common random numbers): two
+    candidates that act alike then score alike, so differences in fitness come from the controllers,
+    not from luckier starts or luckier action samples, and CMA-ES ranks them with far less noise.
     """
     p = len(params)
     n = p * rollouts
@@ -81,14 +83,23 @@ def dream_fitness(wm: WorldModel, params: np.ndarray, rollouts: int, temperature
     # probability that the episode is still running. A hard "done if p > 0.5" lets a controller farm
     # a state the model gives a goal-sized reward but only p = 0.4 of ending, step after step.
     survival = torch.ones(n, device=wm.device)
-    for _ in range(max_steps):
+    rows = torch.arange(n, device=wm.device)  # which episodes the batch still holds
+    uniforms = torch.rand(max_steps, rollouts, generator=gen).to(wm.device)  # per (step, rollout)
+    for t in range(max_steps):
         out = controller.batched(theta, controller.normalize(batch.observation()))
-        actions = choose_actions(out, wm.config.discrete_actions, greedy, gen)
+        actions = choose_actions(out, wm.config.discrete_actions, greedy, gen, uniforms[t, rows % rollouts])
         reward, done_p = batch.step(actions, gen)
-        returns += reward * survival
-        survival *= 1.0 - done_p
-        if survival.max() < 1e-3:
-            break
+        returns[rows] += reward * survival
+        survival = survival * (1.0 - done_p)
+        # Episodes that have ended (all but surely) leave the batch: a good controller's episodes are short,
+        # so later generations step far fewer dreams.
+        running = survival >= 1e-3
+        if not running.all():
+            if not running.any():
+                break
+            keep = running.nonzero().squeeze(1)
+            batch.keep(keep)
+            rows, survival, theta = rows[keep], survival[keep], theta[keep]
     return returns.view(p, rollouts).mean(1).cpu().numpy()
 
 

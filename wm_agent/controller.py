@@ -188,13 +188,23 @@ class Controller(nn.Module):
         return out.reshape(*obs.shape[:-1], self.out_dim)
 
 
-def choose_actions(outputs: torch.Tensor, discrete: bool, greedy: bool, generator: torch.Generator | None = None):
-    """Controller outputs -> env actions: argmax or a softmax sample of logits; continuous outputs as they are."""
+def choose_actions(outputs: torch.Tensor, discrete: bool, greedy: bool, generator: torch.Generator | None = None,
+                   uniforms: torch.Tensor | None = None):
+    """Controller outputs -> env actions: argmax or a softmax sample of logits; continuous outputs as they are.
+
+    ``uniforms`` (N,) in [0, 1) draws the samples by inverse CDF from those numbers instead of the
+    generator: rows given the same number pick the same action wherever their policies agree (common
+    random numbers, see ``cmaes.dream_fitness``).
+    """
     if not discrete:
         return outputs
     if greedy:
         return outputs.argmax(-1)
-    return torch.multinomial(torch.softmax(outputs, -1), 1, generator=generator).squeeze(-1)
+    probs = torch.softmax(outputs, -1)
+    if uniforms is None:
+        return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+    below = (probs.cumsum(-1) <= uniforms.unsqueeze(-1).to(probs)).sum(-1)
+    return below.clamp_max(outputs.shape[-1] - 1)
 
 
 def env_action(outputs: torch.Tensor, discrete: bool, greedy: bool, generator: torch.Generator | None = None):

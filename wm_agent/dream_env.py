@@ -75,6 +75,13 @@ class DreamBatch:
     def observation(self) -> torch.Tensor:
         return torch.cat([self.z, self.hidden[0][0]], -1)
 
+    def keep(self, rows: torch.Tensor) -> None:
+        """Go on with only the dreams at ``rows`` (indices into the current batch), e.g. the unfinished ones."""
+        self.z = self.z[rows]
+        self.hidden = (self.hidden[0][:, rows], self.hidden[1][:, rows])
+        self.steps = self.steps[rows.cpu().numpy()]
+        self.n = len(self.z)
+
     @torch.no_grad()
     def step(self, actions: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """Advance every dream one step; returns (reward (N,), done probability (N,))."""
