@@ -185,7 +185,7 @@ def test_keypoint_param_layout(keypoints, hidden):
     e, a = c.config.num_embeddings, c.config.action_dim
     features = 2 * keypoints + keypoints * 9 * (e + 1) + 4 * (keypoints * (keypoints - 1) // 2)
     head = features * a + a if not hidden else features * hidden + hidden + hidden * a + a
-    assert c.num_params == c.config.controller_params == keypoints * e + head
+    assert c.num_params == c.config.controller_params == keypoints * e + head + 1  # + the logit gain
     assert sum(int(np.prod(s)) for s in c.shapes) == c.num_params
     # far fewer than the linear controller on concat(z, h): that is the point of it
     if not hidden:
@@ -243,6 +243,32 @@ def test_keypoint_controller_can_express_move_towards_the_goal_around_obstacles(
         if nxt != block and (agent[0] + np.sign(goal[0] - agent[0]), agent[1]) != block and \
                 (agent[0], agent[1] + np.sign(goal[1] - agent[1])) != block:
             assert after == before - 1  # nothing in the way: a step closer
+
+
+def test_keypoint_controller_last_parameter_is_the_log_gain_of_its_logits():
+    c = _controller(kind="keypoint")
+    theta = torch.as_tensor(np.random.default_rng(4).normal(size=(1, c.num_params)), dtype=torch.float32)
+    obs = torch.randn(1, c.in_dim)
+    sharper = theta.clone()
+    sharper[0, -1] += float(np.log(3.0))
+    torch.testing.assert_close(c.batched(sharper, obs), 3.0 * c.batched(theta, obs))
+
+
+@pytest.mark.parametrize("hidden", [0, 8])
+def test_param_scales_shrink_keypoint_scores_and_glimpse_weights(hidden):
+    c = _controller(hidden=hidden, kind="keypoint")
+    cfg = c.config
+    k, e, cols = cfg.controller_keypoints, cfg.num_embeddings, hidden or cfg.action_dim
+    scales = c.param_scales()
+    assert scales.shape == (c.num_params,)
+    np.testing.assert_array_equal(scales[: k * e], 0.1)
+    readout = scales[k * e : k * e + cfg.controller_features * cols].reshape(-1, cols)
+    glimpses = slice(2 * k, 2 * k + k * 9 * (e + 1))
+    np.testing.assert_array_equal(readout[glimpses], 1 / 3)
+    np.testing.assert_array_equal(readout[: 2 * k], 1.0)  # where the keypoints are
+    np.testing.assert_array_equal(readout[glimpses.stop :], 1.0)  # their offsets
+    np.testing.assert_array_equal(scales[k * e + readout.size :], 1.0)  # biases, later layers, the gain
+    np.testing.assert_array_equal(_controller(kind="linear").param_scales(), 1.0)
 
 
 def test_keypoint_controller_reads_z_as_codes():

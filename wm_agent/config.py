@@ -108,7 +108,10 @@ class WorldModelConfig:
         if self.controller_hidden:
             shapes += [(inputs, self.controller_hidden), (self.controller_hidden,)]
             inputs = self.controller_hidden
-        return shapes + [(inputs, out), (out,)]
+        shapes += [(inputs, out), (out,)]
+        if self.controller == "keypoint":
+            shapes.append((1,))  # log gain of the logits, see Controller.batched
+        return shapes
 
     @property
     def controller_params(self) -> int:

@@ -20,7 +20,7 @@ FORMAT = "wm-agent/world-model"
 # trains on (with 256, a 60-generation search met each of them about twice). 1024 code grids of an
 # 8x8 latent are 0.5 MB in the checkpoint.
 MAX_START_FRAMES = 1024
-VERSION = 2  # 2: M reads cells as codes, the keypoint controller
+VERSION = 3  # 2: M reads cells as codes, the keypoint controller; 3: its logit gain
 
 
 class WorldModel:
