@@ -60,6 +60,20 @@ def _png(path) -> np.ndarray:
 
 
 # -- figures ---------------------------------------------------------------------------------------
+def test_figures_survive_pygame_being_quit_and_reinitialised(tmp_path, tiny):
+    """A window elsewhere in the program (render --human, play) may quit and re-init pygame; fonts
+    cached before that are dead, and the next figure must not fail on them."""
+    import pygame
+
+    wm, _ = tiny
+    real = _frames(2)
+    vis = Visualizer(tmp_path / "figs", scale=2)
+    vis.reconstruction(real, real)
+    pygame.quit()
+    pygame.init()
+    assert _png(vis.reconstruction(real, real)).shape[0] > 2 * 128
+
+
 def test_reconstruction_figure(tmp_path, tiny):
     wm, _ = tiny
     real = _frames(4)

@@ -67,9 +67,15 @@ def _font(size: int):
     if not pygame.font.get_init():
         pygame.font.init()
         _FONTS.clear()
-    if size not in _FONTS:
-        _FONTS[size] = pygame.font.Font(None, size)
-    return _FONTS[size]
+    font = _FONTS.get(size)
+    if font is not None:
+        try:
+            font.size("")
+        except pygame.error:  # made before another part of the program quit and re-initialised pygame
+            font = None
+    if font is None:
+        font = _FONTS[size] = pygame.font.Font(None, size)
+    return font
 
 
 def _text(surface, text: str, pos: tuple[int, int], size: int = 18, colour=INK, anchor: str = "topleft",
