@@ -43,7 +43,9 @@ class WorldModel:
 
     # -- V ----------------------------------------------------------------------------------------
     def _as_input(self, frames) -> torch.Tensor:
-        t = torch.as_tensor(np.asarray(frames).copy() if isinstance(frames, np.memmap) else frames)
+        if isinstance(frames, np.ndarray) and (isinstance(frames, np.memmap) or not frames.flags.writeable):
+            frames = np.array(frames)  # torch would warn on (and must not write into) read-only memory
+        t = torch.as_tensor(frames)
         if t.dtype == torch.uint8:
             return frames_to_tensor(t, self.device)
         return t.to(self.device)
