@@ -117,7 +117,7 @@ class WorldModel:
         self.rnn.eval()
         gen = torch.Generator().manual_seed(seed) if seed is not None else None
         z = self.encode(np.asarray(initial_obs)[None])  # (1, Z)
-        acts = torch.as_tensor(np.asarray(actions)).to(self.device)
+        acts = torch.as_tensor(np.array(actions)).to(self.device)  # a copy: actions may be read-only (memmap)
         hidden = None
         latents, rewards, dones = [z], [], []
         for a in acts:
