@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -135,3 +136,19 @@ def test_scripts_are_runnable_wrappers_from_anywhere(script, tmp_path):
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert f"usage: wm-agent {script.replace('_', '-')}" in out.stdout
+
+
+def test_frame_codec_script_times_every_codec(tmp_path):
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, str(root / "scripts" / "measure_frame_codecs.py"), "--steps", "300",
+                          "--frames", "40"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    assert result["frame_bytes"] == 64 * 64 * 3 and result["palette_bytes"] == 64 * 64
+    for key in ("env_step_us", "zlib1_us", "palette_us"):
+        assert result[key] > 0, key
+    assert 0 < result["zlib1_bytes"] < result["frame_bytes"]  # GridWorld frames are mostly flat colour
+    assert 3 <= result["palette_colours"] <= 255
+    bad = subprocess.run([sys.executable, str(root / "scripts" / "measure_frame_codecs.py"), "--frames", "0"],
+                         cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "frames" in bad.stderr
