@@ -516,3 +516,11 @@ def test_nonfinite_loss_in_memory_leaves_weights_and_epoch(monkeypatch):
 def test_world_model_config_is_a_dataclass_with_help():
     for f in dataclasses.fields(WorldModelConfig):
         assert f.metadata.get("help"), f.name
+
+
+@pytest.mark.parametrize("ema", [True, False])
+def test_encode_builds_no_autograd_graph(ema):
+    """Encoding is inference: with a learnt (non-EMA) codebook the latents must not drag a graph along."""
+    wm = tiny_world_model(trained=False, ema=ema)
+    z = wm.encode(gridworld_frames(3))
+    assert not z.requires_grad and z.grad_fn is None

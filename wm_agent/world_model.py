@@ -50,7 +50,6 @@ class WorldModel:
             return frames_to_tensor(t, self.device)
         return t.to(self.device)
 
-    @torch.no_grad()
     def new_rnn(self) -> MDNRNN:
         """A fresh MDN-RNN on this model's device, reading cells through V's codebook."""
         return MDNRNN(self.config, self.vae.quantizer.codebook).to(self.device)
@@ -59,6 +58,7 @@ class WorldModel:
         """A fresh controller for ``config`` on this model's device, reading cells through V's codebook."""
         return Controller(config, self.vae.quantizer.codebook).to(self.device)
 
+    @torch.no_grad()
     def encode(self, frames, batch_size: int = 1024) -> torch.Tensor:
         """uint8 frames (B, H, W, 3) or float (B, 3, H, W) -> flattened quantised latents (B, Z)."""
         return self.vae.indices_to_latent(self.encode_indices(frames, batch_size))
