@@ -38,10 +38,7 @@ class VectorQuantizer(nn.Module):
 
     def nearest(self, flat: torch.Tensor) -> torch.Tensor:
         """Indices of the nearest code for each row of ``flat`` (N, dim)."""
-        cb = self.codebook
-        # ||x||^2 is the same for every code, so the argmin needs only ||e||^2 - 2 x.e (one addmm):
-        # this runs on every dream step for every cell of every env.
-        return torch.addmm(cb.pow(2).sum(1)[None], flat, cb.t(), alpha=-2).argmin(1)
+        return nearest_code(flat, self.codebook)
 
     def lookup(self, indices: torch.Tensor) -> torch.Tensor:
         """Code vectors for integer ``indices`` of any shape -> shape + (dim,)."""
@@ -189,6 +186,13 @@ class VQVAE(nn.Module):
         return self.decode(self.latent_to_indices(z))
 
 
+def nearest_code(flat: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
+    """Indices of the nearest row of ``codebook`` (K, dim) for each row of ``flat`` (N, dim)."""
+    # ||x||^2 is the same for every code, so the argmin needs only ||e||^2 - 2 x.e (one addmm):
+    # this runs on every dream step for every cell of every env.
+    return torch.addmm(codebook.pow(2).sum(1)[None], flat, codebook.t(), alpha=-2).argmin(1)
+
+
 def code_memberships(z: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
     """Latent cells (..., dim) -> (..., num_embeddings): how much each cell holds each code.
 
@@ -201,8 +205,7 @@ def code_memberships(z: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
     or linear score over raw latent dimensions can single it out.
     """
     cb = codebook.to(z.dtype)
-    flat = z.reshape(-1, cb.shape[1])
-    nearest = torch.addmm(cb.pow(2).sum(1)[None], flat, cb.t(), alpha=-2).argmin(1)
+    nearest = nearest_code(z.reshape(-1, cb.shape[1]), cb)
     dist = torch.cdist(cb, cb)
     spacing = dist[~torch.eye(len(cb), dtype=torch.bool, device=cb.device)].median().clamp_min(1e-6)
     similar = torch.exp(-0.5 * (dist / (0.1 * spacing)).pow(2))
