@@ -95,9 +95,7 @@ class MDNRNN(nn.Module):
 
     def forward(self, z: torch.Tensor, actions: torch.Tensor, hidden: Hidden | None = None):
         a, out, hidden = self._recur(z, actions, hidden)
-        params = self._mdn(out, z, a)
-        params.update(self._events(z, a, out))
-        return params, hidden
+        return self._heads(z, a, out), hidden
 
     @torch.no_grad()
     def advance(self, z: torch.Tensor, actions: torch.Tensor, hidden: Hidden | None) -> Hidden:
@@ -129,13 +127,18 @@ class MDNRNN(nn.Module):
             cells = code_memberships(cells, self.codebook)
         return cells.permute(0, 3, 1, 2)
 
-    def _mdn(self, out: torch.Tensor, z: torch.Tensor, a: torch.Tensor) -> dict[str, torch.Tensor]:
+    def _heads(self, z: torch.Tensor, a: torch.Tensor, out: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The mixture and the reward/done predictions, both from one read of the grid."""
+        grid = self._grid(z)
+        return {**self._mdn(out, z, a, grid), **self._events(grid, z, a, out)}
+
+    def _mdn(self, out: torch.Tensor, z: torch.Tensor, a: torch.Tensor, grid: torch.Tensor) -> dict[str, torch.Tensor]:
         cfg = self.config
         k, g, d = cfg.num_mixtures, cfg.latent_grid, cfg.latent_dim
         b, t = z.shape[:2]
         n = b * t
         extra = torch.cat([a.reshape(n, -1), self.context(out).reshape(n, -1)], -1)
-        feats = self.trunk(torch.cat([self._grid(z), extra[:, :, None, None].expand(-1, -1, g, g)], 1))
+        feats = self.trunk(torch.cat([grid, extra[:, :, None, None].expand(-1, -1, g, g)], 1))
         cells = self.cell_head(feats).reshape(n, k, 2 * d + 1, g, g).permute(0, 1, 3, 4, 2)  # (n, k, g, g, 2d+1)
         content, raw_sigma, gate = cells.split([d, d, 1], -1)
         keep = torch.sigmoid(gate)
@@ -149,12 +152,11 @@ class MDNRNN(nn.Module):
         log_sigma = lo + (hi - lo) * torch.sigmoid(raw_sigma)
         return {"pi": log_pi.exp(), "log_pi": log_pi, "mu": mu, "sigma": log_sigma.exp(), "log_sigma": log_sigma}
 
-    def _events(self, z: torch.Tensor, a: torch.Tensor, out: torch.Tensor) -> dict:
+    def _events(self, grid: torch.Tensor, z: torch.Tensor, a: torch.Tensor, out: torch.Tensor) -> dict:
         b, t = z.shape[:2]
         n = b * t
         g = self.config.latent_grid
-        grid = torch.cat([self._grid(z), a.reshape(n, -1, 1, 1).expand(-1, -1, g, g)], 1)
-        feats = self.event_net(grid)
+        feats = self.event_net(torch.cat([grid, a.reshape(n, -1, 1, 1).expand(-1, -1, g, g)], 1))
         pooled = torch.cat([feats.amax((2, 3)), feats.mean((2, 3)), out.reshape(n, -1).detach()], -1)
         reward, done = self.event_head(pooled).reshape(b, t, 2).unbind(-1)
         # Bounded (linear near 0) so even absurd activations cannot overflow the squared error.
@@ -167,11 +169,10 @@ class MDNRNN(nn.Module):
         hidden). ``snap`` maps the sampled latents back onto the codebook."""
         z1, a1 = z[:, None], actions[:, None]
         a, out, hidden = self._recur(z1, a1, hidden)
-        params = self._mdn(out, z1, a)
+        params = self._heads(z1, a, out)
         z_next = snap(self.sample(params["pi"][:, 0], params["mu"][:, 0], params["sigma"][:, 0], temperature,
                                   generator))
-        events = self._events(z1, a, out)
-        return z_next, events["reward"][:, 0], torch.sigmoid(events["done_logit"][:, 0]), hidden
+        return z_next, params["reward"][:, 0], torch.sigmoid(params["done_logit"][:, 0]), hidden
 
     @staticmethod
     def mixture_nll(params: dict[str, torch.Tensor], target: torch.Tensor, beta: float = 0.0) -> torch.Tensor:
