@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -94,10 +95,18 @@ class WorldModelConfig:
         """Inputs of the controller's readout: concat(z, h), or the keypoint features."""
         if self.controller == "linear":
             return self.z_size + self.hidden_size
+        return sum(self.keypoint_feature_sizes.values())
+
+    @property
+    def keypoint_feature_sizes(self) -> dict[str, int]:
+        """The keypoint controller's features, in the order they sit in its readout's input."""
         k = self.controller_keypoints
-        # per keypoint its (row, col) and the 3x3 glimpse around it (code memberships + an "inside the
-        # grid" channel); per pair of keypoints their offset and its squashed sign
-        return 2 * k + k * 9 * (self.num_embeddings + 1) + 4 * (k * (k - 1) // 2)
+        return {
+            "where": 2 * k,  # each keypoint's expected (row, col)
+            # the 3x3 cells around each keypoint: code memberships plus an "inside the grid" channel
+            "glimpse": k * 9 * (self.num_embeddings + 1),
+            "pairs": 4 * (k * (k - 1) // 2),  # per pair of keypoints their offset and its squashed sign
+        }
 
     def controller_shapes(self) -> list[tuple[int, ...]]:
         """Shapes of the controller's parameters, in the order they sit in its flat vector."""
@@ -115,13 +124,7 @@ class WorldModelConfig:
 
     @property
     def controller_params(self) -> int:
-        total = 0
-        for shape in self.controller_shapes():
-            size = 1
-            for n in shape:
-                size *= n
-            total += size
-        return total
+        return sum(math.prod(shape) for shape in self.controller_shapes())
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)

@@ -112,7 +112,8 @@ class Controller(nn.Module):
             scales[: k * e] = 1.0 / ATTENTION_SCALE
             cols = cfg.controller_hidden or cfg.action_dim
             readout = scales[k * e : k * e + cfg.controller_features * cols].reshape(cfg.controller_features, cols)
-            readout[2 * k : 2 * k + k * 9 * (e + 1)] = 1.0 / 3.0
+            sizes = cfg.keypoint_feature_sizes
+            readout[sizes["where"] : sizes["where"] + sizes["glimpse"]] = 1.0 / 3.0
         return scales
 
     def normalize(self, obs: torch.Tensor) -> torch.Tensor:
