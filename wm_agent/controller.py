@@ -152,9 +152,8 @@ class Controller(nn.Module):
             out = (torch.bmm(x, w) + b.unsqueeze(1)).squeeze(1)
         if gain is not None:
             # One parameter for how sharp the policy is: separable CMA-ES cannot scale hundreds of weights
-            # together (that direction is a correlation it does not model), but it can move one number.
-            # Dream, pop 32 x 8 x 60 generations, seeds 0-4: 71.5/95/95.5/96/92% real success with it,
-            # 78/91/80.5% (seeds 0-2) without.
+            # together (that direction is a correlation it does not model), but it can move one number
+            # (measured with param_scales: README, "The controller targets are met").
             out = out * gain
         return self.squash(out)
 
