@@ -1,10 +1,11 @@
 #!/usr/bin/env python
 """Peak memory of training on a large dataset: does wm-agent scale without exhausting RAM?
 
-1. Writes N synthetic GridWorld-like frames (default 1,000,000 = 12.3 GB) straight into the collector's
-   shard format (``shard_XXXXX/obs.npy`` + actions/rewards/terminated/truncated/lengths and a
-   ``manifest.json``; see ``wm_agent/collect.py``), through ``np.lib.format.open_memmap`` so the
-   generator never holds more than one shard in memory. Free disk space is checked first.
+1. Writes N synthetic GridWorld-like frames (default 1,000,000 = 12.3 GB raw, ~0.2 GB as stored)
+   straight into the collector's shard format (LZ4 frames in ``shard_XXXXX/obs_lz4.npy`` +
+   ``obs_offsets.npy``, actions/rewards/terminated/truncated/lengths and a ``manifest.json``; see
+   ``wm_agent/collect.py``) with the collector's own ``FrameWriter``, one episode in memory at a time.
+   Free disk space is checked first.
 2. In a fresh child process: opens it as ``EpisodeDataset`` and trains the VQ-VAE (``fit_vae`` over
    ``iter_frame_batches``, random batches across all shards) for ``--batches`` batches. Another child
    reads one whole epoch of random batches (what ``train-vae`` reads per epoch) without a model, to
@@ -75,6 +76,7 @@ def _episode(rng: np.random.Generator, steps: int, out: np.ndarray) -> np.ndarra
 def generate(root: Path, frames: int, episode_steps: int, episodes_per_shard: int, seed: int) -> dict:
     """Write ``frames`` frames (episodes of ``episode_steps`` steps; the last may be shorter)."""
     from wm_agent.collect import MANIFEST, MANIFEST_FORMAT, shard_name
+    from wm_agent.frames import CODEC, FrameWriter
 
     per_episode = episode_steps + 1
     lengths_all = [episode_steps] * (frames // per_episode)
@@ -88,14 +90,16 @@ def generate(root: Path, frames: int, episode_steps: int, episodes_per_shard: in
         steps, n_frames = int(lengths.sum()), int(lengths.sum() + len(lengths))
         folder = root / shard_name(index)
         folder.mkdir(exist_ok=True)
-        obs = np.lib.format.open_memmap(folder / "obs.npy", mode="w+", dtype=np.uint8, shape=(n_frames, *FRAME_SHAPE))
+        writer = FrameWriter(folder, FRAME_SHAPE)
+        episode = np.empty((episode_steps + 1, *FRAME_SHAPE), np.uint8)
         actions = np.empty(steps, np.int64)
-        f = s = 0
+        s = 0
         for length in lengths:
-            actions[s : s + length] = _episode(rng, int(length), obs[f : f + length + 1])
-            f, s = f + length + 1, s + length
-        obs.flush()
-        del obs
+            actions[s : s + length] = _episode(rng, int(length), episode[: length + 1])
+            for frame in episode[: length + 1]:
+                writer.append(frame)
+            s += length
+        writer.finish()
         rewards = np.full(steps, -0.01, np.float32)
         truncated = np.zeros(steps, bool)
         truncated[np.cumsum(lengths) - 1] = True
@@ -104,7 +108,7 @@ def generate(root: Path, frames: int, episode_steps: int, episodes_per_shard: in
             np.save(folder / f"{key}.npy", array, allow_pickle=False)
         shards.append({"name": folder.name, "episodes": len(lengths), "frames": n_frames, "steps": steps})
     manifest = {
-        "format": MANIFEST_FORMAT, "env_id": "WM-GridWorld-v0", "env_kwargs": {}, "policy": "random",
+        "format": MANIFEST_FORMAT, "frame_codec": CODEC, "env_id": "WM-GridWorld-v0", "env_kwargs": {}, "policy": "random",
         "seed": seed, "episodes_per_shard": episodes_per_shard, "max_steps": None,
         "observation_shape": list(FRAME_SHAPE), "observation_dtype": "uint8",
         "action_space": {"type": "discrete", "n": 4, "start": 0}, "shards": shards,
@@ -278,7 +282,8 @@ def main(argv: list[str] | None = None) -> int:
     report: dict = {"frames_requested": args.frames, "data": str(root)}
     try:
         if not args.reuse:
-            need = args.frames * FRAME_BYTES * 1.01 + 2**30  # frames + small arrays + 1 GiB to spare
+            # Frames as if incompressible (an upper bound: stored, these are ~60x smaller) + 1 GiB to spare.
+            need = args.frames * FRAME_BYTES * 1.01 + 2**30
             free = shutil.disk_usage(root if root.exists() else root.parent).free
             report.update(disk_needed_gb=round(need / 1e9, 2), disk_free_gb=round(free / 1e9, 2))
             if free < need:
@@ -290,6 +295,7 @@ def main(argv: list[str] | None = None) -> int:
             manifest = generate(root, args.frames, args.episode_steps, args.episodes_per_shard, args.seed)
             report.update(frames=manifest["frames"], episodes=manifest["episodes"], shards=len(manifest["shards"]),
                           data_gb=round(manifest["frames"] * FRAME_BYTES / 1e9, 2),
+                          stored_gb=round(sum(p.stat().st_size for p in root.glob("shard_*/*")) / 1e9, 3),
                           generate_seconds=round(time.perf_counter() - t0, 1),
                           generator_peak_rss_mb=_mb(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss))
             print(f"generated {manifest['frames']:,} frames in {len(manifest['shards'])} shards "

@@ -15,9 +15,9 @@ from gymnasium import spaces
 from gymnasium.envs.registration import register, registry
 
 from envs import GridWorldEnv
+from wm_agent.collect import SHARD_FILES as FILES
 from wm_agent.collect import CollectConfig, CollectionError, DataCollector, shard_rngs
-
-FILES = ("obs", "actions", "rewards", "terminated", "truncated", "lengths")
+from wm_agent.frames import BLOB, OFFSETS, CompressedFrames
 
 
 # -- toy envs (registered under this module's name so worker processes can import them) -----------
@@ -72,7 +72,10 @@ for _id, _cls, _limit in [("WMTest-Box-v0", "ToyBoxEnv", 12), ("WMTest-Failing-v
 
 
 def _load(folder: Path) -> dict[str, np.ndarray]:
-    return {key: np.load(folder / f"{key}.npy") for key in FILES}
+    """A shard read plainly with np.load, its frames decompressed into ``obs``."""
+    arrays = {key: np.load(folder / f"{key}.npy", allow_pickle=False) for key in FILES}
+    arrays["obs"] = CompressedFrames(arrays[BLOB], arrays[OFFSETS], (64, 64, 3), folder / f"{BLOB}.npy")[:]
+    return arrays
 
 
 def _files(root: Path) -> dict[str, bytes]:
@@ -200,9 +203,9 @@ def test_crash_leftovers_are_cleaned_and_broken_shards_redone(tmp_path):
     reference = _files(tmp_path)
     for leftover in (".tmp-shard_00002-4242", ".trash-shard_00000-17"):
         (tmp_path / leftover).mkdir()
-        (tmp_path / leftover / "obs.npy").write_bytes(b"half a file")
-    obs = tmp_path / "shard_00001" / "obs.npy"
-    obs.write_bytes(obs.read_bytes()[:-5000])  # as if the machine died before the data reached the disk
+        (tmp_path / leftover / f"{BLOB}.npy").write_bytes(b"half a file")
+    obs = tmp_path / "shard_00001" / f"{BLOB}.npy"
+    obs.write_bytes(obs.read_bytes()[: obs.stat().st_size // 2])  # as if the machine died before the data reached the disk
 
     collector.collect(4, progress=False)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["manifest.json", "shard_00000", "shard_00001"]
@@ -304,51 +307,14 @@ def test_collect_config_defaults_match_the_collector():
         assert getattr(config, name) == signature[name].default, name
 
 
-# -- streaming the frames to obs.npy ------------------------------------------------------------------
-def test_frames_streamed_through_a_tiny_ring_do_not_change_a_byte(two_worker_run, tmp_path, monkeypatch):
-    """Blocks of 3 frames and a ring of 2: every episode crosses block boundaries and the rollout
-    waits for the writer thread, yet the files equal the default run's."""
-    import wm_agent.collect as collect
-
-    out, _ = two_worker_run
-    monkeypatch.setattr(collect, "RING_BLOCK_BYTES", 3 * 64 * 64 * 3)
-    monkeypatch.setattr(collect, "RING_BLOCKS", 2)
-    collect._close_cached_envs()  # the ring is cached with the env
-    try:
-        DataCollector("WM-GridWorld-v0", tmp_path, seed=7, workers=1, episodes_per_shard=2, max_steps=12).collect(
-            5, progress=False)
-    finally:
-        collect._close_cached_envs()
-    assert _files(tmp_path) == _files(out)
-
-
-@pytest.mark.parametrize("shape", [(64, 64, 3), (5, 7, 3), (96, 96, 3)])
-@pytest.mark.parametrize("frames", [1, 2, 9, 40])
-def test_frame_file_writes_an_npy_that_numpy_maps(tmp_path, monkeypatch, shape, frames):
-    import wm_agent.collect as collect
-
-    rng = np.random.default_rng(0)
-    data = rng.integers(0, 256, (frames, *shape), dtype=np.uint8)
-    outputs = []
-    for direct in (True, False):
-        if not direct:  # the fallback where O_DIRECT is missing (Windows, macOS) must give the same bytes
-            monkeypatch.setattr(collect, "_O_DIRECT", 0)
-        ring = collect._FrameRing(shape, block_bytes=4 * int(np.prod(shape)), blocks=2)
-        path = tmp_path / f"obs-{direct}.npy"
-        writer = collect._FrameFile(path, ring)
-        try:
-            block, start, done = writer.first_block(), 0, 0
-            while done < frames:
-                if done - start == len(block):
-                    start, block = done, writer.next_block(block)
-                block[done - start] = data[done]
-                done += 1
-            writer.finish(block, done - start, frames)
-        finally:
-            writer.close()
-        loaded = np.load(path, mmap_mode="r")
-        assert loaded.dtype == np.uint8 and loaded.shape == data.shape
-        np.testing.assert_array_equal(loaded, data)
-        assert path.stat().st_size == 4096 + data.nbytes  # header padded to one block, then the frames
-        outputs.append(path.read_bytes())
-    assert outputs[0] == outputs[1]
+# -- older data folders ---------------------------------------------------------------------------------
+def test_a_folder_of_the_raw_frame_format_is_refused(tmp_path):
+    """A folder collected before frames were compressed (manifest format 1, obs.npy) is not mixed
+    with new shards: the collector names the difference instead."""
+    DataCollector("WM-GridWorld-v0", tmp_path, max_steps=5).collect(1, progress=False)
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    del manifest["frame_codec"]
+    manifest["format"] = 1
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match="different settings.*frame_codec: None there, 'lz4-block' now"):
+        DataCollector("WM-GridWorld-v0", tmp_path, max_steps=5).collect(2, progress=False)

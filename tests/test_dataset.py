@@ -12,8 +12,9 @@ from gymnasium import spaces
 
 from wm_agent.collect import DataCollector
 from wm_agent.dataset import EpisodeDataset
+from wm_agent.frames import BLOB, OFFSETS, CompressedFrames
 
-KEYS = ("obs", "actions", "rewards", "terminated", "truncated")
+KEYS = ("actions", "rewards", "terminated", "truncated")
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +29,10 @@ def reference(root) -> dict[str, np.ndarray]:
     """Every array concatenated over the shards in order, read plainly with np.load."""
     shards = sorted(root.glob("shard_*"))
     assert len(shards) == 3
-    return {key: np.concatenate([np.load(s / f"{key}.npy") for s in shards]) for key in (*KEYS, "lengths")}
+    arrays = {key: np.concatenate([np.load(s / f"{key}.npy") for s in shards]) for key in (*KEYS, "lengths")}
+    arrays["obs"] = np.concatenate([
+        CompressedFrames(np.load(s / f"{BLOB}.npy"), np.load(s / f"{OFFSETS}.npy"), (64, 64, 3), s)[:] for s in shards])
+    return arrays
 
 
 @pytest.fixture
@@ -135,9 +139,40 @@ def test_missing_or_empty_folders_say_no_shards_found(tmp_path):
 
 
 def test_truncated_frames_file_is_named(damaged):
-    obs = damaged / "shard_00001" / "obs.npy"
+    obs = damaged / "shard_00001" / f"{BLOB}.npy"
     obs.write_bytes(obs.read_bytes()[:-100])
-    with pytest.raises(ValueError, match=r"shard_00001/obs\.npy"):
+    with pytest.raises(ValueError, match=rf"shard_00001/{BLOB}\.npy"):
+        EpisodeDataset(damaged)
+
+
+def test_offsets_that_do_not_fit_the_frames_file_are_named(damaged):
+    path = damaged / "shard_00002" / f"{OFFSETS}.npy"
+    offsets = np.load(path)
+    offsets[-1] += 1  # one byte more than the frames file holds
+    np.save(path, offsets)
+    with pytest.raises(ValueError, match=rf"shard_00002/{OFFSETS}\.npy: offsets must rise from 0"):
+        EpisodeDataset(damaged)
+
+
+def test_a_corrupt_frame_is_named_when_read(damaged, reference):
+    path = damaged / "shard_00000" / f"{BLOB}.npy"
+    data = bytearray(path.read_bytes())
+    first = int(np.load(damaged / "shard_00000" / f"{OFFSETS}.npy")[1])
+    header = len(data) - int(np.load(path, mmap_mode="r").shape[0])
+    data[header : header + first] = b"\xff" * first  # frame 0's LZ4 block, overwritten
+    path.write_bytes(bytes(data))
+    ds = EpisodeDataset(damaged)  # sizes still agree: found when the frame is decompressed
+    with pytest.raises(ValueError, match=rf"shard_00000/{BLOB}\.npy: frame 0 is corrupt"):
+        ds.frames([0])
+    np.testing.assert_array_equal(ds.frames([1, 2]), reference["obs"][[1, 2]])  # its neighbours still read
+
+
+def test_a_folder_of_the_raw_frame_format_is_named(damaged):
+    manifest = json.loads((damaged / "manifest.json").read_text())
+    manifest["format"] = 1
+    del manifest["frame_codec"]
+    (damaged / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match=r"manifest\.json: written by another version of wm-agent .*collect the data again"):
         EpisodeDataset(damaged)
 
 
@@ -188,25 +223,3 @@ def test_box_action_space_round_trips(tmp_path):
     ds = EpisodeDataset(tmp_path)
     assert ds.action_space == spaces.Box(-1.0, 1.0, (2,), np.float32)
     assert ds.actions_all().shape == (ds.num_steps, 2) and ds.actions_all().dtype == np.float32
-
-
-def test_an_epoch_leaves_the_frame_pages_out_of_the_resident_set(tmp_path):
-    """Reading every frame once must not leave the whole dataset counted in this process's RSS."""
-    import sys
-
-    if not sys.platform.startswith("linux"):
-        pytest.skip("reads /proc/self/status")
-    from wm_agent.collect import DataCollector
-    from wm_agent.dataset import EpisodeDataset
-
-    DataCollector("WM-GridWorld-v0", tmp_path, episodes_per_shard=50).collect(300, progress=False)
-    ds = EpisodeDataset(tmp_path)
-
-    def rss_mb() -> float:
-        return int(open("/proc/self/status").read().split("VmRSS:")[1].split()[0]) / 1024
-
-    before = rss_mb()
-    for _ in ds.iter_frame_batches(128, np.random.default_rng(0)):
-        pass
-    data_mb = ds.num_frames * 64 * 64 * 3 / 2**20
-    assert rss_mb() - before < 0.5 * data_mb

@@ -452,13 +452,13 @@ def _train_vae(data: Path, out: Path) -> list[str]:
 
 
 @pytest.mark.parametrize("damage, named, problem", [
-    ("truncate obs", "shard_00001/obs.npy", "corrupt or truncated data file"),
+    ("truncate obs", "shard_00001/obs_lz4.npy", "corrupt or truncated data file"),
     ("truncate lengths", "shard_00000/lengths.npy", "corrupt or truncated data file"),
     ("garbage actions", "shard_00001/actions.npy", "corrupt or truncated data file"),
     ("delete rewards", "shard_00000/rewards.npy", "missing data file"),
     ("delete shard", "shard_00001", "missing data file"),
     ("corrupt manifest", "manifest.json", "corrupt manifest"),
-    ("wrong dtype", "shard_00000/obs.npy", "expected uint8 shape"),
+    ("wrong dtype", "shard_00000/obs_lz4.npy", "expected a 1-D uint8 array"),
 ])
 def test_a_damaged_dataset_is_named_by_train_vae(data_copy, tmp_path, capsys, damage, named, problem):
     target = data_copy / named

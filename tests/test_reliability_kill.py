@@ -29,7 +29,7 @@ import numpy as np
 import pytest
 import torch
 
-from wm_agent.collect import DataCollector
+from wm_agent.collect import SHARD_FILES, DataCollector
 from wm_agent.config import WorldModelConfig
 from wm_agent.dataset import EpisodeDataset
 from wm_agent.world_model import WorldModel
@@ -388,7 +388,7 @@ def test_kill_collect_then_rerun_gives_the_uninterrupted_dataset(killed_collect,
     reference = tmp_path / "reference"
     DataCollector("WM-GridWorld-v0", reference, seed=7, episodes_per_shard=2).collect(120, progress=False)
     for shard in manifest["shards"]:
-        for key in ("obs", "actions", "rewards", "terminated", "truncated", "lengths"):
+        for key in SHARD_FILES:
             name = f"{shard['name']}/{key}.npy"
             assert (k["out"] / name).read_bytes() == (reference / name).read_bytes(), name
     assert json.loads((reference / "manifest.json").read_text())["shards"] == manifest["shards"]

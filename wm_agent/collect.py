@@ -4,8 +4,8 @@ Layout of an output folder::
 
     manifest.json            what was collected (env, policy, seed, spaces) and the finished shards
     shard_00000/             one shard = ``episodes_per_shard`` whole episodes
-        obs.npy              uint8 (sum(T_i + 1), H, W, 3): each episode's frames, its final one included
-                             (its .npy header is padded to 4 KiB so the frames start block-aligned)
+        obs_lz4.npy          uint8: each episode's frames, its final one included (sum(T_i + 1) frames),
+        obs_offsets.npy      int64: ... each frame LZ4-compressed on its own (see ``wm_agent.frames``)
         actions.npy          (sum(T_i), *action_shape): int64 (Discrete) or float32 (Box)
         rewards.npy          float32 (sum(T_i),)
         terminated.npy       bool (sum(T_i),)
@@ -14,10 +14,9 @@ Layout of an output folder::
 
 Speed: GridWorld steps at tens of thousands of frames per second, so nothing crosses a process
 boundary per step. Each worker process builds its env once and turns one task (a whole shard) into
-files on its own; the main process only sees a small summary per shard. Frames are ~12 KB each, so
-two GridWorld workers produce ~800 MB/s: a worker streams them to ``obs.npy`` while it runs, from a
-small reused ring of page-aligned blocks, with ``O_DIRECT`` writes on a background thread (no copy
-into the page cache, which cost as much CPU as the env itself). See ``_FrameFile``.
+files on its own; the main process only sees a small summary per shard. Raw frames are ~12 KB, so
+two GridWorld workers would produce ~800 MB/s, twice what this project's disks sustain; compressed
+as they are produced (~200 bytes, ~3 us each) they are a few MB/s.
 
 Determinism: shard ``i`` draws its reset seeds and its policy's random numbers from
 ``SeedSequence([seed, i])``, so a command produces byte-identical shards whatever the worker count,
@@ -26,10 +25,8 @@ and a resumed run continues exactly where the interrupted one stopped.
 
 from __future__ import annotations
 
-import errno
 import json
 import math
-import mmap
 import multiprocessing as mp
 import multiprocessing.connection
 import os
@@ -38,7 +35,7 @@ import re
 import shutil
 import threading
 import time
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,6 +45,8 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 from tqdm.auto import tqdm
+
+from wm_agent.frames import BLOB, CODEC, OFFSETS, FrameArray, FrameWriter
 
 # wm_agent.io is imported where it is used, by the main process only: it brings torch, whose import
 # (~3 s) would otherwise delay every worker's start.
@@ -59,10 +58,10 @@ __all__ = [
 
 POLICIES = ("random", "brownian")
 MANIFEST = "manifest.json"
-MANIFEST_FORMAT = 1
-SHARD_FILES = ("obs", "actions", "rewards", "terminated", "truncated", "lengths")
+MANIFEST_FORMAT = 2  # 1: raw uint8 obs.npy frames (before LZ4)
+SHARD_FILES = (BLOB, OFFSETS, "actions", "rewards", "terminated", "truncated", "lengths")
 # Settings that change what the shards contain: a resumed run must agree on all of them.
-IDENTITY_KEYS = ("env_id", "env_kwargs", "policy", "seed", "episodes_per_shard", "max_steps")
+IDENTITY_KEYS = ("frame_codec", "env_id", "env_kwargs", "policy", "seed", "episodes_per_shard", "max_steps")
 
 _SHARD_RE = re.compile(r"^shard_(\d+)$")
 _TMP_PREFIX = ".tmp-"
@@ -174,24 +173,18 @@ def make_policy(name: str, space: gym.Space, rng: np.random.Generator):
 # Rollouts into growable arrays
 # ----------------------------------------------------------------------------------------------
 class EpisodeBuffer:
-    """Episodes appended into preallocated arrays (np.empty pages cost nothing until written).
+    """Episodes appended into growable arrays; their frames go to ``frames``.
 
+    ``frames`` is anything with ``frame_shape`` and ``append(frame)``: a ``FrameArray`` in memory
+    (the default) or the collector's ``FrameWriter``, which compresses them into a shard file.
     Reuse one buffer for many shards (``clear()``): first writes to fresh memory pages cost more
-    than the env itself on some machines (measured: a fresh 330 MB buffer 0.7-1.2 s, a reused one 0.2 s).
-
-    Frames: ``self.obs`` holds frames ``obs_start ..``. Normally ``obs_start`` stays 0 and ``obs``
-    grows; while frames stream to a file (``stream_frames``), ``obs`` is one block of a small
-    reused ring and each full block is handed to the file's writer thread.
+    than a GridWorld step on some machines.
     """
 
-    def __init__(self, obs_shape: tuple[int, ...], action_space: gym.Space, capacity: int):
+    def __init__(self, obs_shape: tuple[int, ...], action_space: gym.Space, capacity: int, frames=None):
         capacity = max(int(capacity), 2)
         discrete = isinstance(action_space, spaces.Discrete)
-        self._own_obs = np.empty((capacity, *obs_shape), np.uint8)
-        self.obs = self._own_obs
-        self.obs_start = 0
-        self._stream: _FrameFile | None = None
-        self._streamed = False  # this buffer's frames went to a file
+        self.frames = FrameArray(obs_shape, capacity) if frames is None else frames
         self.actions = np.empty((capacity, *(() if discrete else action_space.shape)),
                                 np.int64 if discrete else np.float32)
         self.rewards = np.empty(capacity, np.float32)
@@ -201,41 +194,25 @@ class EpisodeBuffer:
         self.num_frames = 0
         self.num_steps = 0
 
-    def _ensure(self, frames: int, steps: int) -> None:
-        if frames > self.obs_start + len(self.obs):
-            if self._stream is not None:
-                self.obs_start += len(self.obs)
-                self.obs = self._stream.next_block(self.obs)
-            else:
-                self.obs = self._own_obs = _grown(self.obs, frames)
+    def _ensure(self, steps: int) -> None:
         if steps > len(self.rewards):
             for name in ("actions", "rewards", "terminated", "truncated"):
                 setattr(self, name, _grown(getattr(self, name), steps))
 
-    def clear(self) -> None:
+    def clear(self, frames=None) -> None:
+        """Forget the episodes; their frames go to ``frames`` from now on (or to the old, cleared sink)."""
         self.lengths = []
         self.num_frames = self.num_steps = 0
-        self.obs, self.obs_start, self._stream, self._streamed = self._own_obs, 0, None, False
-
-    def stream_frames(self, frame_file: "_FrameFile") -> None:
-        """Send this (cleared) buffer's frames to ``frame_file`` instead of keeping them."""
-        if self.num_frames:
-            raise RuntimeError("stream_frames needs an empty buffer")
-        self._stream, self._streamed = frame_file, True
-        self.obs = frame_file.first_block()
-
-    def finish_stream(self) -> None:
-        """Hand the frames still in ``obs`` to the stream's file and complete it."""
-        stream, self._stream = self._stream, None
-        stream.finish(self.obs, self.num_frames - self.obs_start, self.num_frames)
-        self.obs, self.obs_start = self._own_obs, 0
+        if frames is not None:
+            self.frames = frames
+        elif hasattr(self.frames, "clear"):
+            self.frames.clear()
 
     def arrays(self) -> dict[str, np.ndarray]:
-        """The stored episodes (the frames only when they were not streamed to a file)."""
-        f, s = self.num_frames, self.num_steps
-        frames = {} if self._streamed else {"obs": self.obs[:f]}
+        """The stored episodes' per-step arrays and lengths (the frames are in ``frames``)."""
+        s = self.num_steps
         return {
-            **frames, "actions": self.actions[:s], "rewards": self.rewards[:s],
+            "actions": self.actions[:s], "rewards": self.rewards[:s],
             "terminated": self.terminated[:s], "truncated": self.truncated[:s],
             "lengths": np.asarray(self.lengths, np.int64),
         }
@@ -264,7 +241,8 @@ def run_episodes(
     """
     if buffer is None:
         buffer = EpisodeBuffer(env.observation_space.shape, env.action_space, 1024)
-    obs_shape = buffer.obs.shape[1:]
+    obs_shape = tuple(buffer.frames.frame_shape)
+    store = buffer.frames.append
     cap = max_steps if max_steps is not None else math.inf
     for seed in reset_seeds:
         obs, _ = env.reset(seed=int(seed))
@@ -277,26 +255,22 @@ def run_episodes(
         policy.start_episode()
         # Locals, not attributes, in the per-step loop: it runs tens of thousands of times a second.
         f, s = buffer.num_frames, buffer.num_steps
-        buffer._ensure(f + 1, s)
-        obs_buf, act_buf, rew_buf = buffer.obs, buffer.actions, buffer.rewards
+        act_buf, rew_buf = buffer.actions, buffer.rewards
         term_buf, trunc_buf = buffer.terminated, buffer.truncated
-        base = buffer.obs_start  # obs_buf[i] holds frame base + i
-        obs_buf[f - base] = obs
+        store(obs)
         f += 1
         t = 0
         done = False
         while not done:
-            if f - base >= len(obs_buf) or s >= len(rew_buf):
-                buffer.num_frames, buffer.num_steps = f, s
-                buffer._ensure(f + 1, s + 1)
-                obs_buf, act_buf, rew_buf = buffer.obs, buffer.actions, buffer.rewards
+            if s >= len(rew_buf):
+                buffer._ensure(s + 1)
+                act_buf, rew_buf = buffer.actions, buffer.rewards
                 term_buf, trunc_buf = buffer.terminated, buffer.truncated
-                base = buffer.obs_start
             action = policy()
             obs, reward, terminated, truncated, _ = env.step(action)
             t += 1
             truncated = bool(truncated) or t >= cap
-            obs_buf[f - base] = obs
+            store(obs)
             act_buf[s] = action
             rew_buf[s] = reward
             term_buf[s] = terminated
@@ -305,6 +279,7 @@ def run_episodes(
             s += 1
             done = terminated or truncated
             if on_progress is not None and t % PROGRESS_EVERY == 0:
+                buffer.num_frames, buffer.num_steps = f, s
                 on_progress(f, len(buffer.lengths))
         buffer.num_frames, buffer.num_steps = f, s
         buffer.lengths.append(t)
@@ -329,7 +304,7 @@ class _ShardTask:
     max_steps: int | None
 
 
-_ENV_CACHE: dict[str, tuple[gym.Env, EpisodeBuffer, "_FrameRing"]] = {}
+_ENV_CACHE: dict[str, tuple[gym.Env, EpisodeBuffer]] = {}
 _PROGRESS = None  # worker side: shared int64 array, slots 2*i and 2*i+1 = shard i's frames, episodes
 
 
@@ -341,18 +316,16 @@ def make_env(env_id: str, env_kwargs: dict) -> gym.Env:
 
 
 def _cached_env(env_id: str, env_kwargs: dict, capacity: Callable[[gym.Env], int]
-                ) -> tuple[gym.Env, EpisodeBuffer, "_FrameRing"]:
-    """One env, one (cleared) episode buffer and one frame ring per process and configuration:
-    building CarRacing is not free, and neither is touching fresh memory for every shard."""
+                ) -> tuple[gym.Env, EpisodeBuffer]:
+    """One env and one episode buffer per process and configuration: building CarRacing is not
+    free, and neither is touching fresh memory for every shard."""
     key = json.dumps([env_id, env_kwargs], sort_keys=True)
     if key not in _ENV_CACHE:
         env = make_env(env_id, env_kwargs)
-        shape = env.observation_space.shape
-        # The frames stream through the ring, so the buffer's own frame array stays untouched.
-        _ENV_CACHE[key] = env, EpisodeBuffer(shape, env.action_space, capacity(env)), _FrameRing(shape)
-    env, buffer, ring = _ENV_CACHE[key]
-    buffer.clear()
-    return env, buffer, ring
+        # Frames go to each shard's FrameWriter, so the buffer needs no frame array of its own.
+        frames = FrameArray(env.observation_space.shape, capacity=2)
+        _ENV_CACHE[key] = env, EpisodeBuffer(env.observation_space.shape, env.action_space, capacity(env), frames)
+    return _ENV_CACHE[key]
 
 
 def _close_cached_envs() -> None:
@@ -399,7 +372,7 @@ def _report_to_shared(index: int) -> Callable[[int, int], None]:
 def _collect_shard(task: _ShardTask, on_progress: Callable[[int, int], None] | None = None) -> dict:
     """Roll out one shard's episodes and move the finished shard folder into place atomically."""
     cpu_start = time.process_time()
-    env, buffer, ring = _cached_env(task.env_id, task.env_kwargs, lambda env: _capacity(env, task))
+    env, buffer = _cached_env(task.env_id, task.env_kwargs, lambda env: _capacity(env, task))
     reset_seeds, rng = shard_rngs(task.seed, task.index, task.episodes_per_shard)
     policy = make_policy(task.policy, env.action_space, rng)
     if on_progress is None:
@@ -411,19 +384,18 @@ def _collect_shard(task: _ShardTask, on_progress: Callable[[int, int], None] | N
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir()
-    # The frames (nearly all the bytes) go to tmp/obs.npy while the episodes run, written by a
-    # thread from a small reused ring of blocks (see _FrameFile). Not wm_agent.io.save_npy for the
-    # rest: the folder rename below already makes the shard appear whole or not at all, and an
+    # Frames are compressed into tmp/obs_lz4.npy while the episodes run. Not wm_agent.io.save_npy for
+    # the files: the folder rename below already makes the shard appear whole or not at all, and an
     # fsync per file here would leave the worker waiting on the disk. The main process fsyncs the
     # shard before listing it.
     try:
-        frame_file = _FrameFile(tmp / "obs.npy", ring)
+        writer = FrameWriter(tmp, env.observation_space.shape)
         try:
-            buffer.stream_frames(frame_file)
+            buffer.clear(frames=writer)
             run_episodes(env, policy, reset_seeds[: task.episodes], task.max_steps, buffer, on_progress)
-            buffer.finish_stream()
+            writer.finish()
         finally:
-            frame_file.close()  # stops its thread; after an error the next _cached_env clears the buffer
+            writer.close()
         for key, array in buffer.arrays().items():
             with open(tmp / f"{key}.npy", "wb") as f:
                 np.save(f, array, allow_pickle=False)
@@ -432,196 +404,7 @@ def _collect_shard(task: _ShardTask, on_progress: Callable[[int, int], None] | N
         raise
     _move_into_place(tmp, out_dir / name)
     # CPU time lets the benchmark tell the collector's own overhead from a busy machine.
-    return {**_shard_entry(name, len(buffer.lengths), buffer.num_steps), "cpu_seconds": time.process_time() - cpu_start,
-            "disk_wait_seconds": frame_file.wait_seconds}
-
-
-# ----------------------------------------------------------------------------------------------
-# Streaming frames to obs.npy
-# ----------------------------------------------------------------------------------------------
-_ALIGN = 4096  # O_DIRECT wants block-aligned memory, file offsets and lengths; 4 KiB suits common disks
-_MAX_WRITE = 1 << 30  # Linux writes at most ~2 GiB per call
-_O_DIRECT = getattr(os, "O_DIRECT", 0)
-# 8 x 8 MiB per worker: enough to ride out the disk's pauses (an fsync by the main process, other
-# writers) without stalling the rollout; measured 0.2-0.7 s of worker waits per 200k GridWorld frames
-# here against 1.3-1.4 s with 3 blocks.
-RING_BLOCK_BYTES = 8 << 20
-RING_BLOCKS = 8
-
-
-def _round_up(n: int, multiple: int) -> int:
-    return -(-n // multiple) * multiple
-
-
-def _aligned_empty(shape: tuple[int, ...], dtype) -> np.ndarray:
-    """``np.empty`` whose data starts on a page boundary (anonymous memory, zeroed when first touched)."""
-    dtype = np.dtype(dtype)
-    nbytes = math.prod(shape) * dtype.itemsize
-    mapping = mmap.mmap(-1, max(_round_up(nbytes, _ALIGN), _ALIGN))
-    return np.frombuffer(mapping, np.uint8, count=nbytes).view(dtype).reshape(shape)
-
-
-def _npy_header(shape: tuple[int, ...], dtype, size: int) -> bytes:
-    """A version 1.0 ``.npy`` header for a C-ordered array, padded with spaces to ``size`` bytes
-    (a multiple of 64, as the format asks; ``np.load`` accepts headers up to 10,000 bytes)."""
-    fields = {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)), "fortran_order": False,
-              "shape": tuple(int(v) for v in shape)}
-    text = ("{" + "".join(f"{key!r}: {value!r}, " for key, value in fields.items()) + "}").encode("latin1")
-    prefix = b"\x93NUMPY\x01\x00"
-    pad = size - len(prefix) - 2 - len(text) - 1
-    if size % 64 or pad < 0:
-        raise ValueError(f"a .npy header for shape {shape} does not fit in {size} bytes")
-    return prefix + (size - len(prefix) - 2).to_bytes(2, "little") + text + b" " * pad + b"\n"
-
-
-class _FrameRing:
-    """A few page-aligned blocks of frames, allocated once per process and reused for every shard.
-
-    Why not one buffer per shard: the first write to a fresh memory page costs about as much as a
-    GridWorld step on some machines (measured here: 12-15 us per 12 KB frame, against 0.7 us for
-    memory written before), so a shard-sized buffer made every worker's first shard ~2x slower. Each
-    block holds a whole number of 4 KiB units, so every block starts at an aligned file offset.
-    """
-
-    def __init__(self, obs_shape: tuple[int, ...], block_bytes: int | None = None, blocks: int | None = None):
-        block_bytes = RING_BLOCK_BYTES if block_bytes is None else block_bytes
-        blocks = RING_BLOCKS if blocks is None else blocks
-        self.obs_shape = tuple(obs_shape)
-        self.frame_bytes = math.prod(self.obs_shape)
-        unit = _ALIGN // math.gcd(self.frame_bytes, _ALIGN)  # frames per aligned run
-        self.block_frames = max(unit, block_bytes // self.frame_bytes // unit * unit)
-        self.blocks = [_aligned_empty((self.block_frames, *self.obs_shape), np.uint8) for _ in range(blocks)]
-
-
-class _FrameFile:
-    """Writes one shard's ``obs.npy`` from ring blocks on a background thread, while the env runs.
-
-    Layout: a 4 KiB ``.npy`` header (written last, when the frame count is known), then the frames,
-    so the data starts block-aligned and each full block goes to the disk with one ``O_DIRECT``
-    write straight from the ring: no copy into the page cache. Through the page cache a GridWorld
-    worker spent about as much CPU copying its ~400 MB/s of frames into freshly allocated cache
-    pages as stepping the env (and the disk writeback took more); a direct write costs almost no
-    CPU, and the thread overlaps it with the rollout. Where the file system refuses ``O_DIRECT``
-    (tmpfs on older kernels, Windows, macOS) the same bytes are written through the page cache.
-    ``np.load(mmap_mode="r")`` maps the result like any ``.npy``.
-    """
-
-    def __init__(self, path: Path, ring: _FrameRing):
-        self.path, self.ring = path, ring
-        self._free: queue.SimpleQueue = queue.SimpleQueue()
-        for block in ring.blocks:
-            self._free.put(block)
-        self._todo: queue.SimpleQueue = queue.SimpleQueue()
-        self._written = 0  # frames handed over so far
-        self.wait_seconds = 0.0  # time the rollout waited for the disk
-        self._error: BaseException | None = None
-        self._direct = bool(_O_DIRECT)
-        self._fd = self._open(os.O_CREAT | os.O_TRUNC)
-        self._thread = threading.Thread(target=self._run, name="wm-agent-frames", daemon=True)
-        self._thread.start()
-
-    def _open(self, extra: int) -> int:
-        flags = os.O_WRONLY | getattr(os, "O_BINARY", 0) | extra
-        if self._direct:
-            try:
-                return os.open(self.path, flags | _O_DIRECT, 0o644)
-            except OSError:  # EINVAL: this file system does not do O_DIRECT
-                self._direct = False
-        return os.open(self.path, flags, 0o644)
-
-    # -- rollout side ---------------------------------------------------------------------------
-    def first_block(self) -> np.ndarray:
-        return self._free.get()
-
-    def next_block(self, full: np.ndarray) -> np.ndarray:
-        """Hand over a full block; returns a free one (waits while the disk is behind)."""
-        self._hand_over(full, len(full))
-        try:
-            block = self._free.get_nowait()
-        except queue.Empty:
-            start = time.perf_counter()
-            block = self._free.get()
-            self.wait_seconds += time.perf_counter() - start
-        self._raise_error()
-        return block
-
-    def _hand_over(self, block: np.ndarray, frames: int) -> None:
-        self._raise_error()
-        self._todo.put((block, frames, self._written))
-        self._written += frames
-
-    def finish(self, block: np.ndarray, frames: int, total: int) -> None:
-        """Hand over the last (partial) block, then complete the file: ``total`` frames in all."""
-        self._hand_over(block, frames)
-        if self._written != total:
-            raise RuntimeError(f"{self.path}: {self._written} frames handed over, expected {total}")
-        start = time.perf_counter()
-        self._stop()
-        self.wait_seconds += time.perf_counter() - start
-        self._raise_error()
-        data_bytes = total * self.ring.frame_bytes
-        os.ftruncate(self._fd, _ALIGN + data_bytes)  # cuts the last block's padding off
-        header = _aligned_empty((_ALIGN,), np.uint8)
-        header[:] = np.frombuffer(_npy_header((total, *self.ring.obs_shape), np.uint8, _ALIGN), np.uint8)
-        self._write(header, 0)
-
-    def close(self) -> None:
-        self._stop()
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
-
-    def _stop(self) -> None:
-        if self._thread.is_alive():
-            self._todo.put(None)
-            self._thread.join()
-
-    def _raise_error(self) -> None:
-        if self._error is not None:
-            raise OSError(f"writing {self.path} failed: {self._error}") from self._error
-
-    # -- writer thread --------------------------------------------------------------------------
-    def _run(self) -> None:
-        while True:
-            item = self._todo.get()
-            if item is None:
-                return
-            block, frames, first = item
-            try:
-                if self._error is None and frames:
-                    # A partial last block is written up to the next 4 KiB boundary (still inside the
-                    # block, which is a whole number of 4 KiB units); finish() truncates the excess.
-                    nbytes = _round_up(frames * self.ring.frame_bytes, _ALIGN)
-                    self._write(block.reshape(-1)[:nbytes], _ALIGN + first * self.ring.frame_bytes)
-            except BaseException as exc:  # reported to the rollout side at its next hand-over
-                self._error = exc
-            finally:
-                self._free.put(block)
-
-    def _write(self, data: np.ndarray, offset: int) -> None:
-        view = memoryview(data).cast("B")
-        done = 0
-        while done < len(view):
-            try:
-                n = _pwrite(self._fd, view[done : done + _MAX_WRITE], offset + done)
-            except OSError as exc:
-                if not (self._direct and exc.errno == errno.EINVAL):
-                    raise
-                # The device wants bigger alignment than 4 KiB: go on through the page cache.
-                fd, self._fd, self._direct = self._fd, None, False
-                os.close(fd)
-                self._fd = self._open(0)
-                continue
-            if n <= 0:
-                raise OSError(errno.EIO, f"short write to {self.path}")
-            done += n
-
-
-def _pwrite(fd: int, data: memoryview, offset: int) -> int:
-    if hasattr(os, "pwrite"):
-        return os.pwrite(fd, data, offset)
-    os.lseek(fd, offset, os.SEEK_SET)  # Windows: only the writer thread uses this descriptor
-    return os.write(fd, data)
+    return {**_shard_entry(name, len(buffer.lengths), buffer.num_steps), "cpu_seconds": time.process_time() - cpu_start}
 
 
 def _capacity(env: gym.Env, task: _ShardTask) -> int:
@@ -662,25 +445,53 @@ def _fsync_shard(folder: Path) -> None:
 
 
 class _ShardSyncer:
-    """Runs ``_fsync_shard`` and then ``record(entry)`` for finished shards on one background thread,
-    so neither the workers nor the progress loop wait on the disk."""
+    """Flushes finished shards to disk and then hands them to ``record(entries)``, on one background
+    thread, in batches: at most one ``record`` (a manifest rewrite) per ``interval`` seconds.
 
-    def __init__(self, out_dir: Path, record: Callable[[dict], None]):
-        self._out_dir, self._record = out_dir, record
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="wm-agent-fsync")
-        self._futures: list[Future] = []
+    Rewriting the manifest after every shard cost more CPU than the rollouts of small shards (with
+    10 GridWorld episodes per shard it halved the collector's rate): the manifest is a listing for
+    readers, and a resumed run finds finished shards by scanning the folder, so nothing is lost.
+    """
 
-    def _sync_and_record(self, entry: dict) -> None:
-        _fsync_shard(self._out_dir / entry["name"])
-        self._record(entry)
+    def __init__(self, out_dir: Path, record: Callable[[list[dict]], None], interval: float = 1.0):
+        self._out_dir, self._record, self._interval = out_dir, record, interval
+        self._queue: "queue.SimpleQueue[dict | None]" = queue.SimpleQueue()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="wm-agent-fsync", daemon=True)
+        self._thread.start()
 
     def submit(self, entry: dict) -> None:
-        self._futures.append(self._pool.submit(self._sync_and_record, entry))
+        self._queue.put(entry)
+
+    def _run(self) -> None:
+        closing = False
+        while not closing:
+            first = self._queue.get()
+            batch = [] if first is None else [first]
+            closing = first is None
+            deadline = time.monotonic() + self._interval
+            while not closing:
+                try:
+                    item = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
+                except queue.Empty:
+                    break
+                if item is None:
+                    closing = True
+                else:
+                    batch.append(item)
+            if batch and self._error is None:
+                try:
+                    for entry in batch:
+                        _fsync_shard(self._out_dir / entry["name"])
+                    self._record(batch)
+                except BaseException as exc:  # reported by close(); the shards stay on disk for a re-run
+                    self._error = exc
 
     def close(self) -> BaseException | None:
-        """Wait for every submitted shard; return the first failure, if any."""
-        self._pool.shutdown(wait=True)
-        return next((f.exception() for f in self._futures if f.exception() is not None), None)
+        """Record every submitted shard; return the failure, if any."""
+        self._queue.put(None)
+        self._thread.join()
+        return self._error
 
 
 # ----------------------------------------------------------------------------------------------
@@ -772,7 +583,7 @@ class DataCollector:
         self.observation_shape = tuple(obs_space.shape)
         self.action_space = action_space
         # Filled by collect(): shards written and the CPU seconds workers spent on them.
-        self.stats: dict[str, float] = {"shards": 0, "worker_cpu_seconds": 0.0, "worker_disk_wait_seconds": 0.0}
+        self.stats: dict[str, float] = {"shards": 0, "worker_cpu_seconds": 0.0}
 
     @classmethod
     def from_config(cls, config: "CollectConfig") -> "DataCollector":
@@ -782,7 +593,7 @@ class DataCollector:
 
     # -- manifest ---------------------------------------------------------------------------------
     def _identity(self) -> dict:
-        return {"env_id": self.env_id, "env_kwargs": self.env_kwargs, "policy": self.policy, "seed": self.seed,
+        return {"frame_codec": CODEC, "env_id": self.env_id, "env_kwargs": self.env_kwargs, "policy": self.policy, "seed": self.seed,
                 "episodes_per_shard": self.episodes_per_shard, "max_steps": self.max_steps}
 
     def _new_manifest(self, shards: list[dict]) -> dict:
@@ -853,7 +664,7 @@ class DataCollector:
             raise ValueError(f"episodes must be a positive int, got {episodes!r}")
         from wm_agent.io import save_json
 
-        self.stats = {"shards": 0, "worker_cpu_seconds": 0.0, "worker_disk_wait_seconds": 0.0}
+        self.stats = {"shards": 0, "worker_cpu_seconds": 0.0}
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self._check_existing_manifest()
         finished = self._scan()
@@ -871,11 +682,11 @@ class DataCollector:
         if not tasks:
             return manifest
 
-        def record(entry: dict) -> None:
-            self.stats["shards"] += 1
-            self.stats["worker_cpu_seconds"] += entry.pop("cpu_seconds")
-            self.stats["worker_disk_wait_seconds"] += entry.pop("disk_wait_seconds")
-            finished[int(_SHARD_RE.match(entry["name"]).group(1))] = entry
+        def record(entries: list[dict]) -> None:
+            for entry in entries:
+                self.stats["shards"] += 1
+                self.stats["worker_cpu_seconds"] += entry.pop("cpu_seconds")
+                finished[int(_SHARD_RE.match(entry["name"]).group(1))] = entry
             _set_shards(manifest, list(finished.values()))
             save_json(manifest, self.out_dir / MANIFEST)
 

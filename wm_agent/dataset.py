@@ -9,7 +9,6 @@ step ``t`` of episode ``i`` is ``frame_offsets[i] + t`` and the frame after it i
 from __future__ import annotations
 
 import json
-import mmap
 import os
 from pathlib import Path
 from typing import Iterator
@@ -18,7 +17,8 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from wm_agent.collect import MANIFEST, SHARD_FILES
+from wm_agent.collect import MANIFEST, MANIFEST_FORMAT, SHARD_FILES
+from wm_agent.frames import BLOB, CODEC, OFFSETS, CompressedFrames
 from wm_agent.io import load_npy
 
 __all__ = ["EpisodeDataset", "open_shard", "space_from_description"]
@@ -110,12 +110,13 @@ class EpisodeDataset:
 
     # -- access -----------------------------------------------------------------------------------
     def episode(self, i: int) -> dict[str, np.ndarray]:
-        """Episode ``i``: ``obs`` (T+1 frames, a read-only memory-mapped view) and ``actions``,
-        ``rewards``, ``terminated``, ``truncated`` (T steps each, views of in-memory arrays)."""
+        """Episode ``i``: ``obs`` (T+1 frames, decompressed) and ``actions``, ``rewards``,
+        ``terminated``, ``truncated`` (T steps each, views of in-memory arrays); all read-only."""
         i = _check_index(i, self.num_episodes, "episode")
         shard = self._shards[self._ep_shard[i]]
         f, s, t = int(self._local_frame[i]), int(self._local_step[i]), int(self.lengths[i])
         out = {"obs": shard["obs"][f : f + t + 1]}
+        out["obs"].flags.writeable = False  # like the views below: the dataset is not edited through it
         for key in ("actions", "rewards", "terminated", "truncated"):
             out[key] = shard[key][s : s + t]
         return out
@@ -134,7 +135,7 @@ class EpisodeDataset:
         episodes = np.searchsorted(self.frame_offsets, indices, side="right") - 1
         shard_of = self._ep_shard[episodes]
         local = self._local_frame[episodes] + (indices - self.frame_offsets[episodes])
-        # Reading each shard's rows in ascending order turns random access into forward sweeps
+        # Reading each shard's frames in ascending order turns random access into forward sweeps
         # through the memory map; the results are then scattered back to the requested positions.
         order = np.lexsort((local, shard_of))
         bounds = np.flatnonzero(np.diff(shard_of[order])) + 1
@@ -164,12 +165,7 @@ class EpisodeDataset:
         resident size of a process that read a 12 GB dataset once reads as 12 GB.
         """
         for shard in self._shards:
-            mapping = getattr(shard["obs"], "_mmap", None)
-            if mapping is not None and hasattr(mmap, "MADV_DONTNEED"):
-                try:
-                    mapping.madvise(mmap.MADV_DONTNEED)
-                except (OSError, ValueError):
-                    pass
+            shard["obs"].release_pages()
 
     def actions_all(self) -> np.ndarray:
         return self._concat_steps("actions")
@@ -269,6 +265,11 @@ def _read_manifest(path: Path) -> dict:
     shape = manifest["observation_shape"]
     if not (isinstance(shape, list) and len(shape) == 3 and shape[-1] == 3 and all(isinstance(v, int) for v in shape)):
         raise ValueError(f"corrupt manifest {path}: observation_shape must be [H, W, 3], got {shape!r}")
+    if manifest.get("format") != MANIFEST_FORMAT or manifest.get("frame_codec") != CODEC:
+        raise ValueError(
+            f"{path}: written by another version of wm-agent (format {manifest.get('format', 1)!r}, frames "
+            f"{manifest.get('frame_codec', 'raw uint8')!r}; this version reads format {MANIFEST_FORMAT}, frames "
+            f"{CODEC!r}); collect the data again into a new folder")
     shards = manifest["shards"]
     if not isinstance(shards, list) or not all(
         isinstance(s, dict) and isinstance(s.get("name"), str) and isinstance(s.get("episodes"), int) for s in shards
@@ -284,12 +285,13 @@ def _read_manifest(path: Path) -> dict:
 def open_shard(
     folder: Path, obs_shape: tuple, action_space: gym.Space, episodes: int | None = None, steps: int | None = None
 ) -> dict[str, np.ndarray]:
-    """Memory-map one shard's frames, read its small per-step arrays, and check that they agree with
-    each other and with the expected ``episodes`` and ``steps`` (from the manifest) when given.
-    Raises ``FileNotFoundError`` or ``ValueError`` naming the offending file."""
-    # Only obs.npy is memory-mapped: every map holds a file descriptor, and the per-step arrays are
-    # small (CarRacing's 10,000 x 1000 steps are ~180 MB in all).
-    arrays = {key: load_npy(folder / f"{key}.npy", mmap=key == "obs") for key in SHARD_FILES}
+    """Memory-map one shard's compressed frames, read its small per-step arrays, and check that they
+    agree with each other and with the expected ``episodes`` and ``steps`` (from the manifest) when
+    given. ``"obs"`` is a ``CompressedFrames``. Raises ``FileNotFoundError`` or ``ValueError`` naming
+    the offending file."""
+    # Only the frame blob is memory-mapped: every map holds a file descriptor, and the rest is small
+    # (CarRacing's 10,000 x 1000 steps are ~180 MB of per-step arrays and 80 MB of offsets).
+    arrays = {key: load_npy(folder / f"{key}.npy", mmap=key == BLOB) for key in SHARD_FILES}
 
     def fail(key: str, problem: str):
         raise ValueError(f"{folder / f'{key}.npy'}: {problem}")
@@ -309,7 +311,7 @@ def open_shard(
 
     discrete = isinstance(action_space, spaces.Discrete)
     expected = {
-        "obs": ((frames, *obs_shape), np.uint8),
+        OFFSETS: ((frames + 1,), np.int64),
         "actions": ((steps, *(() if discrete else action_space.shape)), np.int64 if discrete else np.float32),
         "rewards": ((steps,), np.float32),
         "terminated": ((steps,), np.bool_),
@@ -319,6 +321,13 @@ def open_shard(
         array = arrays[key]
         if array.shape != shape or array.dtype != dtype:
             fail(key, f"expected {np.dtype(dtype)} shape {shape} (from lengths.npy), got {array.dtype} shape {array.shape}")
-    for array in arrays.values():
+    blob, offsets = arrays.pop(BLOB), arrays.pop(OFFSETS)
+    if blob.ndim != 1 or blob.dtype != np.uint8:
+        fail(BLOB, f"expected a 1-D uint8 array, got {blob.dtype} shape {blob.shape}")
+    if offsets[0] != 0 or offsets[-1] != len(blob) or np.any(np.diff(offsets) < 1):
+        fail(OFFSETS, f"offsets must rise from 0 to the size of {BLOB}.npy ({len(blob)} bytes), "
+                      f"got {offsets[0]}..{offsets[-1]}, or an empty frame")
+    for array in (blob, *arrays.values()):
         array.flags.writeable = False  # episode() hands out views: callers must not edit the dataset
+    arrays["obs"] = CompressedFrames(blob, offsets, obs_shape, folder / f"{BLOB}.npy")
     return arrays
