@@ -71,9 +71,10 @@ def test_scripts_run_from_a_clone():
 
 
 def test_benchmark_collect_reports_both_rates(capsys):
-    assert main(["benchmark", "collect", "--steps", "300", "--workers", "1"]) == 0
+    assert main(["benchmark", "collect", "--steps", "300", "--workers", "1", "--rounds", "2"]) == 0
     out = capsys.readouterr().out
     assert "raw single env" in out and "collector (K=1)" in out and "ratio collector / (1 x raw)" in out
+    assert "round 2:" in out and "median" in out and "over 2 rounds" in out
 
 
 def test_help_lists_the_config_docs():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -20,9 +21,11 @@ __all__ = ["BenchmarkCollectConfig", "BenchmarkDreamConfig", "BenchmarkTrainConf
 class BenchmarkCollectConfig:
     env: str = field(default="WM-GridWorld-v0", metadata={"help": "Gymnasium env id to collect from"})
     steps: int = field(
-        default=200_000,
-        metadata={"help": "env steps for the collector (the single-env baseline runs steps/workers); "
-                          "long enough to amortise worker start-up. Use ~2000 for WM-CarRacing-v0"})
+        default=400_000,
+        metadata={"help": "env steps for the collector in each round (the single-env baseline runs "
+                          "steps/workers, half before and half after it). Use ~2000 for WM-CarRacing-v0"})
+    rounds: int = field(default=3, metadata={"help": "rounds of baseline, collector, baseline; the median "
+                                                      "ratio is reported with every round's"})
     workers: int = field(default=2, metadata={"help": "collector worker processes"})
     policy: Literal["random", "brownian"] = field(default="random", metadata={"help": "data policy"})
     seed: int = field(default=0, metadata={"help": "base seed"})
@@ -42,7 +45,7 @@ class _DiscardFrames:
 def _raw_rate(env_id: str, env_kwargs: dict, policy_name: str, steps: int, seed: int, episodes_per_buffer: int):
     """Frames/s of one env and the data policy in this process, through the collector's own rollout
     loop (so storing actions and rewards is included; the frames are dropped, not stored), without
-    processes or disk writes."""
+    processes or disk writes. Returns ``(frames, steps, episodes, seconds, cpu_seconds)``."""
     env = make_env(env_id, env_kwargs)
     reset_seeds, rng = shard_rngs(seed, 0, 1 << 20)
     policy = make_policy(policy_name, env.action_space, rng)
@@ -66,25 +69,60 @@ def _raw_rate(env_id: str, env_kwargs: dict, policy_name: str, steps: int, seed:
     return frames, steps_done, episodes, seconds, cpu_seconds
 
 
+def _collect_round(env_id: str, env_kwargs: dict, policy: str, steps: int, workers: int, seed: int) -> dict:
+    """One round: half the baseline, the collector (a fresh folder), the other half of the baseline,
+    so that a machine that speeds up or slows down during the round (a shared VM does) moves both
+    figures alike."""
+    half = max(1, steps // workers // 2)
+    before = _raw_rate(env_id, env_kwargs, policy, half, seed, episodes_per_buffer=64)
+    # Enough episodes for `steps`, in about 32 shards per worker so no worker idles long at the end.
+    episodes = max(1, math.ceil(steps / (before[1] / before[2])))
+    per_shard = max(1, math.ceil(episodes / (32 * workers)))
+    with tempfile.TemporaryDirectory(prefix="wm-agent-bench-") as tmp:
+        start = time.perf_counter()
+        collector = DataCollector(env_id, tmp, policy=policy, seed=seed, workers=workers,
+                                  episodes_per_shard=per_shard, env_kwargs=env_kwargs)
+        manifest = collector.collect(episodes, progress=False)
+        col_s = time.perf_counter() - start
+        disk_bytes = sum(p.stat().st_size for p in Path(tmp).glob("shard_*/*"))
+    after = _raw_rate(env_id, env_kwargs, policy, half, seed + 1, episodes_per_buffer=64)
+    raw_frames, raw_steps, _, raw_s, raw_cpu = (x + y for x, y in zip(before, after))
+    worker_cpu = collector.stats["worker_cpu_seconds"]
+    col_fps, raw_fps = manifest["frames"] / col_s, raw_frames / raw_s
+    return {
+        "raw_steps": raw_steps, "raw_frames": raw_frames, "raw_seconds": raw_s, "raw_cpu_seconds": raw_cpu,
+        "raw_fps": raw_fps, "raw_fps_before": before[0] / before[3], "raw_fps_after": after[0] / after[3],
+        "collector_steps": manifest["steps"], "collector_frames": manifest["frames"],
+        "collector_shards": len(manifest["shards"]), "collector_seconds": col_s, "collector_fps": col_fps,
+        "collector_worker_cpu_seconds": worker_cpu, "collector_disk_bytes": disk_bytes,
+        "raw_frame_bytes": manifest["frames"] * math.prod(collector.observation_shape),
+        "ratio": col_fps / (workers * raw_fps),
+        # Frames per CPU-second, collector workers vs the baseline: the collector's own overhead,
+        # whatever else the machine is running (the wall-clock ratio is the one that counts).
+        "cpu_ratio": (manifest["frames"] / worker_cpu) / (raw_frames / raw_cpu) if worker_cpu > 0 else float("nan"),
+    }
+
+
 def benchmark_collect(
     env_id: str = "WM-GridWorld-v0",
-    steps: int = 200_000,
+    steps: int = 400_000,
     workers: int = 2,
     seed: int = 0,
     policy: str = "random",
     env_kwargs: dict | None = None,
+    rounds: int = 3,
     verbose: bool = True,
 ) -> dict:
     """Measure (a) one env's raw frame rate in this process and (b) ``DataCollector``'s frame rate
-    with ``workers`` processes, and their ratio ``collector / (workers x raw)``.
+    with ``workers`` processes, and their ratio ``collector / (workers x raw)``, in ``rounds`` rounds.
 
     The collector's time is wall-clock from construction to the last shard on disk: worker start-up,
-    imports, env construction and writing the shards are all included.
+    imports, env construction and writing the shards are all included. The result's ``ratio`` is the
+    median over the rounds (each round's figures are in ``rounds``).
     """
-    if not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps must be a positive int, got {steps!r}")
-    if not isinstance(workers, int) or workers < 1:
-        raise ValueError(f"workers must be a positive int, got {workers!r}")
+    for label, value in (("steps", steps), ("workers", workers), ("rounds", rounds)):
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(f"{label} must be a positive int, got {value!r}")
     env_kwargs = dict(env_kwargs or {})
     # The collector's main process writes its manifest with wm_agent.io, which imports torch (~3 s).
     # Like any import of the command itself, that happens before either clock starts.
@@ -93,48 +131,29 @@ def benchmark_collect(
     load_before = _load()
     say = print if verbose else (lambda *a, **k: None)
     say(f"benchmark collect {env_id}: policy {policy}, {workers} workers, {os.cpu_count()} CPUs, "
-        f"load average {load_before:.2f} before")
-
-    raw_frames, raw_steps, raw_episodes, raw_s, raw_cpu = _raw_rate(
-        env_id, env_kwargs, policy, max(1, steps // workers), seed, episodes_per_buffer=64)
-    raw_fps = raw_frames / raw_s
-    say(f"  raw single env  : {raw_steps:,} steps, {raw_frames:,} frames in {raw_s:.2f} s "
-        f"(CPU {raw_cpu:.2f} s) -> {raw_fps:,.0f} frames/s")
-
-    # Enough episodes for `steps`, in about 8 shards per worker so no worker idles long at the end.
-    mean_length = raw_steps / raw_episodes
-    episodes = max(1, math.ceil(steps / mean_length))
-    per_shard = max(1, math.ceil(episodes / (8 * workers)))
-    with tempfile.TemporaryDirectory(prefix="wm-agent-bench-") as tmp:
-        start = time.perf_counter()
-        collector = DataCollector(env_id, tmp, policy=policy, seed=seed, workers=workers,
-                                  episodes_per_shard=per_shard, env_kwargs=env_kwargs)
-        manifest = collector.collect(episodes, progress=False)
-        col_s = time.perf_counter() - start
-        disk_bytes = sum(p.stat().st_size for p in Path(tmp).glob("shard_*/*"))
-    col_fps = manifest["frames"] / col_s
-    ratio = col_fps / (workers * raw_fps)
-    worker_cpu = collector.stats["worker_cpu_seconds"]
-    # Frames per CPU-second, collector workers vs the baseline: the collector's own overhead, whatever
-    # else the machine is running (the wall-clock ratio above is the one that counts).
-    cpu_ratio = (manifest["frames"] / worker_cpu) / (raw_frames / raw_cpu) if worker_cpu > 0 else float("nan")
-    say(f"  collector (K={workers}) : {manifest['steps']:,} steps, {manifest['frames']:,} frames, "
-        f"{len(manifest['shards'])} shards in {col_s:.2f} s wall (start-up, imports and disk writes included) "
-        f"-> {col_fps:,.0f} frames/s")
-    frame_bytes = math.prod(collector.observation_shape)
-    say(f"  shards written  : {disk_bytes / 1e6:,.1f} MB ({disk_bytes / col_s / 1e6:,.1f} MB/s; the raw frames would be "
-        f"{manifest['frames'] * frame_bytes / 1e9:.2f} GB, {manifest['frames'] * frame_bytes / disk_bytes:.0f}x more)")
-    say(f"  ratio collector / ({workers} x raw) = {ratio:.2f}   (frames per worker CPU-second vs raw: "
-        f"{cpu_ratio:.2f}; load average now {_load():.2f})")
+        f"{rounds} rounds, load average {load_before:.2f} before")
+    results = []
+    for k in range(rounds):
+        r = _collect_round(env_id, env_kwargs, policy, steps, workers, seed)
+        results.append(r)
+        say(f"  round {k + 1}: raw single env {r['raw_fps']:,.0f} frames/s ({r['raw_frames']:,} frames, "
+            f"{r['raw_fps_before']:,.0f} before / {r['raw_fps_after']:,.0f} after the collector); "
+            f"collector (K={workers}) {r['collector_fps']:,.0f} frames/s ({r['collector_frames']:,} frames, "
+            f"{r['collector_shards']} shards, {r['collector_seconds']:.2f} s wall, start-up and disk writes included)")
+        say(f"           ratio collector / ({workers} x raw) = {r['ratio']:.2f}   (frames per worker CPU-second vs "
+            f"raw: {r['cpu_ratio']:.2f}); shards {r['collector_disk_bytes'] / 1e6:,.1f} MB on disk, the raw frames "
+            f"would be {r['raw_frame_bytes'] / 1e9:.2f} GB")
+    ratios = [r["ratio"] for r in results]
+    median = float(statistics.median(ratios))
+    say(f"  ratio collector / ({workers} x raw): median {median:.2f} over {rounds} rounds "
+        f"(min {min(ratios):.2f}, max {max(ratios):.2f}); load average now {_load():.2f}")
     return {
         "env_id": env_id, "policy": policy, "workers": workers, "cpu_count": os.cpu_count(),
-        "load_average_before": load_before,
-        "raw_steps": raw_steps, "raw_frames": raw_frames, "raw_seconds": raw_s, "raw_fps": raw_fps,
-        "collector_steps": manifest["steps"], "collector_frames": manifest["frames"],
-        "collector_shards": len(manifest["shards"]), "collector_seconds": col_s, "collector_fps": col_fps,
-        "collector_worker_cpu_seconds": worker_cpu, "raw_cpu_seconds": raw_cpu,
-        "collector_disk_bytes": disk_bytes,
-        "ratio": ratio, "cpu_ratio": cpu_ratio, "load_average_after": _load(),
+        "load_average_before": load_before, "steps_per_round": steps, "rounds": results,
+        "ratio": median, "ratio_min": min(ratios), "ratio_max": max(ratios),
+        "raw_fps": float(statistics.median(r["raw_fps"] for r in results)),
+        "collector_fps": float(statistics.median(r["collector_fps"] for r in results)),
+        "load_average_after": _load(),
     }
 
 
