@@ -1,12 +1,12 @@
 #!/usr/bin/env python
-"""What would fewer bytes per frame cost the collector? Per-frame CPU of compressing GridWorld frames.
+"""Per-frame CPU of compressing GridWorld frames: why the shards store LZ4 frames.
 
-The GridWorld collector is bound by the disk (two workers write ~800 MB/s of uint8 frames; see the
-README). Compressing frames would cut the bytes, but each worker pays for it on the same core as its
-env, so a 0.8 collector ratio leaves about 20% of an env step for it. This times, per frame and on
-one core: the env step itself (``gym.make``, random actions), zlib level 1, an RGB -> palette-index
-pass (a 2^24-entry lookup table), and LZ4 block compression and decompression when the optional
-``lz4`` package is installed (it is not a dependency). Prints one JSON object.
+Raw GridWorld frames from two collector workers are ~800 MB/s, more than this project's disks
+sustain (see the README), so frames are compressed; each worker pays for that on the same core as
+its env, so a 0.8 collector ratio leaves well under 20% of an env step for it. This times, per frame
+and on one core: the env step itself (``gym.make``, random actions), zlib level 1, an RGB ->
+palette-index pass (a 2^24-entry lookup table), and LZ4 block compression and decompression (the
+codec the shards use, ``wm_agent.frames``). Prints one JSON object.
 
 Usage::
 
@@ -71,15 +71,12 @@ def main() -> None:
         "palette_us": _per_frame_us(palette, frames), "palette_bytes": frames[0].shape[0] * frames[0].shape[1],
         "palette_colours": len(colours),
     }
-    try:
-        import lz4.block as lz4
-    except ImportError:
-        result["lz4"] = "not installed (pip install lz4 to time it)"
-    else:
-        packed = [lz4.compress(b, store_size=False) for b in raw]
-        result["lz4_us"] = _per_frame_us(lambda b: lz4.compress(b, store_size=False), raw)
-        result["lz4_bytes"] = float(np.mean([len(p) for p in packed]))
-        result["lz4_decompress_us"] = _per_frame_us(lambda p: lz4.decompress(p, uncompressed_size=len(raw[0])), packed)
+    import lz4.block as lz4
+
+    packed = [lz4.compress(b, "default", False) for b in raw]
+    result["lz4_us"] = _per_frame_us(lambda b: lz4.compress(b, "default", False), raw)
+    result["lz4_bytes"] = float(np.mean([len(p) for p in packed]))
+    result["lz4_decompress_us"] = _per_frame_us(lambda p: lz4.decompress(p, uncompressed_size=len(raw[0])), packed)
     print(json.dumps(result, indent=2))
 
 

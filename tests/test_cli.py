@@ -146,9 +146,10 @@ def test_frame_codec_script_times_every_codec(tmp_path):
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout)
     assert result["frame_bytes"] == 64 * 64 * 3 and result["palette_bytes"] == 64 * 64
-    for key in ("env_step_us", "zlib1_us", "palette_us"):
+    for key in ("env_step_us", "zlib1_us", "palette_us", "lz4_us", "lz4_decompress_us"):
         assert result[key] > 0, key
     assert 0 < result["zlib1_bytes"] < result["frame_bytes"]  # GridWorld frames are mostly flat colour
+    assert 0 < result["lz4_bytes"] < result["frame_bytes"] / 10
     assert 3 <= result["palette_colours"] <= 255
     bad = subprocess.run([sys.executable, str(root / "scripts" / "measure_frame_codecs.py"), "--frames", "0"],
                          cwd=tmp_path, capture_output=True, text=True, timeout=120)

@@ -731,15 +731,32 @@ class DataCollector:
         progress = ctx.RawArray("q", 2 * (max(t.index for t in tasks) + 1))
         pool = ProcessPoolExecutor(max_workers=min(self.workers, len(tasks)), mp_context=ctx,
                                    initializer=_init_worker, initargs=(progress,))
-        futures: dict[Future, _ShardTask] = {pool.submit(_collect_shard, task): task for task in tasks}
+        # Two tasks per worker in flight, the next submitted as one finishes: with every task submitted
+        # at once, each wait() below walked all of them, and with hundreds of small shards that main-
+        # process work took CPU from the workers.
+        backlog = iter(tasks)
+        futures: dict[Future, _ShardTask] = {}
+
+        pending: set[Future] = set()
+
+        def submit_next() -> None:
+            task = next(backlog, None)
+            if task is not None:
+                future = pool.submit(_collect_shard, task)
+                futures[future] = task
+                pending.add(future)
+
+        for _ in range(2 * self.workers):
+            submit_next()
         # Private, but the executor has no public way to stop running tasks, and a broken pool
         # forgets its processes: take them now (all are started by the submits above).
         processes = list((getattr(pool, "_processes", None) or {}).values())
-        pending = set(futures)
         done_frames = done_episodes = 0
         try:
             while pending:
-                done, pending = wait(pending, timeout=0.25, return_when=FIRST_COMPLETED)
+                done, still = wait(pending, timeout=0.25, return_when=FIRST_COMPLETED)
+                pending.clear()
+                pending.update(still)
                 for future in done:
                     task = futures[future]
                     name = shard_name(task.index)
@@ -755,6 +772,8 @@ class DataCollector:
                     record(entry)
                     done_frames += entry["frames"]
                     done_episodes += entry["episodes"]
+                    del futures[future]
+                    submit_next()
                 # In-flight shards report running totals through shared memory: no per-step messages.
                 running = [futures[f].index for f in pending]
                 frames = done_frames + sum(progress[2 * i] for i in running)
