@@ -269,7 +269,6 @@ def _real_steps_per_s(env_id: str, steps: int, seed: int) -> float:
 
 def _dream_steps_per_s(config, num_envs: int, steps: int, seed: int) -> float:
     import gymnasium as gym
-    import numpy as np
     import torch
 
     from wm_agent.world_model import WorldModel

@@ -24,7 +24,7 @@ import torch
 from tqdm.auto import tqdm
 
 from wm_agent.config import doc
-from wm_agent.controller import Controller, choose_actions
+from wm_agent.controller import choose_actions
 from wm_agent.dream_env import DEFAULT_MAX_STEPS, DreamBatch
 from wm_agent.world_model import WorldModel
 

@@ -593,8 +593,8 @@ class DataCollector:
 
     # -- manifest ---------------------------------------------------------------------------------
     def _identity(self) -> dict:
-        return {"frame_codec": CODEC, "env_id": self.env_id, "env_kwargs": self.env_kwargs, "policy": self.policy, "seed": self.seed,
-                "episodes_per_shard": self.episodes_per_shard, "max_steps": self.max_steps}
+        return {"frame_codec": CODEC, "env_id": self.env_id, "env_kwargs": self.env_kwargs, "policy": self.policy,
+                "seed": self.seed, "episodes_per_shard": self.episodes_per_shard, "max_steps": self.max_steps}
 
     def _new_manifest(self, shards: list[dict]) -> dict:
         manifest = {"format": MANIFEST_FORMAT, **self._identity(),
