@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from wm_agent.collect import DataCollector, EpisodeBuffer, make_env, make_policy, run_episodes, shard_rngs
+from wm_agent.frames import DiscardFrames
 
 __all__ = ["BenchmarkCollectConfig", "BenchmarkDreamConfig", "BenchmarkTrainConfig", "benchmark_collect",
            "benchmark_dream", "benchmark_train"]
@@ -32,16 +33,6 @@ class BenchmarkCollectConfig:
     env_kwargs: dict = field(default_factory=dict, metadata={"help": "JSON object of gym.make keyword arguments"})
 
 
-class _DiscardFrames:
-    """A frame sink that keeps nothing: the baseline is the env's own rate, not the cost of storing."""
-
-    def __init__(self, frame_shape: tuple[int, ...]):
-        self.frame_shape = tuple(frame_shape)
-
-    def append(self, frame) -> None:
-        pass
-
-
 def _raw_rate(env_id: str, env_kwargs: dict, policy_name: str, steps: int, seed: int, episodes_per_buffer: int):
     """Frames/s of one env and the data policy in this process, through the collector's own rollout
     loop (so storing actions and rewards is included; the frames are dropped, not stored), without
@@ -53,7 +44,7 @@ def _raw_rate(env_id: str, env_kwargs: dict, policy_name: str, steps: int, seed:
     frames = steps_done = episodes = 0
     # One buffer refilled per shard-sized batch of episodes, as each collector worker does.
     buffer = EpisodeBuffer(env.observation_space.shape, env.action_space, episodes_per_buffer * (limit + 1),
-                           frames=_DiscardFrames(env.observation_space.shape))
+                           frames=DiscardFrames(env.observation_space.shape))
     start, cpu_start = time.perf_counter(), time.process_time()
     while steps_done < steps:
         buffer.clear()

@@ -46,7 +46,7 @@ import numpy as np
 from gymnasium import spaces
 from tqdm.auto import tqdm
 
-from wm_agent.frames import BLOB, CODEC, OFFSETS, FrameArray, FrameWriter
+from wm_agent.frames import BLOB, CODEC, OFFSETS, DiscardFrames, FrameArray, FrameWriter, grown
 
 # wm_agent.io is imported where it is used, by the main process only: it brings torch, whose import
 # (~3 s) would otherwise delay every worker's start.
@@ -197,7 +197,7 @@ class EpisodeBuffer:
     def _ensure(self, steps: int) -> None:
         if steps > len(self.rewards):
             for name in ("actions", "rewards", "terminated", "truncated"):
-                setattr(self, name, _grown(getattr(self, name), steps))
+                setattr(self, name, grown(getattr(self, name), steps))
 
     def clear(self, frames=None) -> None:
         """Forget the episodes; their frames go to ``frames`` from now on (or to the old, cleared sink)."""
@@ -216,12 +216,6 @@ class EpisodeBuffer:
             "terminated": self.terminated[:s], "truncated": self.truncated[:s],
             "lengths": np.asarray(self.lengths, np.int64),
         }
-
-
-def _grown(array: np.ndarray, needed: int) -> np.ndarray:
-    bigger = np.empty((max(needed, 2 * len(array)), *array.shape[1:]), array.dtype)
-    bigger[: len(array)] = array
-    return bigger
 
 
 def run_episodes(
@@ -323,7 +317,7 @@ def _cached_env(env_id: str, env_kwargs: dict, capacity: Callable[[gym.Env], int
     if key not in _ENV_CACHE:
         env = make_env(env_id, env_kwargs)
         # Frames go to each shard's FrameWriter, so the buffer needs no frame array of its own.
-        frames = FrameArray(env.observation_space.shape, capacity=2)
+        frames = DiscardFrames(env.observation_space.shape)
         _ENV_CACHE[key] = env, EpisodeBuffer(env.observation_space.shape, env.action_space, capacity(env), frames)
     return _ENV_CACHE[key]
 

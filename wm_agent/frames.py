@@ -20,7 +20,8 @@ from pathlib import Path
 import lz4.block
 import numpy as np
 
-__all__ = ["BLOB", "CODEC", "OFFSETS", "CompressedFrames", "FrameArray", "FrameWriter", "npy_header"]
+__all__ = ["BLOB", "CODEC", "OFFSETS", "CompressedFrames", "DiscardFrames", "FrameArray", "FrameWriter", "grown",
+           "npy_header"]
 
 CODEC = "lz4-block"
 BLOB = "obs_lz4"  # file stems inside a shard folder
@@ -43,6 +44,23 @@ def npy_header(shape: tuple[int, ...], dtype, size: int) -> bytes:
     return prefix + (size - len(prefix) - 2).to_bytes(2, "little") + text + b" " * pad + b"\n"
 
 
+def grown(array: np.ndarray, needed: int) -> np.ndarray:
+    """A copy of ``array`` with room for at least ``needed`` rows (at least twice as many)."""
+    bigger = np.empty((max(needed, 2 * len(array)), *array.shape[1:]), array.dtype)
+    bigger[: len(array)] = array
+    return bigger
+
+
+class DiscardFrames:
+    """A frame sink that keeps nothing (a benchmark baseline, or a buffer whose sink is set per shard)."""
+
+    def __init__(self, frame_shape: tuple[int, ...]):
+        self.frame_shape = tuple(frame_shape)
+
+    def append(self, frame) -> None:
+        pass
+
+
 class FrameArray:
     """Frames kept in memory in a growable uint8 array (for rollouts that are not written to disk)."""
 
@@ -53,9 +71,7 @@ class FrameArray:
 
     def append(self, frame) -> None:
         if self.count == len(self._array):
-            bigger = np.empty((2 * len(self._array), *self.frame_shape), np.uint8)
-            bigger[: self.count] = self._array
-            self._array = bigger
+            self._array = grown(self._array, self.count + 1)
         self._array[self.count] = frame
         self.count += 1
 
@@ -78,7 +94,6 @@ class FrameWriter:
     def __init__(self, folder: str | Path, frame_shape: tuple[int, ...]):
         self.folder = Path(folder)
         self.frame_shape = tuple(frame_shape)
-        self._frame_bytes = math.prod(self.frame_shape)
         self._file = open(self.folder / f"{BLOB}.npy", "wb", buffering=_WRITE_BUFFER)
         self._file.write(bytes(_HEADER_BYTES))
         self._sizes: list[int] = []  # compressed size of every frame
