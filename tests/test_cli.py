@@ -77,6 +77,22 @@ def test_benchmark_collect_reports_both_rates(capsys):
     assert "round 2:" in out and "median" in out and "over 2 rounds" in out
 
 
+def test_benchmark_collect_measures_a_vector_env_collector(capsys):
+    assert main(["benchmark", "collect", "--steps", "300", "--workers", "2", "--rounds", "1",
+                 "--vectorization", "sync"]) == 0
+    out = capsys.readouterr().out
+    assert "2 workers (sync)" in out and "collector (K=2)" in out and "ratio collector / (2 x raw)" in out
+    assert "worker CPU-second" not in out  # sub-envs of a vector env report no CPU time
+
+
+def test_collect_with_a_vector_env_from_the_command_line(tmp_path, capsys):
+    out = tmp_path / "data"
+    assert main(["collect", "--out", str(out), "--episodes", "3", "--workers", "2", "--vectorization", "sync",
+                 "--max-steps", "6", "--no-progress"]) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["episodes"] == 3 and "vectorization" not in manifest  # it does not change the data
+
+
 def test_help_lists_the_config_docs():
     text = build_parser()._subparsers._group_actions[0].choices["collect"].format_help()
     assert "--episodes-per-shard" in text and "episodes per shard" in text and "(default: 10)" in text

@@ -120,13 +120,25 @@ def test_shards_and_manifest_are_written_and_consistent(two_worker_run):
         np.testing.assert_allclose(a["rewards"], np.where(a["terminated"], 0.99, -0.01), atol=1e-6)
 
 
-def test_worker_count_does_not_change_a_byte(two_worker_run, tmp_path):
+@pytest.mark.parametrize("vectorization, workers", [("processes", 1), ("sync", 3), ("async", 2)])
+def test_neither_worker_count_nor_vectorization_changes_a_byte(two_worker_run, tmp_path, vectorization, workers):
     out, _ = two_worker_run
-    DataCollector("WM-GridWorld-v0", tmp_path, seed=7, workers=1, episodes_per_shard=2, max_steps=12).collect(
-        5, progress=False
-    )
+    collector = DataCollector("WM-GridWorld-v0", tmp_path, seed=7, workers=workers, episodes_per_shard=2,
+                              max_steps=12, vectorization=vectorization)
+    manifest = collector.collect(5, progress=False)
     assert _files(tmp_path) == _files(out)
     assert len(_files(out)) == 3 * len(FILES)
+    assert manifest["shards"] == json.loads((out / "manifest.json").read_text())["shards"]
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_a_vector_env_collects_box_actions_like_the_processes(tmp_path):
+    box = f"{__name__}:WMTest-Box-v0"
+    DataCollector(box, tmp_path / "p", seed=3, workers=2, episodes_per_shard=2).collect(5, progress=False)
+    DataCollector(box, tmp_path / "v", seed=3, workers=2, episodes_per_shard=2, vectorization="sync").collect(
+        5, progress=False)
+    assert _files(tmp_path / "v") == _files(tmp_path / "p") and len(_files(tmp_path / "p")) == 3 * len(FILES)
+    assert _load(tmp_path / "v" / "shard_00000")["actions"].dtype == np.float32
 
 
 def test_recorded_actions_replay_to_the_recorded_frames(two_worker_run):
@@ -168,6 +180,20 @@ def test_resume_skips_finished_shards_and_extends(tmp_path):
     assert {k: after[k] for k in before} == before
     assert sorted({Path(k).parent.name for k in after}) == ["shard_00000", "shard_00001", "shard_00002"]
     assert more["episodes"] == 6
+
+
+def test_a_vector_collection_resumes_where_it_stopped(tmp_path):
+    settings = dict(seed=4, workers=2, episodes_per_shard=2, max_steps=8, vectorization="sync")
+    DataCollector("WM-GridWorld-v0", tmp_path / "v", **settings).collect(3, progress=False)
+    before = _stamps(tmp_path / "v")
+    manifest = DataCollector("WM-GridWorld-v0", tmp_path / "v", **settings).collect(7, progress=False)
+    after = _stamps(tmp_path / "v")
+    # shard_00000 was whole and is kept; shard_00001 held 1 of its 2 episodes and is redone.
+    assert {k: after[k] for k in before if "shard_00000" in k} == {k: v for k, v in before.items() if "shard_00000" in k}
+    assert manifest["episodes"] == 7 and len(manifest["shards"]) == 4
+    DataCollector("WM-GridWorld-v0", tmp_path / "p", **{**settings, "vectorization": "processes"}).collect(
+        7, progress=False)
+    assert _files(tmp_path / "v") == _files(tmp_path / "p")
 
 
 def test_a_short_last_shard_is_completed_with_the_same_first_episodes(tmp_path):
@@ -220,17 +246,23 @@ def test_shards_without_a_manifest_are_refused(tmp_path):
 
 
 # -- failures ---------------------------------------------------------------------------------------
-@pytest.mark.parametrize("workers", [1, 2])
-def test_a_failing_env_is_reported_with_its_shard(tmp_path, workers):
-    collector = DataCollector(f"{__name__}:WMTest-Failing-v0", tmp_path, workers=workers, episodes_per_shard=1)
-    with pytest.raises(CollectionError, match=r"shard_0000[01] .*RuntimeError: boom at step 5"):
+@pytest.mark.parametrize("workers, vectorization", [(1, "processes"), (2, "processes"), (2, "sync"), (2, "async")])
+def test_a_failing_env_is_reported_with_its_shard(tmp_path, workers, vectorization):
+    collector = DataCollector(f"{__name__}:WMTest-Failing-v0", tmp_path, workers=workers, episodes_per_shard=1,
+                              vectorization=vectorization)
+    with pytest.raises(CollectionError, match=r"shard_0000[01].*RuntimeError.*boom at step 5"):
         collector.collect(2, progress=False)
     assert not list(tmp_path.glob("shard_*"))
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no half-written shard left
 
 
-def test_a_killed_worker_raises_instead_of_hanging(tmp_path):
-    collector = DataCollector(f"{__name__}:WMTest-Killing-v0", tmp_path, workers=2, episodes_per_shard=1)
-    with pytest.raises(CollectionError, match="worker process died while collecting shard_0000"):
+@pytest.mark.parametrize("vectorization, message", [
+    ("processes", "worker process died while collecting shard_0000"),
+    ("async", "stepping the async vector env .* for shard_00000, shard_00001 failed: a sub-env process died")])
+def test_a_killed_worker_raises_instead_of_hanging(tmp_path, vectorization, message):
+    collector = DataCollector(f"{__name__}:WMTest-Killing-v0", tmp_path, workers=2, episodes_per_shard=1,
+                              vectorization=vectorization)
+    with pytest.raises(CollectionError, match=message):
         collector.collect(3, progress=False)
     # The next run starts clean: the dead worker's temporary folder is removed.
     with pytest.raises(CollectionError):
@@ -242,7 +274,7 @@ def test_a_killed_worker_raises_instead_of_hanging(tmp_path):
     "kwargs, message",
     [({"policy": "greedy"}, "policy must be one of"), ({"workers": 0}, "workers must be"),
      ({"episodes_per_shard": 0}, "episodes_per_shard must be"), ({"seed": -1}, "seed must be"),
-     ({"max_steps": 0}, "max_steps must be"), ({"env_kwargs": {"size": object()}}, "JSON"),
+     ({"max_steps": 0}, "max_steps must be"), ({"vectorization": "threads"}, "vectorization must be one of"), ({"env_kwargs": {"size": object()}}, "JSON"),
      ({"env_id": "CartPole-v1"}, "ImageObservation"), ({"env_id": "NoSuchEnv-v0"}, "cannot make env")],
 )
 def test_bad_settings_are_explained(tmp_path, kwargs, message):
@@ -292,8 +324,9 @@ def test_brownian_discrete_actions_are_sticky(tmp_path):
     assert repeat_brownian > 0.6 and repeat_random < 0.4
 
 
-def test_progress_bar_counts_frames(tmp_path, capsys):
-    DataCollector("WM-GridWorld-v0", tmp_path, max_steps=5).collect(2, progress=True)
+@pytest.mark.parametrize("vectorization", ["processes", "sync"])
+def test_progress_bar_counts_frames(tmp_path, capsys, vectorization):
+    DataCollector("WM-GridWorld-v0", tmp_path, max_steps=5, vectorization=vectorization).collect(2, progress=True)
     err = capsys.readouterr().err
     assert "frame/s" in err and "episodes 2/2" in err
 
@@ -303,7 +336,7 @@ def test_collect_config_defaults_match_the_collector():
 
     signature = inspect.signature(DataCollector.__init__).parameters
     config = CollectConfig(out="x")
-    for name in ("policy", "seed", "workers", "episodes_per_shard", "max_steps"):
+    for name in ("policy", "seed", "workers", "episodes_per_shard", "max_steps", "vectorization"):
         assert getattr(config, name) == signature[name].default, name
 
 

@@ -29,6 +29,8 @@ class BenchmarkCollectConfig:
                                                       "ratio is reported with every round's"})
     workers: int = field(default=2, metadata={"help": "collector worker processes"})
     policy: Literal["random", "brownian"] = field(default="random", metadata={"help": "data policy"})
+    vectorization: Literal["processes", "async", "sync"] = field(
+        default="processes", metadata={"help": "the collector's vectorization (see wm-agent collect --help)"})
     seed: int = field(default=0, metadata={"help": "base seed"})
     env_kwargs: dict = field(default_factory=dict, metadata={"help": "JSON object of gym.make keyword arguments"})
 
@@ -60,7 +62,8 @@ def _raw_rate(env_id: str, env_kwargs: dict, policy_name: str, steps: int, seed:
     return frames, steps_done, episodes, seconds, cpu_seconds
 
 
-def _collect_round(env_id: str, env_kwargs: dict, policy: str, steps: int, workers: int, seed: int) -> dict:
+def _collect_round(env_id: str, env_kwargs: dict, policy: str, steps: int, workers: int, seed: int,
+                   vectorization: str) -> dict:
     """One round: half the baseline, the collector (a fresh folder), the other half of the baseline,
     so that a machine that speeds up or slows down during the round (a shared VM does) moves both
     figures alike."""
@@ -72,7 +75,8 @@ def _collect_round(env_id: str, env_kwargs: dict, policy: str, steps: int, worke
     with tempfile.TemporaryDirectory(prefix="wm-agent-bench-") as tmp:
         start = time.perf_counter()
         collector = DataCollector(env_id, tmp, policy=policy, seed=seed, workers=workers,
-                                  episodes_per_shard=per_shard, env_kwargs=env_kwargs)
+                                  episodes_per_shard=per_shard, env_kwargs=env_kwargs,
+                                  vectorization=vectorization)
         manifest = collector.collect(episodes, progress=False)
         col_s = time.perf_counter() - start
         disk_bytes = sum(p.stat().st_size for p in Path(tmp).glob("shard_*/*"))
@@ -103,6 +107,7 @@ def benchmark_collect(
     env_kwargs: dict | None = None,
     rounds: int = 3,
     verbose: bool = True,
+    vectorization: str = "processes",
 ) -> dict:
     """Measure (a) one env's raw frame rate in this process and (b) ``DataCollector``'s frame rate
     with ``workers`` processes, and their ratio ``collector / (workers x raw)``, in ``rounds`` rounds.
@@ -121,25 +126,28 @@ def benchmark_collect(
 
     load_before = _load()
     say = print if verbose else (lambda *a, **k: None)
-    say(f"benchmark collect {env_id}: policy {policy}, {workers} workers, {os.cpu_count()} CPUs, "
+    say(f"benchmark collect {env_id}: policy {policy}, {workers} workers ({vectorization}), {os.cpu_count()} CPUs, "
         f"{rounds} rounds, load average {load_before:.2f} before")
     results = []
     for k in range(rounds):
-        r = _collect_round(env_id, env_kwargs, policy, steps, workers, seed)
+        r = _collect_round(env_id, env_kwargs, policy, steps, workers, seed, vectorization)
         results.append(r)
         say(f"  round {k + 1}: raw single env {r['raw_fps']:,.0f} frames/s ({r['raw_frames']:,} frames, "
             f"{r['raw_fps_before']:,.0f} before / {r['raw_fps_after']:,.0f} after the collector); "
             f"collector (K={workers}) {r['collector_fps']:,.0f} frames/s ({r['collector_frames']:,} frames, "
             f"{r['collector_shards']} shards, {r['collector_seconds']:.2f} s wall, start-up and disk writes included)")
-        say(f"           ratio collector / ({workers} x raw) = {r['ratio']:.2f}   (frames per worker CPU-second vs "
-            f"raw: {r['cpu_ratio']:.2f}); shards {r['collector_disk_bytes'] / 1e6:,.1f} MB on disk, the raw frames "
-            f"would be {r['raw_frame_bytes'] / 1e9:.2f} GB")
+        # Worker CPU time is known for worker processes only (a vector env's sub-envs do not report it).
+        cpu = "" if math.isnan(r["cpu_ratio"]) else f"   (frames per worker CPU-second vs raw: {r['cpu_ratio']:.2f})"
+        say(f"           ratio collector / ({workers} x raw) = {r['ratio']:.2f}{cpu}; shards "
+            f"{r['collector_disk_bytes'] / 1e6:,.1f} MB on disk, the raw frames would be "
+            f"{r['raw_frame_bytes'] / 1e9:.2f} GB")
     ratios = [r["ratio"] for r in results]
     median = float(statistics.median(ratios))
     say(f"  ratio collector / ({workers} x raw): median {median:.2f} over {rounds} rounds "
         f"(min {min(ratios):.2f}, max {max(ratios):.2f}); load average now {_load():.2f}")
     return {
-        "env_id": env_id, "policy": policy, "workers": workers, "cpu_count": os.cpu_count(),
+        "env_id": env_id, "policy": policy, "workers": workers, "vectorization": vectorization,
+        "cpu_count": os.cpu_count(),
         "load_average_before": load_before, "steps_per_round": steps, "rounds": results,
         "ratio": median, "ratio_min": min(ratios), "ratio_max": max(ratios),
         "raw_fps": float(statistics.median(r["raw_fps"] for r in results)),

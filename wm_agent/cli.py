@@ -126,7 +126,8 @@ def _cmd_benchmark_collect(args: argparse.Namespace) -> int:
 
     config = dataclass_from_args(BenchmarkCollectConfig, args)
     benchmark_collect(config.env, steps=config.steps, workers=config.workers, seed=config.seed,
-                      policy=config.policy, env_kwargs=config.env_kwargs, rounds=config.rounds)
+                      policy=config.policy, env_kwargs=config.env_kwargs, rounds=config.rounds,
+                      vectorization=config.vectorization)
     return 0
 
 

@@ -52,11 +52,12 @@ from wm_agent.frames import BLOB, CODEC, OFFSETS, DiscardFrames, FrameArray, Fra
 # (~3 s) would otherwise delay every worker's start.
 
 __all__ = [
-    "CollectConfig", "CollectionError", "DataCollector", "EpisodeBuffer", "POLICIES", "make_env", "make_policy",
-    "run_episodes", "shard_rngs",
+    "CollectConfig", "CollectionError", "DataCollector", "EpisodeBuffer", "POLICIES", "VECTORIZATIONS", "make_env",
+    "make_policy", "make_vector_env", "run_episodes", "shard_rngs",
 ]
 
 POLICIES = ("random", "brownian")
+VECTORIZATIONS = ("processes", "async", "sync")
 MANIFEST = "manifest.json"
 MANIFEST_FORMAT = 2  # 1: raw uint8 obs.npy frames (before LZ4)
 SHARD_FILES = (BLOB, OFFSETS, "actions", "rewards", "terminated", "truncated", "lengths")
@@ -207,6 +208,16 @@ class EpisodeBuffer:
             self.frames = frames
         elif hasattr(self.frames, "clear"):
             self.frames.clear()
+
+    def add_step(self, obs, action, reward, terminated: bool, truncated: bool) -> None:
+        """Store one step (a caller that steps envs itself; ``run_episodes`` inlines this)."""
+        s = self.num_steps
+        self._ensure(s + 1)
+        self.frames.append(obs)
+        self.actions[s], self.rewards[s] = action, reward
+        self.terminated[s], self.truncated[s] = terminated, truncated
+        self.num_frames += 1
+        self.num_steps = s + 1
 
     def arrays(self) -> dict[str, np.ndarray]:
         """The stored episodes' per-step arrays and lengths (the frames are in ``frames``)."""
@@ -363,30 +374,31 @@ def _report_to_shared(index: int) -> Callable[[int, int], None]:
     return report
 
 
-def _collect_shard(task: _ShardTask, on_progress: Callable[[int, int], None] | None = None) -> dict:
-    """Roll out one shard's episodes and move the finished shard folder into place atomically."""
-    cpu_start = time.process_time()
-    env, buffer = _cached_env(task.env_id, task.env_kwargs, lambda env: _capacity(env, task))
-    reset_seeds, rng = shard_rngs(task.seed, task.index, task.episodes_per_shard)
-    policy = make_policy(task.policy, env.action_space, rng)
-    if on_progress is None:
-        on_progress = _report_to_shared(task.index)
+def _open_shard(task: _ShardTask, frame_shape: tuple[int, ...]) -> tuple[Path, FrameWriter]:
+    """A fresh temporary folder for shard ``task.index`` and the writer of its frames.
 
-    name = shard_name(task.index)
+    Frames are compressed into tmp/obs_lz4.npy while the episodes run. Not wm_agent.io.save_npy for
+    the files: the folder rename in ``_close_shard`` already makes the shard appear whole or not at
+    all, and an fsync per file here would leave the worker waiting on the disk. The main process
+    fsyncs the shard before listing it.
+    """
     out_dir = Path(task.out_dir)
-    tmp = out_dir / f"{_TMP_PREFIX}{name}-{os.getpid()}"
+    tmp = out_dir / f"{_TMP_PREFIX}{shard_name(task.index)}-{os.getpid()}"
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir()
-    # Frames are compressed into tmp/obs_lz4.npy while the episodes run. Not wm_agent.io.save_npy for
-    # the files: the folder rename below already makes the shard appear whole or not at all, and an
-    # fsync per file here would leave the worker waiting on the disk. The main process fsyncs the
-    # shard before listing it.
     try:
-        writer = FrameWriter(tmp, env.observation_space.shape)
+        return tmp, FrameWriter(tmp, frame_shape)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _close_shard(task: _ShardTask, tmp: Path, writer: FrameWriter, buffer: EpisodeBuffer) -> dict:
+    """Write the rest of a finished shard and move its folder into place; returns its manifest entry.
+    On any failure the temporary folder is removed."""
+    try:
         try:
-            buffer.clear(frames=writer)
-            run_episodes(env, policy, reset_seeds[: task.episodes], task.max_steps, buffer, on_progress)
             writer.finish()
         finally:
             writer.close()
@@ -396,15 +408,36 @@ def _collect_shard(task: _ShardTask, on_progress: Callable[[int, int], None] | N
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    _move_into_place(tmp, out_dir / name)
+    name = shard_name(task.index)
+    _move_into_place(tmp, Path(task.out_dir) / name)
+    return _shard_entry(name, len(buffer.lengths), buffer.num_steps)
+
+
+def _collect_shard(task: _ShardTask, on_progress: Callable[[int, int], None] | None = None) -> dict:
+    """Roll out one shard's episodes and move the finished shard folder into place atomically."""
+    cpu_start = time.process_time()
+    env, buffer = _cached_env(task.env_id, task.env_kwargs, lambda env: _capacity(env.spec, task))
+    reset_seeds, rng = shard_rngs(task.seed, task.index, task.episodes_per_shard)
+    policy = make_policy(task.policy, env.action_space, rng)
+    if on_progress is None:
+        on_progress = _report_to_shared(task.index)
+    tmp, writer = _open_shard(task, env.observation_space.shape)
+    try:
+        buffer.clear(frames=writer)
+        run_episodes(env, policy, reset_seeds[: task.episodes], task.max_steps, buffer, on_progress)
+    except BaseException:
+        writer.close()
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    entry = _close_shard(task, tmp, writer, buffer)
     # CPU time lets the benchmark tell the collector's own overhead from a busy machine.
-    return {**_shard_entry(name, len(buffer.lengths), buffer.num_steps), "cpu_seconds": time.process_time() - cpu_start}
+    return {**entry, "cpu_seconds": time.process_time() - cpu_start}
 
 
-def _capacity(env: gym.Env, task: _ShardTask) -> int:
-    """Frames a shard can need. With a known episode cap the buffer never grows (and untouched
-    np.empty pages cost no memory); otherwise it starts small and doubles."""
-    limit = env.spec.max_episode_steps if env.spec is not None else None
+def _capacity(spec, task: _ShardTask) -> int:
+    """Frames a shard can need, from the env's spec. With a known episode cap the buffer never grows
+    (and untouched np.empty pages cost no memory); otherwise it starts small and doubles."""
+    limit = spec.max_episode_steps if spec is not None else None
     if task.max_steps is not None:
         limit = task.max_steps if limit is None else min(limit, task.max_steps)
     return task.episodes_per_shard * (limit + 1) if limit is not None else 4096
@@ -521,10 +554,17 @@ class DataCollector:
         policy: ``"random"`` (uniform actions) or ``"brownian"`` (clipped random walk for Box actions,
             actions held 1..8 steps for Discrete ones).
         seed: base seed; shard ``i`` is seeded from ``(seed, i)``.
-        workers: worker processes; 1 collects in this process.
+        workers: parallel envs: worker processes, or sub-envs of the vector env (see ``vectorization``).
         episodes_per_shard: episodes per shard (memory per worker grows with it).
         env_kwargs: keyword arguments of ``gym.make`` (JSON-serialisable; stored in the manifest).
         max_steps: optional cap on episode length, on top of the env's own time limit.
+        vectorization: how the ``workers`` envs run in parallel. ``"processes"`` (the default and the
+            fastest): worker processes that each roll out whole shards, so nothing crosses a process
+            boundary per step (``workers=1`` collects in this process). ``"async"`` / ``"sync"``: one
+            Gymnasium vector env (``gym.make_vec`` with that ``vectorization_mode``) of ``workers``
+            sub-envs, stepped in lockstep by this process; per-step messages make it slower for fast
+            envs like GridWorld, but any env ``gym.make_vec`` can build works. All three write the same
+            shards for the same seed.
     """
 
     def __init__(
@@ -537,9 +577,12 @@ class DataCollector:
         episodes_per_shard: int = 10,
         env_kwargs: dict | None = None,
         max_steps: int | None = None,
+        vectorization: str = "processes",
     ):
         if policy not in POLICIES:
             raise ValueError(f"policy must be one of {POLICIES}, got {policy!r}")
+        if vectorization not in VECTORIZATIONS:
+            raise ValueError(f"vectorization must be one of {VECTORIZATIONS}, got {vectorization!r}")
         for label, value in (("workers", workers), ("episodes_per_shard", episodes_per_shard)):
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{label} must be a positive int, got {value!r}")
@@ -574,6 +617,7 @@ class DataCollector:
         self.episodes_per_shard = episodes_per_shard
         self.env_kwargs = env_kwargs
         self.max_steps = max_steps
+        self.vectorization = vectorization
         self.observation_shape = tuple(obs_space.shape)
         self.action_space = action_space
         # Filled by collect(): shards written and the CPU seconds workers spent on them.
@@ -583,7 +627,7 @@ class DataCollector:
     def from_config(cls, config: "CollectConfig") -> "DataCollector":
         return cls(config.env, config.out, policy=config.policy, seed=config.seed, workers=config.workers,
                    episodes_per_shard=config.episodes_per_shard, env_kwargs=config.env_kwargs,
-                   max_steps=config.max_steps)
+                   max_steps=config.max_steps, vectorization=config.vectorization)
 
     # -- manifest ---------------------------------------------------------------------------------
     def _identity(self) -> dict:
@@ -688,7 +732,9 @@ class DataCollector:
                    dynamic_ncols=True)
         syncer = _ShardSyncer(self.out_dir, record)
         try:
-            if self.workers == 1 or len(tasks) == 1:
+            if self.vectorization != "processes":
+                self._run_vector(tasks, syncer.submit, bar)
+            elif self.workers == 1 or len(tasks) == 1:
                 self._run_here(tasks, syncer.submit, bar)
             else:
                 self._run_pool(tasks, syncer.submit, bar)
@@ -782,6 +828,165 @@ class DataCollector:
             pool.shutdown(wait=True, cancel_futures=True)
 
 
+    def _run_vector(self, tasks: list[_ShardTask], record, bar) -> None:
+        """Step one Gymnasium vector env of ``workers`` sub-envs in lockstep; each sub-env fills one
+        shard at a time and takes the next one from the plan when it is done. A sub-env left without
+        a shard near the end keeps stepping (a vector env steps all of its envs) and its steps are
+        dropped. The shards are the same bytes the ``processes`` vectorization writes."""
+        n = min(self.workers, len(tasks))
+        envs = make_vector_env(self.env_id, self.env_kwargs, n, self.vectorization)
+        backlog = iter(tasks)
+        slots: list[_SlotShard | None] = [None] * n
+        buffers = [EpisodeBuffer(self.observation_shape, self.action_space, _capacity(envs.spec, tasks[0]),
+                                 DiscardFrames(self.observation_shape)) for _ in range(n)]
+        # Actions for sub-envs without a shard: never stored, so any seed does.
+        idle_policy = make_policy("random", self.action_space, np.random.default_rng(0))
+        total_episodes = sum(t.episodes for t in tasks)
+        done_frames = done_episodes = steps = 0
+
+        def next_shard(i: int) -> int | None:
+            """Give sub-env i its next shard; its first reset seed (None when the plan is done)."""
+            task = next(backlog, None)
+            slots[i] = None if task is None else _SlotShard(task, self.observation_shape, self.action_space,
+                                                              buffers[i])
+            return None if slots[i] is None else slots[i].next_seed()
+
+        def report() -> None:
+            live = [slot.buffer for slot in slots if slot is not None]
+            bar.update(done_frames + sum(b.num_frames for b in live) - bar.n)
+            bar.set_postfix_str(f"episodes {done_episodes + sum(len(b.lengths) for b in live)}/{total_episodes}")
+
+        def call(what: str, method, *args, **kwargs):
+            """``envs.method(...)``; a failure becomes a CollectionError naming the shards in progress."""
+            try:
+                return method(*args, **kwargs)
+            except Exception as exc:
+                shards = ", ".join(shard_name(slot.task.index) for slot in slots if slot is not None)
+                raise CollectionError(_vector_failure(
+                    f"{what} the {self.vectorization} vector env of {self.env_id} for {shards} failed", exc)) from exc
+
+        try:
+            obs, _ = call("resetting", envs.reset, seed=[next_shard(i) for i in range(n)])
+            for i, slot in enumerate(slots):
+                if slot is not None:
+                    slot.begin_episode(obs[i])
+            while any(slot is not None for slot in slots):
+                actions = [(slot.policy if slot is not None else idle_policy)() for slot in slots]
+                obs, rewards, terminated, truncated, _ = call("stepping", envs.step,
+                                                              _batch_actions(self.action_space, actions))
+                steps += 1
+                reset = np.zeros(n, bool)
+                seeds: list[int | None] = [None] * n
+                for i, slot in enumerate(slots):
+                    if slot is None:
+                        reset[i] = terminated[i] or truncated[i]
+                    elif slot.step(obs[i], actions[i], rewards[i], terminated[i], truncated[i]):
+                        reset[i] = True
+                        seeds[i] = slot.next_seed()
+                        if seeds[i] is None:
+                            entry = slot.close()
+                            slots[i] = None
+                            record(entry)
+                            done_frames += entry["frames"]
+                            done_episodes += entry["episodes"]
+                            seeds[i] = next_shard(i)
+                if reset.any() and any(slot is not None for slot in slots):
+                    obs, _ = call("resetting", envs.reset, seed=seeds, options={"reset_mask": reset})
+                    for i in np.flatnonzero(reset):
+                        if slots[i] is not None:
+                            slots[i].begin_episode(obs[i])
+                if steps % PROGRESS_EVERY == 0:
+                    report()
+            report()
+        except BaseException:
+            for slot in slots:
+                if slot is not None:
+                    slot.abandon()
+            _close_after_failure(envs)
+            raise
+        envs.close()
+
+class _SlotShard:
+    """The shard one sub-env of a vector env is filling (the ``async``/``sync`` vectorizations)."""
+
+    def __init__(self, task: _ShardTask, frame_shape: tuple[int, ...], action_space: gym.Space,
+                 buffer: EpisodeBuffer):
+        self.task, self.buffer = task, buffer
+        self.reset_seeds, rng = shard_rngs(task.seed, task.index, task.episodes_per_shard)
+        self.policy = make_policy(task.policy, action_space, rng)
+        self.cap = task.max_steps if task.max_steps is not None else math.inf
+        self.tmp, self.writer = _open_shard(task, frame_shape)
+        buffer.clear(frames=self.writer)
+        self.t = 0  # steps into the current episode
+
+    def next_seed(self) -> int | None:
+        """The reset seed of the shard's next episode, or None when the shard is complete."""
+        done = len(self.buffer.lengths)
+        return int(self.reset_seeds[done]) if done < self.task.episodes else None
+
+    def begin_episode(self, obs: np.ndarray) -> None:
+        self.policy.start_episode()
+        self.buffer.frames.append(obs)
+        self.buffer.num_frames += 1
+        self.t = 0
+
+    def step(self, obs, action, reward, terminated, truncated) -> bool:
+        """Store one step; True when the episode ended (its length is recorded)."""
+        self.t += 1
+        truncated = bool(truncated) or self.t >= self.cap
+        self.buffer.add_step(obs, action, reward, terminated, truncated)
+        if terminated or truncated:
+            self.buffer.lengths.append(self.t)
+            return True
+        return False
+
+    def close(self) -> dict:
+        return {**_close_shard(self.task, self.tmp, self.writer, self.buffer), "cpu_seconds": 0.0}
+
+    def abandon(self) -> None:
+        self.writer.close()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def make_vector_env(env_id: str, env_kwargs: dict, num_envs: int, mode: str) -> gym.vector.VectorEnv:
+    """``gym.make_vec`` as the collector drives it: no autoreset (each sub-env is reset with its own
+    episode's seed when it finishes) and no copy of the batch (each frame is compressed at once)."""
+    vector_kwargs: dict[str, Any] = {"autoreset_mode": gym.vector.AutoresetMode.DISABLED, "copy": False}
+    if mode == "async":
+        vector_kwargs["context"] = _mp_context().get_start_method()
+    try:
+        return gym.make_vec(env_id, num_envs=num_envs, vectorization_mode=mode, vector_kwargs=vector_kwargs,
+                            **env_kwargs)
+    except gym.error.Error as exc:
+        raise ValueError(f"cannot make a {mode} vector env of {env_id!r} with {env_kwargs}: {exc}") from exc
+
+
+def _close_after_failure(envs: gym.vector.VectorEnv) -> None:
+    """Close a vector env that raised. A sub-env process that died leaves the env waiting for its
+    answer, and ``close`` raises that error again (and again from ``__del__``): stop the processes
+    here instead, so none outlives the collector and the first error is the one reported."""
+    try:
+        envs.close(terminate=True)
+    except Exception:
+        for process in getattr(envs, "processes", []):
+            if process.is_alive():
+                process.terminate()
+            process.join(timeout=5)
+        envs.closed = True
+
+
+def _vector_failure(what: str, exc: Exception) -> str:
+    if isinstance(exc, (EOFError, ConnectionError)):  # the pipe of a process that is gone
+        return f"{what}: a sub-env process died (killed, or out of memory?); finished shards are kept"
+    return f"{what}: {type(exc).__name__}: {exc}"
+
+
+def _batch_actions(space: gym.Space, actions: list) -> np.ndarray:
+    if isinstance(space, spaces.Discrete):
+        return np.asarray(actions, np.int64)
+    return np.stack(actions).astype(space.dtype, copy=False)
+
+
 def _terminate(pool: ProcessPoolExecutor, processes: list) -> None:
     """Stop the workers now instead of letting them finish shards nobody will wait for."""
     processes = [*processes, *(getattr(pool, "_processes", None) or {}).values()]
@@ -814,7 +1019,12 @@ class CollectConfig:
     out: str = field(metadata={"help": "output folder (re-running the same command resumes into it)"})
     env: str = field(default="WM-GridWorld-v0", metadata={"help": "Gymnasium env id with 64x64x3 uint8 frames"})
     episodes: int = field(default=100, metadata={"help": "episodes the folder should hold"})
-    workers: int = field(default=1, metadata={"help": "worker processes (1 = collect in this process)"})
+    workers: int = field(default=1, metadata={"help": "parallel envs: worker processes (1 = collect in this "
+                                                        "process), or sub-envs with --vectorization async|sync"})
+    vectorization: Literal["processes", "async", "sync"] = field(
+        default="processes",
+        metadata={"help": "processes: workers roll out whole shards on their own (fastest); async|sync: one "
+                          "Gymnasium vector env (gym.make_vec) stepped in lockstep. Same shards either way"})
     policy: Literal["random", "brownian"] = field(
         default="random", metadata={"help": "data policy: uniform random, or brownian (correlated) actions"})
     seed: int = field(default=0, metadata={"help": "base seed; shard i is seeded from (seed, i)"})
