@@ -1,0 +1,141 @@
+#!/usr/bin/env python
+"""What storing frames costs one collector worker: the rollout loop with frames dropped vs LZ4-compressed.
+
+The collector's ratio is measured against one env running the same loop with its frames dropped
+(``wm-agent benchmark collect``), so a worker can reach at most ``dropped / compressed`` of that rate
+before any parallel effect. Two measurements of that share, one process, one core:
+
+- time: the collector's own loop (``run_episodes`` into an ``EpisodeBuffer``, the env made with
+  ``gym.make``, the random data policy) in short alternating runs, frames dropped or written by the
+  shards' ``FrameWriter``; the median over pairs of each pair's speed ratio, so a machine that speeds
+  up or slows down moves both halves of a pair alike;
+- instructions (with ``--instructions``, needs valgrind): the same loop under valgrind's cachegrind at
+  two episode counts, the difference divided by the difference in frames so start-up cancels out.
+  Instruction counts do not drift with the machine's load the way times do on a shared VM.
+
+Usage::
+
+    python scripts/measure_collector_overhead.py --pairs 100 --instructions
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+
+class _Loop:
+    """The collector's rollout loop on one env: ``run(kind, episodes)`` -> (frames, seconds)."""
+
+    def __init__(self, env_id: str, total_episodes: int, folder: str):
+        import gymnasium as gym
+
+        import wm_agent  # noqa: F401  (registers the WM-* envs)
+        from wm_agent.collect import EpisodeBuffer, make_policy, shard_rngs
+        from wm_agent.frames import DiscardFrames
+
+        self.env = gym.make(env_id)
+        self.shape = self.env.observation_space.shape
+        self.seeds, rng = shard_rngs(0, 0, total_episodes)
+        self.policy = make_policy("random", self.env.action_space, rng)
+        self.buffer = EpisodeBuffer(self.shape, self.env.action_space, 4096, frames=DiscardFrames(self.shape))
+        self.folder, self.used = folder, 0
+
+    def run(self, kind: str, episodes: int) -> tuple[int, float]:
+        from wm_agent.collect import run_episodes
+        from wm_agent.frames import DiscardFrames, FrameWriter
+
+        frames = FrameWriter(self.folder, self.shape) if kind == "lz4" else DiscardFrames(self.shape)
+        self.buffer.clear(frames=frames)
+        start = time.perf_counter()
+        run_episodes(self.env, self.policy, self.seeds[self.used : self.used + episodes], buffer=self.buffer)
+        seconds = time.perf_counter() - start
+        if kind == "lz4":
+            frames.finish()
+        self.used += episodes
+        return self.buffer.num_frames, seconds
+
+
+def _child(env_id: str, kind: str, episodes: int) -> None:
+    """One run for cachegrind: print the frame count."""
+    with tempfile.TemporaryDirectory() as tmp:
+        print(_Loop(env_id, episodes, tmp).run(kind, episodes)[0])
+
+
+def _timed_pairs(env_id: str, pairs: int, episodes: int) -> dict:
+    """Median per-frame microseconds of each variant and the median over pairs of dropped/compressed time."""
+    times: dict[str, list[float]] = {"dropped": [], "lz4": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        loop = _Loop(env_id, 2 * pairs * episodes, tmp)
+        for k in range(pairs):
+            for kind in (("dropped", "lz4") if k % 2 else ("lz4", "dropped")):
+                frames, seconds = loop.run(kind, episodes)
+                times[kind].append(seconds / frames * 1e6)
+    ratios = [d / c for d, c in zip(times["dropped"], times["lz4"])]
+    return {"us_per_frame_dropped": round(statistics.median(times["dropped"]), 2),
+            "us_per_frame_lz4": round(statistics.median(times["lz4"]), 2),
+            "dropped_over_lz4_time": round(statistics.median(ratios), 4),
+            "dropped_over_lz4_time_quartiles": [round(q, 4) for q in statistics.quantiles(ratios, n=4)]}
+
+
+def _instructions(env_id: str, kind: str, episodes: int) -> tuple[int, int]:
+    """(instructions, frames) of one child run under cachegrind."""
+    result = subprocess.run(
+        ["valgrind", "--tool=cachegrind", "--cache-sim=no", "--cachegrind-out-file=/dev/null",
+         sys.executable, __file__, "--child", kind, str(episodes), "--env", env_id],
+        capture_output=True, text=True)
+    match = re.search(r"I\s+refs:\s+([\d,]+)", result.stderr)
+    if result.returncode != 0 or match is None:
+        raise SystemExit(f"the {kind} run under valgrind failed:\n{result.stderr[-2000:]}")
+    return int(match.group(1).replace(",", "")), int(result.stdout.split()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--env", default="WM-GridWorld-v0", help="Gymnasium env id with 64x64x3 uint8 frames")
+    parser.add_argument("--pairs", type=int, default=100, help="alternating timed pairs (0: no timing)")
+    parser.add_argument("--pair-episodes", type=int, default=100, help="episodes in each timed run")
+    parser.add_argument("--instructions", action="store_true", help="also count instructions under valgrind")
+    parser.add_argument("--episodes", type=int, nargs=2, default=(20, 220), metavar=("FEW", "MANY"),
+                        help="with --instructions: the two episode counts whose difference is measured")
+    parser.add_argument("--child", nargs=2, metavar=("KIND", "EPISODES"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        _child(args.env, args.child[0], int(args.child[1]))
+        return
+    few, many = args.episodes
+    if args.pairs < 0 or args.pair_episodes < 1:
+        parser.error("--pairs must be >= 0 and --pair-episodes >= 1")
+    if args.instructions and not 0 < few < many:
+        parser.error(f"--episodes needs 0 < FEW < MANY, got {few} {many}")
+    if args.instructions and shutil.which("valgrind") is None:
+        raise SystemExit("--instructions counts with valgrind, which is not installed (apt-get install valgrind)")
+    result: dict = {"env": args.env}
+    if args.pairs >= 2:
+        result.update(pairs=args.pairs, pair_episodes=args.pair_episodes,
+                      **_timed_pairs(args.env, args.pairs, args.pair_episodes))
+    if args.instructions:
+        per_frame = {}
+        for kind in ("dropped", "lz4"):
+            (i_few, f_few), (i_many, f_many) = (_instructions(args.env, kind, n) for n in (few, many))
+            per_frame[kind] = (i_many - i_few) / (f_many - f_few)
+        extra = per_frame["lz4"] - per_frame["dropped"]
+        result.update({
+            "episodes": [few, many],
+            "instructions_per_frame_dropped": round(per_frame["dropped"]),
+            "instructions_per_frame_lz4": round(per_frame["lz4"]),
+            "lz4_extra_instructions_fraction": round(extra / per_frame["dropped"], 4),
+            "dropped_over_lz4_instructions": round(per_frame["dropped"] / per_frame["lz4"], 4),
+        })
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
