@@ -13,15 +13,23 @@ before any parallel effect. Two measurements of that share, one process, one cor
   two episode counts, the difference divided by the difference in frames so start-up cancels out.
   Instruction counts do not drift with the machine's load the way times do on a shared VM.
 
+With ``--scaling R`` it also measures the other factor, the machine's: R rounds of one process
+running the frames-dropped loop alone, ``--workers`` processes running it at the same time (started
+together at a barrier, each timing its own loop), and ``--workers`` processes running the LZ4 loop at
+once. ``scaling``: median over rounds of (mean rate of a process among several) / (rate of one alone);
+``together_lz4_over_alone``: the same for the LZ4 loops, i.e. the collector's ratio without its
+process pool, shard files or start-up.
+
 Usage::
 
-    python scripts/measure_collector_overhead.py --pairs 100 --instructions
+    python scripts/measure_collector_overhead.py --pairs 100 --instructions --scaling 10
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing as mp
 import re
 import shutil
 import statistics
@@ -85,6 +93,43 @@ def _timed_pairs(env_id: str, pairs: int, episodes: int) -> dict:
             "dropped_over_lz4_time_quartiles": [round(q, 4) for q in statistics.quantiles(ratios, n=4)]}
 
 
+def _alone_or_together(env_id: str, kind: str, episodes: int, offset: int, barrier, results) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        loop = _Loop(env_id, offset + episodes, tmp)
+        loop.used = offset
+        barrier.wait()
+        frames, seconds = loop.run(kind, episodes)
+    results.put(frames / seconds)
+
+
+def _scaling(env_id: str, rounds: int, episodes: int, workers: int) -> dict:
+    """Per-process frames/s of the frames-dropped loop, one process alone vs ``workers`` at once."""
+    ctx = mp.get_context("spawn")
+    rates: dict[str, list[float]] = {"alone": [], "together": [], "together_lz4": []}
+    runs = [("alone", "dropped", 1), ("together", "dropped", workers), ("together_lz4", "lz4", workers)]
+    for r in range(rounds):
+        for label, kind, n in (runs if r % 2 == 0 else runs[::-1]):
+            barrier, results = ctx.Barrier(n), ctx.Queue()
+            processes = [ctx.Process(target=_alone_or_together,
+                                     args=(env_id, kind, episodes, k * episodes, barrier, results)) for k in range(n)]
+            for process in processes:
+                process.start()
+            per_process = [results.get() for _ in processes]
+            for process in processes:
+                process.join()
+            rates[label].append(statistics.fmean(per_process))
+    scaling = [t / a for t, a in zip(rates["together"], rates["alone"])]
+    with_lz4 = [t / a for t, a in zip(rates["together_lz4"], rates["alone"])]
+    return {"scaling_rounds": rounds, "scaling_workers": workers, "scaling_episodes": episodes,
+            "fps_alone": [round(x) for x in rates["alone"]],
+            "fps_per_process_together": [round(x) for x in rates["together"]],
+            "fps_per_process_together_lz4": [round(x) for x in rates["together_lz4"]],
+            "scaling": round(statistics.median(scaling), 4), "scaling_range": [round(min(scaling), 4), round(max(scaling), 4)],
+            # The collector's loops without its pool, shards or start-up: the most it could reach.
+            "together_lz4_over_alone": round(statistics.median(with_lz4), 4),
+            "together_lz4_over_alone_range": [round(min(with_lz4), 4), round(max(with_lz4), 4)]}
+
+
 def _instructions(env_id: str, kind: str, episodes: int) -> tuple[int, int]:
     """(instructions, frames) of one child run under cachegrind."""
     result = subprocess.run(
@@ -105,6 +150,10 @@ def main() -> None:
     parser.add_argument("--instructions", action="store_true", help="also count instructions under valgrind")
     parser.add_argument("--episodes", type=int, nargs=2, default=(20, 220), metavar=("FEW", "MANY"),
                         help="with --instructions: the two episode counts whose difference is measured")
+    parser.add_argument("--scaling", type=int, default=0, metavar="ROUNDS",
+                        help="rounds of one process alone vs --workers processes at once (0: skip)")
+    parser.add_argument("--workers", type=int, default=2, help="processes at once for --scaling")
+    parser.add_argument("--scaling-episodes", type=int, default=2000, help="episodes per process per --scaling run")
     parser.add_argument("--child", nargs=2, metavar=("KIND", "EPISODES"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -113,6 +162,8 @@ def main() -> None:
     few, many = args.episodes
     if args.pairs < 0 or args.pair_episodes < 1:
         parser.error("--pairs must be >= 0 and --pair-episodes >= 1")
+    if args.scaling < 0 or args.workers < 2 or args.scaling_episodes < 1:
+        parser.error("--scaling must be >= 0, --workers >= 2 and --scaling-episodes >= 1")
     if args.instructions and not 0 < few < many:
         parser.error(f"--episodes needs 0 < FEW < MANY, got {few} {many}")
     if args.instructions and shutil.which("valgrind") is None:
@@ -134,6 +185,8 @@ def main() -> None:
             "lz4_extra_instructions_fraction": round(extra / per_frame["dropped"], 4),
             "dropped_over_lz4_instructions": round(per_frame["dropped"] / per_frame["lz4"], 4),
         })
+    if args.scaling:
+        result.update(_scaling(args.env, args.scaling, args.scaling_episodes, args.workers))
     print(json.dumps(result, indent=2))
 
 
