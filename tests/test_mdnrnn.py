@@ -47,6 +47,37 @@ def test_output_shapes(continuous):
     assert all(torch.isfinite(v).all() for v in params.values())
 
 
+@pytest.mark.parametrize("continuous", [False, True])
+@pytest.mark.parametrize("preset", ["tiny", "car_racing"])
+def test_the_dream_steps_factored_first_layer_matches_the_dense_convolutions(continuous, preset):
+    from wm_agent.config import WorldModelConfig
+
+    if preset == "tiny":
+        rnn = _rnn(continuous, seed=3)
+    else:
+        torch.manual_seed(3)
+        rnn = MDNRNN(WorldModelConfig.car_racing(), torch.randn(64, 4))
+    for p in rnn.parameters():  # trained-looking weights, not the near-zero initial conv outputs
+        p.data.normal_(0, 0.3)
+    cfg = rnn.config
+    g = torch.Generator().manual_seed(1)
+    n = 6
+    # A dream grid: every cell an exact codebook vector, corners and edges included.
+    codes = torch.randint(0, cfg.num_embeddings, (n, cfg.latent_grid ** 2), generator=g)
+    z = rnn.codebook[codes].reshape(n, 1, cfg.z_size)
+    if cfg.discrete_actions:
+        a = torch.randint(0, cfg.action_dim, (n, 1), generator=g)
+    else:
+        a = torch.rand(n, 1, cfg.action_dim, generator=g) * 2 - 1
+    with torch.no_grad():
+        enc, out, _ = rnn._recur(z, a, None)
+        dense, factored = rnn._heads(z, enc, out), rnn._heads_from_codes(z, enc, out)
+    assert dense.keys() == factored.keys()
+    for key in dense:
+        torch.testing.assert_close(factored[key], dense[key], rtol=1e-4, atol=1e-4, msg=key)
+    assert dense["reward"].std() > 0.01 and dense["mu"].std() > 0.01  # the comparison saw real signal
+
+
 def test_hidden_state_carries_over_between_calls():
     rnn = _rnn().eval()
     z, a = _inputs(rnn)

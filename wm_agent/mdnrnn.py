@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from wm_agent.config import WorldModelConfig
-from wm_agent.vqvae import code_memberships
+from wm_agent.vqvae import code_memberships, membership_table, nearest_code
 
 Hidden = tuple[torch.Tensor, torch.Tensor]
 LOG_2PI = math.log(2 * math.pi)
@@ -130,15 +130,42 @@ class MDNRNN(nn.Module):
     def _heads(self, z: torch.Tensor, a: torch.Tensor, out: torch.Tensor) -> dict[str, torch.Tensor]:
         """The mixture and the reward/done predictions, both from one read of the grid."""
         grid = self._grid(z)
-        return {**self._mdn(out, z, a, grid), **self._events(grid, z, a, out)}
+        g = self.config.latent_grid
+        n = grid.shape[0]
 
-    def _mdn(self, out: torch.Tensor, z: torch.Tensor, a: torch.Tensor, grid: torch.Tensor) -> dict[str, torch.Tensor]:
+        def first(conv: nn.Conv2d, extra: torch.Tensor) -> torch.Tensor:  # the grid, and extra on every cell
+            return conv(torch.cat([grid, extra[:, :, None, None].expand(-1, -1, g, g)], 1))
+
+        return {**self._mdn(out, z, first(self.trunk[0], self._trunk_extra(a, out))),
+                **self._events(z, out, first(self.event_net[0], a.reshape(n, -1)))}
+
+    def _trunk_extra(self, a: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """What the trunk reads besides the grid, the same on every cell: the action and the LSTM's context."""
+        n = a.shape[0] * a.shape[1]
+        return torch.cat([a.reshape(n, -1), self.context(out).reshape(n, -1)], -1)
+
+    def _heads_from_codes(self, z: torch.Tensor, a: torch.Tensor, out: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``_heads`` for a grid of exact codebook vectors (every dream step), with the first conv of
+        both nets computed from the cells' code indices instead of over their memberships: per cell,
+        nine rows of a (code, tap) table instead of a dense 3x3 convolution over num_embeddings
+        channels, and the per-env inputs (action, context) folded into one matrix per border class.
+        The same numbers up to float rounding; the CarRacing preset's dream step is ~2x faster."""
+        cfg = self.config
+        g, d = cfg.latent_grid, cfg.latent_dim
+        n = z.shape[0] * z.shape[1]
+        codebook = self.codebook.to(z.dtype)
+        codes = nearest_code(self._cells(z).reshape(-1, d), codebook).view(n, g, g)
+        table = membership_table(codebook)
+        return {**self._mdn(out, z, _conv_from_codes(self.trunk[0], codes, table, self._trunk_extra(a, out))),
+                **self._events(z, out, _conv_from_codes(self.event_net[0], codes, table, a.reshape(n, -1)))}
+
+    def _mdn(self, out: torch.Tensor, z: torch.Tensor, first: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The mixture, from the trunk's first conv layer output ``first`` (n, c, g, g)."""
         cfg = self.config
         k, g, d = cfg.num_mixtures, cfg.latent_grid, cfg.latent_dim
         b, t = z.shape[:2]
         n = b * t
-        extra = torch.cat([a.reshape(n, -1), self.context(out).reshape(n, -1)], -1)
-        feats = self.trunk(torch.cat([grid, extra[:, :, None, None].expand(-1, -1, g, g)], 1))
+        feats = self.trunk[1:](first)
         cells = self.cell_head(feats).reshape(n, k, 2 * d + 1, g, g).permute(0, 1, 3, 4, 2)  # (n, k, g, g, 2d+1)
         content, raw_sigma, gate = cells.split([d, d, 1], -1)
         keep = torch.sigmoid(gate)
@@ -152,11 +179,11 @@ class MDNRNN(nn.Module):
         log_sigma = lo + (hi - lo) * torch.sigmoid(raw_sigma)
         return {"pi": log_pi.exp(), "log_pi": log_pi, "mu": mu, "sigma": log_sigma.exp(), "log_sigma": log_sigma}
 
-    def _events(self, grid: torch.Tensor, z: torch.Tensor, a: torch.Tensor, out: torch.Tensor) -> dict:
+    def _events(self, z: torch.Tensor, out: torch.Tensor, first: torch.Tensor) -> dict:
+        """Reward and done, from the event net's first conv layer output ``first`` (n, c, g, g)."""
         b, t = z.shape[:2]
         n = b * t
-        g = self.config.latent_grid
-        feats = self.event_net(torch.cat([grid, a.reshape(n, -1, 1, 1).expand(-1, -1, g, g)], 1))
+        feats = self.event_net[1:](first)
         pooled = torch.cat([feats.amax((2, 3)), feats.mean((2, 3)), out.reshape(n, -1).detach()], -1)
         reward, done = self.event_head(pooled).reshape(b, t, 2).unbind(-1)
         # Bounded (linear near 0) so even absurd activations cannot overflow the squared error.
@@ -169,7 +196,8 @@ class MDNRNN(nn.Module):
         hidden). ``snap`` maps the sampled latents back onto the codebook."""
         z1, a1 = z[:, None], actions[:, None]
         a, out, hidden = self._recur(z1, a1, hidden)
-        params = self._heads(z1, a, out)
+        # Dream latents are snapped onto the codebook, so the grid is codes: the factored first layer.
+        params = (self._heads_from_codes if self.config.rnn_reads_codes else self._heads)(z1, a, out)
         z_next = snap(self.sample(params["pi"][:, 0], params["mu"][:, 0], params["sigma"][:, 0], temperature,
                                   generator))
         return z_next, params["reward"][:, 0], torch.sigmoid(params["done_logit"][:, 0]), hidden
@@ -235,3 +263,27 @@ class MDNRNN(nn.Module):
         std = sigma.gather(-2, index).squeeze(-2) * math.sqrt(temperature)
         noise = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
         return mean + std * noise
+
+
+def _conv_from_codes(conv: nn.Conv2d, codes: torch.Tensor, table: torch.Tensor, extra: torch.Tensor) -> torch.Tensor:
+    """``conv`` (3x3, padding 1) over [table[codes] as channels, ``extra`` on every cell], computed
+    without building that input: codes (n, g, g) long, table (K, K), extra (n, E) -> (n, c, g, g)."""
+    n, g = codes.shape[0], codes.shape[-1]
+    k, c = table.shape[0], conv.out_channels
+    weight = conv.weight.reshape(c, -1, 9)  # (c, K + E, taps)
+    # Row (code * 9 + tap): what one neighbour holding that code adds through that tap; a last zero
+    # row for the taps that fall off the grid (the conv's zero padding).
+    rows = torch.einsum("ckt,jk->jtc", weight[:, :k], table.to(weight.dtype)).reshape(k * 9, c)
+    rows = torch.cat([rows, rows.new_zeros(1, c)])
+    padded = F.pad(codes, (1, 1, 1, 1), value=-1)
+    neighbours = torch.stack([padded[:, dy : dy + g, dx : dx + g] for dy in range(3) for dx in range(3)], -1)
+    taps = torch.arange(9, device=codes.device)
+    index = torch.where(neighbours >= 0, neighbours * 9 + taps, k * 9).reshape(-1, 9)
+    from_codes = F.embedding_bag(index, rows, mode="sum").view(n, g, g, c)
+    # The per-env channels are the same on every cell, so a cell sees them through the taps that
+    # land on the grid: one (c, E) matrix per cell, summed over those taps.
+    inside = F.pad(codes.new_ones(1, g, g, dtype=weight.dtype), (1, 1, 1, 1))[0]
+    inside = torch.stack([inside[dy : dy + g, dx : dx + g] for dy in range(3) for dx in range(3)], -1)
+    per_cell = torch.einsum("ijt,cet->ijce", inside, weight[:, k:])
+    from_extra = torch.einsum("ijce,ne->nijc", per_cell, extra.to(weight.dtype))
+    return (from_codes + from_extra + conv.bias).permute(0, 3, 1, 2)

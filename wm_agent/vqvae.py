@@ -206,11 +206,15 @@ def code_memberships(z: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
     """
     cb = codebook.to(z.dtype)
     nearest = nearest_code(z.reshape(-1, cb.shape[1]), cb)
-    dist = torch.cdist(cb, cb)
-    spacing = dist[~torch.eye(len(cb), dtype=torch.bool, device=cb.device)].median().clamp_min(1e-6)
+    return membership_table(cb)[nearest].view(*z.shape[:-1], len(cb))
+
+
+def membership_table(codebook: torch.Tensor) -> torch.Tensor:
+    """(K, K): row k is the memberships of a cell that holds code k (see ``code_memberships``)."""
+    dist = torch.cdist(codebook, codebook)
+    spacing = dist[~torch.eye(len(codebook), dtype=torch.bool, device=codebook.device)].median().clamp_min(1e-6)
     similar = torch.exp(-0.5 * (dist / (0.1 * spacing)).pow(2))
-    similar = similar / similar.sum(1, keepdim=True)
-    return similar[nearest].view(*z.shape[:-1], len(cb))
+    return similar / similar.sum(1, keepdim=True)
 
 
 def frames_to_tensor(frames, device: torch.device | str = "cpu") -> torch.Tensor:
