@@ -186,8 +186,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     collect = commands.add_parser(
         "collect", help="roll out a random/brownian policy into episode shards (resumable)",
-        description="Roll out a data policy in parallel worker processes into memory-mappable episode "
-                    "shards. Re-running the same command resumes an interrupted collection.")
+        description="Roll out a data policy in parallel (worker processes, or one Gymnasium vector env with "
+                    "--vectorization async|sync) into memory-mappable episode shards. Re-running the same "
+                    "command resumes an interrupted collection.")
     add_dataclass_args(collect, CollectConfig, title="collection")
     collect.add_argument("--no-progress", action="store_true", help="no progress bar")
     collect.set_defaults(func=_cmd_collect)
