@@ -73,12 +73,13 @@ def _collect_round(env_id: str, env_kwargs: dict, policy: str, steps: int, worke
     episodes = max(1, math.ceil(steps / (before[1] / before[2])))
     per_shard = max(1, math.ceil(episodes / (32 * workers)))
     with tempfile.TemporaryDirectory(prefix="wm-agent-bench-") as tmp:
-        start = time.perf_counter()
+        start, main_cpu_start = time.perf_counter(), time.process_time()
         collector = DataCollector(env_id, tmp, policy=policy, seed=seed, workers=workers,
                                   episodes_per_shard=per_shard, env_kwargs=env_kwargs,
                                   vectorization=vectorization)
         manifest = collector.collect(episodes, progress=False)
         col_s = time.perf_counter() - start
+        main_cpu = time.process_time() - main_cpu_start  # this process and its fsync thread
         disk_bytes = sum(p.stat().st_size for p in Path(tmp).glob("shard_*/*"))
     after = _raw_rate(env_id, env_kwargs, policy, half, seed + 1, episodes_per_buffer=64)
     raw_frames, raw_steps, _, raw_s, raw_cpu = (x + y for x, y in zip(before, after))
@@ -89,7 +90,8 @@ def _collect_round(env_id: str, env_kwargs: dict, policy: str, steps: int, worke
         "raw_fps": raw_fps, "raw_fps_before": before[0] / before[3], "raw_fps_after": after[0] / after[3],
         "collector_steps": manifest["steps"], "collector_frames": manifest["frames"],
         "collector_shards": len(manifest["shards"]), "collector_seconds": col_s, "collector_fps": col_fps,
-        "collector_worker_cpu_seconds": worker_cpu, "collector_disk_bytes": disk_bytes,
+        "collector_worker_cpu_seconds": worker_cpu, "collector_main_cpu_seconds": main_cpu,
+        "collector_disk_bytes": disk_bytes,
         "raw_frame_bytes": manifest["frames"] * math.prod(collector.observation_shape),
         "ratio": col_fps / (workers * raw_fps),
         # Frames per CPU-second, collector workers vs the baseline: the collector's own overhead,
@@ -137,7 +139,10 @@ def benchmark_collect(
             f"collector (K={workers}) {r['collector_fps']:,.0f} frames/s ({r['collector_frames']:,} frames, "
             f"{r['collector_shards']} shards, {r['collector_seconds']:.2f} s wall, start-up and disk writes included)")
         # Worker CPU time is known for worker processes only (a vector env's sub-envs do not report it).
-        cpu = "" if math.isnan(r["cpu_ratio"]) else f"   (frames per worker CPU-second vs raw: {r['cpu_ratio']:.2f})"
+        cpu = "" if math.isnan(r["cpu_ratio"]) else (
+            f"   (frames per worker CPU-second vs raw: {r['cpu_ratio']:.2f}; workers busy "
+            f"{r['collector_worker_cpu_seconds']:.1f} of {workers} x {r['collector_seconds']:.1f} s, main process "
+            f"{r['collector_main_cpu_seconds']:.2f} s of CPU)")
         say(f"           ratio collector / ({workers} x raw) = {r['ratio']:.2f}{cpu}; shards "
             f"{r['collector_disk_bytes'] / 1e6:,.1f} MB on disk, the raw frames would be "
             f"{r['raw_frame_bytes'] / 1e9:.2f} GB")
