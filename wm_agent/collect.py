@@ -16,7 +16,8 @@ Speed: GridWorld steps at tens of thousands of frames per second, so nothing cro
 boundary per step. Each worker process builds its env once and turns one task (a whole shard) into
 files on its own; the main process only sees a small summary per shard. Raw frames are ~12 KB, so
 two GridWorld workers would produce ~800 MB/s, twice what this project's disks sustain; compressed
-as they are produced (~200 bytes, ~3 us each) they are a few MB/s.
+as they are produced (~200 bytes, ~3 us each) they are a few MB/s. ``vectorization="async"|"sync"``
+drives one Gymnasium vector env instead (per-step messages: slower for fast envs, same shards).
 
 Determinism: shard ``i`` draws its reset seeds and its policy's random numbers from
 ``SeedSequence([seed, i])``, so a command produces byte-identical shards whatever the worker count,
@@ -413,6 +414,12 @@ def _close_shard(task: _ShardTask, tmp: Path, writer: FrameWriter, buffer: Episo
     return _shard_entry(name, len(buffer.lengths), buffer.num_steps)
 
 
+def _abandon_shard(tmp: Path, writer: FrameWriter) -> None:
+    """Drop a shard that will not be finished (its rollout failed or was stopped)."""
+    writer.close()
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
 def _collect_shard(task: _ShardTask, on_progress: Callable[[int, int], None] | None = None) -> dict:
     """Roll out one shard's episodes and move the finished shard folder into place atomically."""
     cpu_start = time.process_time()
@@ -426,8 +433,7 @@ def _collect_shard(task: _ShardTask, on_progress: Callable[[int, int], None] | N
         buffer.clear(frames=writer)
         run_episodes(env, policy, reset_seeds[: task.episodes], task.max_steps, buffer, on_progress)
     except BaseException:
-        writer.close()
-        shutil.rmtree(tmp, ignore_errors=True)
+        _abandon_shard(tmp, writer)
         raise
     entry = _close_shard(task, tmp, writer, buffer)
     # CPU time lets the benchmark tell the collector's own overhead from a busy machine.
@@ -944,8 +950,7 @@ class _SlotShard:
         return {**_close_shard(self.task, self.tmp, self.writer, self.buffer), "cpu_seconds": 0.0}
 
     def abandon(self) -> None:
-        self.writer.close()
-        shutil.rmtree(self.tmp, ignore_errors=True)
+        _abandon_shard(self.tmp, self.writer)
 
 
 def make_vector_env(env_id: str, env_kwargs: dict, num_envs: int, mode: str) -> gym.vector.VectorEnv:
