@@ -149,7 +149,7 @@ class MDNRNN(nn.Module):
         both nets computed from the cells' code indices instead of over their memberships: per cell,
         nine rows of a (code, tap) table instead of a dense 3x3 convolution over num_embeddings
         channels, and the per-env inputs (action, context) folded into one matrix per border class.
-        The same numbers up to float rounding; the CarRacing preset's dream step is ~2x faster."""
+        The same numbers up to float rounding; the CarRacing preset's dream step runs 1.6-2x faster."""
         cfg = self.config
         g, d = cfg.latent_grid, cfg.latent_dim
         n = z.shape[0] * z.shape[1]
