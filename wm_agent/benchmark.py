@@ -9,9 +9,9 @@ import tempfile
 import time
 from pathlib import Path
 from dataclasses import dataclass, field
-from typing import Literal
 
-from wm_agent.collect import DataCollector, EpisodeBuffer, make_env, make_policy, run_episodes, shard_rngs
+from wm_agent.collect import (DataCollector, EpisodeBuffer, Policy, Vectorization, make_env, make_policy, run_episodes,
+                              shard_rngs)
 from wm_agent.frames import DiscardFrames
 
 __all__ = ["BenchmarkCollectConfig", "BenchmarkDreamConfig", "BenchmarkTrainConfig", "benchmark_collect",
@@ -28,8 +28,8 @@ class BenchmarkCollectConfig:
     rounds: int = field(default=3, metadata={"help": "rounds of baseline, collector, baseline; the median "
                                                       "ratio is reported with every round's"})
     workers: int = field(default=2, metadata={"help": "collector worker processes"})
-    policy: Literal["random", "brownian"] = field(default="random", metadata={"help": "data policy"})
-    vectorization: Literal["processes", "async", "sync"] = field(
+    policy: Policy = field(default="random", metadata={"help": "data policy"})
+    vectorization: Vectorization = field(
         default="processes", metadata={"help": "the collector's vectorization (see wm-agent collect --help)"})
     seed: int = field(default=0, metadata={"help": "base seed"})
     env_kwargs: dict = field(default_factory=dict, metadata={"help": "JSON object of gym.make keyword arguments"})

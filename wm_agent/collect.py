@@ -40,7 +40,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wai
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Callable, Literal, get_args
 
 import gymnasium as gym
 import numpy as np
@@ -57,8 +57,11 @@ __all__ = [
     "make_policy", "make_vector_env", "run_episodes", "shard_rngs",
 ]
 
-POLICIES = ("random", "brownian")
-VECTORIZATIONS = ("processes", "async", "sync")
+# The choices, once: the configs' Literal types (and so the CLI's choices) and the checks both read these.
+Policy = Literal["random", "brownian"]
+Vectorization = Literal["processes", "async", "sync"]
+POLICIES: tuple[str, ...] = get_args(Policy)
+VECTORIZATIONS: tuple[str, ...] = get_args(Vectorization)
 MANIFEST = "manifest.json"
 MANIFEST_FORMAT = 2  # 1: raw uint8 obs.npy frames (before LZ4)
 SHARD_FILES = (BLOB, OFFSETS, "actions", "rewards", "terminated", "truncated", "lengths")
@@ -912,6 +915,7 @@ class DataCollector:
             raise
         envs.close()
 
+
 class _SlotShard:
     """The shard one sub-env of a vector env is filling (the ``async``/``sync`` vectorizations)."""
 
@@ -1026,11 +1030,11 @@ class CollectConfig:
     episodes: int = field(default=100, metadata={"help": "episodes the folder should hold"})
     workers: int = field(default=1, metadata={"help": "parallel envs: worker processes (1 = collect in this "
                                                         "process), or sub-envs with --vectorization async|sync"})
-    vectorization: Literal["processes", "async", "sync"] = field(
+    vectorization: Vectorization = field(
         default="processes",
         metadata={"help": "processes: workers roll out whole shards on their own (fastest); async|sync: one "
                           "Gymnasium vector env (gym.make_vec) stepped in lockstep. Same shards either way"})
-    policy: Literal["random", "brownian"] = field(
+    policy: Policy = field(
         default="random", metadata={"help": "data policy: uniform random, or brownian (correlated) actions"})
     seed: int = field(default=0, metadata={"help": "base seed; shard i is seeded from (seed, i)"})
     episodes_per_shard: int = field(default=10, metadata={"help": "episodes per shard file set"})
