@@ -213,6 +213,11 @@ class EpisodeBuffer:
         elif hasattr(self.frames, "clear"):
             self.frames.clear()
 
+    def add_first(self, obs) -> None:
+        """Store an episode's reset frame (for a caller that steps envs itself, like ``add_step``)."""
+        self.frames.append(obs)
+        self.num_frames += 1
+
     def add_step(self, obs, action, reward, terminated: bool, truncated: bool) -> None:
         """Store one step (a caller that steps envs itself; ``run_episodes`` inlines this)."""
         s = self.num_steps
@@ -936,8 +941,7 @@ class _SlotShard:
 
     def begin_episode(self, obs: np.ndarray) -> None:
         self.policy.start_episode()
-        self.buffer.frames.append(obs)
-        self.buffer.num_frames += 1
+        self.buffer.add_first(obs)
         self.t = 0
 
     def step(self, obs, action, reward, terminated, truncated) -> bool:
