@@ -39,52 +39,42 @@ import tempfile
 import time
 
 
-class _Loop:
-    """The collector's rollout loop on one env: ``run(kind, episodes)`` -> (frames, seconds)."""
+def _run(loop, kind: str, episodes: int, folder: str) -> tuple[int, float]:
+    """The next ``episodes`` episodes of ``loop`` (a ``wm_agent.benchmark.RolloutLoop``), frames dropped
+    or written as a shard writes them: (frames, seconds)."""
+    from wm_agent.frames import FrameWriter
 
-    def __init__(self, env_id: str, total_episodes: int, folder: str):
-        import gymnasium as gym
+    writer = FrameWriter(folder, loop.frame_shape) if kind == "lz4" else None
+    start = time.perf_counter()
+    loop.run(episodes, frames=writer)
+    seconds = time.perf_counter() - start
+    if writer is not None:
+        writer.finish()
+    return loop.buffer.num_frames, seconds
 
-        import wm_agent  # noqa: F401  (registers the WM-* envs)
-        from wm_agent.collect import EpisodeBuffer, make_policy, shard_rngs
-        from wm_agent.frames import DiscardFrames
 
-        self.env = gym.make(env_id)
-        self.shape = self.env.observation_space.shape
-        self.seeds, rng = shard_rngs(0, 0, total_episodes)
-        self.policy = make_policy("random", self.env.action_space, rng)
-        self.buffer = EpisodeBuffer(self.shape, self.env.action_space, 4096, frames=DiscardFrames(self.shape))
-        self.folder, self.used = folder, 0
+def _loop(env_id: str, first_episode: int = 0, episodes_per_run: int = 100):
+    from wm_agent.benchmark import RolloutLoop
 
-    def run(self, kind: str, episodes: int) -> tuple[int, float]:
-        from wm_agent.collect import run_episodes
-        from wm_agent.frames import DiscardFrames, FrameWriter
-
-        frames = FrameWriter(self.folder, self.shape) if kind == "lz4" else DiscardFrames(self.shape)
-        self.buffer.clear(frames=frames)
-        start = time.perf_counter()
-        run_episodes(self.env, self.policy, self.seeds[self.used : self.used + episodes], buffer=self.buffer)
-        seconds = time.perf_counter() - start
-        if kind == "lz4":
-            frames.finish()
-        self.used += episodes
-        return self.buffer.num_frames, seconds
+    loop = RolloutLoop(env_id, buffer_episodes=episodes_per_run)
+    loop.episodes = first_episode  # a process of --scaling starts at its own episodes
+    return loop
 
 
 def _child(env_id: str, kind: str, episodes: int) -> None:
     """One run for cachegrind: print the frame count."""
     with tempfile.TemporaryDirectory() as tmp:
-        print(_Loop(env_id, episodes, tmp).run(kind, episodes)[0])
+        print(_run(_loop(env_id, episodes_per_run=episodes), kind, episodes, tmp)[0])
 
 
 def _timed_pairs(env_id: str, pairs: int, episodes: int) -> dict:
     """Median per-frame microseconds of each variant and the median over pairs of dropped/compressed time."""
     times: dict[str, list[float]] = {"dropped": [], "lz4": []}
     with tempfile.TemporaryDirectory() as tmp:
-        loop = _Loop(env_id, 2 * pairs * episodes, tmp)
+        loop = _loop(env_id, episodes_per_run=episodes)
         for k in range(pairs):
             for kind in (("dropped", "lz4") if k % 2 else ("lz4", "dropped")):
-                frames, seconds = loop.run(kind, episodes)
+                frames, seconds = _run(loop, kind, episodes, tmp)
                 times[kind].append(seconds / frames * 1e6)
     ratios = [d / c for d, c in zip(times["dropped"], times["lz4"])]
     return {"us_per_frame_dropped": round(statistics.median(times["dropped"]), 2),
@@ -95,10 +85,9 @@ def _timed_pairs(env_id: str, pairs: int, episodes: int) -> dict:
 
 def _alone_or_together(env_id: str, kind: str, episodes: int, offset: int, barrier, results) -> None:
     with tempfile.TemporaryDirectory() as tmp:
-        loop = _Loop(env_id, offset + episodes, tmp)
-        loop.used = offset
+        loop = _loop(env_id, first_episode=offset, episodes_per_run=episodes)
         barrier.wait()
-        frames, seconds = loop.run(kind, episodes)
+        frames, seconds = _run(loop, kind, episodes, tmp)
     results.put(frames / seconds)
 
 

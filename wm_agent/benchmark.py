@@ -9,12 +9,13 @@ import tempfile
 import time
 from pathlib import Path
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from wm_agent.collect import (DataCollector, EpisodeBuffer, Policy, Vectorization, make_env, make_policy, run_episodes,
                               shard_rngs)
 from wm_agent.frames import DiscardFrames
 
-__all__ = ["BenchmarkCollectConfig", "BenchmarkDreamConfig", "BenchmarkTrainConfig", "benchmark_collect",
+__all__ = ["BenchmarkCollectConfig", "BenchmarkDreamConfig", "BenchmarkTrainConfig", "RolloutLoop", "benchmark_collect",
            "benchmark_dream", "benchmark_train"]
 
 
@@ -35,31 +36,61 @@ class BenchmarkCollectConfig:
     env_kwargs: dict = field(default_factory=dict, metadata={"help": "JSON object of gym.make keyword arguments"})
 
 
-def _raw_rate(env_id: str, env_kwargs: dict, policy_name: str, steps: int, seed: int, episodes_per_buffer: int):
-    """Frames/s of one env and the data policy in this process, through the collector's own rollout
-    loop (so storing actions and rewards is included; the frames are dropped, not stored), without
-    processes or disk writes. Returns ``(frames, steps, episodes, seconds, cpu_seconds)``."""
-    env = make_env(env_id, env_kwargs)
-    reset_seeds, rng = shard_rngs(seed, 0, 1 << 20)
-    policy = make_policy(policy_name, env.action_space, rng)
-    limit = env.spec.max_episode_steps if env.spec is not None and env.spec.max_episode_steps else 1000
-    frames = steps_done = episodes = 0
-    # One buffer refilled per shard-sized batch of episodes, as each collector worker does.
-    buffer = EpisodeBuffer(env.observation_space.shape, env.action_space, episodes_per_buffer * (limit + 1),
-                           frames=DiscardFrames(env.observation_space.shape))
+class RolloutLoop:
+    """One env and the data policy in this process, rolled out through the collector's own loop
+    (``run_episodes`` into one reused ``EpisodeBuffer``, as each collector worker does) without
+    processes or shard files: the single-env baseline here and in ``scripts/measure_collector_overhead.py``.
+    Episode k is reset with the k-th seed of shard 0 of ``seed``."""
+
+    def __init__(self, env_id: str, env_kwargs: dict | None = None, policy: str = "random", seed: int = 0,
+                 buffer_episodes: int = 64):
+        self.env = make_env(env_id, dict(env_kwargs or {}))
+        spec = self.env.spec
+        limit = spec.max_episode_steps if spec is not None and spec.max_episode_steps else 1000
+        self.frame_shape = tuple(self.env.observation_space.shape)
+        self.reset_seeds, rng = shard_rngs(seed, 0, 1 << 20)
+        self.policy = make_policy(policy, self.env.action_space, rng)
+        # Room for buffer_episodes whole episodes, so that the buffer does not grow while timed.
+        self.buffer = EpisodeBuffer(self.frame_shape, self.env.action_space, buffer_episodes * (limit + 1),
+                                    DiscardFrames(self.frame_shape))
+        self.episodes = 0  # rolled out so far
+
+    def run(self, episodes: int, frames=None, append: bool = False) -> None:
+        """Roll out the next ``episodes`` episodes into the buffer (emptied first unless ``append``);
+        their frames go to ``frames`` (a ``FrameWriter``, say), or are dropped."""
+        if not append:
+            self.buffer.clear(frames=frames if frames is not None else DiscardFrames(self.frame_shape))
+        run_episodes(self.env, self.policy, self.reset_seeds[self.episodes : self.episodes + episodes],
+                     buffer=self.buffer)
+        self.episodes += episodes
+
+
+class _RawRate(NamedTuple):
+    frames: int
+    steps: int
+    episodes: int
+    seconds: float
+    cpu_seconds: float
+
+
+def _raw_rate(env_id: str, env_kwargs: dict, policy_name: str, steps: int, seed: int,
+              episodes_per_buffer: int) -> _RawRate:
+    """One env and the data policy through the collector's rollout loop (storing actions and rewards;
+    the frames are dropped), ``steps`` steps."""
+    loop = RolloutLoop(env_id, env_kwargs, policy_name, seed, buffer_episodes=episodes_per_buffer)
+    frames = steps_done = 0
     start, cpu_start = time.perf_counter(), time.process_time()
     while steps_done < steps:
-        buffer.clear()
-        for _ in range(episodes_per_buffer):
-            run_episodes(env, policy, reset_seeds[episodes : episodes + 1], buffer=buffer)
-            episodes += 1
-            if buffer.num_steps + steps_done >= steps:
+        # One buffer refilled per shard-sized batch of episodes, as each collector worker does.
+        for k in range(episodes_per_buffer):
+            loop.run(1, append=k > 0)
+            if loop.buffer.num_steps + steps_done >= steps:
                 break
-        frames += buffer.num_frames
-        steps_done += buffer.num_steps
+        frames += loop.buffer.num_frames
+        steps_done += loop.buffer.num_steps
     seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
-    env.close()
-    return frames, steps_done, episodes, seconds, cpu_seconds
+    loop.env.close()
+    return _RawRate(frames, steps_done, loop.episodes, seconds, cpu_seconds)
 
 
 def _collect_round(env_id: str, env_kwargs: dict, policy: str, steps: int, workers: int, seed: int,
@@ -70,7 +101,7 @@ def _collect_round(env_id: str, env_kwargs: dict, policy: str, steps: int, worke
     half = max(1, steps // workers // 2)
     before = _raw_rate(env_id, env_kwargs, policy, half, seed, episodes_per_buffer=64)
     # Enough episodes for `steps`, in about 32 shards per worker so no worker idles long at the end.
-    episodes = max(1, math.ceil(steps / (before[1] / before[2])))
+    episodes = max(1, math.ceil(steps / (before.steps / before.episodes)))
     per_shard = max(1, math.ceil(episodes / (32 * workers)))
     with tempfile.TemporaryDirectory(prefix="wm-agent-bench-") as tmp:
         start, main_cpu_start = time.perf_counter(), time.process_time()
@@ -87,7 +118,7 @@ def _collect_round(env_id: str, env_kwargs: dict, policy: str, steps: int, worke
     col_fps, raw_fps = manifest["frames"] / col_s, raw_frames / raw_s
     return {
         "raw_steps": raw_steps, "raw_frames": raw_frames, "raw_seconds": raw_s, "raw_cpu_seconds": raw_cpu,
-        "raw_fps": raw_fps, "raw_fps_before": before[0] / before[3], "raw_fps_after": after[0] / after[3],
+        "raw_fps": raw_fps, "raw_fps_before": before.frames / before.seconds, "raw_fps_after": after.frames / after.seconds,
         "collector_steps": manifest["steps"], "collector_frames": manifest["frames"],
         "collector_shards": len(manifest["shards"]), "collector_seconds": col_s, "collector_fps": col_fps,
         "collector_worker_cpu_seconds": worker_cpu, "collector_main_cpu_seconds": main_cpu,
