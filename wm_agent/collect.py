@@ -737,7 +737,7 @@ class DataCollector:
         def record(entries: list[dict]) -> None:
             for entry in entries:
                 self.stats["shards"] += 1
-                self.stats["worker_cpu_seconds"] += entry.pop("cpu_seconds")
+                self.stats["worker_cpu_seconds"] += entry.pop("cpu_seconds", 0.0)  # worker processes report it
                 finished[int(_SHARD_RE.match(entry["name"]).group(1))] = entry
             _set_shards(manifest, list(finished.values()))
             save_json(manifest, self.out_dir / MANIFEST)
@@ -955,7 +955,7 @@ class _SlotShard:
         return False
 
     def close(self) -> dict:
-        return {**_close_shard(self.task, self.tmp, self.writer, self.buffer), "cpu_seconds": 0.0}
+        return _close_shard(self.task, self.tmp, self.writer, self.buffer)
 
     def abandon(self) -> None:
         _abandon_shard(self.tmp, self.writer)
