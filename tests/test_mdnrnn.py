@@ -71,7 +71,7 @@ def test_the_dream_steps_factored_first_layer_matches_the_dense_convolutions(con
         a = torch.rand(n, 1, cfg.action_dim, generator=g) * 2 - 1
     with torch.no_grad():
         enc, out, _ = rnn._recur(z, a, None)
-        dense, factored = rnn._heads(z, enc, out), rnn._heads_from_codes(z, enc, out)
+        dense, factored = rnn._heads(z, enc, out), rnn._heads_from_codes(z, codes, enc, out)
     assert dense.keys() == factored.keys()
     for key in dense:
         torch.testing.assert_close(factored[key], dense[key], rtol=1e-4, atol=1e-4, msg=key)

@@ -74,7 +74,7 @@ def dream_fitness(wm: WorldModel, params: np.ndarray, rollouts: int, temperature
     batch = DreamBatch(wm, n, temperature)
     starts = rng.integers(len(wm.start_codes), size=rollouts)
     codes = wm.start_codes[np.tile(starts, p)]
-    batch.z[:] = wm.vae.indices_to_latent(codes.to(wm.device))
+    batch.set_codes(codes)
     gen = torch.Generator().manual_seed(int(rng.integers(2**62)))
     theta = torch.as_tensor(params, dtype=torch.float32, device=wm.device).repeat_interleave(rollouts, 0)
     controller = wm.controller

@@ -45,14 +45,15 @@ def latent_space_of(wm: WorldModel) -> spaces.Box:
 
 
 class DreamBatch:
-    """N dream states stepped together: z (N, Z), LSTM state, step counters."""
+    """N dream states stepped together: z (N, Z) and its code indices (N, G, G), LSTM state, step
+    counters. z and codes change together (``set_codes``, ``step``, ``keep``): M reads the indices."""
 
     def __init__(self, wm: WorldModel, n: int, temperature: float):
         if temperature < 0:
             raise ValueError(f"temperature must be >= 0, got {temperature}")
         self.wm, self.n, self.temperature = wm, n, temperature
         self.rnn = wm.rnn.eval()
-        self.z = torch.zeros(n, wm.config.z_size, device=wm.device)
+        self.codes, self.z = wm.snap(torch.zeros(n, wm.config.z_size, device=wm.device))
         self.hidden = wm.rnn.initial_state(n, wm.device)
         self.steps = np.zeros(n, dtype=np.int64)
 
@@ -67,17 +68,23 @@ class DreamBatch:
         else:
             codes = self.wm.start_codes[rng.integers(len(self.wm.start_codes), size=len(index))]
         idx = torch.as_tensor(index, device=self.wm.device)
-        self.z[idx] = self.wm.vae.indices_to_latent(codes.to(self.wm.device))
+        self.set_codes(codes, idx)
         self.hidden[0][:, idx] = 0
         self.hidden[1][:, idx] = 0
         self.steps[index] = 0
+
+    def set_codes(self, codes: torch.Tensor, rows: torch.Tensor | slice = slice(None)) -> None:
+        """Put the dreams at ``rows`` on the code grids ``codes`` (len(rows), G, G)."""
+        codes = codes.to(self.wm.device)
+        self.codes[rows] = codes
+        self.z[rows] = self.wm.vae.indices_to_latent(codes)
 
     def observation(self) -> torch.Tensor:
         return torch.cat([self.z, self.hidden[0][0]], -1)
 
     def keep(self, rows: torch.Tensor) -> None:
         """Go on with only the dreams at ``rows`` (indices into the current batch), e.g. the unfinished ones."""
-        self.z = self.z[rows]
+        self.z, self.codes = self.z[rows], self.codes[rows]
         self.hidden = (self.hidden[0][:, rows], self.hidden[1][:, rows])
         self.steps = self.steps[rows.cpu().numpy()]
         self.n = len(self.z)
@@ -86,8 +93,8 @@ class DreamBatch:
     def step(self, actions: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """Advance every dream one step; returns (reward (N,), done probability (N,))."""
         # Snapping back onto the codebook keeps the dream on latents V can decode.
-        self.z, reward, done_p, self.hidden = self.rnn.dream_step(self.z, actions, self.hidden, self.temperature,
-                                                                  generator, self.wm.snap_latent)
+        self.z, self.codes, reward, done_p, self.hidden = self.rnn.dream_step(
+            self.z, self.codes, actions, self.hidden, self.temperature, generator, self.wm.snap)
         self.steps += 1
         return reward, done_p
 

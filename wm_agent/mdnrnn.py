@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from wm_agent.config import WorldModelConfig
-from wm_agent.vqvae import code_memberships, membership_table, nearest_code
+from wm_agent.vqvae import code_memberships, membership_table
 
 Hidden = tuple[torch.Tensor, torch.Tensor]
 LOG_2PI = math.log(2 * math.pi)
@@ -144,18 +144,17 @@ class MDNRNN(nn.Module):
         n = a.shape[0] * a.shape[1]
         return torch.cat([a.reshape(n, -1), self.context(out).reshape(n, -1)], -1)
 
-    def _heads_from_codes(self, z: torch.Tensor, a: torch.Tensor, out: torch.Tensor) -> dict[str, torch.Tensor]:
-        """``_heads`` for a grid of exact codebook vectors (every dream step), with the first conv of
-        both nets computed from the cells' code indices instead of over their memberships: per cell,
+    def _heads_from_codes(self, z: torch.Tensor, codes: torch.Tensor, a: torch.Tensor, out: torch.Tensor
+                          ) -> dict[str, torch.Tensor]:
+        """``_heads`` for a grid of exact codebook vectors ``z`` whose code indices are ``codes`` (n, g, g)
+        (every dream step), with the first conv of both nets computed from the indices instead of over
+        the cells' memberships: per cell,
         nine rows of a (code, tap) table instead of a dense 3x3 convolution over num_embeddings
         channels, and the per-env inputs (action, context) folded into one matrix per border class.
         The same numbers up to float rounding; the CarRacing preset's dream step runs 1.6-2x faster."""
-        cfg = self.config
-        g, d = cfg.latent_grid, cfg.latent_dim
         n = z.shape[0] * z.shape[1]
-        codebook = self.codebook.to(z.dtype)
-        codes = nearest_code(self._cells(z).reshape(-1, d), codebook).view(n, g, g)
-        table = membership_table(codebook)
+        codes = codes.reshape(n, self.config.latent_grid, self.config.latent_grid)
+        table = membership_table(self.codebook.to(z.dtype))
         return {**self._mdn(out, z, _conv_from_codes(self.trunk[0], codes, table, self._trunk_extra(a, out))),
                 **self._events(z, out, _conv_from_codes(self.event_net[0], codes, table, a.reshape(n, -1)))}
 
@@ -190,17 +189,19 @@ class MDNRNN(nn.Module):
         return {"reward": 100.0 * torch.tanh(reward / 100.0), "done_logit": done}
 
     @torch.no_grad()
-    def dream_step(self, z: torch.Tensor, actions: torch.Tensor, hidden: Hidden | None, temperature: float,
-                   generator: torch.Generator | None, snap) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, Hidden]:
-        """One imagined step for a batch: z (N, Z), actions (N[, A]) -> (z_next, reward, done probability,
-        hidden). ``snap`` maps the sampled latents back onto the codebook."""
+    def dream_step(self, z: torch.Tensor, codes: torch.Tensor, actions: torch.Tensor, hidden: Hidden | None,
+                   temperature: float, generator: torch.Generator | None, snap
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, Hidden]:
+        """One imagined step for a batch: z (N, Z) on the codebook with its code indices ``codes``
+        (N, G, G), actions (N[, A]) -> (z_next, codes_next, reward, done probability, hidden). ``snap``
+        maps the sampled latents onto the codebook: latents -> (code indices, their latents)."""
         z1, a1 = z[:, None], actions[:, None]
         a, out, hidden = self._recur(z1, a1, hidden)
-        # Dream latents are snapped onto the codebook, so the grid is codes: the factored first layer.
-        params = (self._heads_from_codes if self.config.rnn_reads_codes else self._heads)(z1, a, out)
-        z_next = snap(self.sample(params["pi"][:, 0], params["mu"][:, 0], params["sigma"][:, 0], temperature,
-                                  generator))
-        return z_next, params["reward"][:, 0], torch.sigmoid(params["done_logit"][:, 0]), hidden
+        # Dream latents are codes, so the conv nets' first layer reads the indices (factored).
+        params = self._heads_from_codes(z1, codes, a, out) if self.config.rnn_reads_codes else self._heads(z1, a, out)
+        codes_next, z_next = snap(self.sample(params["pi"][:, 0], params["mu"][:, 0], params["sigma"][:, 0],
+                                              temperature, generator))
+        return z_next, codes_next, params["reward"][:, 0], torch.sigmoid(params["done_logit"][:, 0]), hidden
 
     @staticmethod
     def mixture_nll(params: dict[str, torch.Tensor], target: torch.Tensor, beta: float = 0.0) -> torch.Tensor:

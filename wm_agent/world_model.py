@@ -77,9 +77,11 @@ class WorldModel:
         self.vae.eval()
         return tensor_to_frames(self.vae.decode_latent(z.to(self.device)))
 
-    def snap_latent(self, z: torch.Tensor) -> torch.Tensor:
-        """Latents (..., Z) -> the nearest codebook latents (what V can decode)."""
-        return self.vae.indices_to_latent(self.vae.latent_to_indices(z))
+    def snap(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Latents (..., Z) -> (their nearest code indices (..., G, G), those codes' latents (..., Z):
+        what V can decode)."""
+        codes = self.vae.latent_to_indices(z)
+        return codes, self.vae.indices_to_latent(codes)
 
     def set_start_frames(self, frames, max_frames: int = MAX_START_FRAMES) -> None:
         """Keep up to ``max_frames`` real first frames (as code grids) for dreams to start from."""
@@ -116,12 +118,13 @@ class WorldModel:
         """
         self.rnn.eval()
         gen = torch.Generator().manual_seed(seed) if seed is not None else None
-        z = self.encode(np.asarray(initial_obs)[None])  # (1, Z)
+        codes, z = self.snap(self.encode(np.asarray(initial_obs)[None]))  # (1, G, G), (1, Z)
         acts = torch.as_tensor(np.array(actions)).to(self.device)  # a copy: actions may be read-only (memmap)
         hidden = None
         latents, rewards, dones = [z], [], []
         for a in acts:
-            z, reward, done_p, hidden = self.rnn.dream_step(z, a[None], hidden, temperature, gen, self.snap_latent)
+            z, codes, reward, done_p, hidden = self.rnn.dream_step(z, codes, a[None], hidden, temperature, gen,
+                                                                   self.snap)
             latents.append(z)
             rewards.append(float(reward[0]))
             dones.append(float(done_p[0]))
