@@ -22,7 +22,8 @@ class ImageObservation(gym.ObservationWrapper, gym.utils.RecordConstructorArgs):
     """Observations become ``size x size x 3`` uint8 frames, optionally cropped first.
 
     Works on envs whose observation space is an image ``Box`` of shape ``(H, W)``, ``(H, W, 1|3|4)``
-    (uint8 in [0, 255] or float in [0, 1]); for any other env created with ``render_mode="rgb_array"``
+    (uint8 in [0, 255], or float in [0, 1] or [0, 255] as the space's upper bound says; an unbounded float
+    space counts as [0, 1]); for any other env created with ``render_mode="rgb_array"``
     the rendered frame becomes the observation (e.g. ``CartPole-v1``). Resizing uses Pillow's
     area filter (Pillow arrives with imageio), so no OpenCV is needed.
 
@@ -47,8 +48,16 @@ class ImageObservation(gym.ObservationWrapper, gym.utils.RecordConstructorArgs):
             )
         if crop is not None and len(crop) not in (2, 4):
             raise ValueError(f"crop must be (top, bottom) or (top, bottom, left, right), got {crop!r}")
-        if not self._from_render:
-            self._float_input = np.issubdtype(space.dtype, np.floating)
+        # Floats are pixels in [0, 1] (a rendered frame, or a space whose bound says so) or in [0, 255].
+        self._float_max = 1.0
+        if not self._from_render and np.issubdtype(space.dtype, np.floating):
+            high = float(np.max(space.high))
+            if np.isfinite(high) and high not in (1.0, 255.0):
+                raise ValueError(f"float image observations must lie in [0, 1] or [0, 255] (the space's upper "
+                                 f"bound says which), got observation_space={space}")
+            self._float_max = high if np.isfinite(high) else 1.0
+        elif not self._from_render:
+            self._float_max = None  # integer pixels other than uint8 are refused
         self.size = size
         self.crop = tuple(crop) if crop is not None else None
         self.observation_space = spaces.Box(0, 255, (size, size, 3), np.uint8)
@@ -64,10 +73,10 @@ class ImageObservation(gym.ObservationWrapper, gym.utils.RecordConstructorArgs):
         if frame.ndim != 3 or frame.shape[-1] not in (1, 3, 4) or 0 in frame.shape[:2]:
             raise ValueError(f"expected a non-empty image of shape (H, W, 1|3|4), got shape {frame.shape}")
         if frame.dtype != np.uint8:
-            if np.issubdtype(frame.dtype, np.floating) and (self._from_render or self._float_input):
-                frame = (np.clip(frame, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+            if np.issubdtype(frame.dtype, np.floating) and self._float_max is not None:
+                frame = (np.clip(frame, 0.0, self._float_max) * (255.0 / self._float_max) + 0.5).astype(np.uint8)
             else:
-                raise ValueError(f"expected uint8 (or float in [0, 1]) pixels, got dtype {frame.dtype}")
+                raise ValueError(f"expected uint8 (or float in [0, 1] or [0, 255]) pixels, got dtype {frame.dtype}")
         if self.crop is not None:
             top, bottom, *cols = self.crop
             left, right = cols if cols else (0, frame.shape[1])

@@ -69,6 +69,51 @@ def test_resume_past_the_target_runs_nothing(ckpt):
     assert ckpt.read_bytes() == before
 
 
+def test_a_resumed_search_is_the_uninterrupted_one(tmp_path):
+    """pycma's covariance and paths are rebuilt by replaying what was told: 2 + 2 generations = 4 straight."""
+    straight, halves = tmp_path / "a.pt", tmp_path / "b.pt"
+    tiny_world_model().save(straight)
+    tiny_world_model().save(halves)
+    whole = train_controller(_cfg(straight, generations=4))["log"]
+    train_controller(_cfg(halves, generations=2))
+    resumed = train_controller(_cfg(halves, generations=4, resume=True))["log"]
+    for a, b in zip(whole, resumed, strict=True):
+        assert (a["best"], a["mean"], a["worst"], a["sigma"]) == (b["best"], b["mean"], b["worst"], b["sigma"])
+    sa, sb = (WorldModel.load(p).train_state["cmaes"] for p in (straight, halves))
+    assert torch.equal(sa["mean"], sb["mean"]) and torch.equal(sa["told"], sb["told"]) and sa["told"].shape == (4, 4)
+
+
+@pytest.mark.parametrize("kw, flag", [(dict(popsize=6), "--popsize 4"), (dict(seed=3), "--seed 0")])
+def test_resume_refuses_a_different_search(ckpt, kw, flag):
+    train_controller(_cfg(ckpt, generations=1))
+    with pytest.raises(ValueError, match=flag):
+        train_controller(_cfg(ckpt, generations=2, resume=True, **kw))
+
+
+def test_the_env_comes_from_the_checkpoint(tmp_path):
+    from wm_agent.evaluate import EvaluateConfig, evaluate
+
+    wm = tiny_world_model()
+    path = tmp_path / "wm.pt"
+    train_controller(_cfg(path, generations=1), wm)
+    summary = evaluate(EvaluateConfig(checkpoint=str(path), episodes=2, progress=False), wm)
+    assert summary["env"] == wm.env_id == "WM-GridWorld-v0" and summary["episodes"] == 2
+    wm.env_id = None  # a model built in Python without naming its env
+    for run in (lambda: evaluate(EvaluateConfig(checkpoint=str(path), episodes=1, progress=False), wm),
+                lambda: train_controller(_cfg(path, generations=1), wm)):
+        with pytest.raises(ValueError, match="pass --env"):
+            run()
+
+
+def test_an_untrained_controller_is_named(tmp_path):
+    from wm_agent.evaluate import EvaluateConfig, evaluate
+
+    path = tmp_path / "wm.pt"
+    tiny_world_model().save(path)
+    with pytest.warns(UserWarning, match="no trained controller"):
+        evaluate(EvaluateConfig(checkpoint=str(path), episodes=1, progress=False))
+
+
 def test_train_with_an_in_memory_model_and_hidden_layer(tmp_path):
     wm = tiny_world_model(controller_hidden=4)
     path = tmp_path / "h.pt"

@@ -151,14 +151,17 @@ def test_image_observation_needs_rgb_array_for_non_image_envs():
 
 
 class _PictureEnv(gym.Env):
-    """A fixed 96x96 picture: red top half, blue bottom half, as uint8 or as floats in [0, 1]."""
+    """A fixed 96x96 picture: red top half, blue bottom half, as uint8, or as floats in [0, ``high``]."""
 
-    def __init__(self, dtype=np.uint8):
+    def __init__(self, dtype=np.uint8, high=None):
         picture = np.zeros((96, 96, 3))
         picture[:48, :, 0] = 1.0
         picture[48:, :, 2] = 0.5
-        self._picture = picture.astype(dtype) if dtype != np.uint8 else (picture * 255).astype(np.uint8)
-        high = 1.0 if dtype != np.uint8 else 255
+        if dtype == np.uint8:
+            high = 255
+        elif high is None:
+            high = 1.0
+        self._picture = (picture * (high if np.isfinite(high) else 1.0)).astype(dtype)
         self.observation_space = spaces.Box(0, high, (96, 96, 3), dtype)
         self.action_space = spaces.Discrete(2)
 
@@ -180,10 +183,16 @@ def test_image_observation_crops_before_resizing():
         ImageObservation(_PictureEnv(), crop=(50, 50)).reset()
 
 
-def test_image_observation_scales_float_images():
-    obs, _ = ImageObservation(_PictureEnv(np.float32)).reset()
+@pytest.mark.parametrize("high", [1.0, 255.0, np.inf])
+def test_image_observation_scales_float_images(high):
+    obs, _ = ImageObservation(_PictureEnv(np.float32, high)).reset()
     assert obs.dtype == np.uint8
     assert obs[0, 0].tolist() == [255, 0, 0] and obs[-1, -1].tolist() == [0, 0, 128]
+
+
+def test_image_observation_refuses_floats_of_an_unknown_range():
+    with pytest.raises(ValueError, match=r"\[0, 1\] or \[0, 255\]"):
+        ImageObservation(_PictureEnv(np.float32, 10.0))
 
 
 # -- CarRacing --------------------------------------------------------------------------------------

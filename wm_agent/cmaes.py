@@ -4,8 +4,11 @@ A generation: ask CMA-ES for ``popsize`` parameter vectors, score each by its me
 ``rollouts`` episodes, tell CMA-ES the scores. In the dream all popsize x rollouts episodes run as ONE
 batch of dreams (one MDN-RNN forward per step for the whole generation). In the real env they run in
 worker processes, each with a deadline, so a crashed or hung worker ends the run with a clear error
-instead of hanging it. Every generation the CMA-ES state and the best controller so far are saved
-into the world-model checkpoint, so ``--resume`` continues an interrupted run.
+instead of hanging it. Every generation the CMA-ES state is saved into the world-model checkpoint, so
+``--resume`` continues an interrupted run, and the controller saved is the search's MEAN: the best
+candidate of a generation won a noisy contest (its fitness is the luckiest of ``popsize`` estimates),
+while the mean is what the whole population's ranking points to. The best candidate and its score are
+kept as well (``train_state["cmaes"]["best_params"]`` / ``["best_fitness"]``).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from tqdm.auto import tqdm
 from wm_agent.config import doc
 from wm_agent.controller import choose_actions
 from wm_agent.dream_env import DEFAULT_MAX_STEPS, DreamBatch
+from wm_agent.sampling import rand
 from wm_agent.world_model import WorldModel
 
 with warnings.catch_warnings():  # pycma warns that matplotlib (which we do not need) is missing
@@ -37,8 +41,8 @@ with warnings.catch_warnings():  # pycma warns that matplotlib (which we do not 
 class ControllerTrainConfig:
     """wm-agent train-controller: search the controller's parameters with CMA-ES."""
 
-    world_model: str = doc("world-model checkpoint (trained V and M); the best controller is saved into it")
-    env: str = doc("real env id, used by --in real and for the episode limit", "WM-GridWorld-v0")
+    world_model: str = doc("world-model checkpoint (trained V and M); the controller is saved into it")
+    env: str = doc("real env id, used by --in real and for the episode limit (empty: the checkpoint's env)", "")
     where: str = doc("where candidates are scored: dream (batched, cheap) or real (worker processes)", "dream",
                      flag="--in")
     popsize: int = doc("CMA-ES population size", 64)
@@ -174,6 +178,24 @@ def _new_es(x0: np.ndarray, sigma: float, cfg: ControllerTrainConfig, stds: np.n
     return cma.CMAEvolutionStrategy(x0, sigma, opts)
 
 
+def _replayed_es(state: dict, cfg: ControllerTrainConfig, path: Path) -> tuple[cma.CMAEvolutionStrategy, dict]:
+    """The saved search rebuilt exactly as it stood: a fresh ES from the saved start, then every saved
+    generation's ask() and tell() again with the fitness values told then. pycma's state (covariance,
+    evolution paths, step-size path, its random stream) is not a set of tensors a weights-only checkpoint
+    can hold, but it is a function of the start, the seed and what was told, so replaying those gives the
+    uninterrupted run's state bit for bit, without scoring anything again."""
+    for key, flag in (("popsize", "--popsize"), ("seed", "--seed")):
+        if int(state[key]) != getattr(cfg, key):
+            raise ValueError(f"{path}: the saved CMA-ES search used {flag} {int(state[key])}, not {getattr(cfg, key)}; "
+                             f"resume with {flag} {int(state[key])}, or start again without --resume")
+    start = {key: state[key] for key in ("x0", "sigma0", "stds0", "seed", "popsize")}
+    es = _new_es(state["x0"].double().numpy(), float(state["sigma0"]), cfg, state["stds0"].double().numpy(),
+                 int(state["seed"]))
+    for told in state["told"].double().numpy():
+        es.tell(es.ask(), list(told))
+    return es, start
+
+
 def train_controller(cfg: ControllerTrainConfig, wm: WorldModel | None = None) -> dict:
     """Run (or resume) the CMA-ES search; returns the per-generation log."""
     from wm_agent.train import resolve_device
@@ -186,11 +208,17 @@ def train_controller(cfg: ControllerTrainConfig, wm: WorldModel | None = None) -
     wm = wm or WorldModel.load(path, resolve_device(cfg.device))
     if "rnn" not in wm.train_state:
         raise ValueError(f"{path} has no trained MDN-RNN: run `wm-agent train-rnn` first")
-    max_steps = cfg.max_steps or DEFAULT_MAX_STEPS.get(cfg.env, 1000)
+    env_id = wm.real_env_id(cfg.env)
+    max_steps = cfg.max_steps or DEFAULT_MAX_STEPS.get(env_id, 1000)
     state = wm.train_state.get("cmaes") if cfg.resume else None
-    if state:
+    if state and "told" in state:
+        es, start = _replayed_es(state, cfg, path)
+        generation, log = int(state["generation"]), list(state["log"])
+        best_x, best_f = state["best_params"].double().numpy(), float(state["best_fitness"])
+    elif state:  # saved before the fitness history was kept: the search restarts from its mean and scales
         es = _new_es(state["mean"].double().numpy(), float(state["sigma"]), cfg, state["stds"].double().numpy(),
                      cfg.seed + int(state["generation"]))
+        start = None
         generation, log = int(state["generation"]), list(state["log"])
         best_x, best_f = state["best_params"].double().numpy(), float(state["best_fitness"])
     else:
@@ -198,10 +226,14 @@ def train_controller(cfg: ControllerTrainConfig, wm: WorldModel | None = None) -
         seen = _sample_observations(wm, cfg, max_steps)
         wm.controller.fit_normalizer(seen)
         x0 = wm.controller.initial_params(seen)
-        es = _new_es(x0, cfg.sigma0, cfg, wm.controller.param_scales(), cfg.seed)
+        start = {"x0": torch.as_tensor(x0), "sigma0": float(cfg.sigma0),
+                 "stds0": torch.as_tensor(np.asarray(wm.controller.param_scales(), np.float64)),
+                 "seed": cfg.seed, "popsize": cfg.popsize}
+        es = _new_es(x0, cfg.sigma0, cfg, start["stds0"].numpy(), cfg.seed)
         generation, log, best_x, best_f = 0, [], x0.copy(), -np.inf
+    told = list(state["told"].double().unbind(0)) if state and "told" in state else []  # -fitness, per generation
 
-    evaluator = RealEvaluator(str(path), cfg.env, cfg.workers, cfg.timeout) if cfg.where == "real" else None
+    evaluator = RealEvaluator(str(path), env_id, cfg.workers, cfg.timeout) if cfg.where == "real" else None
     if evaluator:
         evaluator.steps = int(log[-1].get("real_env_steps", 0)) if log else 0
         wm.save(path)  # workers load the controller's normaliser from the file
@@ -217,13 +249,14 @@ def train_controller(cfg: ControllerTrainConfig, wm: WorldModel | None = None) -
             else:
                 fit = dream_fitness(wm, xs, cfg.rollouts, cfg.temperature, max_steps, cfg.greedy, rng)
             es.tell(list(xs), list(-fit))  # pycma minimises
+            told.append(torch.as_tensor(-fit, dtype=torch.float64))
             generation += 1
             if fit.max() > best_f:
                 best_f, best_x = float(fit.max()), xs[fit.argmax()].copy()
             log.append({"generation": generation, "best": float(fit.max()), "mean": float(fit.mean()),
                         "worst": float(fit.min()), "sigma": float(es.sigma), "seconds": time.perf_counter() - t0,
                         "real_env_steps": evaluator.steps if evaluator else 0})  # cumulative, resumes counted
-            # Save every generation: mean/sigma/scales restore the search, the best so far is the controller.
+            # Save every generation: mean/sigma/scales restore the search; the mean is the controller.
             wm.controller.set_flat(es.mean)
             wm.train_state["cmaes"] = {
                 "generation": generation, "mean": torch.as_tensor(es.mean), "sigma": float(es.sigma),
@@ -231,6 +264,8 @@ def train_controller(cfg: ControllerTrainConfig, wm: WorldModel | None = None) -
                 "best_params": torch.as_tensor(best_x), "best_fitness": best_f, "log": log,
                 "where": cfg.where, "temperature": cfg.temperature, "greedy": cfg.greedy,
             }
+            if start is not None:  # what replays the search exactly on --resume (see _replayed_es)
+                wm.train_state["cmaes"].update(start, told=torch.stack(told))
             wm.metrics["controller"] = {"generations": generation, "where": cfg.where, "best_fitness": best_f,
                                         "greedy": cfg.greedy, "rollouts": cfg.rollouts, "popsize": cfg.popsize,
                                         "real_env_steps": log[-1]["real_env_steps"]}
@@ -270,7 +305,7 @@ def _sample_observations(wm: WorldModel, cfg: ControllerTrainConfig, max_steps: 
             a = torch.randint(0, space_dim, (n,), generator=gen)
         else:
             lo, hi = wm.controller.low, wm.controller.high
-            a = lo + (hi - lo) * torch.rand(n, space_dim, generator=gen)
+            a = lo + (hi - lo) * rand((n, space_dim), gen, like=lo)
         batch.step(a.to(wm.device), gen)
         seen.append(batch.observation())
     return torch.cat(seen)

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from wm_agent.config import WorldModelConfig
+from wm_agent.sampling import multinomial
 from wm_agent.vqvae import code_memberships
 
 
@@ -219,7 +220,7 @@ def choose_actions(outputs: torch.Tensor, discrete: bool, greedy: bool, generato
         return outputs.argmax(-1)
     probs = torch.softmax(outputs, -1)
     if uniforms is None:
-        return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+        return multinomial(probs, generator)
     below = (probs.cumsum(-1) <= uniforms.unsqueeze(-1).to(probs)).sum(-1)
     return below.clamp_max(outputs.shape[-1] - 1)
 

@@ -20,9 +20,10 @@ class EvaluateConfig:
     """wm-agent evaluate: run the checkpoint's controller in the real env and print one JSON object."""
 
     checkpoint: str = doc("world-model checkpoint with a trained controller")
-    env: str = doc("real env id", "WM-GridWorld-v0")
+    env: str = doc("real env id (empty: the env the checkpoint was trained on)", "")
     episodes: int = doc("episodes to run", 100)
-    seed: int = doc("reset seed of the first episode (episode i uses seed + i)", 0)
+    seed: int = doc("reset seed of the first episode (episode i resets with seed + i); also seeds the "
+                    "sampled actions, drawn for all episodes at once (same command, same result)", 0)
     greedy: bool = doc("argmax actions instead of sampling from the controller's softmax", False)
     progress: bool = doc("show a progress bar", True)
 
@@ -109,10 +110,12 @@ def rollout_batch(wm: WorldModel, envs: list[gym.Env], params: torch.Tensor, see
 
 
 def evaluate(cfg: EvaluateConfig, wm: WorldModel | None = None) -> dict:
-    wm = wm or WorldModel.load(cfg.checkpoint)
     if cfg.episodes < 1:
         raise ValueError(f"--episodes must be >= 1, got {cfg.episodes}")
-    envs = [gym.make(cfg.env) for _ in range(cfg.episodes)]
+    wm = wm or WorldModel.load(cfg.checkpoint)
+    wm.warn_if_untrained(cfg.checkpoint)
+    env_id = wm.real_env_id(cfg.env)
+    envs = [gym.make(env_id) for _ in range(cfg.episodes)]
     try:
         gen = torch.Generator().manual_seed(cfg.seed)
         params = wm.controller.params.detach()[None]
@@ -122,7 +125,7 @@ def evaluate(cfg: EvaluateConfig, wm: WorldModel | None = None) -> dict:
         for env in envs:
             env.close()
     returns = res["return"][0]
-    summary = {"env": cfg.env, "episodes": cfg.episodes, "seed": cfg.seed, "greedy": cfg.greedy,
+    summary = {"env": env_id, "episodes": cfg.episodes, "seed": cfg.seed, "greedy": cfg.greedy,
                "mean_return": float(returns.mean()), "std_return": float(returns.std()),
                "mean_steps": float(res["steps"].mean())}
     if "oracle_return" in res:

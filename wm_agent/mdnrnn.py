@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from wm_agent.config import WorldModelConfig
+from wm_agent.sampling import multinomial, randn
 from wm_agent.vqvae import code_memberships, membership_table
 
 Hidden = tuple[torch.Tensor, torch.Tensor]
@@ -256,13 +257,13 @@ class MDNRNN(nn.Module):
         else:
             logits = torch.log(pi.clamp_min(1e-12)) / temperature
             flat = torch.softmax(logits, -1).reshape(-1, pi.shape[-1])
-            comp = torch.multinomial(flat, 1, generator=generator).view(pi.shape[:-1])
+            comp = multinomial(flat, generator).view(pi.shape[:-1])
         index = comp[..., None, None].expand(*comp.shape, 1, mu.shape[-1])
         mean = mu.gather(-2, index).squeeze(-2)
         if temperature <= 0:
             return mean
         std = sigma.gather(-2, index).squeeze(-2) * math.sqrt(temperature)
-        noise = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
+        noise = randn(mean.shape, generator, like=mean)
         return mean + std * noise
 
 

@@ -483,10 +483,7 @@ def record_real_episode(wm, env_id: str | None = None, seed: int = 0, greedy: bo
     """
     from wm_agent.evaluate import make_latent_env
 
-    env_id = env_id or wm.env_id
-    if not env_id:
-        raise ValueError("no env id: pass one (the checkpoint does not name its env)")
-    env = make_latent_env(env_id, wm)
+    env = make_latent_env(wm.real_env_id(env_id), wm)
     gen = torch.Generator().manual_seed(seed)
     try:
         obs, info = env.reset(seed=seed)
@@ -645,10 +642,9 @@ def run_render(cfg: RenderConfig, wm=None) -> dict[str, Any]:
 
     _validate_render(cfg)
     wm = wm or WorldModel.load(cfg.checkpoint)
-    env_id = cfg.env or wm.env_id
+    wm.warn_if_untrained(cfg.checkpoint)
     mode = "dream" if cfg.dream else "side-by-side" if cfg.side_by_side else "real"
-    if mode != "dream" and not env_id:
-        raise ValueError(f"{cfg.checkpoint} does not name its env: pass --env")
+    env_id = None if mode == "dream" else wm.real_env_id(cfg.env)
     returns: list[float] = []
     count = 0
 
@@ -777,9 +773,7 @@ def run_play(cfg: PlayConfig, events: Iterable[str | Sequence[str]] | None = Non
         env = gym.make("WM-Dream-v0", world_model=wm, temperature=cfg.temperature, render_mode="rgb_array",
                        done_threshold=cfg.done_threshold, max_episode_steps=cfg.max_steps or None)
     else:
-        env_id = cfg.env or wm.env_id
-        if not env_id:
-            raise ValueError(f"{cfg.checkpoint} does not name its env: pass --env")
+        env_id = wm.real_env_id(cfg.env)
         kwargs = {"max_episode_steps": cfg.max_steps} if cfg.max_steps else {}
         env = gym.make(env_id, **kwargs)
     space = env.action_space

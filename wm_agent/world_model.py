@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,22 @@ class WorldModel:
         self.start_codes = torch.zeros(0, config.latent_grid, config.latent_grid, dtype=torch.long)
         self.metrics: dict[str, Any] = {}
         self.train_state: dict[str, Any] = {}  # optimiser / CMA-ES state so interrupted runs resume
+
+    def real_env_id(self, env_id: str | None = None) -> str:
+        """``env_id`` when given, else the env this model was trained on (a clear error if it names none)."""
+        if env_id:
+            return env_id
+        if not self.env_id:
+            raise ValueError("this world model does not name the env it was trained on: pass --env")
+        return self.env_id
+
+    def warn_if_untrained(self, where: str = "this world model") -> None:
+        """Warn when the controller about to act was never trained by CMA-ES: its initial parameters would
+        otherwise run without a word (a warning, not an error: watching or scoring an untrained agent is
+        a fair baseline)."""
+        if "cmaes" not in self.train_state:
+            warnings.warn(f"{where} has no trained controller: its actions come from untrained initial "
+                          "parameters (run `wm-agent train-controller` first)", stacklevel=2)
 
     # -- V ----------------------------------------------------------------------------------------
     def _as_input(self, frames) -> torch.Tensor:
