@@ -6,14 +6,16 @@ trains from an in-memory array (``WorldModel.train_vae``) or from memory-mapped 
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
 import time
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -48,22 +50,115 @@ def _optimizer(params, lr: float, state: dict | None) -> torch.optim.Adam:
     return opt
 
 
+class TrainingStopped(KeyboardInterrupt):
+    """A stop asked for by Ctrl-C/SIGTERM, taken between two batches: the stage's ``train_state`` holds
+    the partial epoch (``"partial"``) and the optimizer as of that batch, so a save here resumes exactly."""
+
+
+class _StopRequest:
+    requested = False
+
+
+# Set while ``save_on_interrupt`` runs: then a signal only asks the loops to stop at the next batch
+# boundary. None (a loop called directly from Python): Ctrl-C raises KeyboardInterrupt wherever it lands.
+_stop: _StopRequest | None = None
+
+
+class _Epoch:
+    """One epoch's batches and metric sums, resumable from any batch boundary.
+
+    A fresh epoch seeds torch from (seed, epoch). If ``state["partial"]`` holds a stopped run of this
+    epoch, it restores that boundary instead: the torch RNG, the metric sums and counts, and skips the
+    batches already trained on (``make_batches`` gets the same ``default_rng([seed, epoch])``, so the
+    same batches follow). A partial epoch made with another seed is refused with a ValueError rather
+    than restarted: its first batches are already in the weights, and a new order would train some
+    frames twice and others not at all. Resuming also needs the same data and batch size, and a
+    ``make_batches`` that draws only from the ``rng`` it is given.
+    """
+
+    def __init__(self, state: dict, opt: torch.optim.Optimizer, seed: int, epoch: int, sums: dict[str, float],
+                 counts: dict[str, int]):
+        self.state, self.opt, self.seed, self.epoch = state, opt, seed, epoch
+        self.sums, self.counts, self.done, elapsed = sums, counts, 0, 0.0
+        torch.manual_seed(seed * 100_003 + epoch)  # same seed + epoch -> same run, also after a resume
+        partial = state.get("partial")
+        if partial is not None:
+            if partial["epoch"] != epoch:
+                raise ValueError(f"train_state holds a partial epoch {partial['epoch'] + 1} but {epoch} epochs are "
+                                 f"finished: the checkpoint is inconsistent")
+            if partial["seed"] != seed:
+                raise ValueError(f"the checkpoint stopped after {partial['batches']} batches of epoch "
+                                 f"{partial['epoch'] + 1} of a run with seed {partial['seed']}; resume it with "
+                                 f"seed {partial['seed']} (another seed would not repeat that epoch's batch order)")
+            self.sums, self.counts = dict(partial["sums"]), dict(partial["counts"])
+            self.done, elapsed = partial["batches"], partial["seconds"]
+        self.partial = partial
+        self.t0 = time.perf_counter() - elapsed
+
+    def batches(self, make_batches: Batches) -> Iterator[Any]:
+        """The epoch's batches from ``self.done`` on; between two of them, honour a requested stop."""
+        batches = iter(make_batches(np.random.default_rng([self.seed, self.epoch])))
+        if sum(1 for _ in itertools.islice(batches, self.done)) < self.done:
+            raise ValueError(f"cannot resume epoch {self.epoch + 1} after batch {self.done}: the data now has fewer "
+                             f"batches (resume with the same data and batch size)")
+        if self.partial is not None:  # after the skip: torch draws belong to training, not to the batch source
+            torch.set_rng_state(self.partial["torch_rng"])
+            cuda_rng = self.partial.get("cuda_rng", [])
+            if cuda_rng and torch.cuda.is_available() and len(cuda_rng) == torch.cuda.device_count():
+                torch.cuda.set_rng_state_all(cuda_rng)
+        while True:
+            # Getting here means the loop has finished the last batch it was given: a consistent point.
+            if _stop is not None and _stop.requested:
+                self._stop()
+            try:
+                batch = next(batches)
+            except StopIteration:
+                return
+            except KeyboardInterrupt as exc:  # raised by the batch source, still between two batches
+                if _stop is None or _stop.requested:
+                    raise
+                self._stop(exc)
+            yield batch
+            self.done += 1
+
+    def _stop(self, cause: BaseException | None = None) -> None:
+        self.state["partial"] = {
+            "epoch": self.epoch, "seed": self.seed, "batches": self.done, "torch_rng": torch.get_rng_state(),
+            "sums": dict(self.sums), "counts": dict(self.counts), "seconds": self.seconds(),
+        }
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            self.state["partial"]["cuda_rng"] = torch.cuda.get_rng_state_all()
+        self.state["optimizer"] = self.opt.state_dict()
+        raise TrainingStopped(f"stopped after batch {self.done} of epoch {self.epoch + 1}") from cause
+
+    def add(self, values: dict[str, float], **counts: int) -> None:
+        for k, v in values.items():
+            self.sums[k] = self.sums.get(k, 0.0) + v
+        for k, n in counts.items():
+            self.counts[k] = self.counts.get(k, 0) + n
+
+    def means(self) -> dict[str, float]:
+        return {k: v / max(self.done, 1) for k, v in self.sums.items()}
+
+    def seconds(self) -> float:
+        return max(time.perf_counter() - self.t0, 1e-9)
+
+
 def fit_vae(wm: WorldModel, make_batches: Batches, epochs: int, seed: int = 0, progress: bool = True,
             on_epoch_end: Callable[[int, dict], None] | None = None) -> list[dict]:
-    """Train V for ``epochs`` more epochs (continuing from ``wm.train_state['vae']`` if present)."""
+    """Train V for ``epochs`` more epochs (continuing from ``wm.train_state['vae']`` if present, also
+    from the middle of an epoch that ``save_on_interrupt`` stopped; see ``_Epoch``)."""
     state = wm.train_state.setdefault("vae", {"epoch": 0})
     opt = _optimizer(wm.vae.parameters(), wm.config.learning_rate, state.get("optimizer"))
     history = []
     start = state["epoch"]
     for epoch in range(start, start + epochs):
-        torch.manual_seed(seed * 100_003 + epoch)  # same seed + epoch -> same run, also after a resume
-        rng = np.random.default_rng([seed, epoch])
+        run = _Epoch(state, opt, seed, epoch, {"recon_mse": 0.0, "vq_loss": 0.0, "perplexity": 0.0, "usage": 0.0},
+                     {"images": 0})
         wm.vae.train()
-        sums = {"recon_mse": 0.0, "vq_loss": 0.0, "perplexity": 0.0, "usage": 0.0}
-        n_batches = n_images = 0
-        t0 = time.perf_counter()
-        bar = tqdm(make_batches(rng), desc=f"train-vae epoch {epoch + 1}", unit="batch", disable=not progress, leave=False)
-        for step, batch in enumerate(bar):
+        bar = tqdm(run.batches(make_batches), desc=f"train-vae epoch {epoch + 1}", unit="batch", initial=run.done,
+                   disable=not progress, leave=False)
+        for step, batch in enumerate(bar, start=run.done):
             x = frames_to_tensor(batch, wm.device)
             with _autocast(wm.device):
                 _, recon, vq = wm.vae(x)
@@ -73,15 +168,13 @@ def fit_vae(wm: WorldModel, make_batches: Batches, epochs: int, seed: int = 0, p
             loss.backward()
             opt.step()
             stats = wm.vae.quantizer.stats
-            for k, v in (("recon_mse", recon.item()), ("vq_loss", vq.item()), *stats.items()):
-                sums[k] += v
-            n_batches += 1
-            n_images += len(x)
+            run.add({"recon_mse": recon.item(), "vq_loss": vq.item(), **stats}, images=len(x))
             bar.set_postfix(mse=f"{recon.item():.5f}", ppl=f"{stats['perplexity']:.2f}",
-                            img_s=f"{n_images / (time.perf_counter() - t0):.0f}")
-        metrics = {k: v / max(n_batches, 1) for k, v in sums.items()}
-        metrics.update(stage="vae", epoch=epoch + 1, images=n_images, seconds=time.perf_counter() - t0,
-                       images_per_s=n_images / max(time.perf_counter() - t0, 1e-9))
+                            img_s=f"{run.counts['images'] / run.seconds():.0f}")
+        metrics = run.means()
+        metrics.update(stage="vae", epoch=epoch + 1, images=run.counts["images"], seconds=run.seconds(),
+                       images_per_s=run.counts["images"] / run.seconds())
+        state.pop("partial", None)
         state.update(epoch=epoch + 1, optimizer=opt.state_dict())
         history.append(metrics)
         if on_epoch_end:
@@ -92,24 +185,22 @@ def fit_vae(wm: WorldModel, make_batches: Batches, epochs: int, seed: int = 0, p
 def fit_rnn(wm: WorldModel, make_batches: Batches, epochs: int, seed: int = 0, progress: bool = True,
             on_epoch_end: Callable[[int, dict], None] | None = None, clip: float = 1.0,
             events: float = 1.0) -> list[dict]:
-    """Train M on batches of code sequences (see ``sequence_batches_from_arrays``); ``events`` weights
-    terminal transitions in the reward/done losses (1 = unweighted, the default everywhere: up-weighting
-    makes the heads over-predict rare events, e.g. balanced weights (~50x here) gave a +0.3 reward
-    with a 6% done probability next to the goal, which CMA-ES farmed for dream returns of up to 3.9)."""
+    """Train M on batches of code sequences (see ``sequence_batches_from_arrays``), continuing like
+    ``fit_vae``; ``events`` weights terminal transitions in the reward/done losses (1 = unweighted, the
+    default everywhere: up-weighting makes the heads over-predict rare events, e.g. balanced weights
+    (~50x here) gave a +0.3 reward with a 6% done probability next to the goal, which CMA-ES farmed for
+    dream returns of up to 3.9)."""
     state = wm.train_state.setdefault("rnn", {"epoch": 0})
     opt = _optimizer(wm.rnn.parameters(), wm.config.learning_rate, state.get("optimizer"))
     history = []
     start = state["epoch"]
     wm.vae.eval()
     for epoch in range(start, start + epochs):
-        torch.manual_seed(seed * 100_003 + epoch)
-        rng = np.random.default_rng([seed, epoch])
+        run = _Epoch(state, opt, seed, epoch, {"loss": 0.0}, {"steps": 0})
         wm.rnn.train()
-        sums: dict[str, float] = {"loss": 0.0}
-        n_batches = n_steps = 0
-        t0 = time.perf_counter()
-        bar = tqdm(make_batches(rng), desc=f"train-rnn epoch {epoch + 1}", unit="batch", disable=not progress, leave=False)
-        for step, batch in enumerate(bar):
+        bar = tqdm(run.batches(make_batches), desc=f"train-rnn epoch {epoch + 1}", unit="batch", initial=run.done,
+                   disable=not progress, leave=False)
+        for step, batch in enumerate(bar, start=run.done):
             with torch.no_grad():
                 z = wm.vae.indices_to_latent(batch["codes"].to(wm.device))
             mask = batch["mask"].to(wm.device)
@@ -126,14 +217,11 @@ def fit_rnn(wm: WorldModel, make_batches: Batches, epochs: int, seed: int = 0, p
             torch.nn.utils.clip_grad_norm_(wm.rnn.dynamics_parameters(), clip)
             torch.nn.utils.clip_grad_norm_(wm.rnn.head_parameters(), clip)
             opt.step()
-            sums["loss"] += loss.item()
-            for k, v in parts.items():
-                sums[k] = sums.get(k, 0.0) + v
-            n_batches += 1
-            n_steps += int(mask.sum())
+            run.add({"loss": loss.item(), **parts}, steps=int(mask.sum()))
             bar.set_postfix(loss=f"{loss.item():.4f}", nll=f"{parts['nll']:.4f}")
-        metrics = {k: v / max(n_batches, 1) for k, v in sums.items()}
-        metrics.update(stage="rnn", epoch=epoch + 1, steps=n_steps, seconds=time.perf_counter() - t0)
+        metrics = run.means()
+        metrics.update(stage="rnn", epoch=epoch + 1, steps=run.counts["steps"], seconds=run.seconds())
+        state.pop("partial", None)
         state.update(epoch=epoch + 1, optimizer=opt.state_dict())
         history.append(metrics)
         if on_epoch_end:
@@ -249,16 +337,46 @@ def append_metrics(path: str | os.PathLike, metrics: dict) -> None:
 
 @contextmanager
 def save_on_interrupt(save: Callable[[], None], what: str):
-    """Ctrl-C (or SIGTERM) saves the latest weights before leaving, so --resume loses at most one epoch's order."""
-    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    """Ctrl-C (or SIGTERM) stops training between two batches, calls ``save`` and re-raises KeyboardInterrupt.
+
+    The first signal only asks to stop: ``fit_vae``/``fit_rnn`` finish the batch in hand, record the
+    partial epoch in ``train_state`` and raise ``TrainingStopped``, so the saved checkpoint continues with
+    --resume exactly where it stopped (the same weights as an uninterrupted run with the same seed).
+    A second signal aborts at once without saving: a torn batch is not worth keeping, and the checkpoint
+    on disk still holds the last save. A signal that the caller ignores (SIG_IGN) stays ignored; the
+    previous handlers come back on exit.
+    """
+    global _stop
+    request, outer = _StopRequest(), _stop
+
+    def ask_to_stop(signum, frame) -> None:
+        request.requested = True
+        for s in previous:  # the next signal means "now": the default KeyboardInterrupt, wherever it lands
+            signal.signal(s, signal.default_int_handler)
+        # os.write, not print: the signal may land inside a print to stderr (tqdm), which print would re-enter.
+        os.write(2, b"\nstopping after this batch to save a resumable checkpoint "
+                    b"(press Ctrl-C again to quit at once without saving)\n")
+
+    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)
+                if signal.getsignal(s) is not signal.SIG_IGN}
+    for s in previous:
+        signal.signal(s, ask_to_stop)
+    _stop = request
     try:
         yield
-    except KeyboardInterrupt:
+        if request.requested:  # it came after the loop's last batch: nothing left to finish, but still a stop
+            raise TrainingStopped("stopped after the last batch")
+    except KeyboardInterrupt as exc:
+        if request.requested and not isinstance(exc, TrainingStopped):
+            print(f"\ninterrupted again: not saved; {what} keeps its last save")
+            raise
         save()
         print(f"\ninterrupted: {what} saved; continue with --resume")
         raise
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        _stop = outer
+        for s, handler in previous.items():
+            signal.signal(s, signal.SIG_DFL if handler is None else handler)  # None: set outside Python
 
 
 def run_train_vae(cfg: TrainVAEConfig) -> dict:
