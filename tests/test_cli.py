@@ -55,6 +55,33 @@ def test_user_errors_are_one_line_not_tracebacks(tmp_path, capsys):
     assert "cannot make env 'NoSuchEnv-v0'" in capsys.readouterr().err
 
 
+def test_collect_max_steps_0_is_the_envs_own_limit(tmp_path):
+    argv = ["collect", "--out", str(tmp_path), "--episodes", "2", "--episodes-per-shard", "2", "--no-progress"]
+    assert main([*argv, "--max-steps", "0"]) == 0
+    assert EpisodeDataset(tmp_path).manifest["max_steps"] is None
+
+
+def test_env_kwargs_the_env_does_not_take_are_one_line(tmp_path, capsys):
+    assert main(["collect", "--out", str(tmp_path), "--env-kwargs", '{"size": "big"}', *TINY]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("wm-agent: error: cannot make env 'WM-GridWorld-v0'") and "Traceback" not in err
+
+
+def test_a_job_without_progress_still_says_what_it_did(tmp_path, capsys):
+    data, out = tmp_path / "data", tmp_path / "wm.pt"
+    assert main(["collect", "--out", str(data), *TINY]) == 0
+    capsys.readouterr()
+    assert main(["train-vae", "--data", str(data), "--out", str(out), "--epochs", "1", "--batch-size", "8",
+                 "--no-progress"]) == 0
+    assert capsys.readouterr().out.strip() == f"done: checkpoint={out}, epochs_done=1"
+
+
+def test_version():
+    with pytest.raises(SystemExit) as exc:
+        main(["--version"])
+    assert exc.value.code == 0
+
+
 def test_module_entry_point_exits_2_on_bad_arguments():
     result = subprocess.run([sys.executable, "-m", "wm_agent.cli", "collect", "--bogus"],
                             capture_output=True, text=True, cwd=REPO)

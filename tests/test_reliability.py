@@ -419,6 +419,7 @@ def test_a_checkpoint_carrying_code_is_refused_and_runs_nothing(tmp_path, data, 
     for command in CHECKPOINT_COMMANDS:
         err = cli_error(capsys, _checkpoint_commands(path, data)[command])
         assert str(path) in err and "refused" in err
+        assert "weights_only` set to `False`" not in err  # torch's advice to load it with code on is dropped
     assert not marker.exists()
 
 
@@ -500,6 +501,7 @@ def test_a_data_file_carrying_code_is_refused_and_runs_nothing(data_copy, tmp_pa
         np.save(f, np.array([Payload(marker)] * 3, dtype=object), allow_pickle=True)
     err = cli_error(capsys, _train_vae(data_copy, tmp_path / "wm.pt"))
     assert str(target) in err and "allow_pickle" in err
+    assert "If you trust" not in err and "unsafely" not in err  # numpy's advice to load it anyway is dropped
     assert not marker.exists()
     # Re-running the collection that made the folder treats the shard as broken and writes it again.
     DataCollector("WM-GridWorld-v0", data_copy, seed=1, episodes_per_shard=2, max_steps=8).collect(4, progress=False)
@@ -544,18 +546,52 @@ def test_train_rnn_zero_sizes_are_explained(checkpoint, data, capsys, option):
 @pytest.mark.parametrize("argv, message", [
     (["train-vae", "--preset", "WM-Pong-v0"], "unknown preset 'WM-Pong-v0'"),
     (["train-vae", "--batch-size", "0"], "--batch-size must be >= 1"),
-    (["train-controller", "--popsize", "1"], "popsize >= 2"),
-    (["train-controller", "--rollouts", "0"], "rollouts >= 1"),
+    (["train-vae", "--device", "tpu"], "--device must be auto, cpu, cuda or cuda:N"),
+    (["train-controller", "--popsize", "1"], "--popsize must be >= 2, got 1"),
+    (["train-controller", "--rollouts", "0"], "--rollouts must be >= 1"),
     (["train-controller", "--in", "moon"], "--in must be 'dream' or 'real'"),
+    (["train-controller", "--sigma0", "0"], "--sigma0 must be > 0"),
+    (["train-controller", "--max-steps", "-1"], "--max-steps must be >= 0"),
+    (["train-controller", "--hidden", "-5"], "--hidden must be >= 0"),
+    (["train-controller", "--in", "real", "--workers", "0"], "--workers must be >= 1"),
+    (["train-controller", "--env", "Nope-v0"], "unknown env 'Nope-v0'"),
     (["evaluate", "--episodes", "0"], "--episodes must be >= 1"),
+    (["evaluate", "--env", "Nope-v0"], "unknown env 'Nope-v0'"),
+    (["evaluate", "--env", "WM-CarRacing-v0", "--episodes", "1"], "action space Box"),
+    (["eval-dream", "--max-frames", "0"], "--max-frames must be >= 1"),
+    (["eval-dream", "--temperature", "-1"], "--temperature must be >= 0"),
 ])
 def test_bad_values_are_explained(checkpoint, data, tmp_path, capsys, argv, message):
     command, *rest = argv
     base = {"train-vae": ["--data", str(data), "--out", str(tmp_path / "new.pt"), "--epochs", "1"],
             "train-controller": ["--world-model", str(checkpoint), "--generations", "1"],
-            "evaluate": ["--checkpoint", str(checkpoint)]}[command]
+            "evaluate": ["--checkpoint", str(checkpoint)],
+            "eval-dream": ["--world-model", str(checkpoint), "--data", str(data)]}[command]
     err = cli_error(capsys, [command, *base, *rest, "--no-progress"])
     assert message in err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message of a machine without CUDA")
+def test_a_cuda_device_without_cuda_is_explained(data, tmp_path, capsys):
+    err = cli_error(capsys, _train_vae(data, tmp_path / "new.pt") + ["--device", "cuda"])
+    assert "--device cuda: this torch build sees no CUDA GPU" in err
+
+
+def test_files_and_folders_in_the_wrong_place_are_explained(data, tmp_path, capsys):
+    (tmp_path / "folder.pt").mkdir()
+    (tmp_path / "afile").write_text("x")
+    err = cli_error(capsys, _train_vae(data, tmp_path / "folder.pt") + ["--overwrite"])
+    assert "folder.pt is a folder; give a file path" in err
+    err = cli_error(capsys, _train_vae(data, tmp_path / "afile" / "x.pt"))
+    assert "part of its folder path is a file" in err
+    err = cli_error(capsys, ["collect", "--env", "WM-GridWorld-v0", "--episodes", "1", "--out", str(tmp_path / "afile"),
+                             "--no-progress"])
+    assert "afile is a file, not a folder" in err
+
+
+def test_debug_after_the_subcommand_shows_the_traceback(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        main(["evaluate", "--checkpoint", str(tmp_path / "missing.pt"), "--debug"])
 
 
 def test_train_vae_refuses_to_overwrite_a_checkpoint(checkpoint, data, capsys):

@@ -135,6 +135,13 @@ def _print_json(result: dict) -> None:
     print(json.dumps(result, indent=2, default=float))
 
 
+def _summary_line(result: dict) -> str:
+    """One line of a job's scalar results (checkpoint, epochs, generations...), so that a run with
+    --no-progress still says what it did."""
+    scalars = {k: v for k, v in result.items() if isinstance(v, (bool, int, float, str))}
+    return "done: " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in scalars.items())
+
+
 def _job(module: str, config: str, func: str, emit_json: bool = False):
     """A subcommand that builds ``config`` from the options and calls ``func(config)``."""
 
@@ -143,6 +150,8 @@ def _job(module: str, config: str, func: str, emit_json: bool = False):
         result = getattr(mod, func)(dataclass_from_args(getattr(mod, config), args))
         if emit_json:
             _print_json(result)
+        elif isinstance(result, dict):
+            print(_summary_line(result))
         return 0
 
     return run
@@ -182,6 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="wm-agent", description="World Models for Gymnasium: collect, train V/M/C, evaluate, render.")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks for errors")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     collect = commands.add_parser(
@@ -211,18 +221,39 @@ def build_parser() -> argparse.ArgumentParser:
         sub = benchmarks.add_parser(name, help=help_text, description=help_text)
         add_dataclass_args(sub, getattr(importlib.import_module("wm_agent.benchmark"), config), title="benchmark")
         sub.set_defaults(func=_job("benchmark", config, func))
+    for sub in _leaf_parsers(parser):
+        # Also after the subcommand; SUPPRESS keeps an earlier `wm-agent --debug` from being reset.
+        sub.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show full tracebacks for errors")
     return parser
+
+
+def _leaf_parsers(parser: argparse.ArgumentParser) -> typing.Iterator[argparse.ArgumentParser]:
+    """The parsers that end a command line (``collect``, ``benchmark dream``, ...)."""
+    actions = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    if not actions and parser.prog != "wm-agent":
+        yield parser
+    for action in actions:
+        for sub in dict.fromkeys(action.choices.values()):
+            yield from _leaf_parsers(sub)
+
+
+def _version() -> str:
+    from wm_agent import __version__
+
+    return __version__
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)  # bad arguments: usage message and exit status 2
+    import gymnasium as gym
+
     from wm_agent.collect import CollectionError
 
     try:
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError, FileExistsError, CollectionError, RuntimeError, TypeError,
-            FloatingPointError) as exc:
+    except (ValueError, OSError, CollectionError, RuntimeError, TypeError, FloatingPointError,
+            gym.error.Error) as exc:  # OSError: a missing file, a folder where a file goes, a full disk...
         if args.debug:
             raise
         print(f"{parser.prog}: error: {exc}", file=sys.stderr)

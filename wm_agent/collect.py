@@ -38,6 +38,7 @@ import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Literal, get_args
@@ -325,8 +326,8 @@ _PROGRESS = None  # worker side: shared int64 array, slots 2*i and 2*i+1 = shard
 def make_env(env_id: str, env_kwargs: dict) -> gym.Env:
     try:
         return gym.make(env_id, **env_kwargs)
-    except gym.error.Error as exc:
-        raise ValueError(f"cannot make env {env_id!r} with {env_kwargs}: {exc}") from exc
+    except (gym.error.Error, TypeError, ValueError) as exc:  # unknown id, or kwargs the env does not take
+        raise ValueError(f"cannot make env {env_id!r} with {env_kwargs}: {type(exc).__name__}: {exc}") from exc
 
 
 def _cached_env(env_id: str, env_kwargs: dict, capacity: Callable[[gym.Env], int]
@@ -717,7 +718,12 @@ class DataCollector:
         from wm_agent.io import save_json
 
         self.stats = {"shards": 0, "worker_cpu_seconds": 0.0}
-        self.out_dir.mkdir(parents=True, exist_ok=True)
+        if self.out_dir.exists() and not self.out_dir.is_dir():
+            raise ValueError(f"--out {self.out_dir} is a file, not a folder")
+        try:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+        except (FileExistsError, NotADirectoryError):
+            raise ValueError(f"cannot create the folder {self.out_dir}: part of its path is a file") from None
         self._check_existing_manifest()
         finished = self._scan()
         manifest = self._new_manifest(list(finished.values()))
@@ -1042,10 +1048,13 @@ class CollectConfig:
         default="random", metadata={"help": "data policy: uniform random, or brownian (correlated) actions"})
     seed: int = field(default=0, metadata={"help": "base seed; shard i is seeded from (seed, i)"})
     episodes_per_shard: int = field(default=10, metadata={"help": "episodes per shard file set"})
-    max_steps: int | None = field(default=None, metadata={"help": "optional cap on episode length"})
+    max_steps: int | None = field(
+        default=None, metadata={"help": "optional cap on episode length (0 or unset: the env's own limit)"})
     env_kwargs: dict = field(default_factory=dict, metadata={"help": "JSON object of gym.make keyword arguments"})
 
 
 def collect_from_config(config: CollectConfig, progress: bool = True) -> dict:
+    if config.max_steps == 0:  # as everywhere else on the command line: 0 means the env's own limit
+        config = dataclasses.replace(config, max_steps=None)
     return DataCollector.from_config(config).collect(config.episodes, progress=progress)
 

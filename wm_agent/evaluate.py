@@ -11,7 +11,7 @@ from tqdm.auto import tqdm
 
 from wm_agent.config import doc
 from wm_agent.controller import choose_actions, env_action
-from wm_agent.latent_env import LatentObservation
+from wm_agent.latent_env import LatentObservation, check_env_fits
 from wm_agent.world_model import WorldModel
 
 
@@ -69,6 +69,7 @@ def rollout_batch(wm: WorldModel, envs: list[gym.Env], params: torch.Tensor, see
     n = len(params) * rollouts
     if len(envs) < n:
         raise ValueError(f"need {n} envs for {len(params)} controllers x {rollouts} seeds, got {len(envs)}")
+    check_env_fits(envs[0], wm)
     controller, rnn, device = wm.controller, wm.rnn.eval(), wm.device
     frames, oracle = [], np.full(n, np.nan)
     for i in range(n):
@@ -213,7 +214,16 @@ def dream_fidelity(wm: WorldModel, dataset, episodes: int, temperature: float, t
 def eval_dream(cfg: EvalDreamConfig, wm: WorldModel | None = None) -> dict:
     from wm_agent.dataset import EpisodeDataset
 
+    for ok, problem in ((cfg.episodes >= 0, f"--episodes must be >= 0 (0: all), got {cfg.episodes}"),
+                        (cfg.max_frames >= 1, f"--max-frames must be >= 1, got {cfg.max_frames}"),
+                        (cfg.temperature >= 0, f"--temperature must be >= 0, got {cfg.temperature}"),
+                        (cfg.threshold > 0 and cfg.strict_threshold > 0,
+                         f"--threshold and --strict-threshold must be > 0, got {cfg.threshold}, {cfg.strict_threshold}")):
+        if not ok:
+            raise ValueError(problem)
     wm = wm or WorldModel.load(cfg.world_model)
+    if "rnn" not in wm.train_state:
+        raise ValueError(f"{cfg.world_model} has no trained MDN-RNN: run `wm-agent train-rnn` first")
     ds = EpisodeDataset(cfg.data)
     rng = np.random.default_rng(cfg.seed)
     idx = np.sort(rng.choice(ds.num_frames, size=min(cfg.max_frames, ds.num_frames), replace=False))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
@@ -16,7 +17,7 @@ import numpy as np
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; it replaces ``path`` only if the block finishes."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_parent(path)
     _remove_stale_temps(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
@@ -30,6 +31,17 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def make_parent(path: Path) -> None:
+    """Create the folder ``path`` goes in; a clear error when ``path`` is a folder or a file stands in
+    the way of its folders."""
+    if path.is_dir():
+        raise IsADirectoryError(f"{path} is a folder; give a file path")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise NotADirectoryError(f"cannot write {path}: part of its folder path is a file") from None
 
 
 def _remove_stale_temps(path: Path) -> None:
@@ -48,6 +60,20 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+# Sentences of torch's and numpy's load errors that advise loading the file with code execution on
+# (weights_only=False, allow_pickle=True): a file this project refused must not come with that advice.
+_UNSAFE_ADVICE = ("set to `False`", "If you trust", "load it unsafely", "Please file an issue", "arbitrary code",
+                  "Do it only if", "Check the documentation", "In PyTorch 2.6")
+
+
+def load_error_reason(exc: BaseException) -> str:
+    """What went wrong reading a file, in one line, without the libraries' advice to load it unsafely."""
+    sentences = (part.strip() for line in str(exc).splitlines() for part in re.split(r"(?<=\.)\s+", line))
+    kept = [s for s in sentences if s and not any(advice in s for advice in _UNSAFE_ADVICE)]
+    reason = " ".join(kept).removesuffix(":").strip()
+    return f"{type(exc).__name__}: {reason[:300]}" if reason else type(exc).__name__
 
 
 def save_torch(obj: Any, path: str | os.PathLike) -> None:
@@ -70,7 +96,7 @@ def load_torch(path: str | os.PathLike, what: str = "checkpoint") -> Any:
     except Exception as exc:  # pickle.UnpicklingError, RuntimeError (zip), EOFError ...
         raise ValueError(
             f"cannot read {what} {path}: it is truncated, corrupt, or not a weights-only torch file "
-            f"(files that need arbitrary code to load are refused): {type(exc).__name__}: {exc}"
+            f"(files that need code to run to load are refused): {load_error_reason(exc)}"
         ) from exc
 
 
@@ -93,4 +119,5 @@ def load_npy(path: str | os.PathLike, mmap: bool = True) -> np.ndarray:
     except FileNotFoundError:
         raise FileNotFoundError(f"missing data file: {path}") from None
     except Exception as exc:
-        raise ValueError(f"corrupt or truncated data file {path}: {type(exc).__name__}: {exc}") from exc
+        raise ValueError(f"corrupt or truncated data file {path} (pickled data is refused): "
+                         f"{load_error_reason(exc)}") from exc

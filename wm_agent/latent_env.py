@@ -10,6 +10,20 @@ from wm_agent.dream_env import action_space_of, as_world_model, latent_space_of
 from wm_agent.world_model import WorldModel
 
 
+def check_env_fits(env: gym.Env, wm: WorldModel) -> None:
+    """Refuse an env whose frames or actions are not the ones the world model was trained on."""
+    s = wm.config.image_size
+    space = env.observation_space
+    if not (isinstance(space, gym.spaces.Box) and space.shape == (s, s, 3) and space.dtype == np.uint8):
+        raise ValueError(f"the world model needs {s}x{s}x3 uint8 observations, got {space}; "
+                         f"wrap the env in envs.ImageObservation(env, size={s}) first")
+    expected = action_space_of(wm)
+    if type(env.action_space) is not type(expected) or env.action_space.shape != expected.shape or (
+            isinstance(expected, gym.spaces.Discrete) and env.action_space.n != expected.n):
+        raise ValueError(f"the env's action space {env.action_space} differs from the world model's {expected}"
+                         f"{f' (trained on {wm.env_id})' if wm.env_id else ''}")
+
+
 class LatentObservation(gym.Wrapper, gym.utils.RecordConstructorArgs):
     """Encode each real frame with V and step M's hidden state with each action.
 
@@ -21,15 +35,7 @@ class LatentObservation(gym.Wrapper, gym.utils.RecordConstructorArgs):
         gym.utils.RecordConstructorArgs.__init__(self, world_model=world_model)
         gym.Wrapper.__init__(self, env)
         wm = as_world_model(world_model)
-        s = wm.config.image_size
-        space = env.observation_space
-        if not (isinstance(space, gym.spaces.Box) and space.shape == (s, s, 3) and space.dtype == np.uint8):
-            raise ValueError(f"LatentObservation needs {s}x{s}x3 uint8 observations, got {space}; "
-                             f"wrap the env in envs.ImageObservation(env, size={s}) first")
-        expected = action_space_of(wm)
-        if type(env.action_space) is not type(expected) or env.action_space.shape != expected.shape or (
-                isinstance(expected, gym.spaces.Discrete) and env.action_space.n != expected.n):
-            raise ValueError(f"the env's action space {env.action_space} differs from the world model's {expected}")
+        check_env_fits(env, wm)
         self.world_model = wm
         self.observation_space = latent_space_of(wm)
         self._z = self._hidden = None

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from wm_agent.config import doc
+from wm_agent.io import make_parent
 
 os.environ.setdefault("PYGAME_HIDE_SUPPORT_PROMPT", "1")
 
@@ -373,6 +374,7 @@ def _check_video_path(path: str | os.PathLike) -> Path:
     path = Path(path)
     if path.suffix.lower() not in VIDEO_EXTENSIONS:
         raise ValueError(f"video file must end in .mp4 or .gif, got {str(path)!r}")
+    make_parent(path)
     return path
 
 

@@ -22,6 +22,7 @@ import torch
 from tqdm.auto import tqdm
 
 from wm_agent.config import PRESETS, WorldModelConfig, doc
+from wm_agent.io import make_parent
 from wm_agent.vqvae import frames_to_tensor
 from wm_agent.world_model import MAX_START_FRAMES, WorldModel
 
@@ -325,9 +326,18 @@ class TrainRNNConfig:
 
 
 def resolve_device(name: str) -> torch.device:
+    """``auto`` (CUDA when there is one, else the CPU), ``cpu``, ``cuda`` or ``cuda:N``; a clear error otherwise."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"--device must be auto, cpu, cuda or cuda:N, got {name!r}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {name}: this torch build sees no CUDA GPU (use --device cpu or auto)")
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"--device must be auto, cpu, cuda or cuda:N, got {name!r}")
+    return device
 
 
 def append_metrics(path: str | os.PathLike, metrics: dict) -> None:
@@ -386,6 +396,7 @@ def run_train_vae(cfg: TrainVAEConfig) -> dict:
         raise ValueError("--batch-size must be >= 1 and --epochs >= 0")
     ds = EpisodeDataset(cfg.data)
     out = Path(cfg.out)
+    make_parent(out)  # a folder at --out, or a file in its path, is named before any training
     device = resolve_device(cfg.device)
     if out.exists() and cfg.resume:
         wm = WorldModel.load(out, device)
@@ -432,7 +443,8 @@ def action_overrides(space) -> dict:
     from gymnasium import spaces
 
     if isinstance(space, spaces.Discrete):
-        return {"action_dim": int(space.n), "discrete_actions": True}
+        # No bounds for discrete actions, also where a preset made for a continuous env brings some.
+        return {"action_dim": int(space.n), "discrete_actions": True, "action_low": (), "action_high": ()}
     if isinstance(space, spaces.Box) and len(space.shape) == 1:
         return {"action_dim": int(space.shape[0]), "discrete_actions": False,
                 "action_low": tuple(float(v) for v in space.low), "action_high": tuple(float(v) for v in space.high)}

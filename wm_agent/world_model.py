@@ -45,6 +45,12 @@ class WorldModel:
     def real_env_id(self, env_id: str | None = None) -> str:
         """``env_id`` when given, else the env this model was trained on (a clear error if it names none)."""
         if env_id:
+            import gymnasium as gym
+
+            try:
+                gym.spec(env_id)
+            except gym.error.Error as exc:
+                raise ValueError(f"unknown env {env_id!r}: {exc}") from None
             return env_id
         if not self.env_id:
             raise ValueError("this world model does not name the env it was trained on: pass --env")
