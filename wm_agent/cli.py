@@ -223,7 +223,8 @@ def build_parser() -> argparse.ArgumentParser:
         sub.set_defaults(func=_job("benchmark", config, func))
     for sub in _leaf_parsers(parser):
         # Also after the subcommand; SUPPRESS keeps an earlier `wm-agent --debug` from being reset.
-        sub.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show full tracebacks for errors")
+        sub.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                         help="show full tracebacks for errors")
     return parser
 
 

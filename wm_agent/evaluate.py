@@ -218,7 +218,8 @@ def eval_dream(cfg: EvalDreamConfig, wm: WorldModel | None = None) -> dict:
                         (cfg.max_frames >= 1, f"--max-frames must be >= 1, got {cfg.max_frames}"),
                         (cfg.temperature >= 0, f"--temperature must be >= 0, got {cfg.temperature}"),
                         (cfg.threshold > 0 and cfg.strict_threshold > 0,
-                         f"--threshold and --strict-threshold must be > 0, got {cfg.threshold}, {cfg.strict_threshold}")):
+                         f"--threshold and --strict-threshold must be > 0, "
+                         f"got {cfg.threshold}, {cfg.strict_threshold}")):
         if not ok:
             raise ValueError(problem)
     wm = wm or WorldModel.load(cfg.world_model)
