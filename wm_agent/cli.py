@@ -142,15 +142,16 @@ def _summary_line(result: dict) -> str:
     return "done: " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in scalars.items())
 
 
-def _job(module: str, config: str, func: str, emit_json: bool = False):
-    """A subcommand that builds ``config`` from the options and calls ``func(config)``."""
+def _job(module: str, config: str, func: str, emit_json: bool = False, summary: bool = True):
+    """A subcommand that builds ``config`` from the options and calls ``func(config)``; it prints the
+    result as JSON, or a one-line summary, or nothing (a benchmark prints its own report)."""
 
     def run(args: argparse.Namespace) -> int:
         mod = __import__(f"wm_agent.{module}", fromlist=[config, func])
         result = getattr(mod, func)(dataclass_from_args(getattr(mod, config), args))
         if emit_json:
             _print_json(result)
-        elif isinstance(result, dict):
+        elif summary and isinstance(result, dict):
             print(_summary_line(result))
         return 0
 
@@ -220,7 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name, config, func, help_text in BENCHMARKS:
         sub = benchmarks.add_parser(name, help=help_text, description=help_text)
         add_dataclass_args(sub, getattr(importlib.import_module("wm_agent.benchmark"), config), title="benchmark")
-        sub.set_defaults(func=_job("benchmark", config, func))
+        sub.set_defaults(func=_job("benchmark", config, func, summary=False))
     for sub in _leaf_parsers(parser):
         # Also after the subcommand; SUPPRESS keeps an earlier `wm-agent --debug` from being reset.
         sub.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
