@@ -256,5 +256,12 @@ def test_run_play_live_keyboard_path(tiny, monkeypatch):
         [pygame.event.Event(pygame.QUIT)],
     ])
     monkeypatch.setattr(pygame.event, "get", lambda *a, **k: next(batches, [pygame.event.Event(pygame.QUIT)]))
+    monkeypatch.setattr(pygame.display, "get_driver", lambda: "x11")  # as if a screen were there
     summary = run_play(PlayConfig(checkpoint=str(ckpt), fps=200, scale=2, done_threshold=2.0), wm=wm)
     assert summary["steps"] == 3 and summary["quit"] and summary["frames"] == 4
+
+
+def test_run_play_without_a_screen_says_so_instead_of_waiting(tiny):
+    wm, ckpt = tiny  # the tests' SDL_VIDEODRIVER=dummy: no key can ever arrive
+    with pytest.raises(ValueError, match="needs a display.*'dummy'"):
+        run_play(PlayConfig(checkpoint=str(ckpt), fps=200, scale=2), wm=wm)

@@ -807,6 +807,10 @@ def run_play(cfg: PlayConfig, events: Iterable[str | Sequence[str]] | None = Non
         step, total, done = 0, 0.0, False
         summary["episodes"] = 1
         show(frame_of(obs), step, None, total, done)
+        if events is None and pygame.display.get_driver() in ("offscreen", "dummy"):
+            # No screen, so no key would ever arrive: say so instead of waiting forever.
+            raise ValueError(f"wm-agent play needs a display, but SDL's video driver is "
+                             f"{pygame.display.get_driver()!r} (no screen); `wm-agent render` writes a video instead")
         commands = _scripted_commands(events) if events is not None else _live_commands(pygame, discrete, cfg.fps,
                                                                                         clock)
         for cmds in commands:

@@ -146,9 +146,11 @@ class _Epoch:
 
 
 def fit_vae(wm: WorldModel, make_batches: Batches, epochs: int, seed: int = 0, progress: bool = True,
-            on_epoch_end: Callable[[int, dict], None] | None = None) -> list[dict]:
+            on_epoch_end: Callable[[int, dict], None] | None = None,
+            batches_per_epoch: int | None = None) -> list[dict]:
     """Train V for ``epochs`` more epochs (continuing from ``wm.train_state['vae']`` if present, also
-    from the middle of an epoch that ``save_on_interrupt`` stopped; see ``_Epoch``)."""
+    from the middle of an epoch that ``save_on_interrupt`` stopped; see ``_Epoch``). ``batches_per_epoch``,
+    when known, gives the progress bar its total and time left."""
     state = wm.train_state.setdefault("vae", {"epoch": 0})
     opt = _optimizer(wm.vae.parameters(), wm.config.learning_rate, state.get("optimizer"))
     history = []
@@ -158,7 +160,7 @@ def fit_vae(wm: WorldModel, make_batches: Batches, epochs: int, seed: int = 0, p
                      {"images": 0})
         wm.vae.train()
         bar = tqdm(run.batches(make_batches), desc=f"train-vae epoch {epoch + 1}", unit="batch", initial=run.done,
-                   disable=not progress, leave=False)
+                   total=batches_per_epoch, disable=not progress, leave=False)
         for step, batch in enumerate(bar, start=run.done):
             x = frames_to_tensor(batch, wm.device)
             with _autocast(wm.device):
@@ -185,7 +187,7 @@ def fit_vae(wm: WorldModel, make_batches: Batches, epochs: int, seed: int = 0, p
 
 def fit_rnn(wm: WorldModel, make_batches: Batches, epochs: int, seed: int = 0, progress: bool = True,
             on_epoch_end: Callable[[int, dict], None] | None = None, clip: float = 1.0,
-            events: float = 1.0) -> list[dict]:
+            events: float = 1.0, batches_per_epoch: int | None = None) -> list[dict]:
     """Train M on batches of code sequences (see ``sequence_batches_from_arrays``), continuing like
     ``fit_vae``; ``events`` weights terminal transitions in the reward/done losses (1 = unweighted, the
     default everywhere: up-weighting makes the heads over-predict rare events, e.g. balanced weights
@@ -200,7 +202,7 @@ def fit_rnn(wm: WorldModel, make_batches: Batches, epochs: int, seed: int = 0, p
         run = _Epoch(state, opt, seed, epoch, {"loss": 0.0}, {"steps": 0})
         wm.rnn.train()
         bar = tqdm(run.batches(make_batches), desc=f"train-rnn epoch {epoch + 1}", unit="batch", initial=run.done,
-                   disable=not progress, leave=False)
+                   total=batches_per_epoch, disable=not progress, leave=False)
         for step, batch in enumerate(bar, start=run.done):
             with torch.no_grad():
                 z = wm.vae.indices_to_latent(batch["codes"].to(wm.device))
@@ -431,7 +433,7 @@ def run_train_vae(cfg: TrainVAEConfig) -> dict:
 
     with save_on_interrupt(lambda: wm.save(out), str(out)):
         history = fit_vae(wm, lambda rng: ds.iter_frame_batches(cfg.batch_size, rng), remaining, cfg.seed,
-                          cfg.progress, end_epoch)
+                          cfg.progress, end_epoch, batches_per_epoch=-(-ds.num_frames // cfg.batch_size))
     if not history and not out.exists():
         wm.set_start_frames(start_frames)
         wm.save(out)
@@ -481,5 +483,6 @@ def run_train_rnn(cfg: TrainRNNConfig) -> dict:
 
     with save_on_interrupt(lambda: wm.save(path), str(path)):
         history = fit_rnn(wm, lambda rng: sequence_batches_from_arrays(win_codes, arrays, cfg.batch_size, rng),
-                          max(cfg.epochs - done, 0), cfg.seed, cfg.progress, end_epoch)
+                          max(cfg.epochs - done, 0), cfg.seed, cfg.progress, end_epoch,
+                          batches_per_epoch=-(-len(win_codes) // cfg.batch_size))
     return {"checkpoint": str(path), "epochs_done": wm.train_state["rnn"]["epoch"], "history": history}
