@@ -546,6 +546,7 @@ def test_train_rnn_zero_sizes_are_explained(checkpoint, data, capsys, option):
 @pytest.mark.parametrize("argv, message", [
     (["train-vae", "--preset", "WM-Pong-v0"], "unknown preset 'WM-Pong-v0'"),
     (["train-vae", "--batch-size", "0"], "--batch-size must be >= 1"),
+    (["train-vae", "--epochs", "-1"], "--epochs must be >= 0, got -1"),
     (["train-vae", "--device", "tpu"], "--device must be auto, cpu, cuda or cuda:N"),
     (["train-controller", "--popsize", "1"], "--popsize must be >= 2, got 1"),
     (["train-controller", "--rollouts", "0"], "--rollouts must be >= 1"),

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from wm_agent.config import doc
+from wm_agent.config import check_settings, doc
 from wm_agent.controller import choose_actions
 from wm_agent.dream_env import DEFAULT_MAX_STEPS, DreamBatch
 from wm_agent.sampling import rand
@@ -203,16 +203,14 @@ def train_controller(cfg: ControllerTrainConfig, wm: WorldModel | None = None) -
     path = Path(cfg.world_model)
     if cfg.where not in ("dream", "real"):
         raise ValueError(f"--in must be 'dream' or 'real', got {cfg.where!r}")
-    for ok, problem in ((cfg.popsize >= 2, f"--popsize must be >= 2, got {cfg.popsize}"),
-                        (cfg.rollouts >= 1, f"--rollouts must be >= 1, got {cfg.rollouts}"),
-                        (cfg.generations >= 0, f"--generations must be >= 0, got {cfg.generations}"),
-                        (cfg.sigma0 > 0, f"--sigma0 must be > 0, got {cfg.sigma0}"),
-                        (cfg.max_steps >= 0, f"--max-steps must be >= 0 (0: the env's own limit), got {cfg.max_steps}"),
-                        (cfg.hidden >= -1, f"--hidden must be >= 0 (or -1: the checkpoint's), got {cfg.hidden}"),
-                        (cfg.where == "dream" or cfg.workers >= 1, f"--workers must be >= 1, got {cfg.workers}"),
-                        (cfg.where == "dream" or cfg.timeout > 0, f"--timeout must be > 0, got {cfg.timeout}")):
-        if not ok:
-            raise ValueError(problem)
+    check_settings((cfg.popsize >= 2, f"--popsize must be >= 2, got {cfg.popsize}"),
+                   (cfg.rollouts >= 1, f"--rollouts must be >= 1, got {cfg.rollouts}"),
+                   (cfg.generations >= 0, f"--generations must be >= 0, got {cfg.generations}"),
+                   (cfg.sigma0 > 0, f"--sigma0 must be > 0, got {cfg.sigma0}"),
+                   (cfg.max_steps >= 0, f"--max-steps must be >= 0 (0: the env's own limit), got {cfg.max_steps}"),
+                   (cfg.hidden >= -1, f"--hidden must be >= 0 (or -1: the checkpoint's), got {cfg.hidden}"),
+                   (cfg.where == "dream" or cfg.workers >= 1, f"--workers must be >= 1, got {cfg.workers}"),
+                   (cfg.where == "dream" or cfg.timeout > 0, f"--timeout must be > 0, got {cfg.timeout}"))
     wm = wm or WorldModel.load(path, resolve_device(cfg.device))
     if "rnn" not in wm.train_state:
         raise ValueError(f"{path} has no trained MDN-RNN: run `wm-agent train-rnn` first")

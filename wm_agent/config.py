@@ -14,6 +14,14 @@ def doc(text: str, default: Any = dataclasses.MISSING, flag: str | None = None, 
     return field(default=default, metadata=metadata, **kw)
 
 
+def check_settings(*checks: tuple[bool, str]) -> None:
+    """Raise ValueError with the message of the first ``(ok, message)`` whose ``ok`` is false, so that a
+    bad command line is told exactly which option is wrong."""
+    for ok, message in checks:
+        if not ok:
+            raise ValueError(message)
+
+
 @dataclass
 class WorldModelConfig:
     """Sizes of V (VQ-VAE), M (MDN-RNN) and C (controller); stored inside every checkpoint."""

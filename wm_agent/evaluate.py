@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from wm_agent.config import doc
+from wm_agent.config import check_settings, doc
 from wm_agent.controller import choose_actions, env_action
 from wm_agent.latent_env import LatentObservation, check_env_fits
 from wm_agent.world_model import WorldModel
@@ -214,14 +214,11 @@ def dream_fidelity(wm: WorldModel, dataset, episodes: int, temperature: float, t
 def eval_dream(cfg: EvalDreamConfig, wm: WorldModel | None = None) -> dict:
     from wm_agent.dataset import EpisodeDataset
 
-    for ok, problem in ((cfg.episodes >= 0, f"--episodes must be >= 0 (0: all), got {cfg.episodes}"),
-                        (cfg.max_frames >= 1, f"--max-frames must be >= 1, got {cfg.max_frames}"),
-                        (cfg.temperature >= 0, f"--temperature must be >= 0, got {cfg.temperature}"),
-                        (cfg.threshold > 0 and cfg.strict_threshold > 0,
-                         f"--threshold and --strict-threshold must be > 0, "
-                         f"got {cfg.threshold}, {cfg.strict_threshold}")):
-        if not ok:
-            raise ValueError(problem)
+    check_settings((cfg.episodes >= 0, f"--episodes must be >= 0 (0: all), got {cfg.episodes}"),
+                   (cfg.max_frames >= 1, f"--max-frames must be >= 1, got {cfg.max_frames}"),
+                   (cfg.temperature >= 0, f"--temperature must be >= 0, got {cfg.temperature}"),
+                   (cfg.threshold > 0, f"--threshold must be > 0, got {cfg.threshold}"),
+                   (cfg.strict_threshold > 0, f"--strict-threshold must be > 0, got {cfg.strict_threshold}"))
     wm = wm or WorldModel.load(cfg.world_model)
     if "rnn" not in wm.train_state:
         raise ValueError(f"{cfg.world_model} has no trained MDN-RNN: run `wm-agent train-rnn` first")

@@ -26,7 +26,7 @@ from typing import Any, Iterable, Iterator, Sequence
 import numpy as np
 import torch
 
-from wm_agent.config import doc
+from wm_agent.config import check_settings, doc
 from wm_agent.io import make_parent
 
 os.environ.setdefault("PYGAME_HIDE_SUPPORT_PROMPT", "1")
@@ -767,8 +767,10 @@ def run_play(cfg: PlayConfig, events: Iterable[str | Sequence[str]] | None = Non
     from envs.rendering import show_frame
     from wm_agent.world_model import WorldModel
 
-    if cfg.fps <= 0 or cfg.scale < 1 or cfg.max_steps < 0 or cfg.temperature < 0:
-        raise ValueError("need --fps > 0, --scale >= 1, --max-steps >= 0 and --temperature >= 0")
+    check_settings((cfg.fps > 0, f"--fps must be > 0, got {cfg.fps}"),
+                   (cfg.scale >= 1, f"--scale must be >= 1, got {cfg.scale}"),
+                   (cfg.max_steps >= 0, f"--max-steps must be >= 0 (0: the env's own limit), got {cfg.max_steps}"),
+                   (cfg.temperature >= 0, f"--temperature must be >= 0, got {cfg.temperature}"))
     wm = wm or WorldModel.load(cfg.checkpoint)
     discrete = wm.config.discrete_actions
     if cfg.dream:

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from wm_agent.config import PRESETS, WorldModelConfig, doc
+from wm_agent.config import PRESETS, WorldModelConfig, check_settings, doc
 from wm_agent.io import make_parent
 from wm_agent.vqvae import frames_to_tensor
 from wm_agent.world_model import MAX_START_FRAMES, WorldModel
@@ -394,8 +394,8 @@ def save_on_interrupt(save: Callable[[], None], what: str):
 def run_train_vae(cfg: TrainVAEConfig) -> dict:
     from wm_agent.dataset import EpisodeDataset
 
-    if cfg.batch_size < 1 or cfg.epochs < 0:
-        raise ValueError("--batch-size must be >= 1 and --epochs >= 0")
+    check_settings((cfg.batch_size >= 1, f"--batch-size must be >= 1, got {cfg.batch_size}"),
+                   (cfg.epochs >= 0, f"--epochs must be >= 0, got {cfg.epochs}"))
     ds = EpisodeDataset(cfg.data)
     out = Path(cfg.out)
     make_parent(out)  # a folder at --out, or a file in its path, is named before any training
@@ -456,8 +456,9 @@ def action_overrides(space) -> dict:
 def run_train_rnn(cfg: TrainRNNConfig) -> dict:
     from wm_agent.dataset import EpisodeDataset
 
-    if cfg.seq_len < 1 or cfg.batch_size < 1 or cfg.epochs < 0:
-        raise ValueError("--seq-len and --batch-size must be >= 1 and --epochs >= 0")
+    check_settings((cfg.seq_len >= 1, f"--seq-len must be >= 1, got {cfg.seq_len}"),
+                   (cfg.batch_size >= 1, f"--batch-size must be >= 1, got {cfg.batch_size}"),
+                   (cfg.epochs >= 0, f"--epochs must be >= 0, got {cfg.epochs}"))
     ds = EpisodeDataset(cfg.data)
     path = Path(cfg.world_model)
     wm = WorldModel.load(path, resolve_device(cfg.device))
