@@ -248,9 +248,11 @@ def test_real_evaluator_reports_a_worker_that_dies(ckpt):
     assert _no_workers_left()
 
 
-def test_batched_real_rollouts_match_one_episode_at_a_time():
-    """rollout_batch steps many envs in lockstep; with greedy actions each episode must be exactly the
-    one run_episode plays alone (same return, length and success), whatever else is in the batch."""
+@pytest.mark.parametrize("greedy", [True, False])
+def test_batched_real_rollouts_match_one_episode_at_a_time(greedy):
+    """rollout_batch steps many envs in lockstep; each episode must be exactly the one run_episode plays
+    alone (same return, length and success), whatever else is in the batch: with sampled actions too,
+    since an episode draws them from its own seed's stream."""
     import gymnasium as gym
 
     from wm_agent.evaluate import make_latent_env, rollout_batch, run_episode
@@ -261,15 +263,18 @@ def test_batched_real_rollouts_match_one_episode_at_a_time():
     params = torch.as_tensor(rng.normal(size=(3, wm.controller.num_params)) * 0.5, dtype=torch.float32)
     seeds = [11, 12, 13, 14]
     envs = [gym.make("WM-GridWorld-v0") for _ in range(len(params) * len(seeds))]
-    batch = rollout_batch(wm, envs, params, seeds, greedy=True, gen=torch.Generator().manual_seed(0))
+    batch = rollout_batch(wm, envs, params, seeds, greedy=greedy)
     assert batch["return"].shape == (3, 4) and batch["oracle_return"].shape == (3, 4)
     single = make_latent_env("WM-GridWorld-v0", wm)
     for i, theta in enumerate(params):
         wm.controller.set_flat(theta.numpy())
         for j, seed in enumerate(seeds):
-            one = run_episode(single, wm, seed, True, torch.Generator().manual_seed(0))
+            one = run_episode(single, wm, seed, greedy)
             assert batch["return"][i, j] == pytest.approx(one["return"])
             assert batch["steps"][i, j] == one["steps"] and batch["success"][i, j] == one["success"]
             assert batch["oracle_return"][i, j] == pytest.approx(one["oracle_return"])
+    # Fewer seeds in the batch: the episodes that remain play exactly as before.
+    fewer = rollout_batch(wm, envs, params, seeds[1:3], greedy=greedy)
+    np.testing.assert_array_equal(fewer["steps"], batch["steps"][:, 1:3])
     with pytest.raises(ValueError, match="need 12 envs"):
-        rollout_batch(wm, envs[:5], params, seeds, True, torch.Generator())
+        rollout_batch(wm, envs[:5], params, seeds, True)

@@ -125,8 +125,7 @@ def _real_rollouts(checkpoint: str, env_id: str, params: np.ndarray, seeds: list
         _worker_state = ((checkpoint, env_id), WorldModel.load(checkpoint), [])
     _, wm, envs = _worker_state
     envs.extend(gym.make(env_id) for _ in range(len(params) * len(seeds) - len(envs)))
-    gen = torch.Generator().manual_seed(seeds[0])
-    result = rollout_batch(wm, envs, torch.as_tensor(params), seeds, greedy, gen, max_steps)
+    result = rollout_batch(wm, envs, torch.as_tensor(params), seeds, greedy, max_steps)
     return result["return"].mean(1), int(result["steps"].sum())
 
 

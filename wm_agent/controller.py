@@ -225,7 +225,8 @@ def choose_actions(outputs: torch.Tensor, discrete: bool, greedy: bool, generato
     return below.clamp_max(outputs.shape[-1] - 1)
 
 
-def env_action(outputs: torch.Tensor, discrete: bool, greedy: bool, generator: torch.Generator | None = None):
+def env_action(outputs: torch.Tensor, discrete: bool, greedy: bool, generator: torch.Generator | None = None,
+               uniforms: torch.Tensor | None = None):
     """The first row of controller outputs as an action a Gymnasium env accepts (int, or float32 array)."""
-    action = choose_actions(outputs, discrete, greedy, generator)[0]
+    action = choose_actions(outputs, discrete, greedy, generator, uniforms)[0]
     return int(action) if discrete else action.detach().cpu().numpy().astype(np.float32)

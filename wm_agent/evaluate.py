@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 import gymnasium as gym
@@ -12,6 +13,7 @@ from tqdm.auto import tqdm
 from wm_agent.config import check_settings, doc
 from wm_agent.controller import choose_actions, env_action
 from wm_agent.latent_env import LatentObservation, check_env_fits
+from wm_agent.sampling import EpisodeUniforms
 from wm_agent.world_model import WorldModel
 
 
@@ -22,8 +24,8 @@ class EvaluateConfig:
     checkpoint: str = doc("world-model checkpoint with a trained controller")
     env: str = doc("real env id (empty: the env the checkpoint was trained on)", "")
     episodes: int = doc("episodes to run", 100)
-    seed: int = doc("reset seed of the first episode (episode i resets with seed + i); also seeds the "
-                    "sampled actions, drawn for all episodes at once (same command, same result)", 0)
+    seed: int = doc("reset seed of the first episode; episode i resets with seed + i and samples its actions "
+                    "from a stream of its own seeded by seed + i", 0)
     greedy: bool = doc("argmax actions instead of sampling from the controller's softmax", False)
     progress: bool = doc("show a progress bar", True)
 
@@ -33,32 +35,40 @@ def make_latent_env(env_id: str, wm: WorldModel, **kwargs) -> LatentObservation:
 
 
 @torch.no_grad()
-def run_episode(env: LatentObservation, wm: WorldModel, seed: int, greedy: bool, gen: torch.Generator,
-                max_steps: int = 0, record: bool = False) -> dict:
-    """One episode of the controller in a LatentObservation env."""
+def run_episode(env: LatentObservation, wm: WorldModel, seed: int, greedy: bool, max_steps: int = 0,
+                record: bool = False) -> dict:
+    """One episode of the controller in a LatentObservation env, reset with ``seed`` (sampled actions
+    from that episode's own stream, as in ``rollout_batch``). With ``record``: also ``frames`` uint8
+    (T+1, H, W, 3), ``rewards`` (T,) and ``actions`` (T[, A])."""
     obs, info = env.reset(seed=seed)
-    total, steps, frames = 0.0, 0, [info["frame"]] if record else None
+    uniforms = EpisodeUniforms([seed])
+    frames, rewards, actions = [info["frame"]], [], []
     oracle = info.get("oracle_return")
     while True:
-        action = env_action(wm.controller.from_obs(torch.as_tensor(obs)[None]), wm.config.discrete_actions, greedy, gen)
+        out = wm.controller.from_obs(torch.as_tensor(obs)[None])
+        action = env_action(out, wm.config.discrete_actions, greedy, uniforms=uniforms.at(len(rewards), [0]))
         obs, reward, terminated, truncated, info = env.step(action)
-        total += float(reward)
-        steps += 1
+        rewards.append(float(reward))
         if record:
             frames.append(info["frame"])
-        if terminated or truncated or (max_steps and steps >= max_steps):
+            actions.append(action)
+        if terminated or truncated or (max_steps and len(rewards) >= max_steps):
             break
-    result = {"return": total, "steps": steps, "success": bool(info.get("success", terminated)),
+    result = {"return": float(sum(rewards)), "steps": len(rewards), "success": bool(info.get("success", terminated)),
               "oracle_return": oracle}
     if record:
-        result["frames"] = np.stack(frames)
+        result.update(frames=np.stack(frames), rewards=np.array(rewards, np.float32), actions=np.array(actions))
     return result
 
 
 @torch.no_grad()
 def rollout_batch(wm: WorldModel, envs: list[gym.Env], params: torch.Tensor, seeds: list[int], greedy: bool,
-                  gen: torch.Generator, max_steps: int = 0, progress: bool = False) -> dict[str, np.ndarray]:
+                  max_steps: int = 0, progress: bool = False) -> dict[str, np.ndarray]:
     """Every controller in ``params`` (P, n) for an episode from each reset seed, all at once in the REAL env.
+
+    Sampled actions come from each episode's own stream (``EpisodeUniforms``, seeded by its reset seed),
+    so an episode's result does not depend on the batch around it, and all controllers meet the same
+    numbers on the same seed (common random numbers).
 
     ``envs`` holds at least P x len(seeds) envs, stepped in lockstep: each step encodes all frames with
     V, runs C and M's LSTM once for the whole batch, so the networks cost one batched call per step
@@ -81,12 +91,15 @@ def rollout_batch(wm: WorldModel, envs: list[gym.Env], params: torch.Tensor, see
     theta = torch.as_tensor(params, dtype=torch.float32, device=device).repeat_interleave(rollouts, 0)
     returns, steps, success = np.zeros(n), np.zeros(n, dtype=np.int64), np.zeros(n, dtype=bool)
     running = np.arange(n)
+    uniforms = EpisodeUniforms(seeds)
     bar = tqdm(total=n, desc="evaluate", unit="ep", disable=not progress)
-    while len(running):
+    for t in itertools.count():
+        if not len(running):
+            break
         idx = torch.as_tensor(running, device=device)
         hidden = (h[:, idx], c[:, idx])
         out = controller.batched(theta[idx], controller.normalize(torch.cat([z[idx], hidden[0][0]], -1)))
-        actions = choose_actions(out, wm.config.discrete_actions, greedy, gen)
+        actions = choose_actions(out, wm.config.discrete_actions, greedy, uniforms=uniforms.at(t, running % rollouts))
         h[:, idx], c[:, idx] = rnn.advance(z[idx, None], actions[:, None], hidden)
         host = actions.cpu().numpy()
         host = host.astype(np.float32) if not wm.config.discrete_actions else host
@@ -118,9 +131,8 @@ def evaluate(cfg: EvaluateConfig, wm: WorldModel | None = None) -> dict:
     env_id = wm.real_env_id(cfg.env)
     envs = [gym.make(env_id) for _ in range(cfg.episodes)]
     try:
-        gen = torch.Generator().manual_seed(cfg.seed)
         params = wm.controller.params.detach()[None]
-        res = rollout_batch(wm, envs, params, [cfg.seed + i for i in range(cfg.episodes)], cfg.greedy, gen,
+        res = rollout_batch(wm, envs, params, [cfg.seed + i for i in range(cfg.episodes)], cfg.greedy,
                             progress=cfg.progress)
     finally:
         for env in envs:

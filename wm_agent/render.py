@@ -478,32 +478,19 @@ def _env_action(out: torch.Tensor, wm, greedy: bool, gen: torch.Generator):
 @torch.no_grad()
 def record_real_episode(wm, env_id: str | None = None, seed: int = 0, greedy: bool = False,
                         max_steps: int = 0) -> dict[str, Any]:
-    """The controller plays one episode of the REAL env (reset with ``seed``).
+    """The controller plays one episode of the REAL env (reset with ``seed``): the same episode that
+    ``wm-agent evaluate`` scores for that seed.
 
     Returns ``frames`` uint8 (T+1, H, W, 3), ``rewards`` (T,), ``actions`` (T[, A]), ``return``, ``steps``,
     ``success``. ``max_steps`` = 0: until the env ends the episode.
     """
-    from wm_agent.evaluate import make_latent_env
+    from wm_agent.evaluate import make_latent_env, run_episode
 
     env = make_latent_env(wm.real_env_id(env_id), wm)
-    gen = torch.Generator().manual_seed(seed)
     try:
-        obs, info = env.reset(seed=seed)
-        frames, rewards, actions = [info["frame"]], [], []
-        while True:
-            action = _env_action(wm.controller.from_obs(torch.as_tensor(obs)[None]), wm, greedy, gen)
-            obs, reward, terminated, truncated, info = env.step(action)
-            frames.append(info["frame"])
-            rewards.append(float(reward))
-            actions.append(action)
-            if terminated or truncated or (max_steps and len(rewards) >= max_steps):
-                break
+        return run_episode(env, wm, seed, greedy, max_steps, record=True)
     finally:
         env.close()
-    rewards = np.array(rewards, np.float32)
-    return {"frames": np.stack(frames), "rewards": rewards, "actions": np.array(actions),
-            "return": float(rewards.sum()), "steps": len(rewards),
-            "success": bool(info.get("success", terminated))}
 
 
 @torch.no_grad()

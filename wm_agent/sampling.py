@@ -8,9 +8,33 @@ of draws on every device.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+import numpy as np
 import torch
 
-__all__ = ["multinomial", "randn", "rand"]
+__all__ = ["EpisodeUniforms", "multinomial", "rand", "randn"]
+
+_ACTIONS = 1  # stream tag: an episode's action numbers are seeded from (reset seed, _ACTIONS)
+
+
+class EpisodeUniforms:
+    """One stream of uniform numbers per episode, seeded from the episode's reset seed: the episode's
+    t-th sampled action uses the t-th number of its own stream, so an episode plays the same whatever
+    else runs in its batch (``wm-agent evaluate --episodes 10`` and ``--episodes 200`` agree on their
+    first ten episodes; ``wm-agent render --seed S`` shows the episode that evaluate scored with seed S).
+    Episodes that share a reset seed share the stream: common random numbers for CMA-ES candidates."""
+
+    def __init__(self, seeds: Sequence[int], block: int = 256):
+        self._streams = [np.random.default_rng([int(s), _ACTIONS]) for s in seeds]
+        self._block, self._start, self._table = block, 0, np.zeros((len(seeds), 0))
+
+    def at(self, step: int, episodes: np.ndarray | Sequence[int]) -> torch.Tensor:
+        """Numbers in [0, 1) for step ``step`` (0, 1, 2, ... in order) of the given episodes (indices into seeds)."""
+        if step >= self._start + self._table.shape[1]:  # next block of every stream, so they stay aligned
+            self._start = step
+            self._table = np.stack([s.random(self._block) for s in self._streams])
+        return torch.as_tensor(self._table[np.asarray(episodes), step - self._start])
 
 
 def multinomial(probs: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
