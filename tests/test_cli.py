@@ -76,6 +76,16 @@ def test_a_job_without_progress_still_says_what_it_did(tmp_path, capsys):
     assert capsys.readouterr().out.strip() == f"done: checkpoint={out}, epochs_done=1"
 
 
+@pytest.mark.parametrize("argv", [["--help"], ["collect", "--help"]])
+def test_help_and_collect_start_without_torch(argv):
+    """Only the stage being run is imported: `wm-agent --help` and `wm-agent collect` need neither torch nor pycma."""
+    code = ("import sys\nfrom wm_agent.cli import main\ntry:\n    main(%r)\nexcept SystemExit:\n    pass\n"
+            "print('torch' in sys.modules, 'cma' in sys.modules)" % argv)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "False False"
+
+
 def test_version():
     with pytest.raises(SystemExit) as exc:
         main(["--version"])

@@ -2,7 +2,8 @@
 
 Options come from typed dataclass configs (``add_dataclass_args``), so a field's one-line
 ``metadata={"help": ...}`` is its ``--help`` text and the CLI can never drift from the config.
-To add a subcommand: write ``_cmd_<name>(args) -> int`` and register it in ``build_parser``.
+To add a subcommand: write ``_cmd_<name>(args) -> int`` and register it in ``build_parser`` (a pipeline
+stage: a row of ``JOBS``, whose module is imported only when that stage runs).
 """
 
 from __future__ import annotations
@@ -183,7 +184,10 @@ BENCHMARKS = [
 ]
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The whole command line, or with ``command`` only that pipeline stage's options: the others are
+    listed with their one-line help but their modules (and torch, and pycma) are not imported, so
+    ``wm-agent --help`` and ``wm-agent collect`` start in a fraction of the time."""
     import importlib
 
     from wm_agent.benchmark import BenchmarkCollectConfig
@@ -205,9 +209,12 @@ def build_parser() -> argparse.ArgumentParser:
     collect.set_defaults(func=_cmd_collect)
 
     for name, module, config, func, emit_json, help_text in JOBS:
-        cls = getattr(importlib.import_module(f"wm_agent.{module}"), config)
-        sub = commands.add_parser(name, help=help_text, description=(cls.__doc__ or help_text).strip())
-        add_dataclass_args(sub, cls, title="settings")
+        if command is None or command == name:
+            cls = getattr(importlib.import_module(f"wm_agent.{module}"), config)
+            sub = commands.add_parser(name, help=help_text, description=(cls.__doc__ or help_text).strip())
+            add_dataclass_args(sub, cls, title="settings")
+        else:
+            sub = commands.add_parser(name, help=help_text)
         sub.set_defaults(func=_job(module, config, func, emit_json))
 
     benchmark = commands.add_parser("benchmark", help="measure throughput", description="Throughput checks.")
@@ -246,7 +253,9 @@ def _version() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    stages = {job[0] for job in JOBS}
+    parser = build_parser(next((a for a in argv if a in stages), ""))
     args = parser.parse_args(argv)  # bad arguments: usage message and exit status 2
     import gymnasium as gym
 
