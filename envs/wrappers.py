@@ -23,7 +23,7 @@ class ImageObservation(gym.ObservationWrapper, gym.utils.RecordConstructorArgs):
 
     Works on envs whose observation space is an image ``Box`` of shape ``(H, W)``, ``(H, W, 1|3|4)``
     (uint8 in [0, 255], or float in [0, 1] or [0, 255] as the space's upper bound says; an unbounded float
-    space counts as [0, 1]); for any other env created with ``render_mode="rgb_array"``
+    space, up to the dtype's largest value, counts as [0, 1]); for any other env created with ``render_mode="rgb_array"``
     the rendered frame becomes the observation (e.g. ``CartPole-v1``). Resizing uses Pillow's
     area filter (Pillow arrives with imageio), so no OpenCV is needed.
 
@@ -52,6 +52,8 @@ class ImageObservation(gym.ObservationWrapper, gym.utils.RecordConstructorArgs):
         self._float_max = 1.0
         if not self._from_render and np.issubdtype(space.dtype, np.floating):
             high = float(np.max(space.high))
+            if high >= np.finfo(space.dtype).max:  # the dtype's largest value: another way to say "unbounded"
+                high = np.inf
             if np.isfinite(high) and high not in (1.0, 255.0):
                 raise ValueError(f"float image observations must lie in [0, 1] or [0, 255] (the space's upper "
                                  f"bound says which), got observation_space={space}")

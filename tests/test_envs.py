@@ -161,7 +161,7 @@ class _PictureEnv(gym.Env):
             high = 255
         elif high is None:
             high = 1.0
-        self._picture = (picture * (high if np.isfinite(high) else 1.0)).astype(dtype)
+        self._picture = (picture * (high if high in (1.0, 255) else 1.0)).astype(dtype)
         self.observation_space = spaces.Box(0, high, (96, 96, 3), dtype)
         self.action_space = spaces.Discrete(2)
 
@@ -183,7 +183,7 @@ def test_image_observation_crops_before_resizing():
         ImageObservation(_PictureEnv(), crop=(50, 50)).reset()
 
 
-@pytest.mark.parametrize("high", [1.0, 255.0, np.inf])
+@pytest.mark.parametrize("high", [1.0, 255.0, np.inf, float(np.finfo(np.float32).max)])
 def test_image_observation_scales_float_images(high):
     obs, _ = ImageObservation(_PictureEnv(np.float32, high)).reset()
     assert obs.dtype == np.uint8

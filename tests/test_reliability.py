@@ -593,6 +593,8 @@ def test_files_and_folders_in_the_wrong_place_are_explained(data, tmp_path, caps
 def test_debug_after_the_subcommand_shows_the_traceback(tmp_path):
     with pytest.raises(FileNotFoundError):
         main(["evaluate", "--checkpoint", str(tmp_path / "missing.pt"), "--debug"])
+    with pytest.raises(ValueError, match="--num-envs must be >= 1"):
+        main(["benchmark", "--debug", "dream", "--num-envs", "0"])  # also between benchmark and its subcommand
 
 
 def test_train_vae_refuses_to_overwrite_a_checkpoint(checkpoint, data, capsys):

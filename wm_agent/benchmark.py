@@ -212,6 +212,12 @@ def benchmark_train(cfg: BenchmarkTrainConfig, verbose: bool = True) -> dict:
     import numpy as np
     import torch
 
+    from wm_agent.config import check_settings
+
+    check_settings((cfg.batch_size >= 1, f"--batch-size must be >= 1, got {cfg.batch_size}"),
+                   (cfg.images >= 1, f"--images must be >= 1, got {cfg.images}"),
+                   (cfg.episodes >= 1, f"--episodes must be >= 1, got {cfg.episodes}"))
+
     from wm_agent.config import WorldModelConfig
     from wm_agent.dataset import EpisodeDataset
     from wm_agent.train import fit_vae
@@ -326,7 +332,11 @@ def _dream_steps_per_s(config, num_envs: int, steps: int, seed: int) -> float:
 def benchmark_dream(cfg: BenchmarkDreamConfig, verbose: bool = True) -> dict:
     import torch
 
-    from wm_agent.config import WorldModelConfig
+    from wm_agent.config import WorldModelConfig, check_settings
+
+    check_settings((cfg.num_envs >= 1, f"--num-envs must be >= 1, got {cfg.num_envs}"),
+                   (cfg.dream_steps >= 1, f"--dream-steps must be >= 1, got {cfg.dream_steps}"),
+                   (cfg.real_steps >= 1, f"--real-steps must be >= 1, got {cfg.real_steps}"))
 
     grid = _real_steps_per_s("WM-GridWorld-v0", cfg.real_steps * 20, cfg.seed)
     car = _real_steps_per_s("WM-CarRacing-v0", max(cfg.real_steps // 5, 20), cfg.seed)

@@ -229,21 +229,20 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         sub = benchmarks.add_parser(name, help=help_text, description=help_text)
         add_dataclass_args(sub, getattr(importlib.import_module("wm_agent.benchmark"), config), title="benchmark")
         sub.set_defaults(func=_job("benchmark", config, func, summary=False))
-    for sub in _leaf_parsers(parser):
+    for sub in _subcommand_parsers(parser):
         # Also after the subcommand; SUPPRESS keeps an earlier `wm-agent --debug` from being reset.
         sub.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                          help="show full tracebacks for errors")
     return parser
 
 
-def _leaf_parsers(parser: argparse.ArgumentParser) -> typing.Iterator[argparse.ArgumentParser]:
-    """The parsers that end a command line (``collect``, ``benchmark dream``, ...)."""
-    actions = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
-    if not actions and parser.prog != "wm-agent":
-        yield parser
-    for action in actions:
-        for sub in dict.fromkeys(action.choices.values()):
-            yield from _leaf_parsers(sub)
+def _subcommand_parsers(parser: argparse.ArgumentParser) -> typing.Iterator[argparse.ArgumentParser]:
+    """Every parser below the top one (``collect``, ``benchmark``, ``benchmark dream``, ...)."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in dict.fromkeys(action.choices.values()):
+                yield sub
+                yield from _subcommand_parsers(sub)
 
 
 def _version() -> str:

@@ -62,18 +62,21 @@ def _alive(pid: int) -> bool:
     return True
 
 
-# Sentences of torch's and numpy's load errors that advise loading the file with code execution on
-# (weights_only=False, allow_pickle=True): a file this project refused must not come with that advice.
-_UNSAFE_ADVICE = ("set to `False`", "If you trust", "load it unsafely", "Please file an issue", "arbitrary code",
-                  "Do it only if", "Check the documentation", "In PyTorch 2.6")
+# Sentences of torch's and numpy's load errors that advise loading the file anyway (weights_only=False,
+# allow_pickle=True, allow-listing its globals): a file this project refused must not come with that advice.
+_UNSAFE_ADVICE = ("can still be loaded", "trust", "set to `false`", "load it unsafely", "please file an issue",
+                  "arbitrary code", "do it only if", "check the documentation", "in pytorch 2.6", "alternatively",
+                  "torch.serialization", "allowlist")
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
 def load_error_reason(exc: BaseException) -> str:
     """What went wrong reading a file, in one line, without the libraries' advice to load it unsafely."""
-    sentences = (part.strip() for line in str(exc).splitlines() for part in re.split(r"(?<=\.)\s+", line))
-    kept = [s for s in sentences if s and not any(advice in s for advice in _UNSAFE_ADVICE)]
+    text = _ANSI.sub("", str(exc))
+    sentences = (part.strip() for line in text.splitlines() for part in re.split(r"(?<=\.)\s+", line))
+    kept = [s for s in sentences if s and not any(advice in s.lower() for advice in _UNSAFE_ADVICE)]
     reason = " ".join(kept).removesuffix(":").strip()
-    return f"{type(exc).__name__}: {reason[:300]}" if reason else type(exc).__name__
+    return f"{type(exc).__name__}: {reason[:400]}" if reason else type(exc).__name__
 
 
 def save_torch(obj: Any, path: str | os.PathLike) -> None:

@@ -43,15 +43,21 @@ class WorldModel:
         self.train_state: dict[str, Any] = {}  # optimiser / CMA-ES state so interrupted runs resume
 
     def real_env_id(self, env_id: str | None = None) -> str:
-        """``env_id`` when given, else the env this model was trained on (a clear error if it names none)."""
+        """The registered id of ``env_id`` when given, else of the env this model was trained on; a clear
+        error for an id ``gym.make`` does not know, or when neither names one."""
         if env_id:
             import gymnasium as gym
 
             try:
-                gym.spec(env_id)
-            except gym.error.Error as exc:
+                return gym.spec(env_id).id
+            except gym.error.Error:
+                pass
+            try:  # "module:Id" or an unversioned id: what gym.make accepts, resolved the way it does
+                env = gym.make(env_id)
+            except (gym.error.Error, ModuleNotFoundError) as exc:
                 raise ValueError(f"unknown env {env_id!r}: {exc}") from None
-            return env_id
+            env.close()
+            return env.spec.id
         if not self.env_id:
             raise ValueError("this world model does not name the env it was trained on: pass --env")
         return self.env_id
