@@ -48,18 +48,15 @@ class ImageObservation(gym.ObservationWrapper, gym.utils.RecordConstructorArgs):
             )
         if crop is not None and len(crop) not in (2, 4):
             raise ValueError(f"crop must be (top, bottom) or (top, bottom, left, right), got {crop!r}")
-        # Floats are pixels in [0, 1] (a rendered frame, or a space whose bound says so) or in [0, 255].
-        self._float_max = 1.0
+        # Float pixels lie in [0, _float_max]: 1 for a rendered frame or an unbounded space (its dtype's
+        # largest value counts as unbounded), else the space's bound, 1 or 255. None: only uint8 is taken.
+        self._float_max = 1.0 if self._from_render else None
         if not self._from_render and np.issubdtype(space.dtype, np.floating):
             high = float(np.max(space.high))
-            if high >= np.finfo(space.dtype).max:  # the dtype's largest value: another way to say "unbounded"
-                high = np.inf
-            if np.isfinite(high) and high not in (1.0, 255.0):
+            self._float_max = 1.0 if high >= np.finfo(space.dtype).max else high
+            if self._float_max not in (1.0, 255.0):
                 raise ValueError(f"float image observations must lie in [0, 1] or [0, 255] (the space's upper "
                                  f"bound says which), got observation_space={space}")
-            self._float_max = high if np.isfinite(high) else 1.0
-        elif not self._from_render:
-            self._float_max = None  # integer pixels other than uint8 are refused
         self.size = size
         self.crop = tuple(crop) if crop is not None else None
         self.observation_space = spaces.Box(0, 255, (size, size, 3), np.uint8)

@@ -212,18 +212,15 @@ def benchmark_train(cfg: BenchmarkTrainConfig, verbose: bool = True) -> dict:
     import numpy as np
     import torch
 
-    from wm_agent.config import check_settings
-
-    check_settings((cfg.batch_size >= 1, f"--batch-size must be >= 1, got {cfg.batch_size}"),
-                   (cfg.images >= 1, f"--images must be >= 1, got {cfg.images}"),
-                   (cfg.episodes >= 1, f"--episodes must be >= 1, got {cfg.episodes}"))
-
-    from wm_agent.config import WorldModelConfig
+    from wm_agent.config import WorldModelConfig, check_settings
     from wm_agent.dataset import EpisodeDataset
     from wm_agent.train import fit_vae
     from wm_agent.vqvae import frames_to_tensor
     from wm_agent.world_model import WorldModel
 
+    check_settings((cfg.batch_size >= 1, f"--batch-size must be >= 1, got {cfg.batch_size}"),
+                   (cfg.images >= 1, f"--images must be >= 1, got {cfg.images}"),
+                   (cfg.episodes >= 1, f"--episodes must be >= 1, got {cfg.episodes}"))
     with tempfile.TemporaryDirectory() as tmp:
         DataCollector("WM-GridWorld-v0", tmp, seed=cfg.seed).collect(cfg.episodes, progress=False)
         ds = EpisodeDataset(tmp)

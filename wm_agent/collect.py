@@ -323,10 +323,14 @@ _ENV_CACHE: dict[str, tuple[gym.Env, EpisodeBuffer]] = {}
 _PROGRESS = None  # worker side: shared int64 array, slots 2*i and 2*i+1 = shard i's frames, episodes
 
 
+# What gym.make raises for an unknown id (gym.error.Error) or for kwargs the env does not take.
+_MAKE_ERRORS = (gym.error.Error, TypeError, ValueError)
+
+
 def make_env(env_id: str, env_kwargs: dict) -> gym.Env:
     try:
         return gym.make(env_id, **env_kwargs)
-    except (gym.error.Error, TypeError, ValueError) as exc:  # unknown id, or kwargs the env does not take
+    except _MAKE_ERRORS as exc:
         raise ValueError(f"cannot make env {env_id!r} with {env_kwargs}: {type(exc).__name__}: {exc}") from exc
 
 
@@ -715,15 +719,10 @@ class DataCollector:
         """
         if not isinstance(episodes, int) or episodes < 1:
             raise ValueError(f"episodes must be a positive int, got {episodes!r}")
-        from wm_agent.io import save_json
+        from wm_agent.io import make_folder, save_json
 
         self.stats = {"shards": 0, "worker_cpu_seconds": 0.0}
-        if self.out_dir.exists() and not self.out_dir.is_dir():
-            raise ValueError(f"--out {self.out_dir} is a file, not a folder")
-        try:
-            self.out_dir.mkdir(parents=True, exist_ok=True)
-        except (FileExistsError, NotADirectoryError):
-            raise ValueError(f"cannot create the folder {self.out_dir}: part of its path is a file") from None
+        make_folder(self.out_dir)
         self._check_existing_manifest()
         finished = self._scan()
         manifest = self._new_manifest(list(finished.values()))
@@ -976,8 +975,9 @@ def make_vector_env(env_id: str, env_kwargs: dict, num_envs: int, mode: str) -> 
     try:
         return gym.make_vec(env_id, num_envs=num_envs, vectorization_mode=mode, vector_kwargs=vector_kwargs,
                             **env_kwargs)
-    except gym.error.Error as exc:
-        raise ValueError(f"cannot make a {mode} vector env of {env_id!r} with {env_kwargs}: {exc}") from exc
+    except _MAKE_ERRORS as exc:
+        raise ValueError(f"cannot make a {mode} vector env of {env_id!r} with {env_kwargs}: "
+                         f"{type(exc).__name__}: {exc}") from exc
 
 
 def _close_after_failure(envs: gym.vector.VectorEnv) -> None:

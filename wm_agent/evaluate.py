@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 from dataclasses import dataclass
 
 import gymnasium as gym
@@ -93,9 +92,8 @@ def rollout_batch(wm: WorldModel, envs: list[gym.Env], params: torch.Tensor, see
     running = np.arange(n)
     uniforms = EpisodeUniforms(seeds)
     bar = tqdm(total=n, desc="evaluate", unit="ep", disable=not progress)
-    for t in itertools.count():
-        if not len(running):
-            break
+    t = 0  # steps so far: every running episode is at step t
+    while len(running):
         idx = torch.as_tensor(running, device=device)
         hidden = (h[:, idx], c[:, idx])
         out = controller.batched(theta[idx], controller.normalize(torch.cat([z[idx], hidden[0][0]], -1)))
@@ -115,6 +113,7 @@ def rollout_batch(wm: WorldModel, envs: list[gym.Env], params: torch.Tensor, see
         z[idx] = wm.encode(np.stack(frames))
         bar.update(len(finished))
         running = np.delete(running, finished)
+        t += 1
     bar.close()
     shape = (len(params), rollouts)
     result = {"return": returns.reshape(shape), "steps": steps.reshape(shape), "success": success.reshape(shape)}

@@ -33,14 +33,24 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             tmp.unlink()
 
 
+def make_folder(folder: Path) -> None:
+    """Create ``folder`` (and its parents); a clear error when a file stands where a folder goes."""
+    if folder.exists() and not folder.is_dir():
+        raise NotADirectoryError(f"{folder} is a file, not a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise NotADirectoryError(f"cannot create the folder {folder}: part of its path is a file") from None
+
+
 def make_parent(path: Path) -> None:
     """Create the folder ``path`` goes in; a clear error when ``path`` is a folder or a file stands in
     the way of its folders."""
     if path.is_dir():
         raise IsADirectoryError(f"{path} is a folder; give a file path")
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except (FileExistsError, NotADirectoryError):
+        make_folder(path.parent)
+    except NotADirectoryError:
         raise NotADirectoryError(f"cannot write {path}: part of its folder path is a file") from None
 
 
@@ -62,8 +72,8 @@ def _alive(pid: int) -> bool:
     return True
 
 
-# Sentences of torch's and numpy's load errors that advise loading the file anyway (weights_only=False,
-# allow_pickle=True, allow-listing its globals): a file this project refused must not come with that advice.
+# Sentences of torch's and numpy's load errors that advise loading the file anyway (switching their safe
+# loading off, or allow-listing its globals): a file this project refused must not come with that advice.
 _UNSAFE_ADVICE = ("can still be loaded", "trust", "set to `false`", "load it unsafely", "please file an issue",
                   "arbitrary code", "do it only if", "check the documentation", "in pytorch 2.6", "alternatively",
                   "torch.serialization", "allowlist")

@@ -44,13 +44,16 @@ def multinomial(probs: torch.Tensor, generator: torch.Generator | None) -> torch
     return torch.multinomial(probs.to(generator.device), 1, generator=generator).squeeze(-1).to(probs.device)
 
 
+def _draw(fill, shape, generator: torch.Generator | None, like: torch.Tensor) -> torch.Tensor:
+    device = like.device if generator is None else generator.device
+    return fill(shape, generator=generator, device=device, dtype=like.dtype).to(like.device)
+
+
 def randn(shape, generator: torch.Generator | None, like: torch.Tensor) -> torch.Tensor:
     """Standard normal numbers of ``shape`` with ``like``'s device and dtype."""
-    device = like.device if generator is None else generator.device
-    return torch.randn(shape, generator=generator, device=device, dtype=like.dtype).to(like.device)
+    return _draw(torch.randn, shape, generator, like)
 
 
 def rand(shape, generator: torch.Generator | None, like: torch.Tensor) -> torch.Tensor:
     """Uniform numbers in [0, 1) of ``shape`` with ``like``'s device and dtype."""
-    device = like.device if generator is None else generator.device
-    return torch.rand(shape, generator=generator, device=device, dtype=like.dtype).to(like.device)
+    return _draw(torch.rand, shape, generator, like)
