@@ -257,8 +257,9 @@ def test_a_failing_env_is_reported_with_its_shard(tmp_path, workers, vectorizati
 
 
 @pytest.mark.parametrize("vectorization, message", [
-    ("processes", "worker process died while collecting shard_0000"),
-    ("async", "stepping the async vector env .* for shard_00000, shard_00001 failed: a sub-env process died")])
+    ("processes", r"worker process died while collecting shard_0000. \(killed by SIGKILL \(out of memory\?\)\)"),
+    ("async", r"stepping the async vector env .* for shard_00000, shard_00001 failed: a sub-env process died "
+              r"\(killed by SIGKILL \(out of memory\?\)\)")])
 def test_a_killed_worker_raises_instead_of_hanging(tmp_path, vectorization, message):
     collector = DataCollector(f"{__name__}:WMTest-Killing-v0", tmp_path, workers=2, episodes_per_shard=1,
                               vectorization=vectorization)

@@ -276,17 +276,12 @@ def temp_leftovers(folder: Path) -> list[str]:
                   if ".tmp" in p.name or p.name.startswith(".trash-"))
 
 
-def no_leftovers_or_known_bug(folder: Path, target: str) -> None:
-    """Nothing half-written may remain, except the known atomic-write leftover: a ``.<target>.XXXX.tmp``
-    of a save that the SIGKILL cut short. That one is reported as an expected failure (the bug is pinned
-    down deterministically by ``test_a_save_cut_by_sigkill_leaves_no_temp_file``)."""
+def assert_no_leftovers(folder: Path) -> None:
+    """Nothing half-written may remain after the resumed run: a temp file that a SIGKILL cut short is
+    deleted by the next save of the same file (``wm_agent.io.atomic_path``), a temporary shard folder
+    by the collector's next scan."""
     leftovers = temp_leftovers(folder)
-    if not leftovers:
-        return
-    known = [name for name in leftovers if name.startswith(f".{target}.") and name.endswith(".tmp")]
-    assert known == leftovers, f"unexpected half-written files after the resumed run: {leftovers}"
-    pytest.xfail(f"library bug: the SIGKILL landed inside a save of {target} and its temp file {known} is never "
-                 "cleaned up (wm_agent/io.py atomic_path)")
+    assert leftovers == [], f"half-written files outlived the resumed run: {leftovers}"
 
 
 def tiny_checkpoint(path: Path, data: Path, stages=("vae",), seed: int = 0) -> None:
@@ -394,7 +389,7 @@ def test_kill_collect_then_rerun_gives_the_uninterrupted_dataset(killed_collect,
     assert json.loads((reference / "manifest.json").read_text())["shards"] == manifest["shards"]
     visible = sorted(p.name for p in k["out"].iterdir() if not p.name.startswith("."))
     assert visible == ["manifest.json"] + [f"shard_{i:05d}" for i in range(60)]
-    no_leftovers_or_known_bug(k["out"], "manifest.json")
+    assert_no_leftovers(k["out"])
 
 
 def test_kill_collect_leaves_no_worker_processes_behind(killed_collect):
@@ -427,7 +422,7 @@ def test_kill_train_vae_then_resume_finishes_all_epochs(small_data, tmp_path, co
     assert len(wm.start_codes) == 8  # one per episode of the data, kept from the first run
     epochs_logged = _metric_epochs(tmp_path / "wm.pt.metrics.jsonl", "vae")
     assert epochs_logged == sorted(set(epochs_logged)) and epochs_logged[-1] == epochs
-    no_leftovers_or_known_bug(tmp_path, "wm.pt")
+    assert_no_leftovers(tmp_path)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -460,7 +455,7 @@ def test_kill_train_rnn_then_resume_matches_an_uninterrupted_run(small_data, tmp
     expected = WorldModel.load(reference)
     for name, tensor in expected.rnn.state_dict().items():
         torch.testing.assert_close(wm.rnn.state_dict()[name], tensor, rtol=1e-5, atol=1e-6, msg=name)
-    no_leftovers_or_known_bug(tmp_path, "wm.pt")
+    assert_no_leftovers(tmp_path)
 
 
 def test_sigterm_saves_and_resume_finishes(small_data, tmp_path, commands):
@@ -533,7 +528,7 @@ def test_kill_train_controller_then_resume_then_worker_timeout(small_data, tmp_p
     while real.group_members() and time.monotonic() < deadline:
         time.sleep(0.1)
     assert real.group_members() == []
-    no_leftovers_or_known_bug(tmp_path, "wm.pt")  # last: it may end the test as an expected failure
+    assert_no_leftovers(tmp_path)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -30,6 +30,7 @@ from wm_agent.config import check_settings, doc
 from wm_agent.controller import choose_actions
 from wm_agent.dream_env import DEFAULT_MAX_STEPS, DreamBatch
 from wm_agent.sampling import rand
+from wm_agent.workers import death_reason
 from wm_agent.world_model import WorldModel
 
 with warnings.catch_warnings():  # pycma warns that matplotlib (which we do not need) is missing
@@ -144,6 +145,8 @@ class RealEvaluator:
         chunks = np.array_split(params, min(self.workers, len(params)))
         futures = [self.pool.submit(_real_rollouts, self.checkpoint, self.env_id, x, seeds, greedy, max_steps)
                    for x in chunks]
+        # Private, but a broken pool forgets its processes, and their exit statuses say why it broke.
+        processes = list((getattr(self.pool, "_processes", None) or {}).values())
         try:
             results = [f.result(timeout=self.timeout) for f in futures]
             self.steps += sum(steps for _, steps in results)
@@ -154,7 +157,7 @@ class RealEvaluator:
                                f"the run (the CMA-ES state of the last finished generation is saved)") from None
         except cf.process.BrokenProcessPool:
             self.close(kill=True)
-            raise RuntimeError("a real-env rollout worker died (killed or crashed); stopped the run "
+            raise RuntimeError(f"a real-env rollout worker died ({death_reason(processes)}); stopped the run "
                                "(the CMA-ES state of the last finished generation is saved)") from None
         except Exception as exc:
             self.close(kill=True)

@@ -49,6 +49,7 @@ from gymnasium import spaces
 from tqdm.auto import tqdm
 
 from wm_agent.frames import BLOB, CODEC, OFFSETS, DiscardFrames, FrameArray, FrameWriter, grown
+from wm_agent.workers import death_reason
 
 # wm_agent.io is imported where it is used, by the main process only: it brings torch, whose import
 # (~3 s) would otherwise delay every worker's start.
@@ -823,7 +824,7 @@ class DataCollector:
                         entry = future.result()
                     except BrokenProcessPool as exc:
                         raise CollectionError(
-                            f"a worker process died while collecting {name} (killed, or out of memory?); "
+                            f"a worker process died while collecting {name} ({death_reason(processes)}); "
                             f"finished shards are kept in {self.out_dir}: re-run the same command to resume"
                         ) from exc
                     except Exception as exc:
@@ -882,7 +883,8 @@ class DataCollector:
             except Exception as exc:
                 shards = ", ".join(shard_name(slot.task.index) for slot in slots if slot is not None)
                 raise CollectionError(_vector_failure(
-                    f"{what} the {self.vectorization} vector env of {self.env_id} for {shards} failed", exc)) from exc
+                    f"{what} the {self.vectorization} vector env of {self.env_id} for {shards} failed", exc,
+                    getattr(envs, "processes", []))) from exc
 
         try:
             obs, _ = call("resetting", envs.reset, seed=[next_shard(i) for i in range(n)])
@@ -994,9 +996,11 @@ def _close_after_failure(envs: gym.vector.VectorEnv) -> None:
         envs.closed = True
 
 
-def _vector_failure(what: str, exc: Exception) -> str:
+def _vector_failure(what: str, exc: Exception, processes: list) -> str:
     if isinstance(exc, (EOFError, ConnectionError)):  # the pipe of a process that is gone
-        return f"{what}: a sub-env process died (killed, or out of memory?); finished shards are kept"
+        # The pipe closes as the process exits: wait a moment for its exit status, which says why.
+        mp.connection.wait([process.sentinel for process in processes], timeout=1.0)
+        return f"{what}: a sub-env process died ({death_reason(processes)}); finished shards are kept"
     return f"{what}: {type(exc).__name__}: {exc}"
 
 

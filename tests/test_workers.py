@@ -1,0 +1,85 @@
+"""Why a worker died, as the user reads it: signals, errors, and the script without a main guard."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from wm_agent.workers import death_reason, unguarded_main_script
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def ends(*codes):
+    return [SimpleNamespace(exitcode=code) for code in codes]
+
+
+def test_a_sigkill_reads_as_killed_and_maybe_out_of_memory():
+    assert death_reason(ends(-signal.SIGKILL, None)) == "killed by SIGKILL (out of memory?)"
+
+
+def test_the_pools_own_sigterms_do_not_hide_the_first_death():
+    # A broken pool SIGTERMs the survivors; the worker that broke it exited with an error.
+    reason = death_reason(ends(-signal.SIGTERM, 1, -signal.SIGTERM))
+    assert reason.startswith("exited with status 1: its error is printed above")
+    assert death_reason(ends(-signal.SIGTERM, -signal.SIGKILL)) == "killed by SIGKILL (out of memory?)"
+    assert death_reason(ends(-signal.SIGTERM)) == "killed by SIGTERM"
+
+
+def test_no_exit_status_yet_says_so_plainly():
+    assert death_reason(ends(None, 0)) == "killed, or out of memory?"
+
+
+@pytest.mark.parametrize("source, guarded", [
+    ("print('hi')\n", False),
+    ("if __name__ == '__main__':\n    print('hi')\n", True),
+    ('if "__main__" == __name__:\n    print("hi")\n', True),
+    ("def main():\n    if __name__ == '__main__':\n        pass\n", False),  # not at the top level
+])
+def test_unguarded_main_script_reads_the_main_file(tmp_path, monkeypatch, source, guarded):
+    script = tmp_path / "job.py"
+    script.write_text(source)
+    monkeypatch.setattr(sys.modules["__main__"], "__file__", str(script), raising=False)
+    assert unguarded_main_script() == (None if guarded else str(script))
+
+
+def test_no_main_file_is_not_blamed(monkeypatch):
+    monkeypatch.delattr(sys.modules["__main__"], "__file__", raising=False)
+    assert unguarded_main_script() is None
+
+
+SCRIPT = """
+import sys
+from wm_agent.collect import DataCollector
+DataCollector("WM-GridWorld-v0", sys.argv[1], workers=2, episodes_per_shard=1).collect(2, progress=False)
+print("collected")
+"""
+
+
+@pytest.mark.parametrize("guarded", [False, True])
+def test_a_script_without_main_guard_is_told_what_to_change(tmp_path, guarded):
+    """Workers import the main script; unguarded, each of them would start workers again. Python refuses
+    that in the worker, and the collector's error must say so instead of blaming memory."""
+    body = SCRIPT if not guarded else "if __name__ == '__main__':\n" + textwrap.indent(SCRIPT, "    ")
+    script = tmp_path / "collect_job.py"
+    script.write_text(body)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.run([sys.executable, str(script), str(tmp_path / "data")], capture_output=True, text=True,
+                          timeout=120, env=env, cwd=tmp_path)
+    if guarded:
+        assert proc.returncode == 0, proc.stderr
+        assert "collected" in proc.stdout
+    else:
+        assert proc.returncode != 0
+        # The error's line (resource_tracker warnings about the dead workers' semaphores may follow it).
+        [last] = [line for line in proc.stderr.splitlines() if line.startswith("wm_agent.collect.CollectionError")]
+        assert "a worker process died while collecting shard_0000" in last
+        assert f"{script} starts workers outside `if __name__ == \"__main__\":`" in last
+        assert "out of memory" not in last

@@ -1,0 +1,63 @@
+"""Why a worker process ended, in words for the error a user reads.
+
+A pool only says that a worker is gone. Its exit code tells more: a signal (the OOM killer's
+SIGKILL, a SIGTERM) or an error of its own, and the commonest error of all is a script that starts
+workers outside ``if __name__ == "__main__":``. Workers start with ``spawn``/``forkserver``, so each
+one imports the main script; unguarded, that import starts workers again and Python refuses.
+"""
+
+from __future__ import annotations
+
+import ast
+import signal
+import sys
+from pathlib import Path
+from typing import Iterable
+
+__all__ = ["death_reason", "unguarded_main_script"]
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
+
+
+def unguarded_main_script() -> str | None:
+    """The main script's path when it has no top-level ``if __name__ == "__main__":`` (so every
+    worker that imports it runs it all again); None when it has one or is not a readable file."""
+    path = getattr(sys.modules.get("__main__"), "__file__", None)
+    if path is None:
+        return None
+    try:
+        tree = ast.parse(Path(path).read_text(encoding="utf-8"))
+    except (OSError, SyntaxError, UnicodeDecodeError, ValueError):
+        return None
+    for node in tree.body:
+        test = node.test if isinstance(node, ast.If) else None
+        if (isinstance(test, ast.Compare) and len(test.ops) == 1 and isinstance(test.ops[0], ast.Eq)
+                and {ast.unparse(test.left), ast.unparse(test.comparators[0])} == {"__name__", "'__main__'"}):
+            return None
+    return str(path)
+
+
+def death_reason(processes: Iterable) -> str:
+    """A phrase for why the worker ``processes`` (``multiprocessing.Process``es) stopped, e.g.
+    ``"killed by SIGKILL (out of memory?)"``; used after a pool broke."""
+    codes = [p.exitcode for p in processes if p.exitcode not in (None, 0)]
+    # A broken pool SIGTERMs the workers still running: their ends say nothing about the first one's.
+    codes = [code for code in codes if code != -signal.SIGTERM] or codes
+    errors = [code for code in codes if code > 0]
+    if errors:
+        reason = f"exited with status {errors[0]}: its error is printed above"
+        script = unguarded_main_script()
+        if script is not None:
+            reason += (f"; {script} starts workers outside `if __name__ == \"__main__\":`, and each worker "
+                       "imports the main script: put the script's work under that line")
+        return reason
+    signals = sorted({-code for code in codes if code < 0})
+    if signals:
+        hint = " (out of memory?)" if signal.SIGKILL in signals else ""
+        return f"killed by {', '.join(_signal_name(s) for s in signals)}{hint}"
+    return "killed, or out of memory?"
