@@ -11,8 +11,8 @@ from __future__ import annotations
 import ast
 import signal
 import sys
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 __all__ = ["death_reason", "unguarded_main_script"]
 
