@@ -171,6 +171,29 @@ def test_dataclass_help_shows_metadata_and_defaults():
     assert "a 50% chance (default: 0.5)" in text and "--no-verbose" in text and "{a,b}" in text
 
 
+def test_an_unset_optional_is_not_shown_as_default_none(capsys):
+    for command in ("render", "collect"):
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "(default: None)" not in text
+    assert "dream temperature (default: 1.0 with --dream, 0 with --side-by-side) --greedy" in text
+
+
+@pytest.mark.parametrize("argv, usage", [
+    (["render", "--checkpoint", "x.pt", "--frobnicate"], "usage: wm-agent render"),
+    (["collect", "--out", "x", "--frobnicate", "3"], "usage: wm-agent collect"),
+    (["benchmark", "dream", "--frobnicate"], "usage: wm-agent benchmark dream"),
+])
+def test_an_unknown_option_is_told_with_the_subcommands_usage(argv, usage, capsys):
+    """The usage printed is the one whose options the user can pick from, not the top-level one."""
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert usage in err and "unrecognized arguments: --frobnicate" in err
+
+
 def test_dataclass_required_fields_and_unsupported_types():
     with pytest.raises(SystemExit):
         _parser().parse_args([])  # --name is required

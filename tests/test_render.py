@@ -206,6 +206,15 @@ def test_run_render_modes(tmp_path, tiny, mode, ext):
     assert video.shape[2] == (256 if mode == "side-by-side" else 128)
 
 
+@pytest.mark.parametrize("progress", [True, False])
+def test_run_render_shows_a_progress_bar_unless_told_not_to(tmp_path, tiny, capsys, progress):
+    _, ckpt = tiny
+    run_render(RenderConfig(checkpoint=str(ckpt), out=str(tmp_path / "ep.gif"), max_steps=3, scale=1,
+                            progress=progress))
+    err = capsys.readouterr().err
+    assert ("render (real)" in err and "frame" in err) == progress
+
+
 def test_run_render_human_and_bad_args(tmp_path, tiny):
     _, ckpt = tiny
     shown = run_render(RenderConfig(checkpoint=str(ckpt), human=True, max_steps=2, fps=200, out="ignored.txt"))

@@ -86,7 +86,9 @@ def add_dataclass_args(
             kwargs["default"] = f.default_factory()
         else:
             kwargs["required"] = True
-        if "default" in kwargs and kwargs.get("action") is not argparse.BooleanOptionalAction:
+        # None means "unset": the field's help says what that does (and "(default: None)" says nothing).
+        if (kwargs.get("default") is not None and kwargs.get("action") is not argparse.BooleanOptionalAction
+                and "(default:" not in help_text):
             shown = json.dumps(kwargs["default"]) if isinstance(kwargs["default"], dict) else kwargs["default"]
             help_text += f" (default: {str(shown).replace('%', '%%')})"
         flag = f.metadata.get("flag") or "--" + f.name.replace("_", "-")
@@ -245,6 +247,14 @@ def _subcommand_parsers(parser: argparse.ArgumentParser) -> typing.Iterator[argp
                 yield from _subcommand_parsers(sub)
 
 
+def _chosen_parser(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.ArgumentParser:
+    """The deepest (sub)parser that ``args`` went through (``wm-agent benchmark dream`` -> its parser)."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction) and getattr(args, action.dest, None) in action.choices:
+            return _chosen_parser(action.choices[getattr(args, action.dest)], args)
+    return parser
+
+
 def _version() -> str:
     from wm_agent import __version__
 
@@ -255,7 +265,9 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     stages = {job[0] for job in JOBS}
     parser = build_parser(next((a for a in argv if a in stages), ""))
-    args = parser.parse_args(argv)  # bad arguments: usage message and exit status 2
+    args, unknown = parser.parse_known_args(argv)  # bad arguments: usage message and exit status 2
+    if unknown:  # told by the subcommand's parser, so the usage shown lists the options it does take
+        _chosen_parser(parser, args).error(f"unrecognized arguments: {' '.join(unknown)}")
     import gymnasium as gym
 
     from wm_agent.collect import CollectionError

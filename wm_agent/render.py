@@ -25,6 +25,7 @@ from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from wm_agent.config import check_settings, doc
 from wm_agent.io import make_parent
@@ -584,6 +585,7 @@ class RenderConfig:
     max_steps: int = doc("stop each episode after this many steps (0 = the env's own limit)", 0)
     fps: int = doc("frames per second of the video / window", 8)
     scale: int = doc("upscaling of the 64x64 frames in the video", 4)
+    progress: bool = doc("show a progress bar (frames written; a CarRacing episode takes tens of seconds)", True)
 
 
 def _validate_render(cfg: RenderConfig) -> None:
@@ -636,11 +638,13 @@ def run_render(cfg: RenderConfig, wm=None) -> dict[str, Any]:
     env_id = None if mode == "dream" else wm.real_env_id(cfg.env)
     returns: list[float] = []
     count = 0
+    bar = tqdm(desc=f"render ({mode})", unit="frame", disable=not cfg.progress or cfg.human, dynamic_ncols=True)
 
     def frames() -> Iterator[np.ndarray]:
         nonlocal count
         for i in range(cfg.episodes):
             seed = cfg.seed + i
+            bar.set_postfix_str(f"playing episode {i + 1}/{cfg.episodes}")
             if mode == "dream":
                 temperature = 1.0 if cfg.temperature is None else cfg.temperature
                 ep = record_dream_episode(wm, seed, temperature, cfg.greedy, cfg.max_steps or None)
@@ -654,16 +658,21 @@ def run_render(cfg: RenderConfig, wm=None) -> dict[str, Any]:
                 ep = record_real_episode(wm, env_id, seed, cfg.greedy, cfg.max_steps)
                 stream = _annotate(ep["frames"], ep["rewards"], cfg.scale)
             returns.append(ep["return"])
+            bar.set_postfix_str(f"writing episode {i + 1}/{cfg.episodes}")
             for frame in stream:
                 count += 1
+                bar.update()
                 yield frame
 
     result = {"out": None, "frames": 0, "episodes": cfg.episodes, "returns": returns, "mode": mode}
-    if cfg.human:
-        result["frames"] = show_frames(frames(), cfg.fps, caption=f"wm-agent render ({mode})")
-    else:
-        result["out"] = str(write_video(frames(), cfg.out, cfg.fps))
-        result["frames"] = count
+    try:
+        if cfg.human:
+            result["frames"] = show_frames(frames(), cfg.fps, caption=f"wm-agent render ({mode})")
+        else:
+            result["out"] = str(write_video(frames(), cfg.out, cfg.fps))
+            result["frames"] = count
+    finally:
+        bar.close()
     return result
 
 
