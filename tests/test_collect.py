@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+import shutil
 import signal
+import warnings
 from pathlib import Path
 
 import gymnasium as gym
@@ -269,6 +271,18 @@ def test_a_killed_worker_raises_instead_of_hanging(tmp_path, vectorization, mess
     with pytest.raises(CollectionError):
         collector.collect(3, progress=False)
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_fewer_shards_than_workers_is_pointed_out_when_planned_not_on_resume(tmp_path):
+    with pytest.warns(UserWarning, match=r"3 episodes make 2 shard\(s\) of up to 2 episodes, so only 2 of 3"):
+        DataCollector("WM-GridWorld-v0", tmp_path / "a", workers=3, episodes_per_shard=2, max_steps=4).collect(
+            3, progress=False)
+    collector = DataCollector("WM-GridWorld-v0", tmp_path / "b", workers=3, episodes_per_shard=2, max_steps=4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        collector.collect(5, progress=False)  # 3 shards for 3 workers
+        shutil.rmtree(tmp_path / "b" / "shard_00001")
+        collector.collect(5, progress=False)  # 1 shard left to redo of a plan that fits the workers
 
 
 @pytest.mark.parametrize(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -116,7 +117,7 @@ def test_release_pages_drops_the_read_frames_from_the_resident_set(tmp_path):
     del frames
 
     def rss_file_mb() -> float:
-        return int(open("/proc/self/status").read().split("RssFile:")[1].split()[0]) / 1024
+        return int(Path("/proc/self/status").read_text().split("RssFile:")[1].split()[0]) / 1024
 
     before = rss_file_mb()
     for start in range(0, len(stored), 500):

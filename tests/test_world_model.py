@@ -7,6 +7,7 @@ import json
 import os
 import pickle
 import shlex
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -355,7 +356,7 @@ def _rnn_cfg(dataset, ckpt, **kw):
 
 
 def _metrics(ckpt) -> list[dict]:
-    return [json.loads(line) for line in open(f"{ckpt}.metrics.jsonl")]
+    return [json.loads(line) for line in Path(f"{ckpt}.metrics.jsonl").read_text().splitlines()]
 
 
 def test_run_train_vae_and_rnn_write_checkpoint_and_metrics(dataset, tiny_preset, tmp_path):

@@ -14,6 +14,7 @@ import json
 import sys
 import types
 import typing
+import warnings
 from pathlib import Path
 from typing import Any, Literal
 
@@ -272,18 +273,21 @@ def main(argv: list[str] | None = None) -> int:
 
     from wm_agent.collect import CollectionError
 
-    try:
-        return int(args.func(args) or 0)
-    except (ValueError, OSError, CollectionError, RuntimeError, TypeError, FloatingPointError,
-            gym.error.Error) as exc:  # OSError: a missing file, a folder where a file goes, a full disk...
-        if args.debug:
-            raise
-        print(f"{parser.prog}: error: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print(f"{parser.prog}: interrupted (re-run the same command to resume)", file=sys.stderr)
-        return 130
-
+    with warnings.catch_warnings():
+        if not args.debug:  # warnings here are advice to the user, not to the code's author: no file or line
+            warnings.showwarning = lambda message, category, *rest, **kw: print(
+                f"{parser.prog}: warning: {message}", file=sys.stderr)
+        try:
+            return int(args.func(args) or 0)
+        except (ValueError, OSError, CollectionError, RuntimeError, TypeError, FloatingPointError,
+                gym.error.Error) as exc:  # OSError: a missing file, a folder where a file goes, a full disk...
+            if args.debug:
+                raise
+            print(f"{parser.prog}: error: {exc}", file=sys.stderr)
+            return 1
+        except KeyboardInterrupt:
+            print(f"{parser.prog}: interrupted (re-run the same command to resume)", file=sys.stderr)
+            return 130
 
 if __name__ == "__main__":
     sys.exit(main())

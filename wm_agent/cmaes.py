@@ -156,8 +156,9 @@ class RealEvaluator:
             raise RuntimeError(f"a real-env rollout worker did not finish within {self.timeout:g} s; stopped "
                                f"the run (the CMA-ES state of the last finished generation is saved)") from None
         except cf.process.BrokenProcessPool:
+            reason = death_reason(processes)  # before close() kills the others
             self.close(kill=True)
-            raise RuntimeError(f"a real-env rollout worker died ({death_reason(processes)}); stopped the run "
+            raise RuntimeError(f"a real-env rollout worker died ({reason}); stopped the run "
                                "(the CMA-ES state of the last finished generation is saved)") from None
         except Exception as exc:
             self.close(kill=True)

@@ -36,6 +36,7 @@ import re
 import shutil
 import threading
 import time
+import warnings
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 import dataclasses
@@ -739,6 +740,12 @@ class DataCollector:
         ]
         if not tasks:
             return manifest
+        if len(plan) < self.workers:
+            # A shard is one worker's unit of work: fewer shards than workers leaves workers idle.
+            warnings.warn(
+                f"{episodes} episodes make {len(plan)} shard(s) of up to {self.episodes_per_shard} episodes, so only "
+                f"{len(plan)} of {self.workers} workers can run; fewer episodes per shard (--episodes-per-shard) "
+                "would use them all", stacklevel=2)
 
         def record(entries: list[dict]) -> None:
             for entry in entries:
@@ -998,8 +1005,6 @@ def _close_after_failure(envs: gym.vector.VectorEnv) -> None:
 
 def _vector_failure(what: str, exc: Exception, processes: list) -> str:
     if isinstance(exc, (EOFError, ConnectionError)):  # the pipe of a process that is gone
-        # The pipe closes as the process exits: wait a moment for its exit status, which says why.
-        mp.connection.wait([process.sentinel for process in processes], timeout=1.0)
         return f"{what}: a sub-env process died ({death_reason(processes)}); finished shards are kept"
     return f"{what}: {type(exc).__name__}: {exc}"
 

@@ -114,6 +114,8 @@ def rollout_batch(wm: WorldModel, envs: list[gym.Env], params: torch.Tensor, see
         bar.update(len(finished))
         running = np.delete(running, finished)
         t += 1
+        if t % 50 == 0 and len(running):  # a CarRacing episode runs 1000 steps before the count moves
+            bar.set_postfix_str(f"step {t}")
     bar.close()
     shape = (len(params), rollouts)
     result = {"return": returns.reshape(shape), "steps": steps.reshape(shape), "success": success.reshape(shape)}
@@ -126,10 +128,11 @@ def evaluate(cfg: EvaluateConfig, wm: WorldModel | None = None) -> dict:
     if cfg.episodes < 1:
         raise ValueError(f"--episodes must be >= 1, got {cfg.episodes}")
     wm = wm or WorldModel.load(cfg.checkpoint)
-    wm.warn_if_untrained(cfg.checkpoint)
     env_id = wm.real_env_id(cfg.env)
     envs = [gym.make(env_id) for _ in range(cfg.episodes)]
     try:
+        check_env_fits(envs[0], wm)  # an error that stops the run comes before advice about it
+        wm.warn_if_untrained(cfg.checkpoint)
         params = wm.controller.params.detach()[None]
         res = rollout_batch(wm, envs, params, [cfg.seed + i for i in range(cfg.episodes)], cfg.greedy,
                             progress=cfg.progress)

@@ -633,9 +633,9 @@ def run_render(cfg: RenderConfig, wm=None) -> dict[str, Any]:
 
     _validate_render(cfg)
     wm = wm or WorldModel.load(cfg.checkpoint)
-    wm.warn_if_untrained(cfg.checkpoint)
     mode = "dream" if cfg.dream else "side-by-side" if cfg.side_by_side else "real"
     env_id = None if mode == "dream" else wm.real_env_id(cfg.env)
+    wm.warn_if_untrained(cfg.checkpoint)
     returns: list[float] = []
     count = 0
     bar = tqdm(desc=f"render ({mode})", unit="frame", disable=not cfg.progress or cfg.human, dynamic_ncols=True)

@@ -9,8 +9,10 @@ one imports the main script; unguarded, that import starts workers again and Pyt
 from __future__ import annotations
 
 import ast
+import multiprocessing.connection
 import signal
 import sys
+import time
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -42,9 +44,23 @@ def unguarded_main_script() -> str | None:
     return str(path)
 
 
+def _reap_ended(processes: list, timeout: float = 2.0) -> None:
+    """Wait for the exit status of the processes that have ended. The pipe that told their pool closes
+    while a process exits, a moment before its status can be read; and a pool's own thread may be
+    reaping it at the same time, which leaves ``exitcode`` None here until that thread has stored it."""
+    deadline = time.monotonic() + timeout
+    sentinels = {p.sentinel: p for p in processes if getattr(p, "sentinel", None) is not None}
+    for sentinel in multiprocessing.connection.wait(list(sentinels), timeout=timeout):
+        process = sentinels[sentinel]
+        while process.exitcode is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+
+
 def death_reason(processes: Iterable) -> str:
     """A phrase for why the worker ``processes`` (``multiprocessing.Process``es) stopped, e.g.
     ``"killed by SIGKILL (out of memory?)"``; used after a pool broke."""
+    processes = list(processes)
+    _reap_ended(processes)
     codes = [p.exitcode for p in processes if p.exitcode not in (None, 0)]
     # A broken pool SIGTERMs the workers still running: their ends say nothing about the first one's.
     codes = [code for code in codes if code != -signal.SIGTERM] or codes
