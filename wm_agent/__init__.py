@@ -1,8 +1,53 @@
 """wm-agent: World Models (VQ-VAE + MDN-RNN + CMA-ES controller) for Gymnasium.
 
-Importing the package registers the ``WM-*`` environments.
+Importing the package registers the ``WM-*`` environments. The main classes are reachable from the
+top level (``wm_agent.WorldModel.load(path)``, ``from wm_agent import DataCollector``); each is
+imported on first use, so ``import wm_agent`` (and the ``wm-agent`` command's start-up) does not pay
+for importing torch until a class that needs it is asked for.
 """
+
+import importlib
 
 import envs as _envs  # noqa: F401  (registers WM-GridWorld-v0, WM-CarRacing-v0, WM-Dream-v0)
 
 __version__ = "0.1.0"
+
+# name -> the module (under wm_agent) that defines it
+_EXPORTS = {
+    "WorldModelConfig": "config",
+    "VectorQuantizer": "vqvae",
+    "VQVAE": "vqvae",
+    "MDNRNN": "mdnrnn",
+    "Controller": "controller",
+    "WorldModel": "world_model",
+    "DreamEnv": "dream_env",
+    "DreamVectorEnv": "dream_env",
+    "LatentObservation": "latent_env",
+    "DataCollector": "collect",
+    "EpisodeDataset": "dataset",
+    "Visualizer": "render",
+}
+
+__all__ = [  # noqa: RUF022  (the order of _EXPORTS)
+    "__version__", "WorldModelConfig", "VectorQuantizer", "VQVAE", "MDNRNN", "Controller", "WorldModel", "DreamEnv",
+    "DreamVectorEnv", "LatentObservation", "DataCollector", "EpisodeDataset", "Visualizer",
+]
+
+
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is not None:
+        value = getattr(importlib.import_module(f"wm_agent.{module}"), name)
+        globals()[name] = value  # later lookups skip this function
+        return value
+    if not name.startswith("_"):  # a submodule not imported yet: wm_agent.world_model.WorldModel
+        try:
+            return importlib.import_module(f"wm_agent.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"wm_agent.{name}":
+                raise
+    raise AttributeError(f"module 'wm_agent' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_EXPORTS})
