@@ -52,7 +52,7 @@ README_CHECKPOINT = "world_model_results/world_model_gridworld.pt"
 def test_the_readmes_python_examples_run(tmp_path):
     """Every ```python block of the README, run as written (with a tiny checkpoint where it loads the demo's)."""
     readme = (REPO / "README.md").read_text()
-    blocks = re.findall(r"```python\n(.*?)```", readme, re.S)
+    blocks = re.findall(r"```python\n(.*?)```", readme, re.DOTALL)
     assert len(blocks) >= 2 and any(README_CHECKPOINT in b for b in blocks)
     (tmp_path / README_CHECKPOINT).parent.mkdir()
     tiny_world_model().save(tmp_path / README_CHECKPOINT)
