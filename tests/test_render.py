@@ -215,9 +215,31 @@ def test_run_render_shows_a_progress_bar_unless_told_not_to(tmp_path, tiny, caps
     assert ("render (real)" in err and "frame" in err) == progress
 
 
-def test_run_render_human_and_bad_args(tmp_path, tiny):
+@pytest.mark.parametrize("mode", ["dream", "side_by_side"])
+def test_render_refuses_to_film_a_dream_without_a_trained_m(tmp_path, tiny, mode):
+    wm, _ = tiny
+    v_only = tmp_path / "v_only.pt"
+    saved = wm.train_state
+    wm.train_state = {"vae": {"epoch": 1}}
+    try:
+        wm.save(v_only)
+    finally:
+        wm.train_state = saved
+    with pytest.raises(ValueError, match=r"v_only.pt has no trained MDN-RNN: run `wm-agent train-rnn` first"):
+        run_render(RenderConfig(checkpoint=str(v_only), out=str(tmp_path / "ep.gif"), max_steps=2, **{mode: True}))
+    assert not (tmp_path / "ep.gif").exists()
+    # The real env needs only V (and warns about the untrained controller).
+    with pytest.warns(UserWarning, match="no trained controller"):
+        run_render(RenderConfig(checkpoint=str(v_only), out=str(tmp_path / "real.gif"), max_steps=2, progress=False))
+
+
+def test_run_render_human_and_bad_args(tmp_path, tiny, monkeypatch):
     _, ckpt = tiny
-    shown = run_render(RenderConfig(checkpoint=str(ckpt), human=True, max_steps=2, fps=200, out="ignored.txt"))
+    human = RenderConfig(checkpoint=str(ckpt), human=True, max_steps=2, fps=200, out="ignored.txt")
+    with pytest.raises(ValueError, match="render --human needs a display.*'dummy'.*leave out --human"):
+        run_render(human)  # headless: frames shown to no one would be a silent success
+    monkeypatch.setattr("wm_agent.render.require_screen", lambda *a: None)  # as if there were a screen
+    shown = run_render(human)
     assert shown["out"] is None and 2 <= shown["frames"] <= 3
     with pytest.raises(ValueError, match=".mp4 or .gif"):
         run_render(RenderConfig(checkpoint=str(ckpt), out=str(tmp_path / "ep.avi")))

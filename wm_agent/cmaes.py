@@ -215,8 +215,7 @@ def train_controller(cfg: ControllerTrainConfig, wm: WorldModel | None = None) -
                    (cfg.where == "dream" or cfg.workers >= 1, f"--workers must be >= 1, got {cfg.workers}"),
                    (cfg.where == "dream" or cfg.timeout > 0, f"--timeout must be > 0, got {cfg.timeout}"))
     wm = wm or WorldModel.load(path, resolve_device(cfg.device))
-    if "rnn" not in wm.train_state:
-        raise ValueError(f"{path} has no trained MDN-RNN: run `wm-agent train-rnn` first")
+    wm.require_trained("rnn", str(path))
     env_id = wm.real_env_id(cfg.env)
     max_steps = cfg.max_steps or DEFAULT_MAX_STEPS.get(env_id, 1000)
     state = wm.train_state.get("cmaes") if cfg.resume else None

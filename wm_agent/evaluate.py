@@ -234,8 +234,7 @@ def eval_dream(cfg: EvalDreamConfig, wm: WorldModel | None = None) -> dict:
                    (cfg.threshold > 0, f"--threshold must be > 0, got {cfg.threshold}"),
                    (cfg.strict_threshold > 0, f"--strict-threshold must be > 0, got {cfg.strict_threshold}"))
     wm = wm or WorldModel.load(cfg.world_model)
-    if "rnn" not in wm.train_state:
-        raise ValueError(f"{cfg.world_model} has no trained MDN-RNN: run `wm-agent train-rnn` first")
+    wm.require_trained("rnn", cfg.world_model)
     ds = EpisodeDataset(cfg.data)
     rng = np.random.default_rng(cfg.seed)
     idx = np.sort(rng.choice(ds.num_frames, size=min(cfg.max_frames, ds.num_frames), replace=False))

@@ -63,6 +63,17 @@ def _pygame():
     return pygame
 
 
+def require_screen(command: str, instead: str) -> None:
+    """Refuse to open a window that nobody can see: SDL's dummy/offscreen drivers (headless machines,
+    ``SDL_VIDEODRIVER=dummy``) accept it silently, so frames or key presses would go nowhere."""
+    pygame = _pygame()
+    pygame.display.init()
+    driver = pygame.display.get_driver()
+    if driver in ("offscreen", "dummy"):
+        raise ValueError(f"wm-agent {command} needs a display, but SDL's video driver is {driver!r} (no screen); "
+                         f"{instead}")
+
+
 def _font(size: int):
     """pygame's bundled default font at ``size`` px; ``pygame.font`` is initialised on first use."""
     pygame = _pygame()
@@ -632,9 +643,14 @@ def run_render(cfg: RenderConfig, wm=None) -> dict[str, Any]:
     from wm_agent.world_model import WorldModel
 
     _validate_render(cfg)
+    if cfg.human:
+        require_screen("render --human", "leave out --human to write a video file")
     wm = wm or WorldModel.load(cfg.checkpoint)
     mode = "dream" if cfg.dream else "side-by-side" if cfg.side_by_side else "real"
     env_id = None if mode == "dream" else wm.real_env_id(cfg.env)
+    wm.require_trained("vae", cfg.checkpoint)
+    if mode != "real":  # a dream is M's
+        wm.require_trained("rnn", cfg.checkpoint)
     wm.warn_if_untrained(cfg.checkpoint)
     returns: list[float] = []
     count = 0
@@ -805,10 +821,8 @@ def run_play(cfg: PlayConfig, events: Iterable[str | Sequence[str]] | None = Non
         step, total, done = 0, 0.0, False
         summary["episodes"] = 1
         show(frame_of(obs), step, None, total, done)
-        if events is None and pygame.display.get_driver() in ("offscreen", "dummy"):
-            # No screen, so no key would ever arrive: say so instead of waiting forever.
-            raise ValueError(f"wm-agent play needs a display, but SDL's video driver is "
-                             f"{pygame.display.get_driver()!r} (no screen); `wm-agent render` writes a video instead")
+        if events is None:  # no screen, no key would ever arrive: say so instead of waiting forever
+            require_screen("play", "`wm-agent render` writes a video instead")
         commands = _scripted_commands(events) if events is not None else _live_commands(pygame, discrete, cfg.fps,
                                                                                         clock)
         for cmds in commands:

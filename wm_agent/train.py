@@ -462,8 +462,7 @@ def run_train_rnn(cfg: TrainRNNConfig) -> dict:
     ds = EpisodeDataset(cfg.data)
     path = Path(cfg.world_model)
     wm = WorldModel.load(path, resolve_device(cfg.device))
-    if "vae" not in wm.train_state:
-        raise ValueError(f"{path} has no trained VQ-VAE yet: run `wm-agent train-vae` first")
+    wm.require_trained("vae", str(path))
     if not cfg.resume or "rnn" not in wm.train_state:  # a fresh M; an old dream's controller no longer applies
         torch.manual_seed(cfg.seed)
         wm.rnn = wm.new_rnn()

@@ -62,6 +62,13 @@ class WorldModel:
             raise ValueError("this world model does not name the env it was trained on: pass --env")
         return self.env_id
 
+    def require_trained(self, stage: str, where: str = "this world model") -> None:
+        """Refuse to go on without a trained V (``"vae"``) or M (``"rnn"``): an untrained one would
+        give frames or dreams of noise without a word."""
+        name, command = {"vae": ("VQ-VAE", "train-vae"), "rnn": ("MDN-RNN", "train-rnn")}[stage]
+        if stage not in self.train_state:
+            raise ValueError(f"{where} has no trained {name}: run `wm-agent {command}` first")
+
     def warn_if_untrained(self, where: str = "this world model") -> None:
         """Warn when the controller about to act was never trained by CMA-ES: its initial parameters would
         otherwise run without a word (a warning, not an error: watching or scoring an untrained agent is
