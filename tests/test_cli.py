@@ -176,8 +176,8 @@ def test_warnings_are_one_line_advice(tmp_path, capsys):
     assert main(["collect", "--out", str(tmp_path), "--episodes", "2", "--workers", "2", "--max-steps", "4",
                  "--no-progress"]) == 0
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == ["wm-agent: warning: 2 episodes make 1 shard(s) of up to 10 episodes, so only 1 of 2 workers "
-                   "can run; fewer episodes per shard (--episodes-per-shard) would use them all"]
+    assert err == ["wm-agent: warning: 2 episodes make 1 shard of up to 10 episodes, so only 1 of 2 workers "
+                   "can run; fewer episodes per shard (episodes_per_shard, --episodes-per-shard) would use them all"]
 
 
 def test_an_unset_optional_is_not_shown_as_default_none(capsys):

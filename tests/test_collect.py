@@ -274,7 +274,7 @@ def test_a_killed_worker_raises_instead_of_hanging(tmp_path, vectorization, mess
 
 
 def test_fewer_shards_than_workers_is_pointed_out_when_planned_not_on_resume(tmp_path):
-    with pytest.warns(UserWarning, match=r"3 episodes make 2 shard\(s\) of up to 2 episodes, so only 2 of 3"):
+    with pytest.warns(UserWarning, match=r"3 episodes make 2 shards of up to 2 episodes, so only 2 of 3"):
         DataCollector("WM-GridWorld-v0", tmp_path / "a", workers=3, episodes_per_shard=2, max_steps=4).collect(
             3, progress=False)
     collector = DataCollector("WM-GridWorld-v0", tmp_path / "b", workers=3, episodes_per_shard=2, max_steps=4)

@@ -6,7 +6,7 @@ imported on first use, so ``import wm_agent`` (and the ``wm-agent`` command's st
 for importing torch until a class that needs it is asked for.
 """
 
-import importlib
+import importlib as _importlib
 
 import envs as _envs  # noqa: F401  (registers WM-GridWorld-v0, WM-CarRacing-v0, WM-Dream-v0)
 
@@ -37,12 +37,12 @@ __all__ = [  # noqa: RUF022  (the order of _EXPORTS)
 def __getattr__(name: str):
     module = _EXPORTS.get(name)
     if module is not None:
-        value = getattr(importlib.import_module(f"wm_agent.{module}"), name)
+        value = getattr(_importlib.import_module(f"wm_agent.{module}"), name)
         globals()[name] = value  # later lookups skip this function
         return value
     if not name.startswith("_"):  # a submodule not imported yet: wm_agent.world_model.WorldModel
         try:
-            return importlib.import_module(f"wm_agent.{name}")
+            return _importlib.import_module(f"wm_agent.{name}")
         except ModuleNotFoundError as exc:
             if exc.name != f"wm_agent.{name}":
                 raise

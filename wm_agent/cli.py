@@ -121,7 +121,8 @@ def _cmd_collect(args: argparse.Namespace) -> int:
     config = dataclass_from_args(CollectConfig, args)
     manifest = collect_from_config(config, progress=not args.no_progress)
     print(f"{config.out}: {manifest['episodes']} episodes, {manifest['frames']:,} frames, "
-          f"{manifest['steps']:,} steps in {len(manifest['shards'])} shards of {manifest['env_id']}")
+          f"{manifest['steps']:,} steps in {len(manifest['shards'])} shard{'s' * (len(manifest['shards']) != 1)} of "
+          f"{manifest['env_id']}")
     return 0
 
 

@@ -743,9 +743,10 @@ class DataCollector:
         if len(plan) < self.workers:
             # A shard is one worker's unit of work: fewer shards than workers leaves workers idle.
             warnings.warn(
-                f"{episodes} episodes make {len(plan)} shard(s) of up to {self.episodes_per_shard} episodes, so only "
-                f"{len(plan)} of {self.workers} workers can run; fewer episodes per shard (--episodes-per-shard) "
-                "would use them all", stacklevel=2)
+                f"{episodes} episodes make {len(plan)} shard{'s' * (len(plan) != 1)} of up to "
+                f"{self.episodes_per_shard} episodes, so only {len(plan)} of {self.workers} workers can run; "
+                "fewer episodes per shard (episodes_per_shard, "
+                "--episodes-per-shard) would use them all", stacklevel=2)
 
         def record(entries: list[dict]) -> None:
             for entry in entries:
