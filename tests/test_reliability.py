@@ -572,6 +572,43 @@ def test_bad_values_are_explained(checkpoint, data, tmp_path, capsys, argv, mess
     assert message in err
 
 
+@pytest.fixture(scope="module")
+def car_data(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("car")
+    DataCollector("WM-CarRacing-v0", root, seed=1, max_steps=3).collect(1, progress=False)
+    return root
+
+
+@pytest.mark.parametrize("command", ["train-vae", "train-rnn", "eval-dream"])
+def test_data_of_another_env_is_named_not_misread(checkpoint, car_data, tmp_path, capsys, command):
+    """A GridWorld model with CarRacing data: the error names both envs, not a tensor shape deep inside."""
+    argv = {"train-vae": ["--data", str(car_data), "--out", str(checkpoint), "--resume", "--epochs", "2"],
+            "train-rnn": ["--data", str(car_data), "--world-model", str(checkpoint), "--epochs", "1"],
+            "eval-dream": ["--world-model", str(checkpoint), "--data", str(car_data)]}[command]
+    before = checkpoint.read_bytes()
+    err = cli_error(capsys, [command, *argv, "--no-progress"])
+    assert f"{car_data} holds WM-CarRacing-v0 data" in err and "built for WM-GridWorld-v0" in err
+    assert "Discrete(4)" in err and "Box(" in err
+    assert checkpoint.read_bytes() == before
+
+
+def test_training_v_further_marks_m_and_c_stale(checkpoint, data, capsys):
+    wm = WorldModel.load(checkpoint)
+    wm.train_state["cmaes"] = {"generation": 1}
+    wm.save(checkpoint)
+    assert main(["train-vae", "--data", str(data), "--out", str(checkpoint), "--resume", "--epochs", "2",
+                 "--batch-size", "8", "--no-progress"]) == 0
+    assert "training V further makes its trained MDN-RNN and controller stale" in capsys.readouterr().err
+    assert set(WorldModel.load(checkpoint).train_state) == {"vae"}
+    # Resuming a V that is already done trains nothing and keeps M and C.
+    wm = WorldModel.load(checkpoint)
+    wm.train_state.update(rnn={"epoch": 1}, cmaes={"generation": 1})
+    wm.save(checkpoint)
+    assert main(["train-vae", "--data", str(data), "--out", str(checkpoint), "--resume", "--epochs", "2",
+                 "--no-progress"]) == 0
+    assert set(WorldModel.load(checkpoint).train_state) == {"vae", "rnn", "cmaes"}
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message of a machine without CUDA")
 def test_a_cuda_device_without_cuda_is_explained(data, tmp_path, capsys):
     err = cli_error(capsys, _train_vae(data, tmp_path / "new.pt") + ["--device", "cuda"])

@@ -188,6 +188,15 @@ BENCHMARKS = [
 ]
 
 
+# How each interrupted job continues (the others simply start again).
+RESUME_HINTS = {
+    "collect": " (re-run the same command to resume)",
+    "demo": " (re-run the same command to resume)",
+    **dict.fromkeys(("train-vae", "train-rnn", "train-controller"),
+                    " (re-run the same command with --resume to continue from the last save)"),
+}
+
+
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The whole command line, or with ``command`` only that pipeline stage's options: the others are
     listed with their one-line help but their modules (and torch, and pycma) are not imported, so
@@ -287,7 +296,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{parser.prog}: error: {exc}", file=sys.stderr)
             return 1
         except KeyboardInterrupt:
-            print(f"{parser.prog}: interrupted (re-run the same command to resume)", file=sys.stderr)
+            print(f"{parser.prog}: interrupted{RESUME_HINTS.get(args.command, '')}", file=sys.stderr)
             return 130
 
 if __name__ == "__main__":

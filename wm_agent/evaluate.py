@@ -11,7 +11,7 @@ from tqdm.auto import tqdm
 
 from wm_agent.config import check_settings, doc
 from wm_agent.controller import choose_actions, env_action
-from wm_agent.latent_env import LatentObservation, check_env_fits
+from wm_agent.latent_env import LatentObservation, check_data_fits, check_env_fits
 from wm_agent.sampling import EpisodeUniforms
 from wm_agent.world_model import WorldModel
 
@@ -236,6 +236,7 @@ def eval_dream(cfg: EvalDreamConfig, wm: WorldModel | None = None) -> dict:
     wm = wm or WorldModel.load(cfg.world_model)
     wm.require_trained("rnn", cfg.world_model)
     ds = EpisodeDataset(cfg.data)
+    check_data_fits(ds, wm, cfg.world_model)
     rng = np.random.default_rng(cfg.seed)
     idx = np.sort(rng.choice(ds.num_frames, size=min(cfg.max_frames, ds.num_frames), replace=False))
     result = {"world_model": cfg.world_model, "data": cfg.data, **vae_quality(wm, ds.frames(idx))}

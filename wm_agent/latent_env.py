@@ -18,10 +18,26 @@ def check_env_fits(env: gym.Env, wm: WorldModel) -> None:
         raise ValueError(f"the world model needs {s}x{s}x3 uint8 observations, got {space}; "
                          f"wrap the env in envs.ImageObservation(env, size={s}) first")
     expected = action_space_of(wm)
-    if type(env.action_space) is not type(expected) or env.action_space.shape != expected.shape or (
-            isinstance(expected, gym.spaces.Discrete) and env.action_space.n != expected.n):
+    if not _same_kind(env.action_space, expected):
         raise ValueError(f"the env's action space {env.action_space} differs from the world model's {expected}"
                          f"{f' (trained on {wm.env_id})' if wm.env_id else ''}")
+
+
+def check_data_fits(ds, wm: WorldModel, where: str) -> None:
+    """Refuse training or evaluating ``wm`` (from ``where``) on an ``EpisodeDataset`` whose frames or
+    actions are not the ones it was built for, e.g. CarRacing data with a GridWorld model."""
+    s = wm.config.image_size
+    expected = action_space_of(wm)
+    if tuple(ds.observation_shape) != (s, s, 3) or not _same_kind(ds.action_space, expected):
+        raise ValueError(
+            f"{ds.root} holds {ds.env_id} data ({tuple(ds.observation_shape)} frames, actions {ds.action_space}), "
+            f"but {where} was built for {wm.env_id or 'another env'} ({(s, s, 3)} frames, actions {expected}); "
+            "use data collected from that env")
+
+
+def _same_kind(space: gym.Space, expected: gym.Space) -> bool:
+    return type(space) is type(expected) and space.shape == expected.shape and (
+        not isinstance(expected, gym.spaces.Discrete) or space.n == expected.n)
 
 
 class LatentObservation(gym.Wrapper, gym.utils.RecordConstructorArgs):

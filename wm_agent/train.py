@@ -11,6 +11,7 @@ import json
 import os
 import signal
 import time
+import warnings
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -23,8 +24,9 @@ from tqdm.auto import tqdm
 
 from wm_agent.config import PRESETS, WorldModelConfig, check_settings, doc
 from wm_agent.io import make_parent
+from wm_agent.latent_env import check_data_fits
 from wm_agent.vqvae import frames_to_tensor
-from wm_agent.world_model import MAX_START_FRAMES, WorldModel
+from wm_agent.world_model import MAX_START_FRAMES, STAGES, WorldModel
 
 Batches = Callable[[np.random.Generator], Iterable[Any]]
 
@@ -402,6 +404,7 @@ def run_train_vae(cfg: TrainVAEConfig) -> dict:
     device = resolve_device(cfg.device)
     if out.exists() and cfg.resume:
         wm = WorldModel.load(out, device)
+        check_data_fits(ds, wm, str(out))
     elif out.exists() and not cfg.overwrite:
         raise FileExistsError(f"{out} exists: pass --resume to continue it or --overwrite to start again")
     else:
@@ -418,6 +421,14 @@ def run_train_vae(cfg: TrainVAEConfig) -> dict:
     done = wm.train_state.get("vae", {}).get("epoch", 0)
     remaining = max(cfg.epochs - done, 0)
     metrics_path = str(out) + ".metrics.jsonl"
+    stale = [stage for stage in ("rnn", "cmaes") if stage in wm.train_state]
+    if remaining and stale:
+        # M learnt the old V's codes and C reads them: after V changes neither applies any more.
+        for stage in stale:
+            del wm.train_state[stage]
+        warnings.warn(f"{out}: training V further makes its trained {' and '.join(STAGES[s][0] for s in stale)} "
+                      "stale; they are marked untrained (run `wm-agent train-rnn` and `wm-agent train-controller` "
+                      "again)", stacklevel=2)
 
     start_frames = ds.frames(np.asarray(ds.frame_offsets[:MAX_START_FRAMES]))
 
@@ -463,6 +474,7 @@ def run_train_rnn(cfg: TrainRNNConfig) -> dict:
     path = Path(cfg.world_model)
     wm = WorldModel.load(path, resolve_device(cfg.device))
     wm.require_trained("vae", str(path))
+    check_data_fits(ds, wm, str(path))
     if not cfg.resume or "rnn" not in wm.train_state:  # a fresh M; an old dream's controller no longer applies
         torch.manual_seed(cfg.seed)
         wm.rnn = wm.new_rnn()

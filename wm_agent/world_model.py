@@ -24,6 +24,10 @@ MAX_START_FRAMES = 1024
 VERSION = 3  # 2: M reads cells as codes, the keypoint controller; 3: its logit gain
 
 
+# train_state keys: what each trains and the command that does it
+STAGES = {"vae": ("VQ-VAE", "train-vae"), "rnn": ("MDN-RNN", "train-rnn"), "cmaes": ("controller", "train-controller")}
+
+
 class WorldModel:
     """VQ-VAE (V), MDN-RNN (M) and controller (C) sharing one config and one ``.pt`` file.
 
@@ -65,7 +69,7 @@ class WorldModel:
     def require_trained(self, stage: str, where: str = "this world model") -> None:
         """Refuse to go on without a trained V (``"vae"``) or M (``"rnn"``): an untrained one would
         give frames or dreams of noise without a word."""
-        name, command = {"vae": ("VQ-VAE", "train-vae"), "rnn": ("MDN-RNN", "train-rnn")}[stage]
+        name, command = STAGES[stage]
         if stage not in self.train_state:
             raise ValueError(f"{where} has no trained {name}: run `wm-agent {command}` first")
 
