@@ -54,9 +54,13 @@ def test_train_in_the_dream_saves_the_search_and_resumes(ckpt):
     torch.testing.assert_close(wm2.controller.obs_mean, wm.controller.obs_mean)  # not refitted on resume
 
 
-def test_train_without_resume_starts_again(ckpt):
+def test_a_saved_search_is_kept_unless_told_to_start_again(ckpt):
     train_controller(_cfg(ckpt, generations=2))
-    result = train_controller(_cfg(ckpt, generations=1))
+    before = ckpt.read_bytes()
+    with pytest.raises(FileExistsError, match=r"holds a controller search \(2 generations done\): pass --resume"):
+        train_controller(_cfg(ckpt, generations=1))
+    assert ckpt.read_bytes() == before
+    result = train_controller(_cfg(ckpt, generations=1, overwrite=True))
     assert [e["generation"] for e in result["log"]] == [1]
     assert WorldModel.load(ckpt).train_state["cmaes"]["generation"] == 1
 

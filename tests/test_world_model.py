@@ -389,8 +389,12 @@ def test_run_train_vae_and_rnn_write_checkpoint_and_metrics(dataset, tiny_preset
     assert result["epochs_done"] == 2 and len(result["history"]) == 1
     assert WorldModel.load(ckpt).train_state["rnn"]["epoch"] == 2
 
-    # without --resume the MDN-RNN starts again from epoch 0
-    result = run_train_rnn(_rnn_cfg(dataset, ckpt, epochs=1))
+    # without --resume it is refused (the trained M would be lost); with --overwrite it starts again from epoch 0
+    before = ckpt.read_bytes()
+    with pytest.raises(FileExistsError, match=r"already holds an MDN-RNN \(2 epochs done\): pass --resume"):
+        run_train_rnn(_rnn_cfg(dataset, ckpt, epochs=1))
+    assert ckpt.read_bytes() == before
+    result = run_train_rnn(_rnn_cfg(dataset, ckpt, epochs=1, overwrite=True))
     assert result["epochs_done"] == 1 and [h["epoch"] for h in result["history"]] == [1]
 
 
@@ -411,7 +415,7 @@ def test_run_train_rnn_fresh_start_is_reproducible_and_drops_the_old_controller_
     wm = WorldModel.load(ckpt)
     wm.train_state["cmaes"] = {"generation": 3}  # stands in for a controller searched in this dream
     wm.save(ckpt)
-    run_train_rnn(_rnn_cfg(dataset, ckpt, epochs=1, seed=5))  # no --resume: a fresh M, same seed
+    run_train_rnn(_rnn_cfg(dataset, ckpt, epochs=1, seed=5, overwrite=True))  # a fresh M, same seed
     wm = WorldModel.load(ckpt)
     assert all(torch.equal(first[k], v) for k, v in wm.rnn.state_dict().items())
     assert "cmaes" not in wm.train_state

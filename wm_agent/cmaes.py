@@ -59,6 +59,7 @@ class ControllerTrainConfig:
     timeout: float = doc("seconds a real-env worker may take for its episodes before the run stops", 300.0)
     max_steps: int = doc("episode step limit (0 = the env's own limit)", 0)
     resume: bool = doc("continue the CMA-ES run saved in the checkpoint", False)
+    overwrite: bool = doc("start a new search even though the checkpoint holds one (its controller is replaced)", False)
     device: str = doc("torch device for the dream: auto, cpu or cuda", "auto")
     progress: bool = doc("show a progress bar and per-generation log", True)
 
@@ -218,6 +219,9 @@ def train_controller(cfg: ControllerTrainConfig, wm: WorldModel | None = None) -
     wm.require_trained("rnn", str(path))
     env_id = wm.real_env_id(cfg.env)
     max_steps = cfg.max_steps or DEFAULT_MAX_STEPS.get(env_id, 1000)
+    if "cmaes" in wm.train_state and not (cfg.resume or cfg.overwrite):
+        raise FileExistsError(f"{path} already holds a controller search ({wm.train_state['cmaes'].get('generation', 0)} "
+                              "generations done): pass --resume to continue it or --overwrite to start a new one")
     state = wm.train_state.get("cmaes") if cfg.resume else None
     if state and "told" in state:
         es, start = _replayed_es(state, cfg, path)

@@ -325,6 +325,7 @@ class TrainRNNConfig:
     seq_len: int = doc("transitions per training sequence (episodes are cut into windows of this length)", 50)
     seed: int = doc("seed for batch order and initialisation", 0)
     resume: bool = doc("continue an interrupted MDN-RNN run instead of starting it afresh", False)
+    overwrite: bool = doc("train a new MDN-RNN even though the checkpoint holds one (its controller goes too)", False)
     device: str = doc("torch device: auto, cpu or cuda", "auto")
     progress: bool = doc("show progress bars", True)
 
@@ -475,6 +476,9 @@ def run_train_rnn(cfg: TrainRNNConfig) -> dict:
     wm = WorldModel.load(path, resolve_device(cfg.device))
     wm.require_trained("vae", str(path))
     check_data_fits(ds, wm, str(path))
+    if "rnn" in wm.train_state and not (cfg.resume or cfg.overwrite):
+        raise FileExistsError(f"{path} already holds an MDN-RNN ({wm.train_state['rnn'].get('epoch', 0)} epochs done): "
+                              "pass --resume to continue it or --overwrite to train a new one")
     if not cfg.resume or "rnn" not in wm.train_state:  # a fresh M; an old dream's controller no longer applies
         torch.manual_seed(cfg.seed)
         wm.rnn = wm.new_rnn()
