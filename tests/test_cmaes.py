@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import multiprocessing as mp
 import threading
 import time
@@ -87,11 +88,23 @@ def test_a_resumed_search_is_the_uninterrupted_one(tmp_path):
     assert torch.equal(sa["mean"], sb["mean"]) and torch.equal(sa["told"], sb["told"]) and sa["told"].shape == (4, 4)
 
 
-@pytest.mark.parametrize("kw, flag", [(dict(popsize=6), "--popsize 4"), (dict(seed=3), "--seed 0")])
-def test_resume_refuses_a_different_search(ckpt, kw, flag):
-    train_controller(_cfg(ckpt, generations=1))
-    with pytest.raises(ValueError, match=flag):
-        train_controller(_cfg(ckpt, generations=2, resume=True, **kw))
+@pytest.mark.parametrize("kw, message", [
+    (dict(popsize=6), "used --popsize 4, not --popsize 6; resume with --popsize 4"),
+    (dict(seed=3), "used --seed 0, not --seed 3; resume with --seed 0"),
+    (dict(where="real"), "used --in dream, not --in real"),
+    (dict(rollouts=3), "used --rollouts 2, not --rollouts 3"),
+    (dict(greedy=True), "used --no-greedy, not --greedy"),
+    (dict(max_steps=9), "used --max-steps 8, not --max-steps 9"),
+    (dict(temperature=1.0), "used --temperature 0, not --temperature 1; resume with --temperature 0"),
+    (dict(controller="linear"), "trains the checkpoint's controller (--controller keypoint), not --controller linear"),
+])
+def test_resume_refuses_a_different_search(ckpt, kw, message):
+    """A resumed search must be the saved one: a left-out --temperature 0 would silently become 1.0."""
+    train_controller(_cfg(ckpt, generations=1, temperature=0.0))
+    before = ckpt.read_bytes()
+    with pytest.raises(ValueError, match=re.escape(message)):
+        train_controller(_cfg(ckpt, generations=2, resume=True, **{"temperature": 0.0, **kw}))
+    assert ckpt.read_bytes() == before
 
 
 def test_the_env_comes_from_the_checkpoint(tmp_path):

@@ -508,9 +508,10 @@ def test_kill_train_controller_then_resume_then_worker_timeout(small_data, tmp_p
     assert [entry["generation"] for entry in state["log"]] == list(range(1, generations + 1))
     assert np.isfinite(state["best_fitness"]) and torch.isfinite(state["mean"]).all()
 
-    # --in real with a timeout no worker can meet (a spawned worker needs seconds to import torch).
+    # A new search --in real (--overwrite: a dream search cannot be resumed in the real env) with a timeout
+    # no worker can meet (a spawned worker needs seconds to import torch): the saved search stays as it was.
     before = _state(ckpt)["train_state"]["cmaes"]
-    real = commands(["train-controller", "--world-model", "wm.pt", "--in", "real", "--resume", "--popsize", "4",
+    real = commands(["train-controller", "--world-model", "wm.pt", "--in", "real", "--overwrite", "--popsize", "4",
                     "--rollouts", "1", "--generations", str(generations + 1), "--workers", "1", "--timeout", "0.05",
                     "--max-steps", "20", "--device", "cpu", "--no-progress"], tmp_path, "real")
     rc = real.finish(timeout=90)

@@ -182,16 +182,44 @@ def _new_es(x0: np.ndarray, sigma: float, cfg: ControllerTrainConfig, stds: np.n
     return cma.CMAEvolutionStrategy(x0, sigma, opts)
 
 
+# Settings a resumed search must share with the saved one: (train_state key, config field, flag).
+# --temperature matters only in the dream; older checkpoints lack some keys, which are not checked.
+_RESUME_SETTINGS = (("popsize", "popsize", "--popsize"), ("seed", "seed", "--seed"), ("where", "where", "--in"),
+                    ("rollouts", "rollouts", "--rollouts"), ("greedy", "greedy", "--greedy"),
+                    ("max_steps", "max_steps", "--max-steps"), ("temperature", "temperature", "--temperature"))
+
+
+def _check_resume_settings(state: dict, cfg: ControllerTrainConfig, wm: WorldModel, path: Path) -> None:
+    """Refuse a --resume whose settings differ from the saved search's (one search scored half in the
+    dream and half in the real env, say, or with another temperature because a flag was left out)."""
+    def as_flag(flag: str, value) -> str:
+        if isinstance(value, bool):
+            return flag if value else f"--no-{flag[2:]}"
+        return f"{flag} {value:g}" if isinstance(value, float) else f"{flag} {value}"
+
+    for key, field, flag in _RESUME_SETTINGS:
+        if key not in state or (key == "temperature" and cfg.where != "dream"):
+            continue
+        saved, now = state[key], getattr(cfg, field)
+        saved = type(now)(saved.item() if hasattr(saved, "item") else saved)
+        if saved != now:
+            raise ValueError(f"{path}: the saved CMA-ES search used {as_flag(flag, saved)}, not {as_flag(flag, now)}; "
+                             f"resume with {as_flag(flag, saved)}, or pass --overwrite without --resume to start again")
+    for field, flag, current in (("controller", "--controller", wm.config.controller),
+                                 ("hidden", "--hidden", wm.config.controller_hidden)):
+        asked = getattr(cfg, field)
+        if asked not in ("", -1) and asked != current:
+            raise ValueError(f"{path}: the saved search trains the checkpoint's controller ({flag} {current}), not "
+                             f"{flag} {asked}; "
+                             f"resume without {flag}, or pass --overwrite without --resume to start again")
+
+
 def _replayed_es(state: dict, cfg: ControllerTrainConfig, path: Path) -> tuple[cma.CMAEvolutionStrategy, dict]:
     """The saved search rebuilt exactly as it stood: a fresh ES from the saved start, then every saved
     generation's ask() and tell() again with the fitness values told then. pycma's state (covariance,
     evolution paths, step-size path, its random stream) is not a set of tensors a weights-only checkpoint
     can hold, but it is a function of the start, the seed and what was told, so replaying those gives the
     uninterrupted run's state bit for bit, without scoring anything again."""
-    for key, flag in (("popsize", "--popsize"), ("seed", "--seed")):
-        if int(state[key]) != getattr(cfg, key):
-            raise ValueError(f"{path}: the saved CMA-ES search used {flag} {int(state[key])}, not {getattr(cfg, key)}; "
-                             f"resume with {flag} {int(state[key])}, or start again without --resume")
     start = {key: state[key] for key in ("x0", "sigma0", "stds0", "seed", "popsize")}
     es = _new_es(state["x0"].double().numpy(), float(state["sigma0"]), cfg, state["stds0"].double().numpy(),
                  int(state["seed"]))
@@ -223,6 +251,8 @@ def train_controller(cfg: ControllerTrainConfig, wm: WorldModel | None = None) -
         raise FileExistsError(f"{path} already holds a controller search ({wm.train_state['cmaes'].get('generation', 0)} "
                               "generations done): pass --resume to continue it or --overwrite to start a new one")
     state = wm.train_state.get("cmaes") if cfg.resume else None
+    if state:
+        _check_resume_settings(state, cfg, wm, path)
     if state and "told" in state:
         es, start = _replayed_es(state, cfg, path)
         generation, log = int(state["generation"]), list(state["log"])
@@ -275,6 +305,7 @@ def train_controller(cfg: ControllerTrainConfig, wm: WorldModel | None = None) -
                 "stds": torch.as_tensor(np.sqrt(np.maximum(es.sm.variances, 1e-20))),
                 "best_params": torch.as_tensor(best_x), "best_fitness": best_f, "log": log,
                 "where": cfg.where, "temperature": cfg.temperature, "greedy": cfg.greedy,
+                "rollouts": cfg.rollouts, "max_steps": cfg.max_steps,
             }
             if start is not None:  # what replays the search exactly on --resume (see _replayed_es)
                 wm.train_state["cmaes"].update(start, told=torch.stack(told))
