@@ -253,15 +253,23 @@ def benchmark_train(cfg: BenchmarkTrainConfig, verbose: bool = True) -> dict:
             timer = {}
 
             def batches(rng):
-                for k, batch in enumerate(ds.iter_frame_batches(cfg.batch_size, rng)):
-                    if k == warmup:
-                        timer["start"] = time.perf_counter()
-                    if k == n_batches + warmup:
-                        return
-                    yield batch
+                # As many passes over the shards as the batches asked for take (one pass may hold fewer).
+                k = 0
+                while True:
+                    for batch in ds.iter_frame_batches(cfg.batch_size, rng, drop_last=True):
+                        if k == warmup:
+                            timer["start"] = time.perf_counter()
+                        if k == n_batches + warmup:
+                            return
+                        yield batch
+                        k += 1
 
             fit_vae(wm, batches, epochs=1, seed=cfg.seed, progress=False)
             return n_batches * cfg.batch_size / (time.perf_counter() - timer["start"])
+
+        if ds.num_frames < cfg.batch_size:
+            raise ValueError(f"--episodes {cfg.episodes} gave {ds.num_frames} frames, fewer than one batch of "
+                             f"{cfg.batch_size}: use more episodes")
 
         # Alternate the two and keep each one's best, so neither gains from running second (or first).
         bare = ours = 0.0

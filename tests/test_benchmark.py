@@ -1,0 +1,35 @@
+"""The benchmarks count what they time (the figures themselves are measured, not tested)."""
+
+from __future__ import annotations
+
+import pytest
+
+import wm_agent.train
+from wm_agent.benchmark import BenchmarkTrainConfig, benchmark_train
+
+
+def test_benchmark_train_times_every_batch_it_counts_even_past_one_epoch(monkeypatch):
+    """With fewer frames than --images, wm-agent's loop must go round the data again, not stop after one
+    pass while the images/s divides all of --images by that shorter time (a ratio of 1.4 came from that)."""
+    consumed = []
+    real_fit_vae = wm_agent.train.fit_vae
+
+    def counting_fit_vae(wm, batches, *args, **kwargs):
+        def counted(rng):
+            for batch in batches(rng):
+                consumed.append(len(batch))
+                yield batch
+        return real_fit_vae(wm, counted, *args, **kwargs)
+
+    monkeypatch.setattr(wm_agent.train, "fit_vae", counting_fit_vae)
+    cfg = BenchmarkTrainConfig(batch_size=16, images=16 * 12, episodes=2)  # ~60 frames: 3 batches a pass
+    result = benchmark_train(cfg, verbose=False)
+    assert result["images"] == 16 * 12
+    # Two runs of the loop, each: 5 warm-up batches + the 12 timed ones, all full batches.
+    assert consumed == [16] * (2 * (5 + 12))
+    assert result["ratio"] > 0
+
+
+def test_benchmark_train_refuses_data_smaller_than_a_batch():
+    with pytest.raises(ValueError, match="fewer than one batch of 4096: use more episodes"):
+        benchmark_train(BenchmarkTrainConfig(batch_size=4096, images=4096, episodes=1), verbose=False)
