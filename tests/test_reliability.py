@@ -490,7 +490,7 @@ def test_no_data_is_named_by_train_vae(tmp_path, capsys, folder):
         data.write_text("not a folder")
     out = tmp_path / "wm.pt"
     err = cli_error(capsys, _train_vae(data, out))
-    assert f"no shards found in {data}" in err
+    assert (f"{data} is a file; the data is a folder" if folder == "a file" else f"no shards found in {data}") in err
     assert not out.exists()
 
 
@@ -613,6 +613,15 @@ def test_training_v_further_marks_m_and_c_stale(checkpoint, data, capsys):
 def test_a_cuda_device_without_cuda_is_explained(data, tmp_path, capsys):
     err = cli_error(capsys, _train_vae(data, tmp_path / "new.pt") + ["--device", "cuda"])
     assert "--device cuda: this torch build sees no CUDA GPU" in err
+
+
+def test_a_folder_file_or_shard_in_place_of_the_other_is_named(data, checkpoint, tmp_path, capsys):
+    err = cli_error(capsys, ["evaluate", "--checkpoint", str(data), "--no-progress"])
+    assert f"{data} is a folder, not a world-model checkpoint file" in err
+    err = cli_error(capsys, _train_vae(checkpoint, tmp_path / "new.pt"))
+    assert f"{checkpoint} is a file; the data is a folder written by `wm-agent collect`" in err
+    err = cli_error(capsys, _train_vae(data / "shard_00000", tmp_path / "new.pt"))
+    assert f"{data / 'shard_00000'} is one shard of a dataset; pass its folder, {data}" in err
 
 
 def test_files_and_folders_in_the_wrong_place_are_explained(data, tmp_path, capsys):

@@ -51,6 +51,10 @@ class EpisodeDataset:
             has_shards = root.is_dir() and any(p.name.startswith("shard_") for p in root.iterdir())
             if has_shards:
                 raise ValueError(f"{root} holds shard folders but no {MANIFEST}")
+            if root.is_file():
+                raise NotADirectoryError(f"{root} is a file; the data is a folder written by `wm-agent collect`")
+            if root.is_dir() and (root.parent / MANIFEST).is_file() and root.name.startswith("shard_"):
+                raise ValueError(f"{root} is one shard of a dataset; pass its folder, {root.parent}")
             raise FileNotFoundError(f"no shards found in {root} (collect some with `wm-agent collect --out {root}`)")
         manifest = _read_manifest(manifest_path)
         if not manifest["shards"]:

@@ -102,6 +102,8 @@ def load_torch(path: str | os.PathLike, what: str = "checkpoint") -> Any:
     import torch
 
     path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"{path} is a folder, not a {what} file")
     if not path.is_file():
         raise FileNotFoundError(f"{what} not found: {path}")
     try:
