@@ -13,6 +13,7 @@ import json
 import os
 import pickle
 import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -590,6 +591,22 @@ def test_data_of_another_env_is_named_not_misread(checkpoint, car_data, tmp_path
     assert f"{car_data} holds WM-CarRacing-v0 data" in err and "built for WM-GridWorld-v0" in err
     assert "Discrete(4)" in err and "Box(" in err
     assert checkpoint.read_bytes() == before
+
+
+def test_a_resume_says_where_it_picks_up_and_collect_what_was_there(data, tmp_path, capsys):
+    out = tmp_path / "wm.pt"
+    assert main(_train_vae(data, out)) == 0
+    capsys.readouterr()
+    assert main(["train-vae", "--data", str(data), "--out", str(out), "--epochs", "2", "--resume", "--batch-size", "8"]) == 0
+    assert f"resuming {out}: VQ-VAE at 1 epochs done; training to epoch 2" in capsys.readouterr().out
+    folder = tmp_path / "grid"
+    argv = ["collect", "--out", str(folder), "--episodes", "4", "--episodes-per-shard", "2", "--max-steps", "5",
+            "--no-progress"]
+    assert main(argv) == 0
+    assert "in 2 shards of WM-GridWorld-v0\n" in capsys.readouterr().out
+    shutil.rmtree(folder / "shard_00001")
+    assert main(argv) == 0
+    assert "in 2 shards of WM-GridWorld-v0 (1 already there, 1 collected now)" in capsys.readouterr().out
 
 
 def test_training_v_further_marks_m_and_c_stale(checkpoint, data, capsys):

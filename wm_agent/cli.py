@@ -88,11 +88,12 @@ def add_dataclass_args(
         else:
             kwargs["required"] = True
         # None means "unset": the field's help says what that does (and "(default: None)" says nothing).
-        if (kwargs.get("default") is not None and kwargs.get("action") is not argparse.BooleanOptionalAction
-                and "(default:" not in help_text):
+        flag = f.metadata.get("flag") or "--" + f.name.replace("_", "-")
+        if kwargs.get("action") is argparse.BooleanOptionalAction and "(default:" not in help_text:
+            help_text += f" (default: {flag if kwargs.get('default') else '--no-' + flag[2:]})"
+        elif kwargs.get("default") is not None and "(default:" not in help_text:
             shown = json.dumps(kwargs["default"]) if isinstance(kwargs["default"], dict) else kwargs["default"]
             help_text += f" (default: {str(shown).replace('%', '%%')})"
-        flag = f.metadata.get("flag") or "--" + f.name.replace("_", "-")
         group.add_argument(flag, dest=f.name, help=help_text, **kwargs)
     return group
 
@@ -119,11 +120,17 @@ def _cmd_collect(args: argparse.Namespace) -> int:
     from wm_agent.collect import CollectConfig, collect_from_config
 
     config = dataclass_from_args(CollectConfig, args)
-    manifest = collect_from_config(config, progress=not args.no_progress)
+    collector_stats: dict = {}
+    manifest = collect_from_config(config, progress=args.progress, stats=collector_stats)
     print(f"{config.out}: {manifest['episodes']} episodes, {manifest['frames']:,} frames, "
           f"{manifest['steps']:,} steps in {len(manifest['shards'])} shard{'s' * (len(manifest['shards']) != 1)} of "
-          f"{manifest['env_id']}")
+          f"{manifest['env_id']}{_already_there(len(manifest['shards']), int(collector_stats.get('shards', 0)))}")
     return 0
+
+
+def _already_there(shards: int, written: int) -> str:
+    """A resumed collection says how much of it was already on disk."""
+    return f" ({shards - written} already there, {written} collected now)" if written < shards else ""
 
 
 def _cmd_benchmark_collect(args: argparse.Namespace) -> int:
@@ -218,7 +225,8 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
                     "--vectorization async|sync) into memory-mappable episode shards. Re-running the same "
                     "command resumes an interrupted collection.")
     add_dataclass_args(collect, CollectConfig, title="collection")
-    collect.add_argument("--no-progress", action="store_true", help="no progress bar")
+    collect.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
+                         help="show a progress bar (default: --progress)")
     collect.set_defaults(func=_cmd_collect)
 
     for name, module, config, func, emit_json, help_text in JOBS:

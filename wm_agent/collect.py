@@ -1063,8 +1063,13 @@ class CollectConfig:
     env_kwargs: dict = field(default_factory=dict, metadata={"help": "JSON object of gym.make keyword arguments"})
 
 
-def collect_from_config(config: CollectConfig, progress: bool = True) -> dict:
+def collect_from_config(config: CollectConfig, progress: bool = True, stats: dict | None = None) -> dict:
+    """Collect as ``config`` says; ``stats`` (if given) receives the collector's (shards written now, ...)."""
     if config.max_steps == 0:  # as everywhere else on the command line: 0 means the env's own limit
         config = dataclasses.replace(config, max_steps=None)
-    return DataCollector.from_config(config).collect(config.episodes, progress=progress)
+    collector = DataCollector.from_config(config)
+    manifest = collector.collect(config.episodes, progress=progress)
+    if stats is not None:
+        stats.update(collector.stats)
+    return manifest
 

@@ -421,6 +421,8 @@ def run_train_vae(cfg: TrainVAEConfig) -> dict:
         Path(str(out) + ".metrics.jsonl").unlink(missing_ok=True)
     done = wm.train_state.get("vae", {}).get("epoch", 0)
     remaining = max(cfg.epochs - done, 0)
+    if cfg.resume:
+        _say_resuming("vae", out, cfg.epochs, wm.train_state.get("vae"), cfg.progress)
     metrics_path = str(out) + ".metrics.jsonl"
     stale = [stage for stage in ("rnn", "cmaes") if stage in wm.train_state]
     if remaining and stale:
@@ -450,6 +452,16 @@ def run_train_vae(cfg: TrainVAEConfig) -> dict:
         wm.set_start_frames(start_frames)
         wm.save(out)
     return {"checkpoint": str(out), "epochs_done": wm.train_state["vae"]["epoch"], "history": history}
+
+
+def _say_resuming(stage: str, path, epochs: int, state: dict | None, progress: bool) -> None:
+    """One line on where a --resume picks up (the bar alone would not tell a fresh run from a resumed one)."""
+    if not progress or not state:
+        return
+    done, partial = int(state.get("epoch", 0)), state.get("partial")
+    where = f", {partial['batches']} batches into epoch {done + 1}" if partial else ""
+    left = "nothing left to train" if done >= epochs else f"training to epoch {epochs}"
+    print(f"resuming {path}: {STAGES[stage][0]} at {done} epochs done{where}; {left}")
 
 
 def action_overrides(space) -> dict:
@@ -485,6 +497,8 @@ def run_train_rnn(cfg: TrainRNNConfig) -> dict:
         wm.train_state.pop("rnn", None)
         wm.train_state.pop("cmaes", None)
     done = wm.train_state.get("rnn", {}).get("epoch", 0)
+    if cfg.resume:
+        _say_resuming("rnn", path, cfg.epochs, wm.train_state.get("rnn"), cfg.progress)
     codes = encode_dataset(wm, ds, progress=cfg.progress)
     win_codes, arrays = sequence_windows(ds, codes, cfg.seq_len)
     metrics_path = str(path) + ".metrics.jsonl"
