@@ -86,6 +86,35 @@ def test_help_and_collect_start_without_torch(argv):
     assert result.stdout.strip().splitlines()[-1] == "False False"
 
 
+MY_ENVS = """
+import gymnasium as gym
+from envs import ImageObservation
+
+def pixel_cartpole(**kwargs):
+    return ImageObservation(gym.make("CartPole-v1", render_mode="rgb_array", **kwargs), size=64)
+
+gym.register("PixelCartPole-v0", entry_point=pixel_cartpole, max_episode_steps=20)
+"""
+
+
+def test_an_env_from_a_module_in_the_current_folder_reaches_the_workers(tmp_path):
+    """The README's way to bring your own env: `--env my_envs:PixelCartPole-v0` from the folder holding
+    my_envs.py, through the console script (whose path lacks that folder) and its worker processes."""
+    (tmp_path / "my_envs.py").write_text(MY_ENVS)
+    command = [str(Path(sys.executable).parent / "wm-agent")]
+    if not Path(command[0]).exists():
+        pytest.skip("the wm-agent console script is not installed next to this interpreter")
+    result = subprocess.run([*command, "collect", "--env", "my_envs:PixelCartPole-v0", "--episodes", "2",
+                             "--workers", "2", "--episodes-per-shard", "1", "--out", "data", "--no-progress"],
+                            capture_output=True, text=True, cwd=tmp_path, check=False, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "2 episodes" in result.stdout and "in 2 shards of my_envs:PixelCartPole-v0" in result.stdout
+    missing = subprocess.run([*command, "collect", "--env", "nowhere_envs:X-v0", "--out", "d2", "--no-progress"],
+                             capture_output=True, text=True, cwd=tmp_path, check=False, timeout=120)
+    assert missing.returncode == 1 and "Traceback" not in missing.stderr
+    assert "cannot make env 'nowhere_envs:X-v0'" in missing.stderr and "No module named 'nowhere_envs'" in missing.stderr
+
+
 def test_version():
     with pytest.raises(SystemExit) as exc:
         main(["--version"])

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 import types
 import typing
@@ -282,6 +283,11 @@ def _version() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
+    # `--env my_envs:MyEnv-v0` imports my_envs the way `python -m` would find it, from the current folder
+    # (a console script's path lacks it). Appended, so it never shadows an installed package; worker
+    # processes inherit the path.
+    if os.getcwd() not in sys.path:
+        sys.path.append(os.getcwd())
     stages = {job[0] for job in JOBS}
     parser = build_parser(next((a for a in argv if a in stages), ""))
     args, unknown = parser.parse_known_args(argv)  # bad arguments: usage message and exit status 2

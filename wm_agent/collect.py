@@ -325,8 +325,9 @@ _ENV_CACHE: dict[str, tuple[gym.Env, EpisodeBuffer]] = {}
 _PROGRESS = None  # worker side: shared int64 array, slots 2*i and 2*i+1 = shard i's frames, episodes
 
 
-# What gym.make raises for an unknown id (gym.error.Error) or for kwargs the env does not take.
-_MAKE_ERRORS = (gym.error.Error, TypeError, ValueError)
+# What gym.make raises for an unknown id (gym.error.Error), a "module:Id" whose module does not import
+# (ModuleNotFoundError), or kwargs the env does not take.
+_MAKE_ERRORS = (gym.error.Error, ModuleNotFoundError, TypeError, ValueError)
 
 
 def make_env(env_id: str, env_kwargs: dict) -> gym.Env:
