@@ -115,6 +115,8 @@ def test_the_env_comes_from_the_checkpoint(tmp_path):
     train_controller(_cfg(path, generations=1), wm)
     summary = evaluate(EvaluateConfig(checkpoint=str(path), episodes=2, progress=False), wm)
     assert summary["env"] == wm.env_id == "WM-GridWorld-v0" and summary["episodes"] == 2
+    capped = evaluate(EvaluateConfig(checkpoint=str(path), episodes=2, max_steps=1, progress=False), wm)
+    assert capped["mean_steps"] == 1.0  # every episode stopped after its first step
     for alias in ("envs:WM-GridWorld-v0", "WM-GridWorld-v0"):  # what gym.make accepts, as its registered id
         assert wm.real_env_id(alias) == "WM-GridWorld-v0"
     wm.env_id = None  # a model built in Python without naming its env

@@ -560,6 +560,8 @@ def test_train_rnn_zero_sizes_are_explained(checkpoint, data, capsys, option):
     (["evaluate", "--episodes", "0"], "--episodes must be >= 1"),
     (["evaluate", "--env", "Nope-v0"], "unknown env 'Nope-v0'"),
     (["evaluate", "--env", "WM-CarRacing-v0", "--episodes", "1"], "action space Box"),
+    (["evaluate", "--max-steps", "-1"], "--max-steps must be >= 0"),
+    (["eval-dream", "--strict-threshold", "0.1"], "--strict-threshold (0.1) must not exceed --threshold (0.01)"),
     (["eval-dream", "--max-frames", "0"], "--max-frames must be >= 1"),
     (["eval-dream", "--temperature", "-1"], "--temperature must be >= 0"),
 ])
@@ -606,7 +608,10 @@ def test_a_resume_says_where_it_picks_up_and_collect_what_was_there(data, tmp_pa
     assert "in 2 shards of WM-GridWorld-v0\n" in capsys.readouterr().out
     shutil.rmtree(folder / "shard_00001")
     assert main(argv) == 0
-    assert "in 2 shards of WM-GridWorld-v0 (1 already there, 1 collected now)" in capsys.readouterr().out
+    assert "in 2 shards of WM-GridWorld-v0 (1 already there, 1 collected now)\n" in capsys.readouterr().out
+    argv[argv.index("--episodes") + 1] = "2"
+    assert main(argv) == 0
+    assert "; the folder holds more than the 2 asked for" in capsys.readouterr().out
 
 
 def test_training_v_further_marks_m_and_c_stale(checkpoint, data, capsys):

@@ -125,7 +125,8 @@ def _cmd_collect(args: argparse.Namespace) -> int:
     manifest = collect_from_config(config, progress=args.progress, stats=collector_stats)
     print(f"{config.out}: {manifest['episodes']} episodes, {manifest['frames']:,} frames, "
           f"{manifest['steps']:,} steps in {len(manifest['shards'])} shard{'s' * (len(manifest['shards']) != 1)} of "
-          f"{manifest['env_id']}{_already_there(len(manifest['shards']), int(collector_stats.get('shards', 0)))}")
+          f"{manifest['env_id']}{_already_there(len(manifest['shards']), int(collector_stats.get('shards', 0)))}"
+          f"{f'; the folder holds more than the {config.episodes} asked for' if manifest['episodes'] > config.episodes else ''}")
     return 0
 
 

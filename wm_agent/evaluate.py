@@ -26,6 +26,7 @@ class EvaluateConfig:
     seed: int = doc("reset seed of the first episode; episode i resets with seed + i and samples its actions "
                     "from a stream of its own seeded by seed + i", 0)
     greedy: bool = doc("argmax actions instead of sampling from the controller's softmax", False)
+    max_steps: int = doc("stop each episode after this many steps (0 = the env's own limit)", 0)
     progress: bool = doc("show a progress bar", True)
 
 
@@ -125,8 +126,8 @@ def rollout_batch(wm: WorldModel, envs: list[gym.Env], params: torch.Tensor, see
 
 
 def evaluate(cfg: EvaluateConfig, wm: WorldModel | None = None) -> dict:
-    if cfg.episodes < 1:
-        raise ValueError(f"--episodes must be >= 1, got {cfg.episodes}")
+    check_settings((cfg.episodes >= 1, f"--episodes must be >= 1, got {cfg.episodes}"),
+                   (cfg.max_steps >= 0, f"--max-steps must be >= 0 (0: the env's own limit), got {cfg.max_steps}"))
     wm = wm or WorldModel.load(cfg.checkpoint)
     env_id = wm.real_env_id(cfg.env)
     envs = [gym.make(env_id) for _ in range(cfg.episodes)]
@@ -135,7 +136,7 @@ def evaluate(cfg: EvaluateConfig, wm: WorldModel | None = None) -> dict:
         wm.warn_if_untrained(cfg.checkpoint)
         params = wm.controller.params.detach()[None]
         res = rollout_batch(wm, envs, params, [cfg.seed + i for i in range(cfg.episodes)], cfg.greedy,
-                            progress=cfg.progress)
+                            max_steps=cfg.max_steps, progress=cfg.progress)
     finally:
         for env in envs:
             env.close()
@@ -232,7 +233,9 @@ def eval_dream(cfg: EvalDreamConfig, wm: WorldModel | None = None) -> dict:
                    (cfg.max_frames >= 1, f"--max-frames must be >= 1, got {cfg.max_frames}"),
                    (cfg.temperature >= 0, f"--temperature must be >= 0, got {cfg.temperature}"),
                    (cfg.threshold > 0, f"--threshold must be > 0, got {cfg.threshold}"),
-                   (cfg.strict_threshold > 0, f"--strict-threshold must be > 0, got {cfg.strict_threshold}"))
+                   (cfg.strict_threshold > 0, f"--strict-threshold must be > 0, got {cfg.strict_threshold}"),
+                   (cfg.strict_threshold <= cfg.threshold, f"--strict-threshold ({cfg.strict_threshold:g}) must not "
+                                                           f"exceed --threshold ({cfg.threshold:g})"))
     wm = wm or WorldModel.load(cfg.world_model)
     wm.require_trained("rnn", cfg.world_model)
     ds = EpisodeDataset(cfg.data)
