@@ -88,10 +88,10 @@ def add_dataclass_args(
             kwargs["default"] = f.default_factory()
         else:
             kwargs["required"] = True
-        # None means "unset": the field's help says what that does (and "(default: None)" says nothing).
         flag = f.metadata.get("flag") or "--" + f.name.replace("_", "-")
         if kwargs.get("action") is argparse.BooleanOptionalAction and "(default:" not in help_text:
             help_text += f" (default: {flag if kwargs.get('default') else '--no-' + flag[2:]})"
+        # None means "unset": the field's help says what that does (and "(default: None)" says nothing).
         elif kwargs.get("default") is not None and "(default:" not in help_text:
             shown = json.dumps(kwargs["default"]) if isinstance(kwargs["default"], dict) else kwargs["default"]
             help_text += f" (default: {str(shown).replace('%', '%%')})"
@@ -121,18 +121,17 @@ def _cmd_collect(args: argparse.Namespace) -> int:
     from wm_agent.collect import CollectConfig, collect_from_config
 
     config = dataclass_from_args(CollectConfig, args)
-    collector_stats: dict = {}
-    manifest = collect_from_config(config, progress=args.progress, stats=collector_stats)
-    print(f"{config.out}: {manifest['episodes']} episodes, {manifest['frames']:,} frames, "
-          f"{manifest['steps']:,} steps in {len(manifest['shards'])} shard{'s' * (len(manifest['shards']) != 1)} of "
-          f"{manifest['env_id']}{_already_there(len(manifest['shards']), int(collector_stats.get('shards', 0)))}"
-          f"{f'; the folder holds more than the {config.episodes} asked for' if manifest['episodes'] > config.episodes else ''}")
+    stats: dict = {}
+    manifest = collect_from_config(config, progress=args.progress, stats=stats)
+    shards, written = len(manifest["shards"]), int(stats.get("shards", 0))
+    line = (f"{config.out}: {manifest['episodes']} episodes, {manifest['frames']:,} frames, {manifest['steps']:,} "
+            f"steps in {shards} shard{'s' * (shards != 1)} of {manifest['env_id']}")
+    if written < shards:  # a resumed collection says how much of it was already on disk
+        line += f" ({shards - written} already there, {written} collected now)"
+    if manifest["episodes"] > config.episodes:
+        line += f"; the folder holds more than the {config.episodes} asked for"
+    print(line)
     return 0
-
-
-def _already_there(shards: int, written: int) -> str:
-    """A resumed collection says how much of it was already on disk."""
-    return f" ({shards - written} already there, {written} collected now)" if written < shards else ""
 
 
 def _cmd_benchmark_collect(args: argparse.Namespace) -> int:
@@ -313,6 +312,7 @@ def main(argv: list[str] | None = None) -> int:
         except KeyboardInterrupt:
             print(f"{parser.prog}: interrupted{RESUME_HINTS.get(args.command, '')}", file=sys.stderr)
             return 130
+
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -279,7 +279,8 @@ def train_controller(cfg: ControllerTrainConfig, wm: WorldModel | None = None) -
     if evaluator:
         evaluator.steps = int(log[-1].get("real_env_steps", 0)) if log else 0
         wm.save(path)  # workers load the controller's normaliser from the file
-    bar = tqdm(total=cfg.generations, initial=generation, desc=f"CMA-ES in the {'dream' if cfg.where == 'dream' else 'real env'}", unit="gen",
+    where = "dream" if cfg.where == "dream" else "real env"
+    bar = tqdm(total=cfg.generations, initial=generation, desc=f"CMA-ES in the {where}", unit="gen",
                disable=not cfg.progress)
     try:
         while generation < cfg.generations:
