@@ -614,6 +614,19 @@ def test_a_resume_says_where_it_picks_up_and_collect_what_was_there(data, tmp_pa
     assert "; the folder holds more than the 2 asked for" in capsys.readouterr().out
 
 
+def test_eval_dream_on_the_training_episodes_says_they_are_not_held_out(checkpoint, data, tmp_path, capsys):
+    assert main(["train-rnn", "--data", str(data), "--world-model", str(checkpoint), "--epochs", "1", "--overwrite",
+                 "--batch-size", "2", "--seq-len", "4", "--no-progress"]) == 0
+    eval_dream = ["eval-dream", "--world-model", str(checkpoint), "--episodes", "1", "--max-frames", "8", "--no-progress"]
+    capsys.readouterr()
+    assert main([*eval_dream, "--data", str(data)]) == 0
+    assert "are not held-out ones; collect with another --seed" in capsys.readouterr().err
+    heldout = tmp_path / "heldout"
+    DataCollector("WM-GridWorld-v0", heldout, seed=2, episodes_per_shard=2, max_steps=8).collect(2, progress=False)
+    assert main([*eval_dream, "--data", str(heldout)]) == 0
+    assert "held-out" not in capsys.readouterr().err
+
+
 def test_training_v_further_marks_m_and_c_stale(checkpoint, data, capsys):
     wm = WorldModel.load(checkpoint)
     wm.train_state["cmaes"] = {"generation": 1}

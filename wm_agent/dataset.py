@@ -93,6 +93,12 @@ class EpisodeDataset:
         return self.manifest["env_id"]
 
     @property
+    def identity(self) -> dict:
+        """What determines the episodes (collection is deterministic given these): two folders with the
+        same identity hold the same episodes, one a prefix of the other."""
+        return {key: self.manifest.get(key) for key in ("env_id", "env_kwargs", "policy", "seed", "max_steps")}
+
+    @property
     def observation_shape(self) -> tuple[int, ...]:
         return tuple(self.manifest["observation_shape"])
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import gymnasium as gym
@@ -234,12 +235,16 @@ def eval_dream(cfg: EvalDreamConfig, wm: WorldModel | None = None) -> dict:
                    (cfg.temperature >= 0, f"--temperature must be >= 0, got {cfg.temperature}"),
                    (cfg.threshold > 0, f"--threshold must be > 0, got {cfg.threshold}"),
                    (cfg.strict_threshold > 0, f"--strict-threshold must be > 0, got {cfg.strict_threshold}"),
-                   (cfg.strict_threshold <= cfg.threshold, f"--strict-threshold ({cfg.strict_threshold:g}) must not "
-                                                           f"exceed --threshold ({cfg.threshold:g})"))
+                   (cfg.strict_threshold <= cfg.threshold,
+                    f"--strict-threshold ({cfg.strict_threshold:g}) must not exceed --threshold ({cfg.threshold:g})"))
     wm = wm or WorldModel.load(cfg.world_model)
     wm.require_trained("rnn", cfg.world_model)
     ds = EpisodeDataset(cfg.data)
     check_data_fits(ds, wm, cfg.world_model)
+    if wm.train_state["rnn"].get("data") == ds.identity:
+        warnings.warn(f"{cfg.data} holds the episodes {cfg.world_model}'s MDN-RNN was trained on (same env, policy "
+                      "and collection seed): these figures are not held-out ones; collect with another --seed",
+                      stacklevel=2)
     rng = np.random.default_rng(cfg.seed)
     idx = np.sort(rng.choice(ds.num_frames, size=min(cfg.max_frames, ds.num_frames), replace=False))
     result = {"world_model": cfg.world_model, "data": cfg.data, **vae_quality(wm, ds.frames(idx))}

@@ -496,7 +496,9 @@ def run_train_rnn(cfg: TrainRNNConfig) -> dict:
         wm.rnn = wm.new_rnn()
         wm.train_state.pop("rnn", None)
         wm.train_state.pop("cmaes", None)
-    done = wm.train_state.get("rnn", {}).get("epoch", 0)
+    # Which episodes M learnt from, so that eval-dream can tell when it is shown them again.
+    wm.train_state.setdefault("rnn", {"epoch": 0})["data"] = ds.identity
+    done = wm.train_state["rnn"]["epoch"]
     if cfg.resume:
         _say_resuming("rnn", path, cfg.epochs, wm.train_state.get("rnn"), cfg.progress)
     codes = encode_dataset(wm, ds, progress=cfg.progress)
