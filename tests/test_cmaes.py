@@ -126,6 +126,32 @@ def test_the_env_comes_from_the_checkpoint(tmp_path):
             run()
 
 
+@pytest.mark.parametrize("greedy", [False, True])
+def test_evaluate_in_worker_processes_gives_the_in_process_results(tmp_path, greedy):
+    """Each episode samples from a stream of its own, so splitting the episodes over processes changes nothing."""
+    from wm_agent.evaluate import EvaluateConfig, evaluate
+
+    wm = tiny_world_model()
+    path = tmp_path / "wm.pt"
+    train_controller(_cfg(path, generations=1), wm)
+    base = dict(checkpoint=str(path), episodes=5, seed=7, greedy=greedy, max_steps=12, progress=False)
+    here = evaluate(EvaluateConfig(**base))
+    spread = evaluate(EvaluateConfig(**base, workers=2))
+    assert spread == here
+    # Episode by episode, in seed order (the summary's means would not notice a shuffle).
+    import gymnasium as gym
+
+    from wm_agent.evaluate import _rollouts_in_workers, rollout_batch
+
+    seeds = [7 + i for i in range(5)]
+    params = WorldModel.load(path).controller.params.detach()[None]
+    one = rollout_batch(WorldModel.load(path), [gym.make("WM-GridWorld-v0") for _ in seeds], params, seeds, greedy, 12)
+    split = _rollouts_in_workers(EvaluateConfig(**base, workers=3), "WM-GridWorld-v0", params.numpy(), seeds)
+    assert one.keys() == split.keys()
+    for key in one:
+        np.testing.assert_array_equal(split[key], one[key])
+
+
 def test_an_untrained_controller_is_named(tmp_path):
     from wm_agent.evaluate import EvaluateConfig, evaluate
 

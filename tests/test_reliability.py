@@ -561,6 +561,7 @@ def test_train_rnn_zero_sizes_are_explained(checkpoint, data, capsys, option):
     (["evaluate", "--env", "Nope-v0"], "unknown env 'Nope-v0'"),
     (["evaluate", "--env", "WM-CarRacing-v0", "--episodes", "1"], "action space Box"),
     (["evaluate", "--max-steps", "-1"], "--max-steps must be >= 0"),
+    (["evaluate", "--workers", "0"], "--workers must be >= 1, got 0"),
     (["eval-dream", "--strict-threshold", "0.1"], "--strict-threshold (0.1) must not exceed --threshold (0.01)"),
     (["eval-dream", "--max-frames", "0"], "--max-frames must be >= 1"),
     (["eval-dream", "--temperature", "-1"], "--temperature must be >= 0"),

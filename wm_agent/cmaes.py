@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 from wm_agent.config import check_settings, doc
 from wm_agent.controller import choose_actions
 from wm_agent.dream_env import DEFAULT_MAX_STEPS, DreamBatch
+from wm_agent.evaluate import rollouts_in_worker
 from wm_agent.sampling import rand
 from wm_agent.workers import death_reason
 from wm_agent.world_model import WorldModel
@@ -110,27 +111,6 @@ def dream_fitness(wm: WorldModel, params: np.ndarray, rollouts: int, temperature
 
 
 # -- scoring in the real env (worker processes) --------------------------------------------------------
-_worker_state = None
-
-
-def _real_rollouts(checkpoint: str, env_id: str, params: np.ndarray, seeds: list[int], greedy: bool,
-                   max_steps: int) -> tuple[np.ndarray, int]:
-    """Runs in a worker: mean return of each controller in ``params`` (P, n) over the given reset seeds,
-    all P x len(seeds) episodes stepped as one batch, and the real env steps that took."""
-    global _worker_state
-    import gymnasium as gym
-
-    from wm_agent.evaluate import rollout_batch
-
-    torch.set_num_threads(1)
-    if _worker_state is None or _worker_state[0] != (checkpoint, env_id):
-        _worker_state = ((checkpoint, env_id), WorldModel.load(checkpoint), [])
-    _, wm, envs = _worker_state
-    envs.extend(gym.make(env_id) for _ in range(len(params) * len(seeds) - len(envs)))
-    result = rollout_batch(wm, envs, torch.as_tensor(params), seeds, greedy, max_steps)
-    return result["return"].mean(1), int(result["steps"].sum())
-
-
 class RealEvaluator:
     """Scores candidates in worker processes; a worker that raises, dies or overruns stops the run clearly."""
 
@@ -144,14 +124,14 @@ class RealEvaluator:
         seeds = [int(s) for s in rng.integers(2**31, size=rollouts)]
         # One batched chunk of candidates per worker (all meet the same seeds: common random numbers).
         chunks = np.array_split(params, min(self.workers, len(params)))
-        futures = [self.pool.submit(_real_rollouts, self.checkpoint, self.env_id, x, seeds, greedy, max_steps)
+        futures = [self.pool.submit(rollouts_in_worker, self.checkpoint, self.env_id, x, seeds, greedy, max_steps)
                    for x in chunks]
         # Private, but a broken pool forgets its processes, and their exit statuses say why it broke.
         processes = list((getattr(self.pool, "_processes", None) or {}).values())
         try:
             results = [f.result(timeout=self.timeout) for f in futures]
-            self.steps += sum(steps for _, steps in results)
-            return np.concatenate([fit for fit, _ in results])
+            self.steps += sum(int(r["steps"].sum()) for r in results)
+            return np.concatenate([r["return"].mean(1) for r in results])
         except cf.TimeoutError:
             self.close(kill=True)
             raise RuntimeError(f"a real-env rollout worker did not finish within {self.timeout:g} s; stopped "

@@ -28,6 +28,7 @@ class EvaluateConfig:
                     "from a stream of its own seeded by seed + i", 0)
     greedy: bool = doc("argmax actions instead of sampling from the controller's softmax", False)
     max_steps: int = doc("stop each episode after this many steps (0 = the env's own limit)", 0)
+    workers: int = doc("processes the episodes are split over (the results do not depend on it)", 1)
     progress: bool = doc("show a progress bar", True)
 
 
@@ -126,18 +127,65 @@ def rollout_batch(wm: WorldModel, envs: list[gym.Env], params: torch.Tensor, see
     return result
 
 
+_worker_state = None  # in a worker process: (checkpoint, env id), the model and the envs, kept between calls
+
+
+def rollouts_in_worker(checkpoint: str, env_id: str, params: np.ndarray, seeds: list[int], greedy: bool,
+                       max_steps: int) -> dict[str, np.ndarray]:
+    """Runs in a worker process: ``rollout_batch`` of the controllers ``params`` (P, n) over ``seeds``.
+    The model and envs stay loaded for the next call (CMA-ES sends one per generation)."""
+    global _worker_state
+    torch.set_num_threads(1)
+    if _worker_state is None or _worker_state[0] != (checkpoint, env_id):
+        _worker_state = ((checkpoint, env_id), WorldModel.load(checkpoint), [])
+    _, wm, envs = _worker_state
+    envs.extend(gym.make(env_id) for _ in range(len(params) * len(seeds) - len(envs)))
+    return rollout_batch(wm, envs, torch.as_tensor(params), seeds, greedy, max_steps)
+
+
+def _rollouts_in_workers(cfg: EvaluateConfig, env_id: str, params: np.ndarray, seeds: list[int]
+                         ) -> dict[str, np.ndarray]:
+    """``rollout_batch`` with the seeds split over ``cfg.workers`` processes. Each episode draws its actions
+    from a stream of its own, so the results equal the in-process ones whatever the split."""
+    import concurrent.futures as cf
+    import multiprocessing as mp
+
+    from wm_agent.workers import death_reason
+
+    chunks = [list(c) for c in np.array_split(np.asarray(seeds), min(cfg.workers, len(seeds)))]
+    bar = tqdm(total=len(seeds), desc="evaluate", unit="ep", disable=not cfg.progress)
+    with cf.ProcessPoolExecutor(max_workers=len(chunks), mp_context=mp.get_context("spawn")) as pool:
+        futures = [pool.submit(rollouts_in_worker, cfg.checkpoint, env_id, params, [int(s) for s in chunk],
+                               cfg.greedy, cfg.max_steps) for chunk in chunks]
+        processes = list((getattr(pool, "_processes", None) or {}).values())
+        try:
+            for future in cf.as_completed(futures):
+                bar.update(len(chunks[futures.index(future)]))
+            results = [future.result() for future in futures]
+        except cf.process.BrokenProcessPool:
+            raise RuntimeError(f"an evaluation worker died ({death_reason(processes)})") from None
+        finally:
+            bar.close()
+    return {key: np.concatenate([r[key] for r in results], axis=1) for key in results[0]}
+
+
 def evaluate(cfg: EvaluateConfig, wm: WorldModel | None = None) -> dict:
     check_settings((cfg.episodes >= 1, f"--episodes must be >= 1, got {cfg.episodes}"),
-                   (cfg.max_steps >= 0, f"--max-steps must be >= 0 (0: the env's own limit), got {cfg.max_steps}"))
+                   (cfg.max_steps >= 0, f"--max-steps must be >= 0 (0: the env's own limit), got {cfg.max_steps}"),
+                   (cfg.workers >= 1, f"--workers must be >= 1, got {cfg.workers}"))
     wm = wm or WorldModel.load(cfg.checkpoint)
     env_id = wm.real_env_id(cfg.env)
-    envs = [gym.make(env_id) for _ in range(cfg.episodes)]
+    seeds = [cfg.seed + i for i in range(cfg.episodes)]
+    in_process = cfg.workers == 1 or cfg.episodes == 1
+    envs = [gym.make(env_id) for _ in range(cfg.episodes if in_process else 1)]
     try:
         check_env_fits(envs[0], wm)  # an error that stops the run comes before advice about it
         wm.warn_if_untrained(cfg.checkpoint)
         params = wm.controller.params.detach()[None]
-        res = rollout_batch(wm, envs, params, [cfg.seed + i for i in range(cfg.episodes)], cfg.greedy,
-                            max_steps=cfg.max_steps, progress=cfg.progress)
+        if in_process:
+            res = rollout_batch(wm, envs, params, seeds, cfg.greedy, max_steps=cfg.max_steps, progress=cfg.progress)
+        else:
+            res = _rollouts_in_workers(cfg, env_id, params.cpu().numpy(), seeds)
     finally:
         for env in envs:
             env.close()
