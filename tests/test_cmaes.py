@@ -141,12 +141,16 @@ def test_evaluate_in_worker_processes_gives_the_in_process_results(tmp_path, gre
     # Episode by episode, in seed order (the summary's means would not notice a shuffle).
     import gymnasium as gym
 
-    from wm_agent.evaluate import _rollouts_in_workers, rollout_batch
+    from wm_agent.evaluate import RolloutWorkers, rollout_batch
 
     seeds = [7 + i for i in range(5)]
     params = WorldModel.load(path).controller.params.detach()[None]
     one = rollout_batch(WorldModel.load(path), [gym.make("WM-GridWorld-v0") for _ in seeds], params, seeds, greedy, 12)
-    split = _rollouts_in_workers(EvaluateConfig(**base, workers=3), "WM-GridWorld-v0", params.numpy(), seeds)
+    workers = RolloutWorkers(str(path), "WM-GridWorld-v0", 3)
+    try:
+        split = workers.run(params.numpy(), seeds, greedy, 12)
+    finally:
+        workers.close()
     assert one.keys() == split.keys()
     for key in one:
         np.testing.assert_array_equal(split[key], one[key])

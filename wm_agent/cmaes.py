@@ -13,9 +13,7 @@ kept as well (``train_state["cmaes"]["best_params"]`` / ``["best_fitness"]``).
 
 from __future__ import annotations
 
-import concurrent.futures as cf
 import dataclasses
-import multiprocessing as mp
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,9 +27,8 @@ from tqdm.auto import tqdm
 from wm_agent.config import check_settings, doc
 from wm_agent.controller import choose_actions
 from wm_agent.dream_env import DEFAULT_MAX_STEPS, DreamBatch
-from wm_agent.evaluate import rollouts_in_worker
+from wm_agent.evaluate import RolloutWorkers
 from wm_agent.sampling import rand
-from wm_agent.workers import death_reason
 from wm_agent.world_model import WorldModel
 
 with warnings.catch_warnings():  # pycma warns that matplotlib (which we do not need) is missing
@@ -111,45 +108,24 @@ def dream_fitness(wm: WorldModel, params: np.ndarray, rollouts: int, temperature
 
 
 # -- scoring in the real env (worker processes) --------------------------------------------------------
-class RealEvaluator:
-    """Scores candidates in worker processes; a worker that raises, dies or overruns stops the run clearly."""
+class RealEvaluator(RolloutWorkers):
+    """Scores candidates in worker processes (``RolloutWorkers``): each candidate's mean return over the
+    generation's seeds, all candidates meeting the same seeds (common random numbers)."""
 
     def __init__(self, checkpoint: str, env_id: str, workers: int, timeout: float):
-        self.checkpoint, self.env_id, self.timeout, self.workers = checkpoint, env_id, timeout, workers
+        super().__init__(checkpoint, env_id, workers, timeout)
         self.steps = 0  # real env steps taken so far
-        self.pool = cf.ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"))
 
     def __call__(self, params: np.ndarray, rollouts: int, greedy: bool, max_steps: int,
                  rng: np.random.Generator) -> np.ndarray:
         seeds = [int(s) for s in rng.integers(2**31, size=rollouts)]
-        # One batched chunk of candidates per worker (all meet the same seeds: common random numbers).
-        chunks = np.array_split(params, min(self.workers, len(params)))
-        futures = [self.pool.submit(rollouts_in_worker, self.checkpoint, self.env_id, x, seeds, greedy, max_steps)
-                   for x in chunks]
-        # Private, but a broken pool forgets its processes, and their exit statuses say why it broke.
-        processes = list((getattr(self.pool, "_processes", None) or {}).values())
         try:
-            results = [f.result(timeout=self.timeout) for f in futures]
-            self.steps += sum(int(r["steps"].sum()) for r in results)
-            return np.concatenate([r["return"].mean(1) for r in results])
-        except cf.TimeoutError:
-            self.close(kill=True)
-            raise RuntimeError(f"a real-env rollout worker did not finish within {self.timeout:g} s; stopped "
-                               f"the run (the CMA-ES state of the last finished generation is saved)") from None
-        except cf.process.BrokenProcessPool:
-            reason = death_reason(processes)  # before close() kills the others
-            self.close(kill=True)
-            raise RuntimeError(f"a real-env rollout worker died ({reason}); stopped the run "
-                               "(the CMA-ES state of the last finished generation is saved)") from None
-        except Exception as exc:
-            self.close(kill=True)
-            raise RuntimeError(f"a real-env rollout worker failed: {type(exc).__name__}: {exc}") from exc
-
-    def close(self, kill: bool = False) -> None:
-        if kill:
-            for proc in list(getattr(self.pool, "_processes", {}).values()):
-                proc.kill()
-        self.pool.shutdown(wait=not kill, cancel_futures=True)
+            result = self.run(params, seeds, greedy, max_steps)
+        except RuntimeError as exc:
+            raise RuntimeError(f"real-env scoring: {exc}; stopped the run (the CMA-ES state of the last finished "
+                               "generation is saved)") from exc.__cause__
+        self.steps += int(result["steps"].sum())
+        return result["return"].mean(1)
 
 
 # -- the search ----------------------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import gymnasium as gym
@@ -143,30 +144,59 @@ def rollouts_in_worker(checkpoint: str, env_id: str, params: np.ndarray, seeds: 
     return rollout_batch(wm, envs, torch.as_tensor(params), seeds, greedy, max_steps)
 
 
-def _rollouts_in_workers(cfg: EvaluateConfig, env_id: str, params: np.ndarray, seeds: list[int]
-                         ) -> dict[str, np.ndarray]:
-    """``rollout_batch`` with the seeds split over ``cfg.workers`` processes. Each episode draws its actions
-    from a stream of its own, so the results equal the in-process ones whatever the split."""
-    import concurrent.futures as cf
-    import multiprocessing as mp
+class RolloutWorkers:
+    """``rollout_batch`` in spawned worker processes, each keeping its model and envs between calls.
+    A worker that raises, dies or overruns ``timeout`` seconds stops the run with a RuntimeError that
+    says which, and the workers are stopped."""
 
-    from wm_agent.workers import death_reason
+    def __init__(self, checkpoint: str, env_id: str, workers: int, timeout: float | None = None):
+        import concurrent.futures as cf
+        import multiprocessing as mp
 
-    chunks = [list(c) for c in np.array_split(np.asarray(seeds), min(cfg.workers, len(seeds)))]
-    bar = tqdm(total=len(seeds), desc="evaluate", unit="ep", disable=not cfg.progress)
-    with cf.ProcessPoolExecutor(max_workers=len(chunks), mp_context=mp.get_context("spawn")) as pool:
-        futures = [pool.submit(rollouts_in_worker, cfg.checkpoint, env_id, params, [int(s) for s in chunk],
-                               cfg.greedy, cfg.max_steps) for chunk in chunks]
-        processes = list((getattr(pool, "_processes", None) or {}).values())
+        self.checkpoint, self.env_id, self.workers, self.timeout = checkpoint, env_id, workers, timeout
+        self.pool = cf.ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"))
+
+    def run(self, params: np.ndarray, seeds: list[int], greedy: bool, max_steps: int,
+            on_chunk: Callable[[int], None] | None = None) -> dict[str, np.ndarray]:
+        """Every controller in ``params`` (P, n) for an episode from each seed, as ``rollout_batch`` returns
+        them. The episodes are split over the workers by controller (when P > 1) or else by seed; each
+        episode draws from its own action stream, so the split changes no result. ``on_chunk(episodes)``
+        follows each finished worker's share."""
+        import concurrent.futures as cf
+
+        from wm_agent.workers import death_reason
+
+        by_params = len(params) > 1
+        n = min(self.workers, len(params) if by_params else len(seeds))
+        jobs = ([(chunk, list(seeds)) for chunk in np.array_split(params, n)] if by_params else
+                [(params, [int(s) for s in chunk]) for chunk in np.array_split(np.asarray(seeds), n)])
+        futures = {self.pool.submit(rollouts_in_worker, self.checkpoint, self.env_id, p, s, greedy, max_steps):
+                   len(p) * len(s) for p, s in jobs}
+        # Private, but a broken pool forgets its processes, and their exit statuses say why it broke.
+        processes = list((getattr(self.pool, "_processes", None) or {}).values())
         try:
-            for future in cf.as_completed(futures):
-                bar.update(len(chunks[futures.index(future)]))
-            results = [future.result() for future in futures]
+            for future in cf.as_completed(futures, timeout=self.timeout):
+                future.result()
+                if on_chunk is not None:
+                    on_chunk(futures[future])
+        except cf.TimeoutError:
+            self.close(kill=True)
+            raise RuntimeError(f"a rollout worker did not finish within {self.timeout:g} s") from None
         except cf.process.BrokenProcessPool:
-            raise RuntimeError(f"an evaluation worker died ({death_reason(processes)})") from None
-        finally:
-            bar.close()
-    return {key: np.concatenate([r[key] for r in results], axis=1) for key in results[0]}
+            reason = death_reason(processes)  # before close() kills the others
+            self.close(kill=True)
+            raise RuntimeError(f"a rollout worker died ({reason})") from None
+        except Exception as exc:
+            self.close(kill=True)
+            raise RuntimeError(f"a rollout worker failed: {type(exc).__name__}: {exc}") from exc
+        results = [future.result() for future in futures]  # in submission order
+        return {key: np.concatenate([r[key] for r in results], axis=0 if by_params else 1) for key in results[0]}
+
+    def close(self, kill: bool = False) -> None:
+        if kill:
+            for proc in list((getattr(self.pool, "_processes", None) or {}).values()):
+                proc.kill()
+        self.pool.shutdown(wait=not kill, cancel_futures=True)
 
 
 def evaluate(cfg: EvaluateConfig, wm: WorldModel | None = None) -> dict:
@@ -185,7 +215,12 @@ def evaluate(cfg: EvaluateConfig, wm: WorldModel | None = None) -> dict:
         if in_process:
             res = rollout_batch(wm, envs, params, seeds, cfg.greedy, max_steps=cfg.max_steps, progress=cfg.progress)
         else:
-            res = _rollouts_in_workers(cfg, env_id, params.cpu().numpy(), seeds)
+            workers = RolloutWorkers(cfg.checkpoint, env_id, cfg.workers)
+            with tqdm(total=len(seeds), desc="evaluate", unit="ep", disable=not cfg.progress) as bar:
+                try:
+                    res = workers.run(params.cpu().numpy(), seeds, cfg.greedy, cfg.max_steps, on_chunk=bar.update)
+                finally:
+                    workers.close()
     finally:
         for env in envs:
             env.close()
