@@ -118,12 +118,12 @@ def dataclass_from_args(cls: type, args: argparse.Namespace, **overrides: Any):
 # Subcommands
 # ----------------------------------------------------------------------------------------------
 def _cmd_collect(args: argparse.Namespace) -> int:
-    from wm_agent.collect import CollectConfig, collect_from_config
+    from wm_agent.collect import CollectConfig, DataCollector
 
     config = dataclass_from_args(CollectConfig, args)
-    stats: dict = {}
-    manifest = collect_from_config(config, progress=args.progress, stats=stats)
-    shards, written = len(manifest["shards"]), int(stats.get("shards", 0))
+    collector = DataCollector.from_config(config)
+    manifest = collector.collect(config.episodes, progress=args.progress)
+    shards, written = len(manifest["shards"]), int(collector.stats["shards"])
     line = (f"{config.out}: {manifest['episodes']} episodes, {manifest['frames']:,} frames, {manifest['steps']:,} "
             f"steps in {shards} shard{'s' * (shards != 1)} of {manifest['env_id']}")
     if written < shards:  # a resumed collection says how much of it was already on disk

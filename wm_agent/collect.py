@@ -39,7 +39,6 @@ import time
 import warnings
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
-import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Literal, get_args
@@ -327,13 +326,13 @@ _PROGRESS = None  # worker side: shared int64 array, slots 2*i and 2*i+1 = shard
 
 # What gym.make raises for an unknown id (gym.error.Error), a "module:Id" whose module does not import
 # (ModuleNotFoundError), or kwargs the env does not take.
-_MAKE_ERRORS = (gym.error.Error, ModuleNotFoundError, TypeError, ValueError)
+MAKE_ERRORS = (gym.error.Error, ModuleNotFoundError, TypeError, ValueError)
 
 
 def make_env(env_id: str, env_kwargs: dict) -> gym.Env:
     try:
         return gym.make(env_id, **env_kwargs)
-    except _MAKE_ERRORS as exc:
+    except MAKE_ERRORS as exc:
         raise ValueError(f"cannot make env {env_id!r} with {env_kwargs}: {type(exc).__name__}: {exc}") from exc
 
 
@@ -649,7 +648,8 @@ class DataCollector:
     def from_config(cls, config: "CollectConfig") -> "DataCollector":
         return cls(config.env, config.out, policy=config.policy, seed=config.seed, workers=config.workers,
                    episodes_per_shard=config.episodes_per_shard, env_kwargs=config.env_kwargs,
-                   max_steps=config.max_steps, vectorization=config.vectorization)
+                   max_steps=config.max_steps or None,  # as everywhere on the command line: 0 = the env's limit
+                   vectorization=config.vectorization)
 
     # -- manifest ---------------------------------------------------------------------------------
     def _identity(self) -> dict:
@@ -986,7 +986,7 @@ def make_vector_env(env_id: str, env_kwargs: dict, num_envs: int, mode: str) -> 
     try:
         return gym.make_vec(env_id, num_envs=num_envs, vectorization_mode=mode, vector_kwargs=vector_kwargs,
                             **env_kwargs)
-    except _MAKE_ERRORS as exc:
+    except MAKE_ERRORS as exc:
         raise ValueError(f"cannot make a {mode} vector env of {env_id!r} with {env_kwargs}: "
                          f"{type(exc).__name__}: {exc}") from exc
 
@@ -1062,15 +1062,3 @@ class CollectConfig:
     max_steps: int | None = field(
         default=None, metadata={"help": "optional cap on episode length (0 or unset: the env's own limit)"})
     env_kwargs: dict = field(default_factory=dict, metadata={"help": "JSON object of gym.make keyword arguments"})
-
-
-def collect_from_config(config: CollectConfig, progress: bool = True, stats: dict | None = None) -> dict:
-    """Collect as ``config`` says; ``stats`` (if given) receives the collector's (shards written now, ...)."""
-    if config.max_steps == 0:  # as everywhere else on the command line: 0 means the env's own limit
-        config = dataclasses.replace(config, max_steps=None)
-    collector = DataCollector.from_config(config)
-    manifest = collector.collect(config.episodes, progress=progress)
-    if stats is not None:
-        stats.update(collector.stats)
-    return manifest
-

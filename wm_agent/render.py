@@ -783,6 +783,8 @@ def run_play(cfg: PlayConfig, events: Iterable[str | Sequence[str]] | None = Non
                    (cfg.scale >= 1, f"--scale must be >= 1, got {cfg.scale}"),
                    (cfg.max_steps >= 0, f"--max-steps must be >= 0 (0: the env's own limit), got {cfg.max_steps}"),
                    (cfg.temperature >= 0, f"--temperature must be >= 0, got {cfg.temperature}"))
+    if events is None:  # no screen, no key would ever arrive: say so instead of waiting forever
+        require_screen("play", "`wm-agent render` writes a video instead")
     wm = wm or WorldModel.load(cfg.checkpoint)
     discrete = wm.config.discrete_actions
     if cfg.dream:
@@ -821,8 +823,6 @@ def run_play(cfg: PlayConfig, events: Iterable[str | Sequence[str]] | None = Non
         step, total, done = 0, 0.0, False
         summary["episodes"] = 1
         show(frame_of(obs), step, None, total, done)
-        if events is None:  # no screen, no key would ever arrive: say so instead of waiting forever
-            require_screen("play", "`wm-agent render` writes a video instead")
         commands = _scripted_commands(events) if events is not None else _live_commands(pygame, discrete, cfg.fps,
                                                                                         clock)
         for cmds in commands:

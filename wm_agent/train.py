@@ -134,6 +134,11 @@ class _Epoch:
         self.state["optimizer"] = self.opt.state_dict()
         raise TrainingStopped(f"stopped after batch {self.done} of epoch {self.epoch + 1}") from cause
 
+    def finish(self) -> None:
+        """Record the epoch as done in ``train_state`` (with the optimizer as of its last batch)."""
+        self.state.pop("partial", None)
+        self.state.update(epoch=self.epoch + 1, optimizer=self.opt.state_dict())
+
     def add(self, values: dict[str, float], **counts: int) -> None:
         for k, v in values.items():
             self.sums[k] = self.sums.get(k, 0.0) + v
@@ -179,8 +184,7 @@ def fit_vae(wm: WorldModel, make_batches: Batches, epochs: int, seed: int = 0, p
         metrics = run.means()
         metrics.update(stage="vae", epoch=epoch + 1, images=run.counts["images"], seconds=run.seconds(),
                        images_per_s=run.counts["images"] / run.seconds())
-        state.pop("partial", None)
-        state.update(epoch=epoch + 1, optimizer=opt.state_dict())
+        run.finish()
         history.append(metrics)
         if on_epoch_end:
             on_epoch_end(epoch + 1, metrics)
@@ -226,8 +230,7 @@ def fit_rnn(wm: WorldModel, make_batches: Batches, epochs: int, seed: int = 0, p
             bar.set_postfix(loss=f"{loss.item():.4f}", nll=f"{parts['nll']:.4f}")
         metrics = run.means()
         metrics.update(stage="rnn", epoch=epoch + 1, steps=run.counts["steps"], seconds=run.seconds())
-        state.pop("partial", None)
-        state.update(epoch=epoch + 1, optimizer=opt.state_dict())
+        run.finish()
         history.append(metrics)
         if on_epoch_end:
             on_epoch_end(epoch + 1, metrics)
@@ -406,6 +409,7 @@ def run_train_vae(cfg: TrainVAEConfig) -> dict:
     if out.exists() and cfg.resume:
         wm = WorldModel.load(out, device)
         check_data_fits(ds, wm, str(out))
+        _say_resuming("vae", out, cfg.epochs, wm.train_state.get("vae"), cfg.progress)
     elif out.exists() and not cfg.overwrite:
         raise FileExistsError(f"{out} exists: pass --resume to continue it or --overwrite to start again")
     else:
@@ -421,8 +425,6 @@ def run_train_vae(cfg: TrainVAEConfig) -> dict:
         Path(str(out) + ".metrics.jsonl").unlink(missing_ok=True)
     done = wm.train_state.get("vae", {}).get("epoch", 0)
     remaining = max(cfg.epochs - done, 0)
-    if cfg.resume:
-        _say_resuming("vae", out, cfg.epochs, wm.train_state.get("vae"), cfg.progress)
     metrics_path = str(out) + ".metrics.jsonl"
     stale = [stage for stage in ("rnn", "cmaes") if stage in wm.train_state]
     if remaining and stale:
@@ -491,7 +493,9 @@ def run_train_rnn(cfg: TrainRNNConfig) -> dict:
     if "rnn" in wm.train_state and not (cfg.resume or cfg.overwrite):
         raise FileExistsError(f"{path} already holds an MDN-RNN ({wm.train_state['rnn'].get('epoch', 0)} epochs done): "
                               "pass --resume to continue it or --overwrite to train a new one")
-    if not cfg.resume or "rnn" not in wm.train_state:  # a fresh M; an old dream's controller no longer applies
+    if cfg.resume and "rnn" in wm.train_state:
+        _say_resuming("rnn", path, cfg.epochs, wm.train_state["rnn"], cfg.progress)
+    else:  # a fresh M; an old dream's controller no longer applies
         torch.manual_seed(cfg.seed)
         wm.rnn = wm.new_rnn()
         wm.train_state.pop("rnn", None)
@@ -499,8 +503,6 @@ def run_train_rnn(cfg: TrainRNNConfig) -> dict:
     # Which episodes M learnt from, so that eval-dream can tell when it is shown them again.
     wm.train_state.setdefault("rnn", {"epoch": 0})["data"] = ds.identity
     done = wm.train_state["rnn"]["epoch"]
-    if cfg.resume:
-        _say_resuming("rnn", path, cfg.epochs, wm.train_state.get("rnn"), cfg.progress)
     codes = encode_dataset(wm, ds, progress=cfg.progress)
     win_codes, arrays = sequence_windows(ds, codes, cfg.seq_len)
     metrics_path = str(path) + ".metrics.jsonl"

@@ -56,9 +56,11 @@ class WorldModel:
                 return gym.spec(env_id).id
             except gym.error.Error:
                 pass
+            from wm_agent.collect import MAKE_ERRORS
+
             try:  # "module:Id" or an unversioned id: what gym.make accepts, resolved the way it does
                 env = gym.make(env_id)
-            except (gym.error.Error, ModuleNotFoundError) as exc:
+            except MAKE_ERRORS as exc:
                 raise ValueError(f"unknown env {env_id!r}: {exc}") from None
             env.close()
             return env.spec.id
