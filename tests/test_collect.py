@@ -287,9 +287,9 @@ def test_fewer_shards_than_workers_is_pointed_out_when_planned_not_on_resume(tmp
 
 @pytest.mark.parametrize(
     "kwargs, message",
-    [({"policy": "greedy"}, "policy must be one of"), ({"workers": 0}, "workers must be"),
-     ({"episodes_per_shard": 0}, "episodes_per_shard must be"), ({"seed": -1}, "seed must be"),
-     ({"max_steps": 0}, "max_steps must be"), ({"vectorization": "threads"}, "vectorization must be one of"), ({"env_kwargs": {"size": object()}}, "JSON"),
+    [({"policy": "greedy"}, "policy must be one of"), ({"workers": 0}, r"workers \(--workers\) must be"),
+     ({"episodes_per_shard": 0}, r"episodes_per_shard \(--episodes-per-shard\) must be"), ({"seed": -1}, r"seed \(--seed\) must be"),
+     ({"max_steps": 0}, r"max_steps \(--max-steps\) must be"), ({"vectorization": "threads"}, "vectorization must be one of"), ({"env_kwargs": {"size": object()}}, "JSON"),
      ({"env_id": "CartPole-v1"}, "ImageObservation"), ({"env_id": "NoSuchEnv-v0"}, "cannot make env")],
 )
 def test_bad_settings_are_explained(tmp_path, kwargs, message):
@@ -299,7 +299,7 @@ def test_bad_settings_are_explained(tmp_path, kwargs, message):
 
 
 def test_collect_needs_a_positive_episode_count(tmp_path):
-    with pytest.raises(ValueError, match="episodes must be"):
+    with pytest.raises(ValueError, match=r"episodes \(--episodes\) must be"):
         DataCollector("WM-GridWorld-v0", tmp_path).collect(0)
 
 

@@ -24,8 +24,10 @@ class BenchmarkCollectConfig:
     env: str = field(default="WM-GridWorld-v0", metadata={"help": "Gymnasium env id to collect from"})
     steps: int = field(
         default=400_000,
-        metadata={"help": "env steps for the collector in each round (the single-env baseline runs "
-                          "steps/workers, half before and half after it). Use ~2000 for WM-CarRacing-v0"})
+        metadata={"help": "env steps for the collector in each round, rounded up to whole episodes (the "
+                          "baseline's mean episode length sets how many); its frames also count each episode's "
+                          "reset frame. The single-env baseline runs steps/workers, half before and half after "
+                          "it. Use ~2000 for WM-CarRacing-v0"})
     rounds: int = field(default=3, metadata={"help": "rounds of baseline, collector, baseline; the median "
                                                       "ratio is reported with every round's"})
     workers: int = field(default=2, metadata={"help": "collector worker processes"})

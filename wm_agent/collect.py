@@ -555,6 +555,11 @@ def describe_space(space: gym.Space) -> dict:
     raise ValueError(f"cannot describe action space {space}: only Discrete and Box are supported")
 
 
+def _named(argument: str) -> str:
+    """``episodes_per_shard (--episodes-per-shard)``: an argument as the API and the CLI spell it."""
+    return f"{argument} (--{argument.replace('_', '-')})"
+
+
 def _mp_context():
     # forkserver: workers fork from a clean, single-threaded server that has already imported this
     # module, so they start in milliseconds and never inherit a parent's torch threads or locks.
@@ -604,13 +609,15 @@ class DataCollector:
             raise ValueError(f"policy must be one of {POLICIES}, got {policy!r}")
         if vectorization not in VECTORIZATIONS:
             raise ValueError(f"vectorization must be one of {VECTORIZATIONS}, got {vectorization!r}")
+        # Each message names the argument and its command-line option, read by users of either.
         for label, value in (("workers", workers), ("episodes_per_shard", episodes_per_shard)):
             if not isinstance(value, int) or value < 1:
-                raise ValueError(f"{label} must be a positive int, got {value!r}")
+                raise ValueError(f"{_named(label)} must be a positive int, got {value!r}")
         if not isinstance(seed, int) or seed < 0:
-            raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+            raise ValueError(f"{_named('seed')} must be a non-negative int, got {seed!r}")
         if max_steps is not None and (not isinstance(max_steps, int) or max_steps < 1):
-            raise ValueError(f"max_steps must be a positive int or None, got {max_steps!r}")
+            raise ValueError(f"{_named('max_steps')} must be a positive int (or None / 0 on the command line: "
+                             f"the env's own limit), got {max_steps!r}")
         env_kwargs = dict(env_kwargs or {})
         try:
             env_kwargs = json.loads(json.dumps(env_kwargs))  # the manifest stores them as JSON
@@ -721,7 +728,7 @@ class DataCollector:
         interrupted command resumes it. Shards beyond the plan are kept and listed.
         """
         if not isinstance(episodes, int) or episodes < 1:
-            raise ValueError(f"episodes must be a positive int, got {episodes!r}")
+            raise ValueError(f"{_named('episodes')} must be a positive int, got {episodes!r}")
         from wm_agent.io import make_folder, save_json
 
         self.stats = {"shards": 0, "worker_cpu_seconds": 0.0}
