@@ -251,6 +251,33 @@ def test_train_in_the_real_env(ckpt):
     assert state["where"] == "real" and state["generation"] == 1
 
 
+def test_a_real_search_that_fails_before_its_first_generation_leaves_the_checkpoint_alone(ckpt):
+    train_controller(_cfg(ckpt, generations=1))
+    before = ckpt.read_bytes()
+    # Another architecture and an overrunning worker: the run stops before any generation is done.
+    with pytest.raises(RuntimeError, match="unchanged if none finished"):
+        train_controller(_cfg(ckpt, where="real", workers=1, popsize=2, rollouts=1, generations=1, max_steps=5,
+                              timeout=0.01, overwrite=True, controller="linear"))
+    assert ckpt.read_bytes() == before  # the dream-trained controller and its search are still the saved ones
+    assert sorted(p.name for p in ckpt.parent.iterdir()) == [ckpt.name]
+
+
+def test_a_real_search_resumes_only_in_its_own_env(ckpt):
+    import gymnasium as gym
+
+    train_controller(_cfg(ckpt, where="real", workers=1, popsize=2, rollouts=1, generations=1, max_steps=5,
+                          timeout=120))
+    gym.register("TestGridWorldTwin-v0", entry_point="envs.gridworld:GridWorldEnv", max_episode_steps=100)
+    before = ckpt.read_bytes()
+    try:
+        with pytest.raises(ValueError, match="ran in WM-GridWorld-v0, not TestGridWorldTwin-v0"):
+            train_controller(_cfg(ckpt, where="real", workers=1, popsize=2, rollouts=1, generations=2, max_steps=5,
+                                  timeout=120, resume=True, env="TestGridWorldTwin-v0"))
+    finally:
+        del gym.registry["TestGridWorldTwin-v0"]
+    assert ckpt.read_bytes() == before
+
+
 def _no_workers_left(deadline: float = 5.0) -> bool:
     end = time.monotonic() + deadline
     while mp.active_children() and time.monotonic() < end:

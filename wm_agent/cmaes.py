@@ -14,6 +14,7 @@ kept as well (``train_state["cmaes"]["best_params"]`` / ``["best_fitness"]``).
 from __future__ import annotations
 
 import dataclasses
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -122,8 +123,8 @@ class RealEvaluator(RolloutWorkers):
         try:
             result = self.run(params, seeds, greedy, max_steps)
         except RuntimeError as exc:
-            raise RuntimeError(f"real-env scoring: {exc}; stopped the run (the CMA-ES state of the last finished "
-                               "generation is saved)") from exc.__cause__
+            raise RuntimeError(f"real-env scoring: {exc}; stopped the run (the checkpoint holds the last "
+                               "finished generation, or is unchanged if none finished)") from exc.__cause__
         self.steps += int(result["steps"].sum())
         return result["return"].mean(1)
 
@@ -209,6 +210,9 @@ def train_controller(cfg: ControllerTrainConfig, wm: WorldModel | None = None) -
     state = wm.train_state.get("cmaes") if cfg.resume else None
     if state:
         _check_resume_settings(state, cfg, wm, path)
+        if cfg.where == "real" and state.get("env", env_id) != env_id:
+            raise ValueError(f"{path}: the saved CMA-ES search ran in {state['env']}, not {env_id}; resume with "
+                             f"--env {state['env']}, or pass --overwrite without --resume to start again")
     if state and "told" in state:
         es, start = _replayed_es(state, cfg, path)
         generation, log = int(state["generation"]), list(state["log"])
@@ -231,10 +235,15 @@ def train_controller(cfg: ControllerTrainConfig, wm: WorldModel | None = None) -
         generation, log, best_x, best_f = 0, [], x0.copy(), -np.inf
     told = list(state["told"].double().unbind(0)) if state and "told" in state else []  # -fitness, per generation
 
-    evaluator = RealEvaluator(str(path), env_id, cfg.workers, cfg.timeout) if cfg.where == "real" else None
-    if evaluator:
+    evaluator = snapshot = None
+    if cfg.where == "real":
+        # Workers load the model (and the new controller's normaliser) from a file. A copy in a temporary
+        # folder, not the checkpoint: the checkpoint changes only when a generation is done, so a search
+        # that fails or is stopped before then leaves the saved controller and its search as they were.
+        snapshot = tempfile.TemporaryDirectory(prefix="wm-agent-cmaes-")
+        wm.save(Path(snapshot.name) / path.name)
+        evaluator = RealEvaluator(str(Path(snapshot.name) / path.name), env_id, cfg.workers, cfg.timeout)
         evaluator.steps = int(log[-1].get("real_env_steps", 0)) if log else 0
-        wm.save(path)  # workers load the controller's normaliser from the file
     where = "dream" if cfg.where == "dream" else "real env"
     bar = tqdm(total=cfg.generations, initial=generation, desc=f"CMA-ES in the {where}", unit="gen",
                disable=not cfg.progress)
@@ -262,7 +271,7 @@ def train_controller(cfg: ControllerTrainConfig, wm: WorldModel | None = None) -
                 "stds": torch.as_tensor(np.sqrt(np.maximum(es.sm.variances, 1e-20))),
                 "best_params": torch.as_tensor(best_x), "best_fitness": best_f, "log": log,
                 "where": cfg.where, "temperature": cfg.temperature, "greedy": cfg.greedy,
-                "rollouts": cfg.rollouts, "max_steps": cfg.max_steps,
+                "rollouts": cfg.rollouts, "max_steps": cfg.max_steps, "env": env_id,
             }
             if start is not None:  # what replays the search exactly on --resume (see _replayed_es)
                 wm.train_state["cmaes"].update(start, told=torch.stack(told))
@@ -276,6 +285,8 @@ def train_controller(cfg: ControllerTrainConfig, wm: WorldModel | None = None) -
         bar.close()
         if evaluator:
             evaluator.close()
+        if snapshot:
+            snapshot.cleanup()
     return {"checkpoint": str(path), "generations": generation, "log": log}
 
 
