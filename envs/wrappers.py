@@ -57,6 +57,8 @@ class ImageObservation(gym.ObservationWrapper, gym.utils.RecordConstructorArgs):
             if self._float_max not in (1.0, 255.0):
                 raise ValueError(f"float image observations must lie in [0, 1] or [0, 255] (the space's upper "
                                  f"bound says which), got observation_space={space}")
+        if self._from_render:  # only the rgb_array render gives it frames, so that is the mode it supports
+            self.metadata = {**env.metadata, "render_modes": ["rgb_array"]}
         self.size = size
         self.crop = tuple(crop) if crop is not None else None
         self.observation_space = spaces.Box(0, 255, (size, size, 3), np.uint8)

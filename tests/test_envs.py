@@ -145,6 +145,14 @@ def test_image_observation_renders_non_image_envs():
     env.close()
 
 
+def test_image_observation_of_a_rendered_env_passes_check_env():
+    """check_env re-makes the env in each advertised render mode; from rendered frames only rgb_array works."""
+    env = ImageObservation(gym.make("CartPole-v1", render_mode="rgb_array"), size=64)
+    assert env.metadata["render_modes"] == ["rgb_array"]
+    check_env(env, skip_render_check=False)
+    env.close()
+
+
 def test_image_observation_needs_rgb_array_for_non_image_envs():
     with pytest.raises(ValueError, match="render_mode='rgb_array'"):
         ImageObservation(gym.make("CartPole-v1"))
