@@ -221,6 +221,25 @@ def test_truncates_at_max_episode_steps(wm):
     assert DreamEnv(wm).max_episode_steps == gym.spec("WM-GridWorld-v0").max_episode_steps  # the real limit
 
 
+def test_a_custom_envs_dreams_end_at_its_registered_limit(wm, tmp_path, monkeypatch):
+    """A model of a user's env ("module:Id", as --env takes it) dreams episodes as long as the real ones."""
+    (tmp_path / "short_envs_for_test.py").write_text(
+        "import gymnasium as gym\n"
+        "gym.register('ShortGrid-v0', entry_point='envs.gridworld:GridWorldEnv', max_episode_steps=7)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    wm.env_id = "short_envs_for_test:ShortGrid-v0"
+    try:
+        assert DreamEnv(wm).max_episode_steps == DreamVectorEnv(2, wm).max_episode_steps == 7
+        assert wm.real_env_id() == "short_envs_for_test:ShortGrid-v0"
+        wm.env_id = "no_such_module_for_test:Gone-v0"  # a checkpoint used away from its env's module
+        assert DreamEnv(wm).max_episode_steps == 1000
+        with pytest.raises(ValueError, match="trained on 'no_such_module_for_test:Gone-v0', which cannot be made"):
+            wm.real_env_id()
+    finally:
+        wm.env_id = "WM-GridWorld-v0"
+        gym.registry.pop("ShortGrid-v0", None)
+
+
 def test_done_threshold_decides_termination(wm):
     env = DreamEnv(wm, done_threshold=0.0)
     env.reset(seed=0)

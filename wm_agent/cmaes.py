@@ -27,10 +27,10 @@ from tqdm.auto import tqdm
 
 from wm_agent.config import check_settings, doc
 from wm_agent.controller import choose_actions
-from wm_agent.dream_env import DEFAULT_MAX_STEPS, DreamBatch
+from wm_agent.dream_env import DreamBatch
 from wm_agent.evaluate import RolloutWorkers
 from wm_agent.sampling import rand
-from wm_agent.world_model import WorldModel
+from wm_agent.world_model import WorldModel, episode_limit
 
 with warnings.catch_warnings():  # pycma warns that matplotlib (which we do not need) is missing
     warnings.simplefilter("ignore")
@@ -203,7 +203,7 @@ def train_controller(cfg: ControllerTrainConfig, wm: WorldModel | None = None) -
     wm = wm or WorldModel.load(path, resolve_device(cfg.device))
     wm.require_trained("rnn", str(path))
     env_id = wm.real_env_id(cfg.env)
-    max_steps = cfg.max_steps or DEFAULT_MAX_STEPS.get(env_id, 1000)
+    max_steps = cfg.max_steps or episode_limit(env_id)
     if "cmaes" in wm.train_state and not (cfg.resume or cfg.overwrite):
         raise FileExistsError(f"{path} already holds a controller search ({wm.train_state['cmaes'].get('generation', 0)} "
                               "generations done): pass --resume to continue it or --overwrite to start a new one")

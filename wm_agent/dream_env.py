@@ -16,12 +16,9 @@ import torch
 from gymnasium import spaces
 from gymnasium.vector import AutoresetMode, VectorEnv
 
-from wm_agent.world_model import WorldModel
+from wm_agent.world_model import WorldModel, episode_limit
 
 # Episode limits of the real envs, so a dream of them ends when the real episode would.
-DEFAULT_MAX_STEPS = {"WM-GridWorld-v0": 50, "WM-CarRacing-v0": 1000}
-
-
 def as_world_model(world_model: WorldModel | str | os.PathLike, device=None) -> WorldModel:
     if isinstance(world_model, WorldModel):
         return world_model
@@ -137,7 +134,7 @@ class DreamEnv(gym.Env):
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
             raise ValueError(f"render_mode must be one of {self.metadata['render_modes']}, got {render_mode!r}")
         self.world_model, self.render_mode, self.obs_mode = wm, render_mode, observation
-        self.max_episode_steps = max_episode_steps or DEFAULT_MAX_STEPS.get(wm.env_id, 1000)
+        self.max_episode_steps = max_episode_steps or episode_limit(wm.env_id)
         self.done_threshold = done_threshold
         self.action_space = action_space_of(wm)
         s = wm.config.image_size
@@ -223,7 +220,7 @@ class DreamVectorEnv(VectorEnv):
             raise ValueError(f"num_envs must be >= 1, got {num_envs}")
         wm = as_world_model(world_model, device)
         self.world_model, self.num_envs, self.render_mode = wm, num_envs, render_mode
-        self.max_episode_steps = max_episode_steps or DEFAULT_MAX_STEPS.get(wm.env_id, 1000)
+        self.max_episode_steps = max_episode_steps or episode_limit(wm.env_id)
         self.done_threshold = done_threshold
         self.single_action_space = action_space_of(wm)
         self.single_observation_space = latent_space_of(wm)

@@ -28,6 +28,30 @@ VERSION = 3  # 2: M reads cells as codes, the keypoint controller; 3: its logit 
 STAGES = {"vae": ("VQ-VAE", "train-vae"), "rnn": ("MDN-RNN", "train-rnn"), "cmaes": ("controller", "train-controller")}
 
 
+def env_spec(env_id: str):
+    """The ``EnvSpec`` ``gym.make(env_id)`` would use, without making the env; a ``"module:Id"`` imports
+    its module first, as ``gym.make`` does. Raises ``ImportError`` or ``gymnasium.error.Error``."""
+    import importlib
+
+    import gymnasium as gym
+
+    module, _, name = env_id.rpartition(":")
+    if module:
+        importlib.import_module(module)
+    return gym.spec(name)
+
+
+def episode_limit(env_id: str | None, default: int = 1000) -> int:
+    """The env's registered ``max_episode_steps`` (the cap of its real episodes, so of its dreams too), or
+    ``default`` for an env without one or that cannot be found here."""
+    import gymnasium as gym
+
+    try:
+        return int(env_spec(env_id).max_episode_steps or default) if env_id else default
+    except (ImportError, gym.error.Error):
+        return default
+
+
 class WorldModel:
     """VQ-VAE (V), MDN-RNN (M) and controller (C) sharing one config and one ``.pt`` file.
 
@@ -47,26 +71,20 @@ class WorldModel:
         self.train_state: dict[str, Any] = {}  # optimiser / CMA-ES state so interrupted runs resume
 
     def real_env_id(self, env_id: str | None = None) -> str:
-        """The registered id of ``env_id`` when given, else of the env this model was trained on; a clear
-        error for an id ``gym.make`` does not know, or when neither names one."""
-        if env_id:
-            import gymnasium as gym
+        """The registered id of ``env_id`` when given, else the env this model was trained on (as it
+        was named); a clear error for an env ``gym.make`` could not make here, or when neither names one."""
+        import gymnasium as gym
 
-            try:
-                return gym.spec(env_id).id
-            except gym.error.Error:
-                pass
-            from wm_agent.collect import MAKE_ERRORS
-
-            try:  # "module:Id" or an unversioned id: what gym.make accepts, resolved the way it does
-                env = gym.make(env_id)
-            except MAKE_ERRORS as exc:
-                raise ValueError(f"unknown env {env_id!r}: {exc}") from None
-            env.close()
-            return env.spec.id
-        if not self.env_id:
+        if not (env_id or self.env_id):
             raise ValueError("this world model does not name the env it was trained on: pass --env")
-        return self.env_id
+        try:
+            spec = env_spec(env_id or self.env_id)
+        except (ImportError, gym.error.Error) as exc:
+            if env_id:
+                raise ValueError(f"unknown env {env_id!r}: {exc}") from None
+            raise ValueError(f"this world model was trained on {self.env_id!r}, which cannot be made here ({exc}); "
+                             "run from the folder that holds its module, or pass --env") from None
+        return spec.id if env_id else self.env_id
 
     def require_trained(self, stage: str, where: str = "this world model") -> None:
         """Refuse to go on without a trained V (``"vae"``) or M (``"rnn"``): an untrained one would
