@@ -195,12 +195,28 @@ def test_a_model_without_start_frames_dreams_from_a_given_frame(wm):
     bare = WorldModel(wm.config)
     bare.vae.load_state_dict(wm.vae.state_dict())
     bare.rnn.load_state_dict(wm.rnn.state_dict())
+    bare.train_state = dict(wm.train_state)  # V and M trained, as the loaded weights were
     frame = gridworld_frames(1)[0]
     env = DreamEnv(bare)
     obs, _ = env.reset(options={"frame": frame})
     np.testing.assert_array_equal(obs[: wm.config.z_size], wm.encode(frame[None])[0].numpy())
     with pytest.raises(ValueError, match="start frames"):
         env.reset()  # nothing to start from
+
+
+def test_dreams_and_latent_views_refuse_an_untrained_model(tmp_path):
+    v_only = tiny_world_model(trained=False)
+    v_only.train_state = {"vae": {"epoch": 1}}
+    v_only.save(tmp_path / "v_only.pt")
+    for make in (lambda m: DreamEnv(m), lambda m: DreamVectorEnv(2, m), lambda m: gym.make("WM-Dream-v0", world_model=m)):
+        with pytest.raises(ValueError, match="v_only.pt has no trained MDN-RNN"):
+            make(str(tmp_path / "v_only.pt"))
+    with pytest.warns(UserWarning, match="no trained MDN-RNN: the h part of its observations is noise"):
+        LatentObservation(gym.make("WM-GridWorld-v0"), v_only)  # a V-only baseline is allowed, with a word
+    stopped = tiny_world_model(trained=False)
+    stopped.train_state = {"vae": {"epoch": 0, "partial": {}}}  # stopped within its first epoch, or --epochs 0
+    with pytest.raises(ValueError, match="no trained VQ-VAE: not one epoch of it finished"):
+        LatentObservation(gym.make("WM-GridWorld-v0"), stopped)
 
 
 def test_world_model_from_a_checkpoint_path(wm, tmp_path):

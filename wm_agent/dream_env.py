@@ -8,6 +8,7 @@ whether it is dreaming.
 from __future__ import annotations
 
 import os
+import warnings
 from typing import Any
 
 import gymnasium as gym
@@ -19,12 +20,23 @@ from gymnasium.vector import AutoresetMode, VectorEnv
 from wm_agent.world_model import WorldModel, episode_limit
 
 # Episode limits of the real envs, so a dream of them ends when the real episode would.
-def as_world_model(world_model: WorldModel | str | os.PathLike, device=None) -> WorldModel:
+def as_world_model(world_model: WorldModel | str | os.PathLike, device=None, dreams: bool = True) -> WorldModel:
+    """The model itself, or the checkpoint loaded, with a trained V, and a trained M if it ``dreams``
+    (frames or dreams of an untrained one would be noise, given without a word)."""
     if isinstance(world_model, WorldModel):
-        return world_model
-    if isinstance(world_model, (str, os.PathLike)):
-        return WorldModel.load(world_model, device or "cpu")
-    raise TypeError(f"world_model must be a WorldModel or a checkpoint path, got {type(world_model).__name__}")
+        wm = world_model
+    elif isinstance(world_model, (str, os.PathLike)):
+        wm = WorldModel.load(world_model, device or "cpu")
+    else:
+        raise TypeError(f"world_model must be a WorldModel or a checkpoint path, got {type(world_model).__name__}")
+    where = str(world_model) if isinstance(world_model, (str, os.PathLike)) else "this world model"
+    wm.require_trained("vae", where)
+    if dreams:
+        wm.require_trained("rnn", where)
+    elif "rnn" not in wm.train_state:
+        warnings.warn(f"{where} has no trained MDN-RNN: the h part of its observations is noise "
+                      "(run `wm-agent train-rnn` first)", stacklevel=3)
+    return wm
 
 
 def action_space_of(wm: WorldModel) -> spaces.Space:

@@ -50,7 +50,7 @@ class LatentObservation(gym.Wrapper, gym.utils.RecordConstructorArgs):
     def __init__(self, env: gym.Env, world_model: WorldModel | str):
         gym.utils.RecordConstructorArgs.__init__(self, world_model=world_model)
         gym.Wrapper.__init__(self, env)
-        wm = as_world_model(world_model)
+        wm = as_world_model(world_model, dreams=False)  # M gives h; without a trained one, a warning
         check_env_fits(env, wm)
         self.world_model = wm
         self.observation_space = latent_space_of(wm)

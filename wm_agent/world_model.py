@@ -90,8 +90,12 @@ class WorldModel:
         """Refuse to go on without a trained V (``"vae"``) or M (``"rnn"``): an untrained one would
         give frames or dreams of noise without a word."""
         name, command = STAGES[stage]
-        if stage not in self.train_state:
+        state = self.train_state.get(stage)
+        if state is None:
             raise ValueError(f"{where} has no trained {name}: run `wm-agent {command}` first")
+        if not state.get("epoch", state.get("generation", 1)):  # --epochs 0, or stopped within the first epoch
+            raise ValueError(f"{where} has no trained {name}: not one epoch of it finished (run `wm-agent {command}`, "
+                             "with --resume to finish a stopped first epoch)")
 
     def warn_if_untrained(self, where: str = "this world model") -> None:
         """Warn when the controller about to act was never trained by CMA-ES: its initial parameters would
