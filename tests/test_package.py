@@ -38,6 +38,17 @@ def test_import_wm_agent_registers_envs_but_does_not_import_torch():
     assert result.stdout.split() == ["False", "True", "True"]
 
 
+def test_a_users_own_envs_package_is_named_when_it_hides_ours(tmp_path):
+    """RL projects often have an envs/ folder; run from there, `import envs` would be theirs and nothing registered."""
+    (tmp_path / "envs").mkdir()
+    (tmp_path / "envs" / "__init__.py").write_text("")
+    result = subprocess.run([sys.executable, "-c", "import wm_agent"], capture_output=True, text=True,
+                            cwd=tmp_path, check=False)
+    assert result.returncode != 0
+    assert f"'import envs' found {tmp_path / 'envs'}" in result.stderr
+    assert "Rename that package, or run from another folder" in result.stderr
+
+
 def test_submodules_load_on_first_use_and_unknown_names_fail_plainly():
     assert wm_agent.world_model.WorldModel is wm_agent.WorldModel
     with pytest.raises(AttributeError, match="has no attribute 'nope'"):

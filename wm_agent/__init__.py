@@ -7,8 +7,18 @@ for importing torch until a class that needs it is asked for.
 """
 
 import importlib as _importlib
+from pathlib import Path as _Path
 
-import envs as _envs  # noqa: F401  (registers WM-GridWorld-v0, WM-CarRacing-v0, WM-Dream-v0)
+import envs as _envs  # registers WM-GridWorld-v0, WM-CarRacing-v0, WM-Dream-v0
+
+# A project's own envs/ package (a common folder name in RL code) found first on sys.path would take the
+# place of ours: nothing would be registered, and gym.make("WM-GridWorld-v0") would fail far from the cause.
+if _Path(getattr(_envs, "__file__", None) or "").resolve().parent.parent != _Path(__file__).resolve().parent.parent:
+    raise ImportError(
+        f"'import envs' found {_envs.__file__ or next(iter(_envs.__path__), '?')}, not wm-agent's environments (next to "
+        f"{_Path(__file__).resolve().parent}): a package named 'envs' earlier on sys.path, often in the current "
+        "folder, hides it. Rename that package, or run from another folder"
+    )
 
 __version__ = "0.1.0"
 
