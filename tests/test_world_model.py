@@ -529,3 +529,21 @@ def test_encode_builds_no_autograd_graph(ema):
     wm = tiny_world_model(trained=False, ema=ema)
     z = wm.encode(gridworld_frames(3))
     assert not z.requires_grad and z.grad_fn is None
+
+
+def _parallel_torch_op() -> None:
+    torch.randn(1 << 20).exp().sum()  # large enough for an OpenMP parallel region
+
+
+def test_a_process_forked_after_torch_ran_in_parallel_does_not_hang():
+    """AsyncVectorEnv forks; a child's first parallel op used to wait forever on the parent's OpenMP team."""
+    import multiprocessing as mp
+
+    _parallel_torch_op()
+    child = mp.get_context("fork").Process(target=_parallel_torch_op)
+    child.start()
+    child.join(60)
+    hung = child.is_alive()
+    if hung:
+        child.kill()
+    assert not hung and child.exitcode == 0

@@ -16,6 +16,18 @@ from wm_agent.io import load_torch, save_torch
 from wm_agent.mdnrnn import MDNRNN
 from wm_agent.vqvae import VQVAE, frames_to_tensor, tensor_to_frames
 
+
+
+def _one_torch_thread_after_fork() -> None:
+    # A process forked after torch ran a parallel op (Gymnasium's AsyncVectorEnv forks by default) inherits
+    # OpenMP's thread-team state but not its threads, and its first parallel op waits for them forever.
+    # One thread per forked process, as PyTorch's own DataLoader workers do, never waits on the team.
+    torch.set_num_threads(1)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_one_torch_thread_after_fork)
+
 FORMAT = "wm-agent/world-model"
 # Dreams start from banked real first frames; every layout the data has is one more a controller
 # trains on (with 256, a 60-generation search met each of them about twice). 1024 code grids of an
