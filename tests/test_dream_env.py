@@ -170,12 +170,35 @@ def test_bad_start_frame(wm, frame):
         env.reset(options={"frame": frame})
 
 
-@pytest.mark.parametrize("action", [4, -1, 1.5, "up", np.array([0, 1])])
-def test_bad_action(wm, action):
-    env = DreamEnv(wm)
+@pytest.mark.parametrize("action", [4, -1, 1.5, "up", np.array([0, 1]), [1]])
+@pytest.mark.parametrize("latent", [False, True])
+def test_bad_action(wm, action, latent):
+    env = LatentObservation(gym.make("WM-GridWorld-v0"), wm) if latent else DreamEnv(wm)
     env.reset(seed=0)
-    with pytest.raises(ValueError, match="action"):
+    with pytest.raises(ValueError, match="is not in the action space"):
         env.step(action)
+
+
+def test_latent_observation_steps_only_after_reset(wm):
+    with pytest.raises(gym.error.ResetNeeded):
+        LatentObservation(gym.make("WM-GridWorld-v0"), wm).step(0)
+
+
+def test_single_env_steps_run_on_one_torch_thread_and_restore_the_count(wm):
+    from wm_agent.world_model import one_torch_thread
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with one_torch_thread():
+            assert torch.get_num_threads() == 1
+        assert torch.get_num_threads() == 2
+        env = DreamEnv(wm)
+        env.reset(seed=0)
+        env.step(0)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(threads)
 
 
 def test_constructor_validation(wm, tmp_path):

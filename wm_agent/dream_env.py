@@ -17,7 +17,7 @@ import torch
 from gymnasium import spaces
 from gymnasium.vector import AutoresetMode, VectorEnv
 
-from wm_agent.world_model import WorldModel, episode_limit
+from wm_agent.world_model import WorldModel, episode_limit, one_torch_thread
 
 # Episode limits of the real envs, so a dream of them ends when the real episode would.
 def as_world_model(world_model: WorldModel | str | os.PathLike, device=None, dreams: bool = True) -> WorldModel:
@@ -37,6 +37,15 @@ def as_world_model(world_model: WorldModel | str | os.PathLike, device=None, dre
         warnings.warn(f"{where} has no trained MDN-RNN: the h part of its observations is noise "
                       "(run `wm-agent train-rnn` first)", stacklevel=3)
     return wm
+
+
+def checked_action(space: spaces.Space, action):
+    """``action`` as the space's dtype for a Box; a ValueError naming it when the space does not hold it."""
+    if isinstance(space, spaces.Box):
+        action = np.asarray(action, dtype=space.dtype)
+    if not space.contains(action):
+        raise ValueError(f"action {action!r} is not in the action space {space}")
+    return action
 
 
 def action_space_of(wm: WorldModel) -> spaces.Space:
@@ -175,18 +184,17 @@ class DreamEnv(gym.Env):
             if frame.shape != (s, s, 3) or frame.dtype != np.uint8:
                 raise ValueError(f"options['frame'] must be uint8 of shape ({s}, {s}, 3), got {frame.dtype} {frame.shape}")
             frame = frame[None]
-        self._batch.reset(np.array([0]), self.np_random, frame)
+        with one_torch_thread():
+            self._batch.reset(np.array([0]), self.np_random, frame)
         if self.render_mode == "human":
             self.render()
         return self._obs(), {}
 
     def step(self, action):
-        if isinstance(self.action_space, spaces.Box):
-            action = np.asarray(action, dtype=self.action_space.dtype)
-        if not self.action_space.contains(action):
-            raise ValueError(f"action {action!r} is not in the action space {self.action_space}")
+        action = checked_action(self.action_space, action)
         a = torch.as_tensor(np.asarray(action)[None], device=self.world_model.device)
-        reward, done_p = self._batch.step(a, self._gen)
+        with one_torch_thread():
+            reward, done_p = self._batch.step(a, self._gen)
         terminated = bool(done_p[0] > self.done_threshold)
         truncated = bool(self._batch.steps[0] >= self.max_episode_steps)
         if self.render_mode == "human":

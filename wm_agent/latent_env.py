@@ -6,8 +6,8 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from wm_agent.dream_env import action_space_of, as_world_model, latent_space_of
-from wm_agent.world_model import WorldModel
+from wm_agent.dream_env import action_space_of, as_world_model, checked_action, latent_space_of
+from wm_agent.world_model import WorldModel, one_torch_thread
 
 
 def check_env_fits(env: gym.Env, wm: WorldModel) -> None:
@@ -61,16 +61,22 @@ class LatentObservation(gym.Wrapper, gym.utils.RecordConstructorArgs):
 
     def reset(self, *, seed=None, options=None):
         frame, info = self.env.reset(seed=seed, options=options)
-        self._z = self.world_model.encode(frame[None])
+        with one_torch_thread():
+            self._z = self.world_model.encode(frame[None])
         self._hidden = self.world_model.rnn.initial_state(1, self.world_model.device)
         info["frame"] = frame
         return self._obs(), info
 
     @torch.no_grad()
     def step(self, action):
+        if self._z is None:
+            raise gym.error.ResetNeeded("Cannot call LatentObservation.step() before reset()")
+        action = checked_action(self.action_space, action)
         a = torch.as_tensor(np.asarray(action)[None, None], device=self.world_model.device)
-        self._hidden = self.world_model.rnn.eval().advance(self._z[:, None], a, self._hidden)
+        with one_torch_thread():
+            self._hidden = self.world_model.rnn.eval().advance(self._z[:, None], a, self._hidden)
         frame, reward, terminated, truncated, info = self.env.step(action)
-        self._z = self.world_model.encode(frame[None])
+        with one_torch_thread():
+            self._z = self.world_model.encode(frame[None])
         info["frame"] = frame
         return self._obs(), reward, terminated, truncated, info

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import warnings
 from pathlib import Path
@@ -27,6 +28,22 @@ def _one_torch_thread_after_fork() -> None:
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_one_torch_thread_after_fork)
+
+
+@contextlib.contextmanager
+def one_torch_thread():
+    """Run a batch-of-one step on one torch thread. Its ops are too small to gain from more, and on a busy
+    CPU each parallel op waits for a thread that is not scheduled: a single DreamEnv step ran 2x-30x
+    slower with two threads than with one while another process held a core."""
+    threads = torch.get_num_threads()
+    if threads == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 FORMAT = "wm-agent/world-model"
 # Dreams start from banked real first frames; every layout the data has is one more a controller
