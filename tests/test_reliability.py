@@ -596,11 +596,37 @@ def test_data_of_another_env_is_named_not_misread(checkpoint, car_data, tmp_path
     assert checkpoint.read_bytes() == before
 
 
+def test_a_resume_with_other_settings_or_data_is_refused(data, tmp_path, capsys):
+    """A resumed run is the saved run: another batch size, seed, sequence length or dataset would be a
+    different one, told apart from an uninterrupted run only by its results."""
+    out = tmp_path / "wm.pt"
+    assert main([*_train_vae(data, out), "--batch-size", "16"]) == 0
+    assert main(["train-rnn", "--data", str(data), "--world-model", str(out), "--epochs", "1", "--seq-len", "4",
+                 "--no-progress"]) == 0
+    other = tmp_path / "other"
+    assert main(["collect", "--out", str(other), "--episodes", "2", "--seed", "5", "--max-steps", "5",
+                 "--no-progress"]) == 0
+    capsys.readouterr()
+    before = out.read_bytes()
+    vae = ["train-vae", "--out", str(out), "--epochs", "2", "--resume", "--no-progress"]
+    rnn = ["train-rnn", "--world-model", str(out), "--epochs", "2", "--resume", "--seq-len", "4", "--no-progress"]
+    for argv, said in [
+        ([*vae, "--data", str(data)], "trained with --batch-size 16, not --batch-size 128; resume with --batch-size 16"),
+        ([*vae, "--data", str(data), "--batch-size", "16", "--seed", "3"], "trained with --seed 0, not --seed 3"),
+        ([*vae, "--data", str(other), "--batch-size", "16"], "was trained on other data"),
+        ([*rnn, "--data", str(data), "--seq-len", "8"], "its MDN-RNN was trained with --seq-len 4, not --seq-len 8"),
+        ([*rnn, "--data", str(other)], "its MDN-RNN was trained on other data"),
+    ]:
+        assert said in cli_error(capsys, argv)
+    assert out.read_bytes() == before
+    assert main([*vae, "--data", str(data), "--batch-size", "16"]) == 0  # the same run goes on
+
+
 def test_a_resume_says_where_it_picks_up_and_collect_what_was_there(data, tmp_path, capsys):
     out = tmp_path / "wm.pt"
     assert main(_train_vae(data, out)) == 0
     capsys.readouterr()
-    assert main(["train-vae", "--data", str(data), "--out", str(out), "--epochs", "2", "--resume", "--batch-size", "8"]) == 0
+    assert main(["train-vae", "--data", str(data), "--out", str(out), "--epochs", "2", "--resume"]) == 0
     assert f"resuming {out}: VQ-VAE at 1 epochs done; training to epoch 2" in capsys.readouterr().out
     folder = tmp_path / "grid"
     argv = ["collect", "--out", str(folder), "--episodes", "4", "--episodes-per-shard", "2", "--max-steps", "5",

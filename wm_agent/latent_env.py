@@ -6,7 +6,12 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from wm_agent.dream_env import action_space_of, as_world_model, checked_action, latent_space_of
+from wm_agent.dream_env import (
+    action_space_of,
+    as_world_model,
+    checked_action,
+    latent_space_of,
+)
 from wm_agent.world_model import WorldModel, one_torch_thread
 
 

@@ -423,7 +423,9 @@ def run_train_vae(cfg: TrainVAEConfig) -> dict:
         torch.manual_seed(cfg.seed)  # the initial weights too: same seed, same checkpoint
         wm = WorldModel(config, ds.env_id, device)
         Path(str(out) + ".metrics.jsonl").unlink(missing_ok=True)
-    done = wm.train_state.get("vae", {}).get("epoch", 0)
+    _same_run("vae", out, wm.train_state.setdefault("vae", {"epoch": 0}), ds, cfg.resume,
+              {"--batch-size": cfg.batch_size, "--seed": cfg.seed})
+    done = wm.train_state["vae"]["epoch"]
     remaining = max(cfg.epochs - done, 0)
     metrics_path = str(out) + ".metrics.jsonl"
     stale = [stage for stage in ("rnn", "cmaes") if stage in wm.train_state]
@@ -432,7 +434,7 @@ def run_train_vae(cfg: TrainVAEConfig) -> dict:
         for stage in stale:
             del wm.train_state[stage]
         warnings.warn(f"{out}: training V further makes its trained {' and '.join(STAGES[s][0] for s in stale)} "
-                      "stale; they are marked untrained (run `wm-agent train-rnn` and `wm-agent train-controller` "
+                      "stale, now marked untrained (run `wm-agent train-rnn` and `wm-agent train-controller` "
                       "again)", stacklevel=2)
 
     start_frames = ds.frames(np.asarray(ds.frame_offsets[:MAX_START_FRAMES]))
@@ -454,6 +456,26 @@ def run_train_vae(cfg: TrainVAEConfig) -> dict:
         wm.set_start_frames(start_frames)
         wm.save(out)
     return {"checkpoint": str(out), "epochs_done": wm.train_state["vae"]["epoch"], "history": history}
+
+
+def _same_run(stage: str, path, state: dict | None, ds, resume: bool, settings: dict[str, int]) -> None:
+    """On --resume, refuse settings or data other than the saved run's (a resumed run is that run, the
+    same as if it had never stopped); then record this run's, for the next --resume to check."""
+    if resume and state:
+        for flag, value in settings.items():
+            saved = state.get("settings", {}).get(flag, value)  # older checkpoints: nothing to check
+            if saved != value:
+                raise ValueError(f"{path}: its {STAGES[stage][0]} was trained with {flag} {saved}, not {flag} {value}; "
+                                 f"resume with {flag} {saved}, or pass --overwrite without --resume to start again")
+        if state.get("data") not in (None, ds.identity):
+            def said(identity: dict) -> str:
+                return ", ".join(f"{k} {v}" for k, v in identity.items() if v not in (None, {}))
+
+            raise ValueError(f"{path}: its {STAGES[stage][0]} was trained on other data ({said(state['data'])}), not "
+                             f"{ds.root}'s ({said(ds.identity)}); resume with that data, or pass --overwrite without "
+                             "--resume to start again")
+    if state is not None:
+        state.update(settings=dict(settings), data=ds.identity)
 
 
 def _say_resuming(stage: str, path, epochs: int, state: dict | None, progress: bool) -> None:
@@ -500,8 +522,9 @@ def run_train_rnn(cfg: TrainRNNConfig) -> dict:
         wm.rnn = wm.new_rnn()
         wm.train_state.pop("rnn", None)
         wm.train_state.pop("cmaes", None)
-    # Which episodes M learnt from, so that eval-dream can tell when it is shown them again.
-    wm.train_state.setdefault("rnn", {"epoch": 0})["data"] = ds.identity
+    # The data identity also tells eval-dream which episodes M learnt from, to warn when shown them again.
+    _same_run("rnn", path, wm.train_state.setdefault("rnn", {"epoch": 0}), ds, cfg.resume,
+              {"--batch-size": cfg.batch_size, "--seed": cfg.seed, "--seq-len": cfg.seq_len})
     done = wm.train_state["rnn"]["epoch"]
     codes = encode_dataset(wm, ds, progress=cfg.progress)
     win_codes, arrays = sequence_windows(ds, codes, cfg.seq_len)

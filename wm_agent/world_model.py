@@ -18,7 +18,6 @@ from wm_agent.mdnrnn import MDNRNN
 from wm_agent.vqvae import VQVAE, frames_to_tensor, tensor_to_frames
 
 
-
 def _one_torch_thread_after_fork() -> None:
     # A process forked after torch ran a parallel op (Gymnasium's AsyncVectorEnv forks by default) inherits
     # OpenMP's thread-team state but not its threads, and its first parallel op waits for them forever.
