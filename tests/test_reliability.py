@@ -667,7 +667,7 @@ def test_training_v_further_marks_m_and_c_stale(checkpoint, data, capsys):
     wm.train_state.update(rnn={"epoch": 1}, cmaes={"generation": 1})
     wm.save(checkpoint)
     assert main(["train-vae", "--data", str(data), "--out", str(checkpoint), "--resume", "--epochs", "2",
-                 "--no-progress"]) == 0
+                 "--batch-size", "8", "--no-progress"]) == 0
     assert set(WorldModel.load(checkpoint).train_state) == {"vae", "rnn", "cmaes"}
 
 

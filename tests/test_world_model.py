@@ -9,6 +9,7 @@ import pickle
 import shlex
 from pathlib import Path
 
+import gymnasium as gym
 import numpy as np
 import pytest
 import torch
@@ -18,7 +19,13 @@ import wm_agent.train as train
 from wm_agent.collect import DataCollector
 from wm_agent.config import WorldModelConfig
 from wm_agent.mdnrnn import MDNRNN
-from wm_agent.train import NonFiniteLoss, TrainRNNConfig, TrainVAEConfig, run_train_rnn, run_train_vae
+from wm_agent.train import (
+    NonFiniteLoss,
+    TrainRNNConfig,
+    TrainVAEConfig,
+    run_train_rnn,
+    run_train_vae,
+)
 from wm_agent.vqvae import VQVAE
 from wm_agent.world_model import FORMAT, VERSION, WorldModel
 
@@ -472,6 +479,34 @@ def test_run_train_rnn_needs_a_trained_vae(dataset, tmp_path):
 
 
 @pytest.mark.filterwarnings("ignore:Converting a tensor with requires_grad")
+def test_the_real_env_is_made_with_the_datas_env_kwargs(tiny_preset, tmp_path):
+    """collect --env-kwargs (a 4x4 grid here, a discrete CarRacing in the README) carries on to every
+    command that makes the real env: evaluate, render, play, train-controller --in real."""
+    from wm_agent.evaluate import EvaluateConfig, evaluate
+
+    data = tmp_path / "small"
+    DataCollector("WM-GridWorld-v0", data, episodes_per_shard=2, max_steps=8,
+                  env_kwargs={"size": 4}).collect(2, progress=False)
+    ckpt = tmp_path / "wm.pt"
+    run_train_vae(_vae_cfg(str(data), ckpt, epochs=1))
+    wm = WorldModel.load(ckpt)
+    assert wm.env_kwargs == {"size": 4}
+    assert wm.make_env().unwrapped.size == 4
+    assert wm.make_env("envs:WM-GridWorld-v0").unwrapped.size == 4  # the same env, however it is named
+    assert wm.make_env(max_episode_steps=3).spec.max_episode_steps == 3
+    gym.register("TestOtherGrid-v0", entry_point="envs.gridworld:GridWorldEnv")
+    try:
+        assert wm.make_env("TestOtherGrid-v0").unwrapped.size == 8  # another env: not its kwargs
+    finally:
+        del gym.registry["TestOtherGrid-v0"]
+    wm.train_state["rnn"] = {"epoch": 1}
+    made = []
+    original = wm.make_env
+    wm.make_env = lambda *a, **kw: made.append(original(*a, **kw)) or made[-1]
+    evaluate(EvaluateConfig(checkpoint=str(ckpt), episodes=2, progress=False), wm)
+    assert made and all(env.unwrapped.size == 4 for env in made)
+
+
 def test_nonfinite_vae_loss_keeps_the_previous_checkpoint(dataset, tiny_preset, tmp_path, monkeypatch):
     ckpt = tmp_path / "wm.pt"
     run_train_vae(_vae_cfg(dataset, ckpt, epochs=1))

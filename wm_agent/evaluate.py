@@ -34,7 +34,7 @@ class EvaluateConfig:
 
 
 def make_latent_env(env_id: str, wm: WorldModel, **kwargs) -> LatentObservation:
-    return LatentObservation(gym.make(env_id, **kwargs), wm)
+    return LatentObservation(wm.make_env(env_id, **kwargs), wm)
 
 
 @torch.no_grad()
@@ -140,7 +140,7 @@ def rollouts_in_worker(checkpoint: str, env_id: str, params: np.ndarray, seeds: 
     if _worker_state is None or _worker_state[0] != (checkpoint, env_id):
         _worker_state = ((checkpoint, env_id), WorldModel.load(checkpoint), [])
     _, wm, envs = _worker_state
-    envs.extend(gym.make(env_id) for _ in range(len(params) * len(seeds) - len(envs)))
+    envs.extend(wm.make_env(env_id) for _ in range(len(params) * len(seeds) - len(envs)))
     return rollout_batch(wm, envs, torch.as_tensor(params), seeds, greedy, max_steps)
 
 
@@ -207,7 +207,7 @@ def evaluate(cfg: EvaluateConfig, wm: WorldModel | None = None) -> dict:
     env_id = wm.real_env_id(cfg.env)
     seeds = [cfg.seed + i for i in range(cfg.episodes)]
     in_process = cfg.workers == 1 or cfg.episodes == 1
-    envs = [gym.make(env_id) for _ in range(cfg.episodes if in_process else 1)]
+    envs = [wm.make_env(env_id) for _ in range(cfg.episodes if in_process else 1)]
     try:
         check_env_fits(envs[0], wm)  # an error that stops the run comes before advice about it
         wm.warn_if_untrained(cfg.checkpoint)

@@ -793,7 +793,7 @@ def run_play(cfg: PlayConfig, events: Iterable[str | Sequence[str]] | None = Non
     else:
         env_id = wm.real_env_id(cfg.env)
         kwargs = {"max_episode_steps": cfg.max_steps} if cfg.max_steps else {}
-        env = gym.make(env_id, **kwargs)
+        env = wm.make_env(env_id, **kwargs)
     space = env.action_space
     low = getattr(space, "low", None)
     high = getattr(space, "high", None)

@@ -421,7 +421,7 @@ def run_train_vae(cfg: TrainVAEConfig) -> dict:
             raise ValueError(f"unknown preset {cfg.preset!r}; choose auto or one of {sorted(PRESETS)}")
         config = preset(**action_overrides(ds.action_space))
         torch.manual_seed(cfg.seed)  # the initial weights too: same seed, same checkpoint
-        wm = WorldModel(config, ds.env_id, device)
+        wm = WorldModel(config, ds.env_id, device, ds.identity["env_kwargs"])
         Path(str(out) + ".metrics.jsonl").unlink(missing_ok=True)
     _same_run("vae", out, wm.train_state.setdefault("vae", {"epoch": 0}), ds, cfg.resume,
               {"--batch-size": cfg.batch_size, "--seed": cfg.seed})

@@ -6,7 +6,7 @@ import contextlib
 import os
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -43,6 +43,9 @@ def one_torch_thread():
         yield
     finally:
         torch.set_num_threads(threads)
+
+if TYPE_CHECKING:
+    import gymnasium as gym
 
 FORMAT = "wm-agent/world-model"
 # Dreams start from banked real first frames; every layout the data has is one more a controller
@@ -87,9 +90,11 @@ class WorldModel:
     dream can start from a real-looking frame without any data at hand.
     """
 
-    def __init__(self, config: WorldModelConfig, env_id: str | None = None, device: str | torch.device = "cpu"):
+    def __init__(self, config: WorldModelConfig, env_id: str | None = None, device: str | torch.device = "cpu",
+                 env_kwargs: dict[str, Any] | None = None):
         self.config = config
         self.env_id = env_id
+        self.env_kwargs = dict(env_kwargs or {})  # gym.make keyword arguments its data was collected with
         self.device = torch.device(device)
         self.vae = VQVAE(config).to(self.device)
         self.rnn = self.new_rnn()
@@ -113,6 +118,24 @@ class WorldModel:
             raise ValueError(f"this world model was trained on {self.env_id!r}, which cannot be made here ({exc}); "
                              "run from the folder that holds its module, or pass --env") from None
         return spec.id if env_id else self.env_id
+
+    def make_env(self, env_id: str | None = None, **kwargs) -> gym.Env:
+        """``gym.make`` of the real env: ``env_id`` (default: the one this model was trained on), with the
+        keyword arguments its data was collected with when it is that env (``collect --env-kwargs``: a
+        discrete CarRacing, say), and ``kwargs`` on top."""
+        import gymnasium as gym
+
+        env_id = self.real_env_id(env_id)
+        own = env_id == self.env_id or env_spec(env_id).id == self._own_spec_id()
+        return gym.make(env_id, **{**(self.env_kwargs if own else {}), **kwargs})
+
+    def _own_spec_id(self) -> str | None:
+        import gymnasium as gym
+
+        try:
+            return env_spec(self.env_id).id if self.env_id else None
+        except (ImportError, gym.error.Error):  # not importable here: then no env made here is it
+            return None
 
     def require_trained(self, stage: str, where: str = "this world model") -> None:
         """Refuse to go on without a trained V (``"vae"``) or M (``"rnn"``): an untrained one would
@@ -228,6 +251,7 @@ class WorldModel:
     def state_dict(self) -> dict[str, Any]:
         return {
             "format": FORMAT, "version": VERSION, "config": self.config.to_dict(), "env_id": self.env_id,
+            "env_kwargs": self.env_kwargs,
             "vae": self.vae.state_dict(), "rnn": self.rnn.state_dict(), "controller": self.controller.state_dict(),
             "start_codes": self.start_codes, "metrics": self.metrics, "train_state": self.train_state,
         }
@@ -254,7 +278,10 @@ class WorldModel:
             diff = {k: (v, getattr(config, k)) for k, v in expect_config.to_dict().items()
                     if config.to_dict()[k] != v}
             raise ValueError(f"{path} was trained with a different config (expected, found): {diff}")
-        wm = cls(config, state.get("env_id"), device)
+        env_kwargs = state.get("env_kwargs") or {}
+        if not isinstance(env_kwargs, dict):
+            raise TypeError(f"{path} carries unusable env_kwargs: {env_kwargs!r}")
+        wm = cls(config, state.get("env_id"), device, env_kwargs)
         try:
             wm.vae.load_state_dict(state["vae"])
             wm.rnn.load_state_dict(state["rnn"])
