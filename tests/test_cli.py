@@ -45,6 +45,16 @@ def test_bad_arguments_exit_2_with_usage(argv, capsys):
     assert "usage: wm-agent" in err and "Traceback" not in err
 
 
+@pytest.mark.parametrize("command", ["collect --out d", "train-vae --data d --out m.pt", "evaluate --checkpoint m.pt",
+                                     "render --checkpoint m.pt", "train-controller --world-model m.pt", "demo",
+                                     "benchmark collect"])
+def test_a_negative_seed_is_refused_alike_by_every_command(command, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([*command.split(), "--seed", "-1"])
+    assert exit_info.value.code == 2
+    assert "argument --seed: a seed must be >= 0, got -1" in capsys.readouterr().err
+
+
 def test_user_errors_are_one_line_not_tracebacks(tmp_path, capsys):
     assert main(["collect", "--out", str(tmp_path), *TINY]) == 0
     capsys.readouterr()

@@ -245,6 +245,8 @@ def test_run_render_human_and_bad_args(tmp_path, tiny, monkeypatch):
         run_render(RenderConfig(checkpoint=str(ckpt), out=str(tmp_path / "ep.avi")))
     with pytest.raises(ValueError, match="one of"):
         run_render(RenderConfig(checkpoint=str(ckpt), out=str(tmp_path / "ep.mp4"), dream=True, side_by_side=True))
+    with pytest.raises(ValueError, match="--temperature is the dream's: add --dream or --side-by-side"):
+        run_render(RenderConfig(checkpoint=str(ckpt), out=str(tmp_path / "ep.mp4"), temperature=0.5))
     assert not list(tmp_path.iterdir())
 
 

@@ -35,6 +35,17 @@ def _json_object(text: str) -> dict:
     return value
 
 
+def _seed(text: str) -> int:
+    """A seed: numpy and torch take only non-negative ints (each command said so in other words, or not at all)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"a seed must be >= 0, got {value}")
+    return value
+
+
 def _unwrap_optional(tp: Any) -> tuple[Any, bool]:
     """``X | None`` / ``Optional[X]`` -> (X, True); anything else -> (tp, False)."""
     if typing.get_origin(tp) in (typing.Union, types.UnionType):
@@ -52,6 +63,8 @@ def _argparse_kwargs(f: dataclasses.Field, tp: Any) -> dict:
     if origin is Literal:
         choices = typing.get_args(tp)
         return {"type": type(choices[0]), "choices": choices}
+    if tp is int and f.name == "seed":
+        return {"type": _seed, "metavar": "SEED"}
     if tp in (int, float, str):
         return {"type": tp, "metavar": f.name.upper()}
     if tp is Path:

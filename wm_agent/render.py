@@ -610,6 +610,8 @@ def _validate_render(cfg: RenderConfig) -> None:
         raise ValueError(f"--max-steps must be >= 0, got {cfg.max_steps}")
     if cfg.temperature is not None and cfg.temperature < 0:
         raise ValueError(f"--temperature must be >= 0, got {cfg.temperature}")
+    if cfg.temperature is not None and not (cfg.dream or cfg.side_by_side):
+        raise ValueError("--temperature is the dream's: add --dream or --side-by-side (the real env has none)")
     if not cfg.human:
         _check_video_path(cfg.out)
 
