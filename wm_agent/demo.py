@@ -65,9 +65,11 @@ def run_demo(cfg: DemoConfig) -> dict:
 
     t = _stage("1/6 collect random episodes", cfg.progress)
     train_dir, heldout_dir = out / "data" / "train", out / "data" / "heldout"
-    DataCollector(ENV_ID, train_dir, "random", cfg.seed, cfg.workers).collect(cfg.train_episodes, cfg.progress)
-    DataCollector(ENV_ID, heldout_dir, "random", cfg.seed + 10_000, cfg.workers).collect(cfg.heldout_episodes,
-                                                                                         cfg.progress)
+    for folder, seed, episodes in ((train_dir, cfg.seed, cfg.train_episodes),
+                                   (heldout_dir, cfg.seed + 10_000, cfg.heldout_episodes)):
+        # Shards of 10 episodes (the collector's default), fewer where that would leave a worker idle.
+        per_shard = max(1, min(10, -(-episodes // max(cfg.workers, 1))))
+        DataCollector(ENV_ID, folder, "random", seed, cfg.workers, per_shard).collect(episodes, cfg.progress)
     train, heldout = EpisodeDataset(train_dir), EpisodeDataset(heldout_dir)
     timings["collect_s"] = time.perf_counter() - t
 
