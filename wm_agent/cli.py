@@ -213,8 +213,10 @@ BENCHMARKS = [
 RESUME_HINTS = {
     "collect": " (re-run the same command to resume)",
     "demo": " (re-run the same command to resume)",
-    **dict.fromkeys(("train-vae", "train-rnn", "train-controller"),
+    **dict.fromkeys(("train-vae", "train-rnn"),
                     " (re-run the same command with --resume to continue from the last save)"),
+    "train-controller": " (re-run the same command with --resume to continue from the last finished generation; "
+                        "a search stopped before its first one saved nothing and left the checkpoint as it was)",
 }
 
 

@@ -196,7 +196,10 @@ class RolloutWorkers:
         if kill:
             for proc in list((getattr(self.pool, "_processes", None) or {}).values()):
                 proc.kill()
-        self.pool.shutdown(wait=not kill, cancel_futures=True)
+        # Waited for also after a kill (the killed workers end at once): a pool's manager thread still
+        # tearing down when the interpreter exits made its exit hook write to a closed pipe ("Exception
+        # ignored ... Bad file descriptor" with a traceback after a clean error message, now and then).
+        self.pool.shutdown(wait=True, cancel_futures=True)
 
 
 def evaluate(cfg: EvaluateConfig, wm: WorldModel | None = None) -> dict:
