@@ -17,6 +17,9 @@ from wm_agent.io import load_torch, save_torch
 from wm_agent.mdnrnn import MDNRNN
 from wm_agent.vqvae import VQVAE, frames_to_tensor, tensor_to_frames
 
+if TYPE_CHECKING:
+    import gymnasium as gym
+
 
 def _one_torch_thread_after_fork() -> None:
     # A process forked after torch ran a parallel op (Gymnasium's AsyncVectorEnv forks by default) inherits
@@ -44,8 +47,6 @@ def one_torch_thread():
     finally:
         torch.set_num_threads(threads)
 
-if TYPE_CHECKING:
-    import gymnasium as gym
 
 FORMAT = "wm-agent/world-model"
 # Dreams start from banked real first frames; every layout the data has is one more a controller
