@@ -1033,6 +1033,9 @@ def _terminate(pool: ProcessPoolExecutor, processes: list) -> None:
     pool.shutdown(wait=False, cancel_futures=True)
     for process in processes:
         process.join(timeout=10)
+        if process.is_alive():  # it ignored SIGTERM; the caller's pool.shutdown(wait=True) would wait for it
+            process.kill()
+            process.join(timeout=10)
 
 
 def _remove_temporary(out_dir: Path) -> None:
