@@ -20,7 +20,6 @@ from gymnasium.vector import AutoresetMode, VectorEnv
 from wm_agent.world_model import WorldModel, episode_limit, one_torch_thread
 
 
-# Episode limits of the real envs, so a dream of them ends when the real episode would.
 def as_world_model(world_model: WorldModel | str | os.PathLike, device=None, dreams: bool = True) -> WorldModel:
     """The model itself, or the checkpoint loaded, with a trained V, and a trained M if it ``dreams``
     (frames or dreams of an untrained one would be noise, given without a word)."""
