@@ -236,6 +236,10 @@ def test_dreams_and_latent_views_refuse_an_untrained_model(tmp_path):
             make(str(tmp_path / "v_only.pt"))
     with pytest.warns(UserWarning, match="no trained MDN-RNN: the h part of its observations is noise"):
         LatentObservation(gym.make("WM-GridWorld-v0"), v_only)  # a V-only baseline is allowed, with a word
+    first_epoch_of_m = tiny_world_model(trained=False)
+    first_epoch_of_m.train_state = {"vae": {"epoch": 1}, "rnn": {"epoch": 0, "partial": {}}}
+    with pytest.warns(UserWarning, match="no trained MDN-RNN"):
+        LatentObservation(gym.make("WM-GridWorld-v0"), first_epoch_of_m)
     stopped = tiny_world_model(trained=False)
     stopped.train_state = {"vae": {"epoch": 0, "partial": {}}}  # stopped within its first epoch, or --epochs 0
     with pytest.raises(ValueError, match="no trained VQ-VAE: not one epoch of it finished"):
@@ -277,6 +281,41 @@ def test_a_custom_envs_dreams_end_at_its_registered_limit(wm, tmp_path, monkeypa
     finally:
         wm.env_id = "WM-GridWorld-v0"
         gym.registry.pop("ShortGrid-v0", None)
+
+
+def test_dreams_step_only_after_reset_and_refuse_what_they_do_not_offer(wm):
+    with pytest.raises(gym.error.ResetNeeded):
+        DreamEnv(wm).step(0)
+    vec = DreamVectorEnv(3, wm)
+    with pytest.raises(gym.error.ResetNeeded):
+        vec.step(np.zeros(3, np.int64))  # the default make_vec path has no OrderEnforcing wrapper
+    with pytest.raises(ValueError, match="one int seed for all its dreams"):
+        vec.reset(seed=[1, 2, 3])
+    with pytest.raises(ValueError, match="takes no options"):
+        vec.reset(options={"reset_mask": np.array([True, False, False])})
+    with pytest.raises(ValueError, match="options {'frame': ...} only"):
+        DreamEnv(wm).reset(options={"reset_mask": True})
+
+
+def test_dreams_end_where_the_datas_env_ends(wm):
+    """collect --env-kwargs '{"max_episode_steps": 20}' makes 20-step real episodes, so 20-step dreams."""
+    wm.env_kwargs = {"max_episode_steps": 20}
+    try:
+        assert DreamEnv(wm).max_episode_steps == DreamVectorEnv(2, wm).max_episode_steps == 20
+        assert wm.make_env().spec.max_episode_steps == wm.episode_limit() == 20
+        assert wm.episode_limit("CartPole-v1") == 500  # another env: its own limit
+    finally:
+        wm.env_kwargs = {}
+
+
+def test_training_v_from_python_marks_m_and_c_stale():
+    model = tiny_world_model()
+    model.train_state["cmaes"] = {"generation": 1}
+    with pytest.warns(UserWarning, match="training V further makes its trained MDN-RNN and controller stale"):
+        model.train_vae(gridworld_frames(8), epochs=1, batch_size=4)
+    assert set(model.train_state) == {"vae"}
+    with pytest.raises(ValueError, match="no trained MDN-RNN"):
+        DreamEnv(model)
 
 
 def test_done_threshold_decides_termination(wm):

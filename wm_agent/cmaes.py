@@ -30,7 +30,7 @@ from wm_agent.controller import choose_actions
 from wm_agent.dream_env import DreamBatch
 from wm_agent.evaluate import RolloutWorkers
 from wm_agent.sampling import rand
-from wm_agent.world_model import WorldModel, episode_limit
+from wm_agent.world_model import WorldModel
 
 with warnings.catch_warnings():  # pycma warns that matplotlib (which we do not need) is missing
     warnings.simplefilter("ignore")
@@ -203,7 +203,7 @@ def train_controller(cfg: ControllerTrainConfig, wm: WorldModel | None = None) -
     wm = wm or WorldModel.load(path, resolve_device(cfg.device))
     wm.require_trained("rnn", str(path))
     env_id = wm.real_env_id(cfg.env)
-    max_steps = cfg.max_steps or episode_limit(env_id)
+    max_steps = cfg.max_steps or wm.episode_limit(env_id)
     if "cmaes" in wm.train_state and not (cfg.resume or cfg.overwrite):
         raise FileExistsError(f"{path} already holds a controller search ({wm.train_state['cmaes'].get('generation', 0)} "
                               "generations done): pass --resume to continue it or --overwrite to start a new one")

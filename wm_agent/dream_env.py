@@ -17,7 +17,7 @@ import torch
 from gymnasium import spaces
 from gymnasium.vector import AutoresetMode, VectorEnv
 
-from wm_agent.world_model import WorldModel, episode_limit, one_torch_thread
+from wm_agent.world_model import WorldModel, one_torch_thread
 
 
 def as_world_model(world_model: WorldModel | str | os.PathLike, device=None, dreams: bool = True) -> WorldModel:
@@ -33,7 +33,7 @@ def as_world_model(world_model: WorldModel | str | os.PathLike, device=None, dre
     wm.require_trained("vae", where)
     if dreams:
         wm.require_trained("rnn", where)
-    elif "rnn" not in wm.train_state:
+    elif not wm.is_trained("rnn"):
         warnings.warn(f"{where} has no trained MDN-RNN: the h part of its observations is noise "
                       "(run `wm-agent train-rnn` first)", stacklevel=3)
     return wm
@@ -155,7 +155,7 @@ class DreamEnv(gym.Env):
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
             raise ValueError(f"render_mode must be one of {self.metadata['render_modes']}, got {render_mode!r}")
         self.world_model, self.render_mode, self.obs_mode = wm, render_mode, observation
-        self.max_episode_steps = max_episode_steps or episode_limit(wm.env_id)
+        self.max_episode_steps = max_episode_steps or wm.episode_limit()
         self.done_threshold = done_threshold
         self.action_space = action_space_of(wm)
         s = wm.config.image_size
@@ -163,6 +163,7 @@ class DreamEnv(gym.Env):
         self._batch = DreamBatch(wm, 1, temperature)
         self._gen = torch.Generator()
         self._window = self._clock = None
+        self._started = False  # a step before the first reset would dream from an all-zero latent
 
     @property
     def temperature(self) -> float:
@@ -177,6 +178,9 @@ class DreamEnv(gym.Env):
         super().reset(seed=seed)
         # Torch sampling draws from a generator seeded by the env's own np_random: seeded and reproducible.
         self._gen.manual_seed(int(self.np_random.integers(2**62)))
+        unknown = set(options or {}) - {"frame"}
+        if unknown:
+            raise ValueError(f"DreamEnv.reset takes options {{'frame': ...}} only, got {sorted(unknown)}")
         frame = (options or {}).get("frame")
         if frame is not None:
             frame = np.asarray(frame)
@@ -186,11 +190,14 @@ class DreamEnv(gym.Env):
             frame = frame[None]
         with one_torch_thread():
             self._batch.reset(np.array([0]), self.np_random, frame)
+        self._started = True
         if self.render_mode == "human":
             self.render()
         return self._obs(), {}
 
     def step(self, action):
+        if not self._started:
+            raise gym.error.ResetNeeded("Cannot call DreamEnv.step() before reset()")
         action = checked_action(self.action_space, action)
         a = torch.as_tensor(np.asarray(action)[None], device=self.world_model.device)
         with one_torch_thread():
@@ -240,7 +247,7 @@ class DreamVectorEnv(VectorEnv):
             raise ValueError(f"num_envs must be >= 1, got {num_envs}")
         wm = as_world_model(world_model, device)
         self.world_model, self.num_envs, self.render_mode = wm, num_envs, render_mode
-        self.max_episode_steps = max_episode_steps or episode_limit(wm.env_id)
+        self.max_episode_steps = max_episode_steps or wm.episode_limit()
         self.done_threshold = done_threshold
         self.single_action_space = action_space_of(wm)
         self.single_observation_space = latent_space_of(wm)
@@ -249,18 +256,27 @@ class DreamVectorEnv(VectorEnv):
         self._batch = DreamBatch(wm, num_envs, temperature)
         self._gen = torch.Generator()
         self._needs_reset = np.zeros(num_envs, dtype=bool)
+        self._started = False
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
-        super().reset(seed=seed)
+        # All dreams share one generator, so one seed seeds them all; a per-env reset_mask is not offered.
+        if seed is not None and not isinstance(seed, (int, np.integer)):
+            raise ValueError(f"DreamVectorEnv.reset takes one int seed for all its dreams, got {seed!r}")
+        if options:
+            raise ValueError(f"DreamVectorEnv.reset takes no options (it resets every dream), got {sorted(options)}")
+        super().reset(seed=None if seed is None else int(seed))
+        self._started = True
         self._gen.manual_seed(int(self.np_random.integers(2**62)))
         self._batch.reset(np.arange(self.num_envs), self.np_random)
         self._needs_reset[:] = False
         return self._batch.observation().cpu().numpy(), {}
 
     def step(self, actions):
+        if not self._started:
+            raise gym.error.ResetNeeded("Cannot call DreamVectorEnv.step() before reset()")
         actions = np.asarray(actions)
         if not self.action_space.contains(actions.astype(self.action_space.dtype)):
-            raise ValueError(f"actions must lie in {self.action_space}, got shape {actions.shape}")
+            raise ValueError(f"actions must lie in {self.action_space}, got {actions!r}")
         a = torch.as_tensor(actions, device=self.world_model.device)
         reward, done_p = self._batch.step(a, self._gen)
         rewards = reward.cpu().numpy().astype(np.float64)

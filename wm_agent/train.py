@@ -154,11 +154,19 @@ class _Epoch:
 
 def fit_vae(wm: WorldModel, make_batches: Batches, epochs: int, seed: int = 0, progress: bool = True,
             on_epoch_end: Callable[[int, dict], None] | None = None,
-            batches_per_epoch: int | None = None) -> list[dict]:
+            batches_per_epoch: int | None = None, where: str = "this world model") -> list[dict]:
     """Train V for ``epochs`` more epochs (continuing from ``wm.train_state['vae']`` if present, also
     from the middle of an epoch that ``save_on_interrupt`` stopped; see ``_Epoch``). ``batches_per_epoch``,
     when known, gives the progress bar its total and time left."""
     state = wm.train_state.setdefault("vae", {"epoch": 0})
+    stale = [stage for stage in ("rnn", "cmaes") if stage in wm.train_state]
+    if epochs and stale:
+        # M learnt the old V's codes and C reads them: after V changes neither applies any more.
+        for stage in stale:
+            del wm.train_state[stage]
+        warnings.warn(f"{where}: training V further makes its trained {' and '.join(STAGES[s][0] for s in stale)} "
+                      "stale, now marked untrained (run `wm-agent train-rnn` and `wm-agent train-controller` "
+                      "again)", stacklevel=3)
     opt = _optimizer(wm.vae.parameters(), wm.config.learning_rate, state.get("optimizer"))
     history = []
     start = state["epoch"]
@@ -428,14 +436,6 @@ def run_train_vae(cfg: TrainVAEConfig) -> dict:
     done = wm.train_state["vae"]["epoch"]
     remaining = max(cfg.epochs - done, 0)
     metrics_path = str(out) + ".metrics.jsonl"
-    stale = [stage for stage in ("rnn", "cmaes") if stage in wm.train_state]
-    if remaining and stale:
-        # M learnt the old V's codes and C reads them: after V changes neither applies any more.
-        for stage in stale:
-            del wm.train_state[stage]
-        warnings.warn(f"{out}: training V further makes its trained {' and '.join(STAGES[s][0] for s in stale)} "
-                      "stale, now marked untrained (run `wm-agent train-rnn` and `wm-agent train-controller` "
-                      "again)", stacklevel=2)
 
     start_frames = ds.frames(np.asarray(ds.frame_offsets[:MAX_START_FRAMES]))
 
@@ -451,7 +451,8 @@ def run_train_vae(cfg: TrainVAEConfig) -> dict:
 
     with save_on_interrupt(lambda: wm.save(out), str(out)):
         history = fit_vae(wm, lambda rng: ds.iter_frame_batches(cfg.batch_size, rng), remaining, cfg.seed,
-                          cfg.progress, end_epoch, batches_per_epoch=-(-ds.num_frames // cfg.batch_size))
+                          cfg.progress, end_epoch, batches_per_epoch=-(-ds.num_frames // cfg.batch_size),
+                          where=str(out))
     if not history and not out.exists():
         wm.set_start_frames(start_frames)
         wm.save(out)

@@ -127,25 +127,40 @@ class WorldModel:
         import gymnasium as gym
 
         env_id = self.real_env_id(env_id)
-        own = env_id == self.env_id or env_spec(env_id).id == self._own_spec_id()
-        return gym.make(env_id, **{**(self.env_kwargs if own else {}), **kwargs})
+        return gym.make(env_id, **{**(self.env_kwargs if self._is_own(env_id) else {}), **kwargs})
 
-    def _own_spec_id(self) -> str | None:
+    def episode_limit(self, env_id: str | None = None) -> int:
+        """Steps in an episode of ``env_id`` (default: this model's env) as ``make_env`` makes it: the data's
+        ``max_episode_steps`` keyword, else the env's registered limit (1000 without one); a dream of
+        the env ends there too."""
+        env_id = env_id or self.env_id
+        if self._is_own(env_id) and self.env_kwargs.get("max_episode_steps"):
+            return int(self.env_kwargs["max_episode_steps"])
+        return episode_limit(env_id)
+
+    def _is_own(self, env_id: str | None) -> bool:
+        """Whether ``env_id`` names this model's env, however spelled (``envs:WM-GridWorld-v0``)."""
         import gymnasium as gym
 
+        if not env_id or not self.env_id or env_id == self.env_id:
+            return bool(env_id) and env_id == self.env_id
         try:
-            return env_spec(self.env_id).id if self.env_id else None
-        except (ImportError, gym.error.Error):  # not importable here: then no env made here is it
-            return None
+            return env_spec(env_id).id == env_spec(self.env_id).id
+        except (ImportError, gym.error.Error):  # one of them is not importable here: not the same env
+            return False
+
+    def is_trained(self, stage: str) -> bool:
+        """Whether a stage (``"vae"``, ``"rnn"``, ``"cmaes"``) finished at least one epoch or generation."""
+        state = self.train_state.get(stage)
+        return state is not None and bool(state.get("epoch", state.get("generation", 1)))
 
     def require_trained(self, stage: str, where: str = "this world model") -> None:
         """Refuse to go on without a trained V (``"vae"``) or M (``"rnn"``): an untrained one would
         give frames or dreams of noise without a word."""
         name, command = STAGES[stage]
-        state = self.train_state.get(stage)
-        if state is None:
+        if stage not in self.train_state:
             raise ValueError(f"{where} has no trained {name}: run `wm-agent {command}` first")
-        if not state.get("epoch", state.get("generation", 1)):  # --epochs 0, or stopped within the first epoch
+        if not self.is_trained(stage):  # --epochs 0, or stopped within the first epoch
             raise ValueError(f"{where} has no trained {name}: not one epoch of it finished (run `wm-agent {command}`, "
                              "with --resume to finish a stopped first epoch)")
 
