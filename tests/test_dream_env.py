@@ -212,6 +212,13 @@ def test_constructor_validation(wm, tmp_path):
         DreamEnv(42)
     with pytest.raises(FileNotFoundError):
         DreamEnv(tmp_path / "missing.pt")
+    for steps in (0, -3, 2.5):
+        with pytest.raises(ValueError, match="max_episode_steps must be a positive int"):
+            DreamEnv(wm, max_episode_steps=steps)
+    if not torch.cuda.is_available():
+        wm.save(tmp_path / "wm.pt")
+        with pytest.raises(ValueError, match="this torch cannot use CUDA here"):
+            DreamEnv(tmp_path / "wm.pt", device="cuda")
 
 
 def test_a_model_without_start_frames_dreams_from_a_given_frame(wm):

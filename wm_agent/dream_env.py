@@ -39,6 +39,15 @@ def as_world_model(world_model: WorldModel | str | os.PathLike, device=None, dre
     return wm
 
 
+def _episode_cap(wm: WorldModel, max_episode_steps: int | None) -> int:
+    if max_episode_steps is not None and (isinstance(max_episode_steps, bool)
+                                          or not isinstance(max_episode_steps, (int, np.integer))
+                                          or max_episode_steps < 1):
+        raise ValueError(f"max_episode_steps must be a positive int, or None for the env's own limit, got "
+                         f"{max_episode_steps!r}")
+    return int(max_episode_steps or wm.episode_limit())
+
+
 def checked_action(space: spaces.Space, action):
     """``action`` as the space's dtype for a Box; a ValueError naming it when the space does not hold it."""
     if isinstance(space, spaces.Box):
@@ -155,7 +164,7 @@ class DreamEnv(gym.Env):
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
             raise ValueError(f"render_mode must be one of {self.metadata['render_modes']}, got {render_mode!r}")
         self.world_model, self.render_mode, self.obs_mode = wm, render_mode, observation
-        self.max_episode_steps = max_episode_steps or wm.episode_limit()
+        self.max_episode_steps = _episode_cap(wm, max_episode_steps)
         self.done_threshold = done_threshold
         self.action_space = action_space_of(wm)
         s = wm.config.image_size
@@ -247,7 +256,7 @@ class DreamVectorEnv(VectorEnv):
             raise ValueError(f"num_envs must be >= 1, got {num_envs}")
         wm = as_world_model(world_model, device)
         self.world_model, self.num_envs, self.render_mode = wm, num_envs, render_mode
-        self.max_episode_steps = max_episode_steps or wm.episode_limit()
+        self.max_episode_steps = _episode_cap(wm, max_episode_steps)
         self.done_threshold = done_threshold
         self.single_action_space = action_space_of(wm)
         self.single_observation_space = latent_space_of(wm)

@@ -97,6 +97,9 @@ class WorldModel:
         self.env_id = env_id
         self.env_kwargs = dict(env_kwargs or {})  # gym.make keyword arguments its data was collected with
         self.device = torch.device(device)
+        if self.device.type == "cuda" and not torch.cuda.is_available():  # else torch's bare AssertionError
+            raise ValueError(f"device {str(device)!r} asked for, but this torch cannot use CUDA here "
+                             "(torch.cuda.is_available() is False): use 'cpu'")
         self.vae = VQVAE(config).to(self.device)
         self.rnn = self.new_rnn()
         self.controller = self.new_controller(config)
