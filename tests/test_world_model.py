@@ -582,3 +582,18 @@ def test_a_process_forked_after_torch_ran_in_parallel_does_not_hang():
     if hung:
         child.kill()
     assert not hung and child.exitcode == 0
+
+
+def test_training_from_python_explains_bad_input():
+    wm = tiny_world_model(trained=False)
+    for frames, kw, said in [(np.zeros((0, 64, 64, 3), np.uint8), {}, "at least one uint8 frame"),
+                             (np.zeros((4, 32, 32, 3), np.uint8), {}, "shape \\(64, 64, 3\\)"),
+                             (gridworld_frames(4), {"batch_size": 0}, "batch_size must be >= 1")]:
+        with pytest.raises(ValueError, match=said):
+            wm.train_vae(frames, **kw)
+    assert "vae" not in wm.train_state  # nothing counted as trained
+    sequences = gridworld_sequences(2, 3)
+    with pytest.raises(ValueError, match="missing: \\['dones'\\]"):
+        wm.train_rnn({k: v for k, v in sequences.items() if k != "dones"})
+    with pytest.raises(ValueError, match="batch_size >= 1"):
+        wm.train_rnn(sequences, batch_size=0)

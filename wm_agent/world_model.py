@@ -227,6 +227,12 @@ class WorldModel:
         from wm_agent.train import fit_vae, frame_batches_from_array
 
         frames = np.asarray(observations)
+        s = self.config.image_size
+        if frames.ndim != 4 or frames.shape[1:] != (s, s, 3) or not len(frames):
+            raise ValueError(f"train_vae needs at least one uint8 frame of shape ({s}, {s}, 3), got an array of shape "
+                             f"{frames.shape}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         return fit_vae(self, lambda rng: frame_batches_from_array(frames, batch_size, rng), epochs, seed, progress)
 
     def train_rnn(self, sequences: dict[str, np.ndarray], epochs: int = 1, batch_size: int = 16, seed: int = 0,
@@ -235,6 +241,10 @@ class WorldModel:
         ``rewards`` (B, T), ``dones`` (B, T) and optionally ``mask`` (B, T)."""
         from wm_agent.train import fit_rnn, sequence_batches_from_arrays
 
+        missing = {"obs", "actions", "rewards", "dones"} - set(sequences)
+        if missing or batch_size < 1:
+            raise ValueError(f"train_rnn needs sequences with obs, actions, rewards and dones (missing: "
+                             f"{sorted(missing) or 'none'}) and batch_size >= 1 (got {batch_size})")
         obs = np.asarray(sequences["obs"])
         b, t1 = obs.shape[:2]
         codes = self.encode_indices(obs.reshape(b * t1, *obs.shape[2:])).view(b, t1, *self.start_codes.shape[1:])
