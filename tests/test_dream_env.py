@@ -298,6 +298,8 @@ def test_dreams_step_only_after_reset_and_refuse_what_they_do_not_offer(wm):
         vec.step(np.zeros(3, np.int64))  # the default make_vec path has no OrderEnforcing wrapper
     with pytest.raises(ValueError, match="one int seed for all its dreams"):
         vec.reset(seed=[1, 2, 3])
+    with pytest.raises(ValueError, match="render_mode must be one of \\['rgb_array'\\]"):
+        gym.make_vec("WM-Dream-v0", num_envs=2, world_model=wm, render_mode="human")
     with pytest.raises(ValueError, match="takes no options"):
         vec.reset(options={"reset_mask": np.array([True, False, False])})
     with pytest.raises(ValueError, match="options {'frame': ...} only"):

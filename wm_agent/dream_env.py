@@ -254,6 +254,9 @@ class DreamVectorEnv(VectorEnv):
             raise ValueError("DreamVectorEnv serves latent observations only; use DreamEnv for pixels")
         if num_envs < 1:
             raise ValueError(f"num_envs must be >= 1, got {num_envs}")
+        if render_mode is not None and render_mode not in self.metadata["render_modes"]:
+            raise ValueError(f"render_mode must be one of {self.metadata['render_modes']} (a batch of dreams is "
+                             f"not shown in a window; DreamEnv is), got {render_mode!r}")
         wm = as_world_model(world_model, device)
         self.world_model, self.num_envs, self.render_mode = wm, num_envs, render_mode
         self.max_episode_steps = _episode_cap(wm, max_episode_steps)
