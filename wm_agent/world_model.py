@@ -145,8 +145,10 @@ class WorldModel:
         """Whether ``env_id`` names this model's env, however spelled (``envs:WM-GridWorld-v0``)."""
         import gymnasium as gym
 
-        if not env_id or not self.env_id or env_id == self.env_id:
-            return bool(env_id) and env_id == self.env_id
+        if not env_id or not self.env_id:
+            return False
+        if env_id == self.env_id:
+            return True
         try:
             return env_spec(env_id).id == env_spec(self.env_id).id
         except (ImportError, gym.error.Error):  # one of them is not importable here: not the same env
