@@ -596,6 +596,27 @@ def test_data_of_another_env_is_named_not_misread(checkpoint, car_data, tmp_path
     assert checkpoint.read_bytes() == before
 
 
+@pytest.mark.parametrize("command", ["train-rnn", "eval-dream"])
+def test_data_of_another_grid_is_refused_though_shapes_match(checkpoint, tmp_path, capsys, command):
+    """Frames and actions of the same shapes, but another env id or other gym.make kwargs: M would learn
+    (or be scored on) dynamics that are not those of the env the checkpoint names and is evaluated in."""
+    gym.register("TestRelOtherGrid-v0", entry_point="envs.gridworld:GridWorldEnv", max_episode_steps=10)
+    try:
+        for env_id, kwargs, said in (("WM-GridWorld-v0", {"size": 4}, 'collected with --env-kwargs {"size": 4}'),
+                                     ("TestRelOtherGrid-v0", {}, "holds TestRelOtherGrid-v0 data")):
+            root = tmp_path / f"{env_id}-{len(kwargs)}"
+            DataCollector(env_id, root, seed=1, max_steps=4, env_kwargs=kwargs).collect(2, progress=False)
+            argv = {"train-rnn": ["--data", str(root), "--world-model", str(checkpoint), "--epochs", "1",
+                                  "--overwrite"],
+                    "eval-dream": ["--world-model", str(checkpoint), "--data", str(root)]}[command]
+            before = checkpoint.read_bytes()
+            err = cli_error(capsys, [command, *argv, "--no-progress"])
+            assert said in err and "built for WM-GridWorld-v0" in err
+            assert checkpoint.read_bytes() == before
+    finally:
+        gym.registry.pop("TestRelOtherGrid-v0", None)
+
+
 def test_a_resume_with_other_settings_or_data_is_refused(data, tmp_path, capsys):
     """A resumed run is the saved run: another batch size, seed, sequence length or dataset would be a
     different one, told apart from an uninterrupted run only by its results."""

@@ -1070,5 +1070,7 @@ class CollectConfig:
     seed: int = field(default=0, metadata={"help": "base seed; shard i is seeded from (seed, i)"})
     episodes_per_shard: int = field(default=10, metadata={"help": "episodes per shard file set"})
     max_steps: int | None = field(
-        default=None, metadata={"help": "optional cap on episode length (0 or unset: the env's own limit)"})
+        default=None, metadata={"help": "optional cap on the collected episodes' length (0 or unset: the env's own "
+                                              "limit); dreams and evaluation keep the env's own limit: to change "
+                                              "that, pass max_episode_steps in --env-kwargs"})
     env_kwargs: dict = field(default_factory=dict, metadata={"help": "JSON object of gym.make keyword arguments"})

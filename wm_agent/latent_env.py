@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import gymnasium as gym
 import numpy as np
 import torch
@@ -38,6 +40,16 @@ def check_data_fits(ds, wm: WorldModel, where: str) -> None:
             f"{ds.root} holds {ds.env_id} data ({tuple(ds.observation_shape)} frames, actions {ds.action_space}), "
             f"but {where} was built for {wm.env_id or 'another env'} ({(s, s, 3)} frames, actions {expected}); "
             "use data collected from that env")
+    # Same shapes do not make the same env: another env's (or another grid size's) dynamics would be
+    # learnt or scored under this model's name, and evaluated later in the env it names.
+    if wm.env_id and ds.env_id and not wm._is_own(ds.env_id):
+        raise ValueError(f"{ds.root} holds {ds.env_id} data, but {where} was built for {wm.env_id}; "
+                         "use data collected from that env")
+    data_kwargs = dict(ds.identity.get("env_kwargs") or {})
+    if wm.env_id and ds.env_id and data_kwargs != wm.env_kwargs:
+        raise ValueError(f"{ds.root} was collected with --env-kwargs {json.dumps(data_kwargs, sort_keys=True)}, but "
+                         f"{where} was built for {wm.env_id} with --env-kwargs "
+                         f"{json.dumps(wm.env_kwargs, sort_keys=True)}; use data collected with the same ones")
 
 
 def _same_kind(space: gym.Space, expected: gym.Space) -> bool:
