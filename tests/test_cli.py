@@ -293,3 +293,112 @@ def test_collector_overhead_script_times_both_loops(tmp_path):
     bad = subprocess.run([sys.executable, str(script), "--instructions", "--episodes", "9", "3"], cwd=tmp_path,
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "FEW < MANY" in bad.stderr
+
+
+# -- stopping a command: one line, nothing left behind ----------------------------------------------
+def _wm_agent(argv: list[str], **kwargs) -> subprocess.Popen:
+    """``wm-agent ARGV`` as its own process, in its own session (a terminal's process group)."""
+    import os
+
+    env = {**os.environ, "SDL_VIDEODRIVER": "dummy", "SDL_AUDIODRIVER": "dummy", "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": str(REPO)}
+    return subprocess.Popen([sys.executable, "-m", "wm_agent.cli", *argv], env=env, start_new_session=True,
+                            text=True, **kwargs)
+
+
+def _children(pid: int) -> set[int]:
+    """Every process below ``pid`` (read from /proc)."""
+    found, todo = set(), [pid]
+    while todo:
+        parent = todo.pop()
+        for task in Path(f"/proc/{parent}/task").glob("*/children"):
+            for child in map(int, task.read_text().split()):
+                if child not in found:
+                    found.add(child)
+                    todo.append(child)
+    return found
+
+
+def _gone(pids: set[int], timeout: float = 30.0) -> bool:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        alive = {p for p in pids if Path(f"/proc/{p}").exists()
+                 and Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"}
+        if not alive:
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def _wait_for_workers(proc: subprocess.Popen, count: int, timeout: float = 120.0) -> set[int]:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        children = _children(proc.pid)
+        if len(children) >= count:
+            return children
+        time.sleep(0.05)
+    pytest.fail(f"the command did not start {count} processes (exit status {proc.poll()})")
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="reads /proc")
+def test_sigterm_stops_collect_like_ctrl_c_and_leaves_nothing_behind(tmp_path):
+    import signal
+    import time
+
+    out = tmp_path / "data"
+    proc = _wm_agent(["collect", "--out", str(out), "--episodes", "20000", "--workers", "2", "--no-progress"],
+                     stderr=subprocess.PIPE)
+    workers = _wait_for_workers(proc, 3)  # the forkserver and two workers
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM
+    assert err.strip().splitlines() == ["wm-agent: terminated (re-run the same command to resume)"]
+    assert _gone(workers)
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".")]  # no half-written shard folder
+
+
+@pytest.fixture(scope="module")
+def evaluable_checkpoint(tmp_path_factory) -> Path:
+    from helpers import tiny_world_model
+
+    path = tmp_path_factory.mktemp("ckpt") / "wm.pt"
+    wm = tiny_world_model()
+    wm.train_state["cmaes"] = {"generation": 1}  # no "never trained" warning on stderr
+    wm.save(path)
+    return path
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="reads /proc")
+def test_ctrl_c_reaching_every_worker_prints_one_line(evaluable_checkpoint):
+    """A terminal's Ctrl-C goes to the whole process group: the workers (importing torch, or rolling out)
+    must not each print a KeyboardInterrupt traceback; the command says one line and stops them."""
+    import os
+    import signal
+    import time
+
+    proc = _wm_agent(["evaluate", "--checkpoint", str(evaluable_checkpoint), "--episodes", "5000", "--workers", "2",
+                      "--no-progress"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    workers = _wait_for_workers(proc, 3)  # the resource tracker and two workers
+    time.sleep(0.5)
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert err.strip().splitlines() == ["wm-agent: interrupted"], err
+    assert proc.returncode == 128 + signal.SIGINT
+    assert _gone(workers)
+
+
+def test_a_reader_that_leaves_early_is_no_error(evaluable_checkpoint):
+    """`wm-agent evaluate ... | head -1`: the pipe closes before the JSON is written."""
+    import signal
+
+    proc = _wm_agent(["evaluate", "--checkpoint", str(evaluable_checkpoint), "--episodes", "2", "--no-progress"],
+                     stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()
+    err = proc.stderr.read()
+    proc.wait(timeout=120)
+    assert err == "" and proc.returncode == 128 + signal.SIGPIPE

@@ -7,12 +7,13 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
-from wm_agent.workers import death_reason, unguarded_main_script
+from wm_agent.workers import children_ignore_sigint, death_reason, unguarded_main_script
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -31,6 +32,11 @@ def test_the_pools_own_sigterms_do_not_hide_the_first_death():
     assert reason.startswith("exited with status 1: its error is printed above")
     assert death_reason(ends(-signal.SIGTERM, -signal.SIGKILL)) == "killed by SIGKILL (out of memory?)"
     assert death_reason(ends(-signal.SIGTERM)) == "killed by SIGTERM"
+
+
+def test_a_status_the_forkserver_could_not_read_does_not_hide_a_signal():
+    assert death_reason(ends(255, -signal.SIGKILL)) == "killed by SIGKILL (out of memory?)"
+    assert death_reason(ends(255)) == "killed, or out of memory?"
 
 
 def test_no_exit_status_yet_says_so_plainly():
@@ -83,3 +89,54 @@ def test_a_script_without_main_guard_is_told_what_to_change(tmp_path, guarded):
         assert "a worker process died while collecting shard_0000" in last
         assert f"{script} starts workers outside `if __name__ == \"__main__\":`" in last
         assert "out of memory" not in last
+
+
+def _sigint_disposition() -> str:
+    return repr(signal.getsignal(signal.SIGINT))
+
+
+def test_workers_started_in_the_block_ignore_ctrl_c_and_the_parent_gets_its_handler_back():
+    import concurrent.futures as cf
+    import multiprocessing as mp
+
+    before = signal.getsignal(signal.SIGINT)
+    with children_ignore_sigint():
+        pool = cf.ProcessPoolExecutor(1, mp_context=mp.get_context("spawn"))
+        future = pool.submit(_sigint_disposition)
+    try:
+        assert future.result(timeout=120) == repr(signal.SIG_IGN)
+    finally:
+        pool.shutdown()
+    assert signal.getsignal(signal.SIGINT) is before
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
+def test_a_worker_exits_when_its_parent_is_killed(tmp_path):
+    """A SIGKILLed parent cannot stop its pool: workers with ``watch_parent`` go by themselves."""
+    script = tmp_path / "parent.py"
+    script.write_text(textwrap.dedent("""
+        import concurrent.futures as cf, multiprocessing as mp, os, sys, time
+        from wm_agent.workers import watch_parent
+        if __name__ == "__main__":
+            pool = cf.ProcessPoolExecutor(1, mp_context=mp.get_context("spawn"), initializer=watch_parent)
+            print(pool.submit(os.getpid).result(), flush=True)
+            time.sleep(600)
+    """))
+    parent = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                              env={**os.environ, "PYTHONPATH": str(REPO)})
+    try:
+        worker = int(parent.stdout.readline())
+        os.kill(parent.pid, signal.SIGKILL)
+        parent.wait(timeout=30)
+        for _ in range(300):
+            try:  # gone, or a zombie waiting for whoever adopted it to reap it
+                if Path(f"/proc/{worker}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
+                    break
+            except (FileNotFoundError, ProcessLookupError):
+                break
+            time.sleep(0.1)
+        else:
+            os.kill(worker, signal.SIGKILL)
+            pytest.fail("the worker outlived its killed parent by 30 s")
+    finally:
+        parent.kill()

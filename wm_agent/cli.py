@@ -12,7 +12,9 @@ import argparse
 import dataclasses
 import json
 import os
+import signal
 import sys
+import threading
 import types
 import typing
 import warnings
@@ -312,12 +314,27 @@ def main(argv: list[str] | None = None) -> int:
 
     from wm_agent.collect import CollectionError
 
+    # SIGTERM (`kill`, `timeout`, a job scheduler) stops a command as Ctrl-C does: the same saves on the
+    # way out, worker processes stopped, temporary folders removed, one line said (the default action
+    # would end the process on the spot, with none of that).
+    terminated: list[int] = []
+
+    def stop(signum, frame) -> None:
+        terminated.append(signum)
+        raise KeyboardInterrupt
+
+    on_term = signal.getsignal(signal.SIGTERM) == signal.SIG_DFL and threading.current_thread() is threading.main_thread()
+    if on_term:
+        signal.signal(signal.SIGTERM, stop)
     with warnings.catch_warnings():
         if not args.debug:  # warnings here are advice to the user, not to the code's author: no file or line
             warnings.showwarning = lambda message, category, *rest, **kw: print(
                 f"{parser.prog}: warning: {message}", file=sys.stderr)
         try:
             return int(args.func(args) or 0)
+        except BrokenPipeError:  # `wm-agent ... | head`: the reader left; nothing to say, and no one to say it to
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so exit's flush does not raise again
+            return 128 + getattr(signal, "SIGPIPE", 13)
         except (ValueError, OSError, CollectionError, RuntimeError, TypeError, FloatingPointError,
                 gym.error.Error) as exc:  # OSError: a missing file, a folder where a file goes, a full disk...
             if args.debug:
@@ -325,8 +342,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{parser.prog}: error: {exc}", file=sys.stderr)
             return 1
         except KeyboardInterrupt:
-            print(f"{parser.prog}: interrupted{RESUME_HINTS.get(args.command, '')}", file=sys.stderr)
-            return 130
+            how = "terminated" if terminated else "interrupted"
+            print(f"{parser.prog}: {how}{RESUME_HINTS.get(args.command, '')}", file=sys.stderr)
+            return 128 + (signal.SIGTERM if terminated else signal.SIGINT)
+        finally:
+            if on_term:
+                signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 if __name__ == "__main__":

@@ -29,7 +29,6 @@ from __future__ import annotations
 import json
 import math
 import multiprocessing as mp
-import multiprocessing.connection
 import os
 import queue
 import re
@@ -49,7 +48,7 @@ from gymnasium import spaces
 from tqdm.auto import tqdm
 
 from wm_agent.frames import BLOB, CODEC, OFFSETS, DiscardFrames, FrameArray, FrameWriter, grown
-from wm_agent.workers import death_reason
+from wm_agent.workers import children_ignore_sigint, death_reason, watch_parent
 
 # wm_agent.io is imported where it is used, by the main process only: it brings torch, whose import
 # (~3 s) would otherwise delay every worker's start.
@@ -369,16 +368,7 @@ def _shard_failed(task: "_ShardTask", exc: BaseException, where: str = "") -> "C
 def _init_worker(progress) -> None:
     global _PROGRESS
     _PROGRESS = progress
-    # A SIGKILLed main process cannot stop its workers, and they would wait on their queue forever:
-    # each worker watches its parent and exits when it is gone.
-    parent = mp.parent_process()
-    if parent is not None:
-        threading.Thread(target=_exit_with_parent, args=(parent.sentinel,), daemon=True).start()
-
-
-def _exit_with_parent(sentinel) -> None:
-    mp.connection.wait([sentinel])
-    os._exit(1)
+    watch_parent()
 
 
 def _report_to_shared(index: int) -> Callable[[int, int], None]:
@@ -822,8 +812,9 @@ class DataCollector:
                 futures[future] = task
                 pending.add(future)
 
-        for _ in range(2 * self.workers):
-            submit_next()
+        with children_ignore_sigint():  # the workers start here; Ctrl-C reaches them through _terminate
+            for _ in range(2 * self.workers):
+                submit_next()
         # Private, but the executor has no public way to stop running tasks, and a broken pool
         # forgets its processes: take them now (all are started by the submits above).
         processes = list((getattr(pool, "_processes", None) or {}).values())
@@ -991,8 +982,9 @@ def make_vector_env(env_id: str, env_kwargs: dict, num_envs: int, mode: str) -> 
     if mode == "async":
         vector_kwargs["context"] = _mp_context().get_start_method()
     try:
-        return gym.make_vec(env_id, num_envs=num_envs, vectorization_mode=mode, vector_kwargs=vector_kwargs,
-                            **env_kwargs)
+        with children_ignore_sigint():  # on Ctrl-C, _close_after_failure stops the sub-env processes
+            return gym.make_vec(env_id, num_envs=num_envs, vectorization_mode=mode, vector_kwargs=vector_kwargs,
+                                **env_kwargs)
     except MAKE_ERRORS as exc:
         raise ValueError(f"cannot make a {mode} vector env of {env_id!r} with {env_kwargs}: "
                          f"{type(exc).__name__}: {exc}") from exc
@@ -1003,7 +995,9 @@ def _close_after_failure(envs: gym.vector.VectorEnv) -> None:
     answer, and ``close`` raises that error again (and again from ``__del__``): stop the processes
     here instead, so none outlives the collector and the first error is the one reported."""
     try:
-        envs.close(terminate=True)
+        with warnings.catch_warnings():  # "close while waiting for a pending call": that is the point here
+            warnings.simplefilter("ignore")
+            envs.close(terminate=True)
     except Exception:
         for process in getattr(envs, "processes", []):
             if process.is_alive():

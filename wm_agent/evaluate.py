@@ -154,7 +154,10 @@ class RolloutWorkers:
         import multiprocessing as mp
 
         self.checkpoint, self.env_id, self.workers, self.timeout = checkpoint, env_id, workers, timeout
-        self.pool = cf.ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"))
+        from wm_agent.workers import watch_parent
+
+        self.pool = cf.ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"),
+                                           initializer=watch_parent)
 
     def run(self, params: np.ndarray, seeds: list[int], greedy: bool, max_steps: int,
             on_chunk: Callable[[int], None] | None = None) -> dict[str, np.ndarray]:
@@ -164,14 +167,15 @@ class RolloutWorkers:
         follows each finished worker's share."""
         import concurrent.futures as cf
 
-        from wm_agent.workers import death_reason
+        from wm_agent.workers import children_ignore_sigint, death_reason
 
         by_params = len(params) > 1
         n = min(self.workers, len(params) if by_params else len(seeds))
         jobs = ([(chunk, list(seeds)) for chunk in np.array_split(params, n)] if by_params else
                 [(params, [int(s) for s in chunk]) for chunk in np.array_split(np.asarray(seeds), n)])
-        futures = {self.pool.submit(rollouts_in_worker, self.checkpoint, self.env_id, p, s, greedy, max_steps):
-                   len(p) * len(s) for p, s in jobs}
+        with children_ignore_sigint():  # the first call starts the workers; Ctrl-C reaches them through close()
+            futures = {self.pool.submit(rollouts_in_worker, self.checkpoint, self.env_id, p, s, greedy, max_steps):
+                       len(p) * len(s) for p, s in jobs}
         # Private, but a broken pool forgets its processes, and their exit statuses say why it broke.
         processes = list((getattr(self.pool, "_processes", None) or {}).values())
         try:
@@ -189,6 +193,9 @@ class RolloutWorkers:
         except Exception as exc:
             self.close(kill=True)
             raise RuntimeError(f"a rollout worker failed: {type(exc).__name__}: {exc}") from exc
+        except BaseException:  # Ctrl-C or SIGTERM: the workers ignore SIGINT, so stop them here
+            self.close(kill=True)
+            raise
         results = [future.result() for future in futures]  # in submission order
         return {key: np.concatenate([r[key] for r in results], axis=0 if by_params else 1) for key in results[0]}
 

@@ -1,4 +1,5 @@
-"""Why a worker process ended, in words for the error a user reads.
+"""Worker processes: how they start and stop with their parent, and why one ended, in words for the
+error a user reads.
 
 A pool only says that a worker is gone. Its exit code tells more: a signal (the OOM killer's
 SIGKILL, a SIGTERM) or an error of its own, and the commonest error of all is a script that starts
@@ -9,14 +10,48 @@ one imports the main script; unguarded, that import starts workers again and Pyt
 from __future__ import annotations
 
 import ast
+import multiprocessing as mp
 import multiprocessing.connection
+import os
 import signal
 import sys
+import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["death_reason", "unguarded_main_script"]
+__all__ = ["children_ignore_sigint", "death_reason", "unguarded_main_script", "watch_parent"]
+
+
+def watch_parent() -> None:
+    """In a worker process (a pool's initializer): exit at once when the parent process is gone. A
+    SIGKILLed parent cannot stop its workers, and idle ones would wait on their queue forever."""
+    parent = mp.parent_process()
+    if parent is not None:
+        threading.Thread(target=_exit_with_parent, args=(parent.sentinel,), daemon=True).start()
+
+
+def _exit_with_parent(sentinel) -> None:
+    multiprocessing.connection.wait([sentinel])
+    os._exit(1)
+
+
+@contextmanager
+def children_ignore_sigint() -> Iterator[None]:
+    """Start worker processes inside this block and they keep SIGINT ignored for life (a spawned or
+    forkserver Python keeps an ignored SIGINT ignored). A terminal's Ctrl-C reaches the whole process
+    group: this way it stops only the parent, which then stops its workers, instead of every worker
+    printing a KeyboardInterrupt traceback (torch's import in a fresh worker takes seconds). A Ctrl-C
+    that lands inside the block itself, while processes start, is dropped."""
+    if threading.current_thread() is not threading.main_thread():  # only the main thread sets handlers
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous if previous is not None else signal.SIG_DFL)
 
 
 def _signal_name(number: int) -> str:
@@ -64,7 +99,10 @@ def death_reason(processes: Iterable) -> str:
     codes = [p.exitcode for p in processes if p.exitcode not in (None, 0)]
     # A broken pool SIGTERMs the workers still running: their ends say nothing about the first one's.
     codes = [code for code in codes if code != -signal.SIGTERM] or codes
-    errors = [code for code in codes if code > 0]
+    # 255 is what a forkserver worker's Popen reports when the status can no longer be read (the pool
+    # dropped the process and its pipe closed first), not an error of the worker's: a race, seen once
+    # while another worker's SIGKILL broke the pool. The signal, if any was read, says more.
+    errors = [code for code in codes if code > 0 and code != 255]
     if errors:
         reason = f"exited with status {errors[0]}: its error is printed above"
         script = unguarded_main_script()
