@@ -262,6 +262,15 @@ def test_a_real_search_that_fails_before_its_first_generation_leaves_the_checkpo
     assert sorted(p.name for p in ckpt.parent.iterdir()) == [ckpt.name]
 
 
+def test_a_dream_search_resumes_only_with_its_own_env(ckpt):
+    """In the dream too: the env sets the dreams' episode limit, which would change mid-search."""
+    train_controller(_cfg(ckpt, generations=1))
+    before = ckpt.read_bytes()
+    with pytest.raises(ValueError, match="ran in WM-GridWorld-v0, not CartPole-v1; resume with --env WM-GridWorld-v0"):
+        train_controller(_cfg(ckpt, generations=2, resume=True, env="CartPole-v1"))
+    assert ckpt.read_bytes() == before
+
+
 def test_a_real_search_resumes_only_in_its_own_env(ckpt):
     import gymnasium as gym
 

@@ -1,7 +1,10 @@
 """The demo end to end at a tiny size: every stage runs and every promised output is written."""
 
+import dataclasses
 import json
 import math
+
+import pytest
 
 from wm_agent.dataset import EpisodeDataset
 from wm_agent.demo import DemoConfig, run_demo
@@ -28,3 +31,11 @@ def test_tiny_demo_writes_every_output(tmp_path):
     assert saved["eval_episodes"] == 4 and 0.0 <= saved["success_rate"] <= 1.0
     # Only the random data touched the real env: as many steps as the training shards hold.
     assert saved["real_env_steps_used"] == EpisodeDataset(out / "data" / "train").num_steps > 0
+
+    # A re-run with another setting: the advice fits the demo, which has no --overwrite or --resume.
+    for change, said in (({"rnn_batch_size": 2}, "--rnn-batch-size 4, not --rnn-batch-size 2"),
+                         ({"popsize": 6}, "--popsize 4, not --popsize 6")):
+        with pytest.raises(ValueError, match="holds a demo run made with other settings") as info:
+            run_demo(dataclasses.replace(cfg, **change))
+        message = str(info.value)
+        assert said in message and "another --out" in message and "--overwrite" not in message, message

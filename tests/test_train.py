@@ -196,3 +196,36 @@ def test_without_save_on_interrupt_ctrl_c_is_a_plain_keyboard_interrupt(frames):
         fit_vae(wm, signalling(vae_batches(frames), 2), EPOCHS, 0, False)
     assert not isinstance(info.value, TrainingStopped)
     assert "partial" not in wm.train_state["vae"]
+
+
+def test_a_stopped_epoch_on_data_that_has_grown_starts_again(frames, tmp_path):
+    """collect grew the folder between the stop and --resume: the epoch's order is another permutation,
+    so skipping the batches done would train some frames twice and others never; it starts again."""
+    make, path = vae_batches(frames), tmp_path / "wm.pt"
+    wm = tiny_world_model(trained=False)
+    with pytest.raises(KeyboardInterrupt), save_on_interrupt(lambda: wm.save(path), str(path)):
+        fit_vae(wm, signalling(make, 2), 1, 0, False, samples=len(frames))
+    stopped = WorldModel.load(path)
+    assert stopped.train_state["vae"]["partial"]["samples"] == len(frames)
+    same = WorldModel.load(path)
+    assert fit_vae(same, make, 1, 0, False, samples=len(frames))[0]["images"] == len(frames)  # continues: 2 batches
+    grown = np.concatenate([frames, frames[:16]])
+    with pytest.warns(UserWarning, match=f"over {len(frames)} samples, and the data now holds {len(grown)}"):
+        history = fit_vae(stopped, vae_batches(grown), 1, 0, False, samples=len(grown))
+    assert history[0]["images"] == len(grown)  # every frame of the grown data, once
+    assert stopped.train_state["vae"]["epoch"] == 1 and "partial" not in stopped.train_state["vae"]
+
+
+def test_metrics_rows_start_a_line_of_their_own_after_a_torn_write(tmp_path):
+    from wm_agent.render import _load_metrics
+    from wm_agent.train import append_metrics, drop_metrics
+
+    path = tmp_path / "wm.pt.metrics.jsonl"
+    for row in ({"stage": "vae", "epoch": 1}, {"stage": "rnn", "epoch": 1}, {"stage": "rnn", "epoch": 2}):
+        append_metrics(path, row)
+    path.write_bytes(path.read_bytes()[:-7])  # killed while writing rnn epoch 2
+    append_metrics(path, {"stage": "rnn", "epoch": 2, "loss": 0.5})
+    append_metrics(path, {"stage": "rnn", "epoch": 3})
+    assert [(r["stage"], r["epoch"]) for r in _load_metrics(path)] == [("vae", 1), ("rnn", 1), ("rnn", 2), ("rnn", 3)]
+    drop_metrics(path, "rnn")  # a new M: the old one's curve goes
+    assert _load_metrics(path) == [{"stage": "vae", "epoch": 1}]

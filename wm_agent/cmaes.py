@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from wm_agent.config import check_settings, doc
+from wm_agent.config import ResumeMismatch, check_settings, doc
 from wm_agent.controller import choose_actions
 from wm_agent.dream_env import DreamBatch
 from wm_agent.evaluate import RolloutWorkers
@@ -160,15 +160,14 @@ def _check_resume_settings(state: dict, cfg: ControllerTrainConfig, wm: WorldMod
         saved, now = state[key], getattr(cfg, field)
         saved = type(now)(saved.item() if hasattr(saved, "item") else saved)
         if saved != now:
-            raise ValueError(f"{path}: the saved CMA-ES search used {as_flag(flag, saved)}, not {as_flag(flag, now)}; "
-                             f"resume with {as_flag(flag, saved)}, or pass --overwrite without --resume to start again")
+            raise ResumeMismatch(path, f"the saved CMA-ES search used {as_flag(flag, saved)}, not {as_flag(flag, now)}",
+                                 f"resume with {as_flag(flag, saved)}")
     for field, flag, current in (("controller", "--controller", wm.config.controller),
                                  ("hidden", "--hidden", wm.config.controller_hidden)):
         asked = getattr(cfg, field)
         if asked not in ("", -1) and asked != current:
-            raise ValueError(f"{path}: the saved search trains the checkpoint's controller ({flag} {current}), not "
-                             f"{flag} {asked}; "
-                             f"resume without {flag}, or pass --overwrite without --resume to start again")
+            raise ResumeMismatch(path, f"the saved search trains the checkpoint's controller ({flag} {current}), not "
+                                       f"{flag} {asked}", f"resume without {flag}")
 
 
 def _replayed_es(state: dict, cfg: ControllerTrainConfig, path: Path) -> tuple[cma.CMAEvolutionStrategy, dict]:
@@ -210,9 +209,10 @@ def train_controller(cfg: ControllerTrainConfig, wm: WorldModel | None = None) -
     state = wm.train_state.get("cmaes") if cfg.resume else None
     if state:
         _check_resume_settings(state, cfg, wm, path)
-        if cfg.where == "real" and state.get("env", env_id) != env_id:
-            raise ValueError(f"{path}: the saved CMA-ES search ran in {state['env']}, not {env_id}; resume with "
-                             f"--env {state['env']}, or pass --overwrite without --resume to start again")
+        # In the dream too: the env sets the dreams' episode limit (and the env a real search runs in).
+        if state.get("env", env_id) != env_id:
+            raise ResumeMismatch(path, f"the saved CMA-ES search ran in {state['env']}, not {env_id}",
+                                 f"resume with --env {state['env']}")
     if state and "told" in state:
         es, start = _replayed_es(state, cfg, path)
         generation, log = int(state["generation"]), list(state["log"])

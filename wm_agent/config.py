@@ -22,6 +22,16 @@ def check_settings(*checks: tuple[bool, str]) -> None:
             raise ValueError(message)
 
 
+class ResumeMismatch(ValueError):
+    """A --resume whose settings or data are not the saved run's. ``found`` says what differs and
+    ``resume`` how to resume instead; the message adds the command line's other way out, which the
+    demo (no --overwrite, no --resume) replaces with its own."""
+
+    def __init__(self, path, found: str, resume: str):
+        self.path, self.found, self.resume = str(path), found, resume
+        super().__init__(f"{path}: {found}; {resume}, or pass --overwrite without --resume to start again")
+
+
 @dataclass
 class WorldModelConfig:
     """Sizes of V (VQ-VAE), M (MDN-RNN) and C (controller); stored inside every checkpoint."""

@@ -49,6 +49,21 @@ def _stage(name: str, progress: bool):
 
 
 def run_demo(cfg: DemoConfig) -> dict:
+    """Run (or resume) the whole pipeline into ``cfg.out``; returns the summary."""
+    from wm_agent.config import ResumeMismatch
+
+    try:
+        return _run_demo(cfg)
+    except ResumeMismatch as exc:
+        # The stages' advice names their own options (--overwrite, --resume, --batch-size); the demo has
+        # none of those: a re-run continues the run in --out, so the way out is its settings or a new folder.
+        found = exc.found.replace("--batch-size", "--rnn-batch-size") if "MDN-RNN" in exc.found else exc.found
+        raise ValueError(f"{cfg.out} holds a demo run made with other settings ({exc.path}: {found}); re-run the "
+                         f"demo with that run's settings to continue it, or pass another --out (or delete {cfg.out}) "
+                         "to start a new one") from exc
+
+
+def _run_demo(cfg: DemoConfig) -> dict:
     from wm_agent.cmaes import ControllerTrainConfig, train_controller
     from wm_agent.collect import DataCollector
     from wm_agent.dataset import EpisodeDataset

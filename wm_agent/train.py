@@ -22,7 +22,13 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from wm_agent.config import PRESETS, WorldModelConfig, check_settings, doc
+from wm_agent.config import (
+    PRESETS,
+    ResumeMismatch,
+    WorldModelConfig,
+    check_settings,
+    doc,
+)
 from wm_agent.io import make_parent
 from wm_agent.latent_env import check_data_fits
 from wm_agent.vqvae import frames_to_tensor
@@ -76,12 +82,15 @@ class _Epoch:
     same batches follow). A partial epoch made with another seed is refused with a ValueError rather
     than restarted: its first batches are already in the weights, and a new order would train some
     frames twice and others not at all. Resuming also needs the same data and batch size, and a
-    ``make_batches`` that draws only from the ``rng`` it is given.
+    ``make_batches`` that draws only from the ``rng`` it is given. ``samples``, the count the epoch's
+    order is drawn over (frames, windows), tells a data folder that ``collect`` has grown since the
+    stop: that epoch's order is another one then, and the epoch starts again (with a warning) rather
+    than train some samples twice and skip others.
     """
 
     def __init__(self, state: dict, opt: torch.optim.Optimizer, seed: int, epoch: int, sums: dict[str, float],
-                 counts: dict[str, int]):
-        self.state, self.opt, self.seed, self.epoch = state, opt, seed, epoch
+                 counts: dict[str, int], samples: int | None = None, where: str = "this world model"):
+        self.state, self.opt, self.seed, self.epoch, self.samples = state, opt, seed, epoch, samples
         self.sums, self.counts, self.done, elapsed = sums, counts, 0, 0.0
         torch.manual_seed(seed * 100_003 + epoch)  # same seed + epoch -> same run, also after a resume
         partial = state.get("partial")
@@ -93,6 +102,13 @@ class _Epoch:
                 raise ValueError(f"the checkpoint stopped after {partial['batches']} batches of epoch "
                                  f"{partial['epoch'] + 1} of a run with seed {partial['seed']}; resume it with "
                                  f"seed {partial['seed']} (another seed would not repeat that epoch's batch order)")
+            if samples is not None and partial.get("samples", samples) != samples:
+                warnings.warn(f"{where}: epoch {epoch + 1} stopped after {partial['batches']} batches over "
+                              f"{partial['samples']} samples, and the data now holds {samples}: its batch order is "
+                              f"another one, so epoch {epoch + 1} starts again from its first batch", stacklevel=4)
+                del state["partial"]
+                partial = None
+        if partial is not None:
             self.sums, self.counts = dict(partial["sums"]), dict(partial["counts"])
             self.done, elapsed = partial["batches"], partial["seconds"]
         self.partial = partial
@@ -129,6 +145,8 @@ class _Epoch:
             "epoch": self.epoch, "seed": self.seed, "batches": self.done, "torch_rng": torch.get_rng_state(),
             "sums": dict(self.sums), "counts": dict(self.counts), "seconds": self.seconds(),
         }
+        if self.samples is not None:
+            self.state["partial"]["samples"] = self.samples
         if torch.cuda.is_available() and torch.cuda.is_initialized():
             self.state["partial"]["cuda_rng"] = torch.cuda.get_rng_state_all()
         self.state["optimizer"] = self.opt.state_dict()
@@ -154,10 +172,12 @@ class _Epoch:
 
 def fit_vae(wm: WorldModel, make_batches: Batches, epochs: int, seed: int = 0, progress: bool = True,
             on_epoch_end: Callable[[int, dict], None] | None = None,
-            batches_per_epoch: int | None = None, where: str = "this world model") -> list[dict]:
+            batches_per_epoch: int | None = None, where: str = "this world model",
+            samples: int | None = None) -> list[dict]:
     """Train V for ``epochs`` more epochs (continuing from ``wm.train_state['vae']`` if present, also
     from the middle of an epoch that ``save_on_interrupt`` stopped; see ``_Epoch``). ``batches_per_epoch``,
-    when known, gives the progress bar its total and time left."""
+    when known, gives the progress bar its total and time left; ``samples``, the frames an epoch is
+    drawn from, lets a resume tell that the data has changed since."""
     state = wm.train_state.setdefault("vae", {"epoch": 0})
     stale = [stage for stage in ("rnn", "cmaes") if stage in wm.train_state]
     if epochs and stale:
@@ -172,7 +192,7 @@ def fit_vae(wm: WorldModel, make_batches: Batches, epochs: int, seed: int = 0, p
     start = state["epoch"]
     for epoch in range(start, start + epochs):
         run = _Epoch(state, opt, seed, epoch, {"recon_mse": 0.0, "vq_loss": 0.0, "perplexity": 0.0, "usage": 0.0},
-                     {"images": 0})
+                     {"images": 0}, samples, where)
         wm.vae.train()
         bar = tqdm(run.batches(make_batches), desc=f"train-vae epoch {epoch + 1}", unit="batch", initial=run.done,
                    total=batches_per_epoch, disable=not progress, leave=False)
@@ -201,7 +221,8 @@ def fit_vae(wm: WorldModel, make_batches: Batches, epochs: int, seed: int = 0, p
 
 def fit_rnn(wm: WorldModel, make_batches: Batches, epochs: int, seed: int = 0, progress: bool = True,
             on_epoch_end: Callable[[int, dict], None] | None = None, clip: float = 1.0,
-            events: float = 1.0, batches_per_epoch: int | None = None) -> list[dict]:
+            events: float = 1.0, batches_per_epoch: int | None = None, samples: int | None = None,
+            where: str = "this world model") -> list[dict]:
     """Train M on batches of code sequences (see ``sequence_batches_from_arrays``), continuing like
     ``fit_vae``; ``events`` weights terminal transitions in the reward/done losses (1 = unweighted, the
     default everywhere: up-weighting makes the heads over-predict rare events, e.g. balanced weights
@@ -213,7 +234,7 @@ def fit_rnn(wm: WorldModel, make_batches: Batches, epochs: int, seed: int = 0, p
     start = state["epoch"]
     wm.vae.eval()
     for epoch in range(start, start + epochs):
-        run = _Epoch(state, opt, seed, epoch, {"loss": 0.0}, {"steps": 0})
+        run = _Epoch(state, opt, seed, epoch, {"loss": 0.0}, {"steps": 0}, samples, where)
         wm.rnn.train()
         bar = tqdm(run.batches(make_batches), desc=f"train-rnn epoch {epoch + 1}", unit="batch", initial=run.done,
                    total=batches_per_epoch, disable=not progress, leave=False)
@@ -357,8 +378,35 @@ def resolve_device(name: str) -> torch.device:
 
 
 def append_metrics(path: str | os.PathLike, metrics: dict) -> None:
-    with open(path, "a") as f:
-        f.write(json.dumps(metrics) + "\n")
+    """Append one row to a ``.metrics.jsonl``; a torn last line (a run killed mid-write) is dropped
+    first, so the new row starts a line of its own instead of being glued to it."""
+    with open(path, "a+b") as f:
+        end = f.seek(0, os.SEEK_END)
+        if end:
+            f.seek(max(end - 1, 0))
+            if f.read(1) != b"\n":
+                f.seek(0)
+                f.truncate(f.read().rfind(b"\n") + 1)
+        f.write((json.dumps(metrics) + "\n").encode())
+
+
+def drop_metrics(path: str | os.PathLike, stage: str) -> None:
+    """Remove ``stage``'s rows from a ``.metrics.jsonl`` (that stage starts again: its old curve would be
+    drawn as the new one's); torn or unreadable lines go too."""
+    from wm_agent.io import atomic_path
+
+    path = Path(path)
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line).get("stage") != stage:
+                kept.append(line)
+        except (json.JSONDecodeError, AttributeError):
+            continue
+    with atomic_path(path) as tmp:
+        tmp.write_text("".join(f"{line}\n" for line in kept))
 
 
 @contextmanager
@@ -397,7 +445,7 @@ def save_on_interrupt(save: Callable[[], None], what: str):
             print(f"\ninterrupted again: not saved; {what} keeps its last save")
             raise
         save()
-        print(f"\ninterrupted: {what} saved; continue with --resume")
+        print(f"\ninterrupted: {what} saved; it resumes from that batch")
         raise
     finally:
         _stop = outer
@@ -452,7 +500,7 @@ def run_train_vae(cfg: TrainVAEConfig) -> dict:
     with save_on_interrupt(lambda: wm.save(out), str(out)):
         history = fit_vae(wm, lambda rng: ds.iter_frame_batches(cfg.batch_size, rng), remaining, cfg.seed,
                           cfg.progress, end_epoch, batches_per_epoch=-(-ds.num_frames // cfg.batch_size),
-                          where=str(out))
+                          where=str(out), samples=ds.num_frames)
     if not history and not out.exists():
         wm.set_start_frames(start_frames)
         wm.save(out)
@@ -466,15 +514,14 @@ def _same_run(stage: str, path, state: dict | None, ds, resume: bool, settings: 
         for flag, value in settings.items():
             saved = state.get("settings", {}).get(flag, value)  # older checkpoints: nothing to check
             if saved != value:
-                raise ValueError(f"{path}: its {STAGES[stage][0]} was trained with {flag} {saved}, not {flag} {value}; "
-                                 f"resume with {flag} {saved}, or pass --overwrite without --resume to start again")
+                raise ResumeMismatch(path, f"its {STAGES[stage][0]} was trained with {flag} {saved}, not {flag} {value}",
+                                     f"resume with {flag} {saved}")
         if state.get("data") not in (None, ds.identity):
             def said(identity: dict) -> str:
                 return ", ".join(f"{k} {v}" for k, v in identity.items() if v not in (None, {}))
 
-            raise ValueError(f"{path}: its {STAGES[stage][0]} was trained on other data ({said(state['data'])}), not "
-                             f"{ds.root}'s ({said(ds.identity)}); resume with that data, or pass --overwrite without "
-                             "--resume to start again")
+            raise ResumeMismatch(path, f"its {STAGES[stage][0]} was trained on other data ({said(state['data'])}), not "
+                                       f"{ds.root}'s ({said(ds.identity)})", "resume with that data")
     if state is not None:
         state.update(settings=dict(settings), data=ds.identity)
 
@@ -523,6 +570,7 @@ def run_train_rnn(cfg: TrainRNNConfig) -> dict:
         wm.rnn = wm.new_rnn()
         wm.train_state.pop("rnn", None)
         wm.train_state.pop("cmaes", None)
+        drop_metrics(str(path) + ".metrics.jsonl", "rnn")
     # The data identity also tells eval-dream which episodes M learnt from, to warn when shown them again.
     _same_run("rnn", path, wm.train_state.setdefault("rnn", {"epoch": 0}), ds, cfg.resume,
               {"--batch-size": cfg.batch_size, "--seed": cfg.seed, "--seq-len": cfg.seq_len})
@@ -542,5 +590,6 @@ def run_train_rnn(cfg: TrainRNNConfig) -> dict:
     with save_on_interrupt(lambda: wm.save(path), str(path)):
         history = fit_rnn(wm, lambda rng: sequence_batches_from_arrays(win_codes, arrays, cfg.batch_size, rng),
                           max(cfg.epochs - done, 0), cfg.seed, cfg.progress, end_epoch,
-                          batches_per_epoch=-(-len(win_codes) // cfg.batch_size))
+                          batches_per_epoch=-(-len(win_codes) // cfg.batch_size), samples=len(win_codes),
+                          where=str(path))
     return {"checkpoint": str(path), "epochs_done": wm.train_state["rnn"]["epoch"], "history": history}
