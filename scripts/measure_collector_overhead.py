@@ -38,6 +38,8 @@ import sys
 import tempfile
 import time
 
+import _run as _on_path  # noqa: F401  (puts this clone's root first on sys.path: its wm_agent and envs are measured)
+
 
 def _run(loop, kind: str, episodes: int, folder: str) -> tuple[int, float]:
     """The next ``episodes`` episodes of ``loop`` (a ``wm_agent.benchmark.RolloutLoop``), frames dropped
@@ -134,7 +136,7 @@ def _instructions(env_id: str, kind: str, episodes: int) -> tuple[int, int]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--env", default="WM-GridWorld-v0", help="Gymnasium env id with 64x64x3 uint8 frames")
-    parser.add_argument("--pairs", type=int, default=100, help="alternating timed pairs (0: no timing)")
+    parser.add_argument("--pairs", type=int, default=100, help="alternating timed pairs (0: no timing; at least 2 to time, for a median over pairs)")
     parser.add_argument("--pair-episodes", type=int, default=100, help="episodes in each timed run")
     parser.add_argument("--instructions", action="store_true", help="also count instructions under valgrind")
     parser.add_argument("--episodes", type=int, nargs=2, default=(20, 220), metavar=("FEW", "MANY"),
@@ -149,8 +151,8 @@ def main() -> None:
         _child(args.env, args.child[0], int(args.child[1]))
         return
     few, many = args.episodes
-    if args.pairs < 0 or args.pair_episodes < 1:
-        parser.error("--pairs must be >= 0 and --pair-episodes >= 1")
+    if args.pairs < 0 or args.pairs == 1 or args.pair_episodes < 1:
+        parser.error("--pairs must be 0 (no timing) or >= 2, and --pair-episodes >= 1")
     if args.scaling < 0 or args.workers < 2 or args.scaling_episodes < 1:
         parser.error("--scaling must be >= 0, --workers >= 2 and --scaling-episodes >= 1")
     if args.instructions and not 0 < few < many:

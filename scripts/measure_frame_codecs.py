@@ -20,6 +20,7 @@ import json
 import time
 import zlib
 
+import _run as _on_path  # noqa: F401  (puts this clone's root first on sys.path: its wm_agent and envs are measured)
 import gymnasium as gym
 import numpy as np
 

@@ -254,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--frames", type=int, default=1_000_000, help="frames to generate")
-    parser.add_argument("--out", type=Path, default=None, help="data folder (default: a new folder in $TMPDIR)")
+    parser.add_argument("--out", type=Path, default=None, help="data folder; unset: a new folder in $TMPDIR")
     parser.add_argument("--episode-steps", type=int, default=49, help="steps per synthetic episode (GridWorld: <= 50)")
     parser.add_argument("--episodes-per-shard", type=int, default=10, help="as `wm-agent collect` (its default: 10)")
     parser.add_argument("--batches", type=int, default=200, help="VQ-VAE training batches")
@@ -264,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rnn-batch-size", type=int, default=16, help="MDN-RNN batch size")
     parser.add_argument("--seq-len", type=int, default=50, help="MDN-RNN window length (train-rnn's default)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads in the children (0 = torch's default)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic episodes")
     parser.add_argument("--keep", action="store_true", help="keep the generated data")
     parser.add_argument("--reuse", action="store_true", help="measure an existing --out folder; generate nothing")
     parser.add_argument("--json-out", type=Path, default=None, help="also write the report here")

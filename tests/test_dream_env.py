@@ -327,6 +327,13 @@ def test_training_v_from_python_marks_m_and_c_stale():
         DreamEnv(model)
 
 
+@pytest.mark.parametrize("threshold", [-0.5, float("nan"), "0.5"])
+def test_a_done_threshold_that_is_not_a_probability_bound_is_refused(wm, threshold):
+    for make in (lambda: DreamEnv(wm, done_threshold=threshold), lambda: DreamVectorEnv(2, wm, done_threshold=threshold)):
+        with pytest.raises(ValueError, match="done_threshold must be a number >= 0"):
+            make()
+
+
 def test_done_threshold_decides_termination(wm):
     env = DreamEnv(wm, done_threshold=0.0)
     env.reset(seed=0)

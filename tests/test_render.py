@@ -263,9 +263,14 @@ def test_run_play_scripted(tiny):
     real = run_play(PlayConfig(checkpoint=str(ckpt), dream=False, fps=200, scale=2), ["left", "left", "esc"])
     assert real["steps"] == 2 and abs(real["total_reward"]) > 0  # the real GridWorld charges every step
     # a dream that always ends: moves after the end are ignored until R
-    ended = run_play(PlayConfig(checkpoint=str(ckpt), fps=200, scale=2, done_threshold=-1.0),
+    ended = run_play(PlayConfig(checkpoint=str(ckpt), fps=200, scale=2, done_threshold=0.0),
                      ["up", "up", "left", "r", "down", "q"], wm=wm)
     assert ended["steps"] == 2 and ended["episodes"] == 2 and ended["quit"]
+    # a threshold below 0 (every dream over after one step) and a temperature for the real env are refused
+    with pytest.raises(ValueError, match="done_threshold must be a number >= 0"):
+        run_play(PlayConfig(checkpoint=str(ckpt), fps=200, scale=2, done_threshold=-1.0), ["q"], wm=wm)
+    with pytest.raises(ValueError, match="--temperature is the dream's"):
+        run_play(PlayConfig(checkpoint=str(ckpt), dream=False, temperature=5.0), ["q"], wm=wm)
     with pytest.raises(ValueError, match="unknown key"):
         run_play(cfg, ["jump"], wm=wm)
 
@@ -298,3 +303,13 @@ def test_run_play_without_a_screen_says_so_instead_of_waiting(tiny):
     wm, ckpt = tiny  # the tests' SDL_VIDEODRIVER=dummy: no key can ever arrive
     with pytest.raises(ValueError, match="needs a display.*'dummy'"):
         run_play(PlayConfig(checkpoint=str(ckpt), fps=200, scale=2), wm=wm)
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs a folder no one can write into")
+def test_a_video_that_cannot_be_written_is_refused_before_the_episode(tiny, capsys):
+    _, ckpt = tiny
+    from wm_agent.cli import main
+
+    err_code = main(["render", "--checkpoint", str(ckpt), "--out", "/proc/x.mp4", "--no-progress"])
+    err = capsys.readouterr().err
+    assert err_code == 1 and err.startswith("wm-agent: error: cannot write a video into /proc") and len(err.splitlines()) == 1

@@ -295,7 +295,8 @@ class BenchmarkDreamConfig:
 
     num_envs: int = field(default=1024, metadata={"help": "dreams stepped in one batch"})
     dream_steps: int = field(default=30, metadata={"help": "batched dream steps to time"})
-    real_steps: int = field(default=1500, metadata={"help": "real env steps to time (CarRacing runs a fifth)"})
+    real_steps: int = field(default=1500, metadata={"help": "sets the real envs' timed steps: GridWorld runs 20x this many, "
+                                                          "CarRacing a fifth (at least 20)"})
     seed: int = field(default=0, metadata={"help": "seed"})
 
 

@@ -18,7 +18,7 @@ import numpy as np
 from gymnasium import spaces
 
 from wm_agent.collect import MANIFEST, MANIFEST_FORMAT, SHARD_FILES
-from wm_agent.frames import BLOB, CODEC, OFFSETS, CompressedFrames
+from wm_agent.frames import BLOB, CODEC, OFFSETS, RECOLLECT, CompressedFrames
 from wm_agent.io import load_npy
 
 __all__ = ["EpisodeDataset", "open_shard", "space_from_description"]
@@ -63,10 +63,13 @@ class EpisodeDataset:
         _allow_open_files(len(manifest["shards"]) + 64)
         obs_shape = tuple(manifest["observation_shape"])
         action_space = space_from_description(manifest["action_space"])
-        shards = [
-            open_shard(root / entry["name"], obs_shape, action_space, entry["episodes"], entry.get("steps"))
-            for entry in manifest["shards"]
-        ]
+        shards = []
+        for entry in manifest["shards"]:
+            try:
+                shards.append(open_shard(root / entry["name"], obs_shape, action_space, entry["episodes"],
+                                         entry.get("steps")))
+            except (FileNotFoundError, ValueError) as exc:
+                raise type(exc)(f"{exc}; {RECOLLECT.format(shard=root / entry['name'])}") from None
 
         # The episode table: which shard holds each episode, and where its rows start in that shard.
         ep_shard = np.concatenate([np.full(len(s["lengths"]), k, np.int64) for k, s in enumerate(shards)])

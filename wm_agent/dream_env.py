@@ -39,6 +39,14 @@ def as_world_model(world_model: WorldModel | str | os.PathLike, device=None, dre
     return wm
 
 
+def _checked_threshold(done_threshold: float) -> float:
+    """A done probability threshold: below 0 every dream would end after its first step."""
+    if not isinstance(done_threshold, (int, float)) or not done_threshold >= 0:
+        raise ValueError(f"done_threshold must be a number >= 0 (above 1: dreams never end by the done head), "
+                         f"got {done_threshold!r}")
+    return float(done_threshold)
+
+
 def _episode_cap(wm: WorldModel, max_episode_steps: int | None) -> int:
     if max_episode_steps is not None and (isinstance(max_episode_steps, bool)
                                           or not isinstance(max_episode_steps, (int, np.integer))
@@ -165,7 +173,7 @@ class DreamEnv(gym.Env):
             raise ValueError(f"render_mode must be one of {self.metadata['render_modes']}, got {render_mode!r}")
         self.world_model, self.render_mode, self.obs_mode = wm, render_mode, observation
         self.max_episode_steps = _episode_cap(wm, max_episode_steps)
-        self.done_threshold = done_threshold
+        self.done_threshold = _checked_threshold(done_threshold)
         self.action_space = action_space_of(wm)
         s = wm.config.image_size
         self.observation_space = latent_space_of(wm) if observation == "latent" else spaces.Box(0, 255, (s, s, 3), np.uint8)
@@ -260,7 +268,7 @@ class DreamVectorEnv(VectorEnv):
         wm = as_world_model(world_model, device)
         self.world_model, self.num_envs, self.render_mode = wm, num_envs, render_mode
         self.max_episode_steps = _episode_cap(wm, max_episode_steps)
-        self.done_threshold = done_threshold
+        self.done_threshold = _checked_threshold(done_threshold)
         self.single_action_space = action_space_of(wm)
         self.single_observation_space = latent_space_of(wm)
         self.action_space = gym.vector.utils.batch_space(self.single_action_space, num_envs)

@@ -20,7 +20,7 @@ from pathlib import Path
 import lz4.block
 import numpy as np
 
-__all__ = ["BLOB", "CODEC", "OFFSETS", "CompressedFrames", "DiscardFrames", "FrameArray", "FrameWriter", "grown",
+__all__ = ["BLOB", "CODEC", "OFFSETS", "RECOLLECT", "CompressedFrames", "DiscardFrames", "FrameArray", "FrameWriter", "grown",
            "npy_header"]
 
 CODEC = "lz4-block"
@@ -29,6 +29,8 @@ OFFSETS = "obs_offsets"
 _HEADER_BYTES = 128  # room for a 1-D shape of any size; written last, when the size is known
 _WRITE_BUFFER = 1 << 20
 _UINT8 = np.dtype(np.uint8)
+# How a damaged shard is mended: collect skips only shards that are whole, so it collects this one again.
+RECOLLECT = "delete {shard} and re-run the `wm-agent collect` command that made its folder to collect it again"
 
 
 def npy_header(shape: tuple[int, ...], dtype, size: int) -> bytes:
@@ -187,7 +189,8 @@ class CompressedFrames:
                 data = exc
             if isinstance(data, Exception) or len(data) != size:
                 problem = data if isinstance(data, Exception) else f"it holds {len(data)} bytes, not {size}"
-                raise ValueError(f"{self.path}: frame {indices[k]} is corrupt ({problem})")
+                raise ValueError(f"{self.path}: frame {indices[k]} is corrupt ({problem}); "
+                                 f"{RECOLLECT.format(shard=self.path.parent)}")
             flat[k] = np.frombuffer(data, np.uint8)
         return out
 

@@ -18,6 +18,7 @@ import itertools
 import json
 import math
 import os
+import tempfile
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -387,6 +388,13 @@ def _check_video_path(path: str | os.PathLike) -> Path:
     if path.suffix.lower() not in VIDEO_EXTENSIONS:
         raise ValueError(f"video file must end in .mp4 or .gif, got {str(path)!r}")
     make_parent(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"{path} is a folder; give a video file path")
+    try:  # before any episode is played: a read-only folder would only show once the video is written
+        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp"):
+            pass
+    except OSError as exc:
+        raise OSError(f"cannot write a video into {path.parent}: {exc.strerror or exc}") from None
     return path
 
 
@@ -704,7 +712,7 @@ class PlayConfig:
     checkpoint: str = doc("world-model checkpoint")
     dream: bool = doc("play inside the dream (--no-dream plays the real env, for comparison)", True)
     env: str = doc("real env id for --no-dream (empty: the checkpoint's env)", "")
-    temperature: float = doc("dream temperature (0 = the most likely component's mean)", 1.0)
+    temperature: float | None = doc("dream temperature (0 = the most likely component's mean; default: 1.0)", None)
     done_threshold: float = doc("the dream ends when its done head's probability exceeds this (above 1: never)", 0.5)
     seed: int = doc("seed of the first start frame / layout (each R reset moves on by one)", 0)
     max_steps: int = doc("end an episode after this many steps (0 = the env's own limit)", 0)
@@ -784,13 +792,16 @@ def run_play(cfg: PlayConfig, events: Iterable[str | Sequence[str]] | None = Non
     check_settings((cfg.fps > 0, f"--fps must be > 0, got {cfg.fps}"),
                    (cfg.scale >= 1, f"--scale must be >= 1, got {cfg.scale}"),
                    (cfg.max_steps >= 0, f"--max-steps must be >= 0 (0: the env's own limit), got {cfg.max_steps}"),
-                   (cfg.temperature >= 0, f"--temperature must be >= 0, got {cfg.temperature}"))
+                   (cfg.temperature is None or cfg.temperature >= 0, f"--temperature must be >= 0, got {cfg.temperature}"),
+                   (cfg.dream or cfg.temperature is None,
+                    "--temperature is the dream's: drop it with --no-dream (the real env has none)"))
     if events is None:  # no screen, no key would ever arrive: say so instead of waiting forever
         require_screen("play", "`wm-agent render` writes a video instead")
     wm = wm or WorldModel.load(cfg.checkpoint)
     discrete = wm.config.discrete_actions
     if cfg.dream:
-        env = gym.make("WM-Dream-v0", world_model=wm, temperature=cfg.temperature, render_mode="rgb_array",
+        temperature = 1.0 if cfg.temperature is None else cfg.temperature
+        env = gym.make("WM-Dream-v0", world_model=wm, temperature=temperature, render_mode="rgb_array",
                        done_threshold=cfg.done_threshold, max_episode_steps=cfg.max_steps or None)
     else:
         env_id = wm.real_env_id(cfg.env)
