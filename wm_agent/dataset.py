@@ -68,8 +68,9 @@ class EpisodeDataset:
             try:
                 shards.append(open_shard(root / entry["name"], obs_shape, action_space, entry["episodes"],
                                          entry.get("steps")))
-            except (FileNotFoundError, ValueError) as exc:
-                raise type(exc)(f"{exc}; {RECOLLECT.format(shard=root / entry['name'])}") from None
+            except (FileNotFoundError, ValueError) as exc:  # the same kind of error, with how to mend it
+                kind = FileNotFoundError if isinstance(exc, FileNotFoundError) else ValueError
+                raise kind(f"{exc}; {RECOLLECT.format(shard=root / entry['name'])}") from None
 
         # The episode table: which shard holds each episode, and where its rows start in that shard.
         ep_shard = np.concatenate([np.full(len(s["lengths"]), k, np.int64) for k, s in enumerate(shards)])
