@@ -27,5 +27,8 @@ def make_car_racing(
     """
     from gymnasium.envs.box2d.car_racing import CarRacing
 
+    # Checked here, as every env of ours does: CarRacing itself only asserts it at the first reset.
+    if render_mode is not None and render_mode not in CarRacing.metadata["render_modes"]:
+        raise ValueError(f"render_mode must be one of {CarRacing.metadata['render_modes']}, got {render_mode!r}")
     env = CarRacing(render_mode=render_mode, continuous=continuous, **kwargs)
     return ImageObservation(env, size=size, crop=DASHBOARD_FREE_ROWS if crop_dashboard else None)

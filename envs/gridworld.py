@@ -62,6 +62,13 @@ class GridWorldEnv(gym.Env):
         max_obstacles: int = 6,
         image_size: int = 64,
     ):
+        for name, value in (("size", size), ("image_size", image_size), ("min_obstacles", min_obstacles),
+                            ("max_obstacles", max_obstacles)):
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+                raise ValueError(f"{name} must be an int, got {value!r}")
+        size, image_size, min_obstacles, max_obstacles = int(size), int(image_size), int(min_obstacles), int(max_obstacles)
+        if image_size < 1:
+            raise ValueError(f"image_size must be a positive int, got {image_size}")
         if size < 2 or image_size % size != 0:
             raise ValueError(f"size must be >= 2 and divide image_size={image_size}, got size={size}")
         if not 0 <= min_obstacles <= max_obstacles <= size * size - 2:

@@ -18,6 +18,30 @@ def _is_image_space(space: gym.Space) -> bool:
     )
 
 
+MAX_SIZE = 1024  # output side: a 64x64 world model needs nothing near it, and a typo must not allocate GiBs
+
+
+def _checked_crop(crop, shape: tuple[int, int] | None) -> tuple[int, ...] | None:
+    """``crop`` as a tuple of ints, refused at construction (not at the first frame) when it is not
+    ``(top, bottom)`` / ``(top, bottom, left, right)`` with 0 <= top < bottom (<= height when known)."""
+    if crop is None:
+        return None
+    try:
+        values = tuple(crop)
+    except TypeError:
+        values = ()
+    if len(values) not in (2, 4) or any(isinstance(v, bool) or not isinstance(v, (int, np.integer)) for v in values):
+        raise ValueError(f"crop must be (top, bottom) or (top, bottom, left, right) in whole pixels, got {crop!r}")
+    values = tuple(int(v) for v in values)
+    limits = (None, None) if shape is None else tuple(int(n) for n in shape)
+    pairs = [values[:2]] + ([values[2:]] if len(values) == 4 else [])
+    for (low, high), limit, what in zip(pairs, limits, ("rows", "columns")):
+        if not 0 <= low < high or (limit is not None and high > limit):
+            bound = f" <= {limit}" if limit is not None else ""
+            raise ValueError(f"crop {values}: {what} must satisfy 0 <= start < end{bound}, got {low}:{high}")
+    return values
+
+
 class ImageObservation(gym.ObservationWrapper, gym.utils.RecordConstructorArgs):
     """Observations become ``size x size x 3`` uint8 frames, optionally cropped first.
 
@@ -37,8 +61,9 @@ class ImageObservation(gym.ObservationWrapper, gym.utils.RecordConstructorArgs):
     def __init__(self, env: gym.Env, size: int = 64, crop: Crop | None = None):
         gym.utils.RecordConstructorArgs.__init__(self, size=size, crop=crop)
         gym.ObservationWrapper.__init__(self, env)
-        if not isinstance(size, int) or size < 8:
-            raise ValueError(f"size must be an int >= 8, got {size!r}")
+        if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or not 8 <= size <= MAX_SIZE:
+            raise ValueError(f"size must be an int in [8, {MAX_SIZE}], got {size!r}")
+        size = int(size)
         space = env.observation_space
         self._from_render = not _is_image_space(space)
         if self._from_render and env.render_mode != "rgb_array":
@@ -46,8 +71,7 @@ class ImageObservation(gym.ObservationWrapper, gym.utils.RecordConstructorArgs):
                 f"ImageObservation needs image observations of shape (H, W[, 1|3|4]) or an env made with "
                 f"render_mode='rgb_array'; got observation_space={space} and render_mode={env.render_mode!r}"
             )
-        if crop is not None and len(crop) not in (2, 4):
-            raise ValueError(f"crop must be (top, bottom) or (top, bottom, left, right), got {crop!r}")
+        crop = _checked_crop(crop, None if self._from_render else space.shape[:2])
         # Float pixels lie in [0, _float_max]: 1 for a rendered frame or an unbounded space (its dtype's
         # largest value counts as unbounded), else the space's bound, 1 or 255. None: only uint8 is taken.
         self._float_max = 1.0 if self._from_render else None
@@ -60,7 +84,7 @@ class ImageObservation(gym.ObservationWrapper, gym.utils.RecordConstructorArgs):
         if self._from_render:  # only the rgb_array render gives it frames, so that is the mode it supports
             self.metadata = {**env.metadata, "render_modes": ["rgb_array"]}
         self.size = size
-        self.crop = tuple(crop) if crop is not None else None
+        self.crop = crop
         self.observation_space = spaces.Box(0, 255, (size, size, 3), np.uint8)
 
     def observation(self, observation):

@@ -159,12 +159,36 @@ def test_image_observation_on_a_non_image_env_names_the_problem(make):
 
 
 @pytest.mark.parametrize("kwargs, match", [
-    ({"size": 4}, "size must be an int >= 8"), ({"size": 64.0}, "size must be an int"),
-    ({"size": "64"}, "size must be an int"), ({"crop": (0, 10, 20)}, "crop must be"),
+    ({"size": 4}, r"size must be an int in \[8, 1024\]"), ({"size": 64.0}, "size must be an int"),
+    ({"size": "64"}, "size must be an int"), ({"size": 100_000}, "size must be an int in"),
+    ({"crop": (0, 10, 20)}, "crop must be"), ({"crop": 5}, "crop must be"), ({"crop": (0.0, 10.5)}, "whole pixels"),
+    ({"crop": (10, 10)}, r"rows must satisfy 0 <= start < end, got 10:10"),
 ])
 def test_image_observation_refuses_bad_settings(kwargs, match):
     with pytest.raises(ValueError, match=match):
         ImageObservation(gym.make("CartPole-v1", render_mode="rgb_array"), **kwargs)
+
+
+@pytest.mark.parametrize("crop, match", [((50, 100), "rows must satisfy 0 <= start < end <= 64, got 50:100"),
+                                         ((0, 64, 0, 65), "columns must satisfy 0 <= start < end <= 64")])
+def test_a_crop_outside_the_image_space_is_refused_when_built(crop, match):
+    with pytest.raises(ValueError, match=match):
+        ImageObservation(gym.make("WM-GridWorld-v0"), size=32, crop=crop)
+    assert ImageObservation(gym.make("WM-GridWorld-v0"), size=np.int64(32), crop=np.array([0, 32])).crop == (0, 32)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"image_size": 0}, "image_size must be a positive int, got 0"), ({"image_size": 64.0}, "image_size must be an int"),
+    ({"size": 8.0}, "size must be an int, got 8.0"), ({"min_obstacles": 1.5}, "min_obstacles must be an int"),
+])
+def test_gridworld_refuses_bad_settings_in_one_line(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        gym.make("WM-GridWorld-v0", **kwargs)
+
+
+def test_carracing_refuses_an_unknown_render_mode_when_made():
+    with pytest.raises(ValueError, match=r"render_mode must be one of \['human', 'rgb_array', 'state_pixels'\]"):
+        gym.make("WM-CarRacing-v0", render_mode="rgb")
 
 
 @pytest.fixture(scope="module")
