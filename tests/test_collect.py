@@ -285,6 +285,27 @@ def test_fewer_shards_than_workers_is_pointed_out_when_planned_not_on_resume(tmp
         collector.collect(5, progress=False)  # 1 shard left to redo of a plan that fits the workers
 
 
+def test_numpy_integers_count_as_ints(tmp_path):
+    collector = DataCollector("WM-GridWorld-v0", tmp_path, seed=np.int64(3), workers=np.int64(1),
+                              episodes_per_shard=np.int64(2), max_steps=np.int64(4))
+    manifest = collector.collect(np.int64(2), progress=False)
+    assert manifest["episodes"] == 2 and manifest["seed"] == 3 and type(manifest["seed"]) is int
+
+
+class _IntBoxEnv(GridWorldEnv):
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.action_space = spaces.Box(0, 4, (2,), np.int64)
+
+
+def test_an_integer_box_action_space_is_refused_by_the_data_policies(tmp_path):
+    """Uniform floats truncated to ints never reach the upper bound, and a truncated walk collapses."""
+    if "WMTest-IntBox-v0" not in registry:
+        register(id="WMTest-IntBox-v0", entry_point=f"{__name__}:_IntBoxEnv", max_episode_steps=5)
+    with pytest.raises(ValueError, match="need a float Box"):
+        DataCollector("WMTest-IntBox-v0", tmp_path)
+
+
 @pytest.mark.parametrize(
     "kwargs, message",
     [({"policy": "greedy"}, "policy must be one of"), ({"workers": 0}, r"workers \(--workers\) must be"),

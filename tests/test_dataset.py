@@ -223,3 +223,43 @@ def test_box_action_space_round_trips(tmp_path):
     ds = EpisodeDataset(tmp_path)
     assert ds.action_space == spaces.Box(-1.0, 1.0, (2,), np.float32)
     assert ds.actions_all().shape == (ds.num_steps, 2) and ds.actions_all().dtype == np.float32
+
+
+def test_a_shard_filled_before_the_manifest_lists_it_reads_as_listed(tmp_path, root):
+    """A resumed collect renames the filled last shard into place, then lists it within a second: a
+    reader in between sees the episodes the manifest lists (the shard's first ones), not an error."""
+    short = tmp_path / "short"
+    DataCollector("WM-GridWorld-v0", short, seed=5, episodes_per_shard=3, max_steps=10).collect(7, progress=False)
+    listed = EpisodeDataset(short)
+    before = {key: np.array(value) for key, value in listed.episode(6).items()}
+    manifest = (short / "manifest.json").read_text()
+    DataCollector("WM-GridWorld-v0", short, seed=5, episodes_per_shard=3, max_steps=10).collect(8, progress=False)
+    (short / "manifest.json").write_text(manifest)  # the moment between the rename and the listing
+    between = EpisodeDataset(short)
+    assert between.num_episodes == 7 and between.num_frames == listed.num_frames
+    for key, value in between.episode(6).items():
+        np.testing.assert_array_equal(value, before[key])
+    np.testing.assert_array_equal(between.frames(np.arange(between.num_frames)),
+                                  EpisodeDataset(root).frames(np.arange(between.num_frames)))
+
+
+def test_frame_indices_count_from_the_end_like_episode_indices(root):
+    ds = EpisodeDataset(root)
+    np.testing.assert_array_equal(ds.frames([-1, -ds.num_frames]), ds.frames([ds.num_frames - 1, 0]))
+    with pytest.raises(IndexError, match=f"got {2**63 + 5}"):  # not wrapped around into a negative int64
+        ds.frames(np.array([2**63 + 5], np.uint64))
+    with pytest.raises(TypeError, match="rng must be a numpy Generator"):
+        next(ds.iter_frame_batches(2, None))
+
+
+def test_identity_tells_apart_folders_whose_shards_split_the_episodes_otherwise(tmp_path):
+    """Shard i's episodes are seeded from (seed, i): another episodes_per_shard gives other episodes."""
+    from wm_agent.dataset import same_episodes
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    DataCollector("WM-GridWorld-v0", a, seed=0, episodes_per_shard=4, max_steps=5).collect(4, progress=False)
+    DataCollector("WM-GridWorld-v0", b, seed=0, episodes_per_shard=2, max_steps=5).collect(4, progress=False)
+    A, B = EpisodeDataset(a), EpisodeDataset(b)
+    assert A.identity != B.identity and not same_episodes(A.identity, B.identity)
+    older = {k: v for k, v in A.identity.items() if k != "episodes_per_shard"}  # what older checkpoints recorded
+    assert same_episodes(older, A.identity) and same_episodes(older, B.identity)

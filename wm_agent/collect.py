@@ -96,6 +96,8 @@ def _check_action_space(space: gym.Space) -> None:
     if isinstance(space, spaces.Discrete):
         return
     if isinstance(space, spaces.Box):
+        if not np.issubdtype(space.dtype, np.floating):  # the policies draw and walk in real numbers
+            raise ValueError(f"the data policies need a float Box (or Discrete) action space, got {space}")
         if not (np.all(np.isfinite(space.low)) and np.all(np.isfinite(space.high))):
             raise ValueError(f"the data policies need a bounded Box action space, got {space}")
         return
@@ -545,6 +547,11 @@ def describe_space(space: gym.Space) -> dict:
     raise ValueError(f"cannot describe action space {space}: only Discrete and Box are supported")
 
 
+def _is_int(value) -> bool:
+    """An int or a numpy integer (a count read from an array), never a bool."""
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
 def _named(argument: str) -> str:
     """``episodes_per_shard (--episodes-per-shard)``: an argument as the API and the CLI spell it."""
     return f"{argument} (--{argument.replace('_', '-')})"
@@ -601,13 +608,15 @@ class DataCollector:
             raise ValueError(f"vectorization must be one of {VECTORIZATIONS}, got {vectorization!r}")
         # Each message names the argument and its command-line option, read by users of either.
         for label, value in (("workers", workers), ("episodes_per_shard", episodes_per_shard)):
-            if not isinstance(value, int) or value < 1:
+            if not _is_int(value) or value < 1:
                 raise ValueError(f"{_named(label)} must be a positive int, got {value!r}")
-        if not isinstance(seed, int) or seed < 0:
+        if not _is_int(seed) or seed < 0:
             raise ValueError(f"{_named('seed')} must be a non-negative int, got {seed!r}")
-        if max_steps is not None and (not isinstance(max_steps, int) or max_steps < 1):
+        if max_steps is not None and (not _is_int(max_steps) or max_steps < 1):
             raise ValueError(f"{_named('max_steps')} must be a positive int (or None / 0 on the command line: "
                              f"the env's own limit), got {max_steps!r}")
+        workers, episodes_per_shard, seed = int(workers), int(episodes_per_shard), int(seed)  # JSON takes no np.int64
+        max_steps = None if max_steps is None else int(max_steps)
         env_kwargs = dict(env_kwargs or {})
         try:
             env_kwargs = json.loads(json.dumps(env_kwargs))  # the manifest stores them as JSON
@@ -717,8 +726,9 @@ class DataCollector:
         Shards already on disk with (at least) their planned episodes are skipped, so re-running an
         interrupted command resumes it. Shards beyond the plan are kept and listed.
         """
-        if not isinstance(episodes, int) or episodes < 1:
+        if not _is_int(episodes) or episodes < 1:
             raise ValueError(f"{_named('episodes')} must be a positive int, got {episodes!r}")
+        episodes = int(episodes)
         from wm_agent.io import make_folder, save_json
 
         self.stats = {"shards": 0, "worker_cpu_seconds": 0.0}

@@ -21,7 +21,7 @@ from wm_agent.collect import MANIFEST, MANIFEST_FORMAT, SHARD_FILES
 from wm_agent.frames import BLOB, CODEC, OFFSETS, RECOLLECT, CompressedFrames
 from wm_agent.io import load_npy
 
-__all__ = ["EpisodeDataset", "open_shard", "space_from_description"]
+__all__ = ["EpisodeDataset", "open_shard", "same_episodes", "space_from_description"]
 
 
 def space_from_description(desc: dict) -> gym.Space:
@@ -35,6 +35,16 @@ def space_from_description(desc: dict) -> gym.Space:
         high = np.asarray(desc["high"], dtype).reshape(desc["shape"])
         return spaces.Box(low, high, dtype=dtype)
     raise ValueError(f"unknown action space description {desc!r}")
+
+
+# What decides a folder's episodes; episodes_per_shard too, since shard i's episodes are seeded from (seed, i).
+IDENTITY = ("env_id", "env_kwargs", "policy", "seed", "episodes_per_shard", "max_steps")
+
+
+def same_episodes(saved: dict, identity: dict) -> bool:
+    """Whether an ``identity`` recorded earlier (in a checkpoint) names the same episodes as ``identity``
+    does now; keys an older record lacks (it predates them) are not compared."""
+    return all(identity.get(key) == value for key, value in saved.items())
 
 
 class EpisodeDataset:
@@ -100,7 +110,7 @@ class EpisodeDataset:
     def identity(self) -> dict:
         """What determines the episodes (collection is deterministic given these): two folders with the
         same identity hold the same episodes, one a prefix of the other."""
-        return {key: self.manifest.get(key) for key in ("env_id", "env_kwargs", "policy", "seed", "max_steps")}
+        return {key: self.manifest.get(key) for key in IDENTITY}
 
     @property
     def observation_shape(self) -> tuple[int, ...]:
@@ -140,12 +150,13 @@ class EpisodeDataset:
         indices = np.asarray(indices)
         if indices.ndim != 1 or not (np.issubdtype(indices.dtype, np.integer) or indices.size == 0):
             raise ValueError(f"indices must be a 1-D integer array, got {indices.dtype} shape {indices.shape}")
-        indices = indices.astype(np.int64, copy=False)
         out = np.empty((len(indices), *self.observation_shape), np.uint8)
         if len(indices) == 0:
             return out
-        if indices.min() < 0 or indices.max() >= self.num_frames:
-            raise IndexError(f"frame indices must lie in [0, {self.num_frames}), got {indices.min()}..{indices.max()}")
+        low, high = int(indices.min()), int(indices.max())  # Python ints: a uint64 index cannot wrap around
+        if low < -self.num_frames or high >= self.num_frames:
+            raise IndexError(f"frame indices must lie in [-{self.num_frames}, {self.num_frames}), got {low}..{high}")
+        indices = indices.astype(np.int64) % self.num_frames  # negative ones count from the end, as episode(-1)
         episodes = np.searchsorted(self.frame_offsets, indices, side="right") - 1
         shard_of = self._ep_shard[episodes]
         local = self._local_frame[episodes] + (indices - self.frame_offsets[episodes])
@@ -164,6 +175,8 @@ class EpisodeDataset:
         (the last, smaller batch is dropped when ``drop_last``)."""
         if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        if not isinstance(rng, np.random.Generator):
+            raise TypeError(f"rng must be a numpy Generator (np.random.default_rng(seed)), got {rng!r}")
         order = rng.permutation(self.num_frames)
         stop = len(order) - len(order) % batch_size if drop_last else len(order)
         for i, start in enumerate(range(0, stop, batch_size)):
@@ -313,14 +326,18 @@ def open_shard(
     lengths = arrays["lengths"]
     if lengths.ndim != 1 or not np.issubdtype(lengths.dtype, np.integer):
         fail("lengths", f"expected a 1-D integer array, got {lengths.dtype} shape {lengths.shape}")
-    if episodes is not None and len(lengths) != episodes:
+    if episodes is not None and len(lengths) < episodes:
         fail("lengths", f"holds {len(lengths)} episodes, the manifest says {episodes}")
+    # More episodes than listed: a resumed collect has just filled this shard and lists it within a
+    # second (the shard is renamed into place first). The listed episodes are its first ones, the same
+    # bytes as before: the whole shard is checked, and only those are read.
+    listed = episodes if episodes is not None and len(lengths) > episodes else None
     if len(lengths) and lengths.min() < 1:
         fail("lengths", f"episode lengths must be >= 1, found {lengths.min()}")
     expected_steps = steps
     steps = int(lengths.sum())
     frames = steps + len(lengths)
-    if expected_steps is not None and expected_steps != steps:
+    if expected_steps is not None and listed is None and expected_steps != steps:
         fail("lengths", f"sums to {steps} steps, the manifest says {expected_steps}")
 
     discrete = isinstance(action_space, spaces.Discrete)
@@ -341,6 +358,14 @@ def open_shard(
     if offsets[0] != 0 or offsets[-1] != len(blob) or np.any(np.diff(offsets) < 1):
         fail(OFFSETS, f"offsets must rise from 0 to the size of {BLOB}.npy ({len(blob)} bytes), "
                       f"got {offsets[0]}..{offsets[-1]}, or an empty frame")
+    if listed is not None:
+        lengths = arrays["lengths"] = arrays["lengths"][:listed]
+        steps = int(lengths.sum())
+        if expected_steps is not None and expected_steps != steps:
+            fail("lengths", f"its first {listed} episodes sum to {steps} steps, the manifest says {expected_steps}")
+        for key in ("actions", "rewards", "terminated", "truncated"):
+            arrays[key] = arrays[key][:steps]
+        offsets = offsets[: steps + listed + 1]
     for array in (blob, *arrays.values()):
         array.flags.writeable = False  # episode() hands out views: callers must not edit the dataset
     arrays["obs"] = CompressedFrames(blob, offsets, obs_shape, folder / f"{BLOB}.npy")

@@ -321,7 +321,7 @@ def dream_fidelity(wm: WorldModel, dataset, episodes: int, temperature: float, t
 
 
 def eval_dream(cfg: EvalDreamConfig, wm: WorldModel | None = None) -> dict:
-    from wm_agent.dataset import EpisodeDataset
+    from wm_agent.dataset import EpisodeDataset, same_episodes
 
     check_settings((cfg.episodes >= 0, f"--episodes must be >= 0 (0: all), got {cfg.episodes}"),
                    (cfg.max_frames >= 1, f"--max-frames must be >= 1, got {cfg.max_frames}"),
@@ -334,7 +334,7 @@ def eval_dream(cfg: EvalDreamConfig, wm: WorldModel | None = None) -> dict:
     wm.require_trained("rnn", cfg.world_model)
     ds = EpisodeDataset(cfg.data)
     check_data_fits(ds, wm, cfg.world_model)
-    if wm.train_state["rnn"].get("data") == ds.identity:
+    if same_episodes(wm.train_state["rnn"].get("data") or {"env_id": None}, ds.identity):
         warnings.warn(f"{cfg.data} holds the episodes {cfg.world_model}'s MDN-RNN was trained on (same env, policy "
                       "and collection seed): these figures are not held-out ones; collect with another --seed",
                       stacklevel=2)

@@ -516,7 +516,9 @@ def _same_run(stage: str, path, state: dict | None, ds, resume: bool, settings: 
             if saved != value:
                 raise ResumeMismatch(path, f"its {STAGES[stage][0]} was trained with {flag} {saved}, not {flag} {value}",
                                      f"resume with {flag} {saved}")
-        if state.get("data") not in (None, ds.identity):
+        from wm_agent.dataset import same_episodes
+
+        if state.get("data") is not None and not same_episodes(state["data"], ds.identity):
             def said(identity: dict) -> str:
                 return ", ".join(f"{k} {v}" for k, v in identity.items() if v not in (None, {}))
 
