@@ -322,3 +322,13 @@ def test_keypoints_start_on_the_rarest_kinds_of_cell():
     where = feats[0, :6].view(3, 2) * 8 + 3.5
     torch.testing.assert_close(where[0], torch.tensor([5.0, 0.0]), atol=0.15, rtol=0)  # sharp from the start
     assert not Controller(tiny_config(controller="linear"), codebook).initial_params(torch.stack(grids)).any()
+
+
+def test_squashed_actions_stay_inside_asymmetric_bounds():
+    """tanh at 1 put float32 rounding just above 0.2 (0.20000005), outside the env's own Box."""
+    cfg = tiny_config(discrete_actions=False, action_dim=2, action_low=(-1.0, -2.0), action_high=(0.2, 0.15))
+    controller = Controller(cfg)
+    out = torch.tensor([[50.0, 50.0], [-50.0, -50.0], [0.0, 0.0]])
+    actions = controller.squash(out)
+    assert torch.all(actions <= controller.high) and torch.all(actions >= controller.low)
+    assert actions[0].tolist() == controller.high.tolist() and actions[1].tolist() == controller.low.tolist()

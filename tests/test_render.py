@@ -313,3 +313,24 @@ def test_a_video_that_cannot_be_written_is_refused_before_the_episode(tiny, caps
     err_code = main(["render", "--checkpoint", str(ckpt), "--out", "/proc/x.mp4", "--no-progress"])
     err = capsys.readouterr().err
     assert err_code == 1 and err.startswith("wm-agent: error: cannot write a video into /proc") and len(err.splitlines()) == 1
+
+
+def test_play_maps_the_arrows_to_discrete_carracing_actions(tiny, monkeypatch):
+    """Up is gas and down is brake on CarRacing, as with continuous actions (GridWorld's map drove it wrong)."""
+    from gymnasium.envs.box2d.car_racing import CarRacing
+
+    from helpers import tiny_world_model
+
+    wm = tiny_world_model(action_dim=5)
+    wm.env_id, wm.env_kwargs = "WM-CarRacing-v0", {"continuous": False}
+    sent = []
+    step = CarRacing.step
+    def recording(self, action):  # reset steps with None
+        if action is not None:
+            sent.append(int(action))
+        return step(self, action)
+
+    monkeypatch.setattr(CarRacing, "step", recording)
+    run_play(PlayConfig(checkpoint="unused.pt", dream=False, fps=200, scale=1), ["up", "down", "left", "right", "q"],
+             wm=wm)
+    assert sent == [3, 4, 2, 1]

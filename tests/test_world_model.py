@@ -597,3 +597,39 @@ def test_training_from_python_explains_bad_input():
         wm.train_rnn({k: v for k, v in sequences.items() if k != "dones"})
     with pytest.raises(ValueError, match="batch_size >= 1"):
         wm.train_rnn(sequences, batch_size=0)
+
+
+def test_a_box_env_with_other_bounds_or_a_discrete_one_from_1_is_refused():
+    """Same shape is not the same actions: the model's [-2, 2] would be sent to an env of [-1, 1]."""
+    from gymnasium import spaces
+
+    from wm_agent.latent_env import check_env_fits
+    from wm_agent.train import action_overrides
+
+    wm = tiny_world_model(discrete_actions=False, action_dim=1, action_low=(-2.0,), action_high=(2.0,))
+
+    class _Env(gym.Env):
+        observation_space = spaces.Box(0, 255, (64, 64, 3), np.uint8)
+        action_space = spaces.Box(-1.0, 1.0, (1,), np.float32)
+
+    with pytest.raises(ValueError, match="differs from the world model's"):
+        check_env_fits(_Env(), wm)
+    with pytest.raises(ValueError, match="discrete actions must start at 0"):
+        action_overrides(spaces.Discrete(4, start=1))
+
+
+def test_auto_preset_and_key_maps_see_an_env_however_it_is_spelled():
+    from wm_agent.world_model import registered_id
+
+    assert registered_id("envs:WM-CarRacing-v0") == registered_id("WM-CarRacing-v0") == "WM-CarRacing-v0"
+    assert registered_id("no_such_module:Nothing-v0") == "no_such_module:Nothing-v0"
+
+
+def test_dream_explains_actions_of_the_wrong_shape():
+    wm = tiny_world_model(discrete_actions=False, action_dim=1, action_low=(-2.0,), action_high=(2.0,))
+    frame = gridworld_frames(1)[0]
+    with pytest.raises(ValueError, match=r"dream wants actions of shape \('T', 1\).*got \(3,\)"):
+        wm.dream(frame, np.zeros(3, np.float32))
+    assert wm.dream(frame, np.zeros((3, 1), np.float32))["frames"].shape[0] == 4
+    with pytest.raises(ValueError, match="temperature must be >= 0, got nan"):
+        gym.make("WM-Dream-v0", world_model=wm, temperature=float("nan"))

@@ -195,6 +195,7 @@ def train_controller(cfg: ControllerTrainConfig, wm: WorldModel | None = None) -
                    (cfg.rollouts >= 1, f"--rollouts must be >= 1, got {cfg.rollouts}"),
                    (cfg.generations >= 0, f"--generations must be >= 0, got {cfg.generations}"),
                    (cfg.sigma0 > 0, f"--sigma0 must be > 0, got {cfg.sigma0}"),
+                   (cfg.temperature >= 0, f"--temperature must be >= 0, got {cfg.temperature}"),
                    (cfg.max_steps >= 0, f"--max-steps must be >= 0 (0: the env's own limit), got {cfg.max_steps}"),
                    (cfg.hidden >= -1, f"--hidden must be >= 0 (or -1: the checkpoint's), got {cfg.hidden}"),
                    (cfg.where == "dream" or cfg.workers >= 1, f"--workers must be >= 1, got {cfg.workers}"),

@@ -192,7 +192,10 @@ class Controller(nn.Module):
     def squash(self, out: torch.Tensor) -> torch.Tensor:
         if self.config.discrete_actions:
             return out
-        return self.low + (torch.tanh(out) + 1) * 0.5 * (self.high - self.low)
+        # Clamped: with tanh at +-1, float32 rounding lands just outside asymmetric bounds ([-1, 0.2] gave
+        # 0.20000005), which the env's own Box then refuses.
+        squashed = self.low + (torch.tanh(out) + 1) * 0.5 * (self.high - self.low)
+        return torch.minimum(torch.maximum(squashed, self.low), self.high)
 
     def forward(self, z: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
         return self.from_obs(torch.cat([z, h], -1))

@@ -84,7 +84,7 @@ class DreamBatch:
     counters. z and codes change together (``set_codes``, ``step``, ``keep``): M reads the indices."""
 
     def __init__(self, wm: WorldModel, n: int, temperature: float):
-        if temperature < 0:
+        if not temperature >= 0:  # NaN too: torch would fail later on its probabilities
             raise ValueError(f"temperature must be >= 0, got {temperature}")
         self.wm, self.n, self.temperature = wm, n, temperature
         self.rnn = wm.rnn.eval()

@@ -53,8 +53,13 @@ def check_data_fits(ds, wm: WorldModel, where: str) -> None:
 
 
 def _same_kind(space: gym.Space, expected: gym.Space) -> bool:
-    return type(space) is type(expected) and space.shape == expected.shape and (
-        not isinstance(expected, gym.spaces.Discrete) or space.n == expected.n)
+    """The same actions mean the same thing: a Discrete of the same n from 0, or a Box of the same shape
+    and bounds (another env's [-1, 1] would be sent the model's [-2, 2] actions)."""
+    if type(space) is not type(expected) or space.shape != expected.shape:
+        return False
+    if isinstance(expected, gym.spaces.Discrete):
+        return space.n == expected.n and int(space.start) == int(expected.start)
+    return bool(np.allclose(space.low, expected.low) and np.allclose(space.high, expected.high))
 
 
 class LatentObservation(gym.Wrapper, gym.utils.RecordConstructorArgs):

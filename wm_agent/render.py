@@ -616,7 +616,7 @@ def _validate_render(cfg: RenderConfig) -> None:
         raise ValueError(f"--fps must be > 0 and --scale >= 1, got fps={cfg.fps}, scale={cfg.scale}")
     if cfg.max_steps < 0:
         raise ValueError(f"--max-steps must be >= 0, got {cfg.max_steps}")
-    if cfg.temperature is not None and cfg.temperature < 0:
+    if cfg.temperature is not None and not cfg.temperature >= 0:
         raise ValueError(f"--temperature must be >= 0, got {cfg.temperature}")
     if cfg.temperature is not None and not (cfg.dream or cfg.side_by_side):
         raise ValueError("--temperature is the dream's: add --dream or --side-by-side (the real env has none)")
@@ -725,6 +725,8 @@ KEY_ALIASES = {"up": "up", "right": "right", "down": "down", "left": "left", "r"
                "escape": "quit", "esc": "quit", "q": "quit", "quit": "quit", "noop": "noop", "none": "noop",
                "space": "noop", "": "noop"}
 DISCRETE_KEYS = {"up": 0, "right": 1, "down": 2, "left": 3}  # GridWorld: 0 up, 1 right, 2 down, 3 left
+# Envs whose discrete actions mean other things: the arrows keep the continuous layout (up gas, down brake).
+KEY_MAPS = {"WM-CarRacing-v0": {"up": 3, "right": 1, "down": 4, "left": 2}}  # 0 nothing, 1 right, 2 left, 3 gas, 4 brake
 
 
 def continuous_action(held: Iterable[str], low: np.ndarray, high: np.ndarray) -> np.ndarray:
@@ -787,7 +789,7 @@ def run_play(cfg: PlayConfig, events: Iterable[str | Sequence[str]] | None = Non
     import gymnasium as gym
 
     from envs.rendering import show_frame
-    from wm_agent.world_model import WorldModel
+    from wm_agent.world_model import WorldModel, registered_id
 
     check_settings((cfg.fps > 0, f"--fps must be > 0, got {cfg.fps}"),
                    (cfg.scale >= 1, f"--scale must be >= 1, got {cfg.scale}"),
@@ -810,6 +812,8 @@ def run_play(cfg: PlayConfig, events: Iterable[str | Sequence[str]] | None = Non
     space = env.action_space
     low = getattr(space, "low", None)
     high = getattr(space, "high", None)
+    played = cfg.env if cfg.env and not cfg.dream else wm.env_id
+    keys = KEY_MAPS.get(registered_id(played) if played else "", DISCRETE_KEYS)
     pygame = _pygame()
     caption = "wm-agent play: arrows move, R resets, Esc/Q quits" + (" (dream)" if cfg.dream else "")
     window = clock = None
@@ -856,7 +860,7 @@ def run_play(cfg: PlayConfig, events: Iterable[str | Sequence[str]] | None = Non
                 moves = [c for c in cmds if c in DISCRETE_KEYS]
                 if not moves:
                     continue
-                action = DISCRETE_KEYS[moves[-1]]
+                action = keys[moves[-1]]
                 if action >= space.n:
                     continue
             else:

@@ -32,7 +32,7 @@ from wm_agent.config import (
 from wm_agent.io import make_parent
 from wm_agent.latent_env import check_data_fits
 from wm_agent.vqvae import frames_to_tensor
-from wm_agent.world_model import MAX_START_FRAMES, STAGES, WorldModel
+from wm_agent.world_model import MAX_START_FRAMES, STAGES, WorldModel, registered_id
 
 Batches = Callable[[np.random.Generator], Iterable[Any]]
 
@@ -469,8 +469,8 @@ def run_train_vae(cfg: TrainVAEConfig) -> dict:
     elif out.exists() and not cfg.overwrite:
         raise FileExistsError(f"{out} exists: pass --resume to continue it or --overwrite to start again")
     else:
-        if cfg.preset == "auto":
-            preset = PRESETS.get(ds.env_id, WorldModelConfig)
+        if cfg.preset == "auto":  # by the registered id, so "envs:WM-CarRacing-v0" gets CarRacing's too
+            preset = PRESETS.get(registered_id(ds.env_id), WorldModelConfig)
         elif cfg.preset in PRESETS:
             preset = PRESETS[cfg.preset]
         else:
@@ -543,6 +543,9 @@ def action_overrides(space) -> dict:
     from gymnasium import spaces
 
     if isinstance(space, spaces.Discrete):
+        if int(space.start) != 0:  # the model's actions are 0..n-1; the data's would be read as those
+            raise ValueError(f"discrete actions must start at 0, got {space}: wrap the env in a "
+                             "gymnasium.ActionWrapper that numbers its actions from 0")
         # No bounds for discrete actions, also where a preset made for a continuous env brings some.
         return {"action_dim": int(space.n), "discrete_actions": True, "action_low": (), "action_high": ()}
     if isinstance(space, spaces.Box) and len(space.shape) == 1:

@@ -73,6 +73,17 @@ def env_spec(env_id: str):
     return gym.spec(name)
 
 
+def registered_id(env_id: str) -> str:
+    """``env_id`` as Gymnasium registered it (``envs:WM-CarRacing-v0`` -> ``WM-CarRacing-v0``); itself when
+    it cannot be looked up here."""
+    import gymnasium as gym
+
+    try:
+        return env_spec(env_id).id
+    except (ImportError, gym.error.Error):
+        return env_id
+
+
 def episode_limit(env_id: str | None, default: int = 1000) -> int:
     """The env's registered ``max_episode_steps`` (the cap of its real episodes, so of its dreams too), or
     ``default`` for an env without one or that cannot be found here."""
@@ -266,6 +277,10 @@ class WorldModel:
         gen = torch.Generator().manual_seed(seed) if seed is not None else None
         codes, z = self.snap(self.encode(np.asarray(initial_obs)[None]))  # (1, G, G), (1, Z)
         acts = torch.as_tensor(np.array(actions)).to(self.device)  # a copy: actions may be read-only (memmap)
+        want = (acts.shape[0],) if self.config.discrete_actions else (acts.shape[0], self.config.action_dim)
+        if acts.dim() == 0 or tuple(acts.shape) != want:
+            what = "T discrete actions" if self.config.discrete_actions else f"T x {self.config.action_dim} actions"
+            raise ValueError(f"dream wants actions of shape {('T',) + want[1:]} ({what}), got {tuple(acts.shape)}")
         hidden = None
         latents, rewards, dones = [z], [], []
         for a in acts:
