@@ -318,7 +318,6 @@ def test_a_video_that_cannot_be_written_is_refused_before_the_episode(tiny, caps
 def test_play_maps_the_arrows_to_discrete_carracing_actions(tiny, monkeypatch):
     """Up is gas and down is brake on CarRacing, as with continuous actions (GridWorld's map drove it wrong)."""
     from gymnasium.envs.box2d.car_racing import CarRacing
-
     from helpers import tiny_world_model
 
     wm = tiny_world_model(action_dim=5)
