@@ -264,11 +264,40 @@ def test_a_real_search_that_fails_before_its_first_generation_leaves_the_checkpo
 
 def test_a_dream_search_resumes_only_with_its_own_env(ckpt):
     """In the dream too: the env sets the dreams' episode limit, which would change mid-search."""
+    import gymnasium as gym
+
     train_controller(_cfg(ckpt, generations=1))
     before = ckpt.read_bytes()
-    with pytest.raises(ValueError, match="ran in WM-GridWorld-v0, not CartPole-v1; resume with --env WM-GridWorld-v0"):
-        train_controller(_cfg(ckpt, generations=2, resume=True, env="CartPole-v1"))
+    gym.register("TestGridWorldLong-v0", entry_point="envs.gridworld:GridWorldEnv", max_episode_steps=100)
+    try:
+        with pytest.raises(ValueError, match="ran in WM-GridWorld-v0, not TestGridWorldLong-v0; resume with --env "
+                                             "WM-GridWorld-v0"):
+            train_controller(_cfg(ckpt, generations=2, resume=True, env="TestGridWorldLong-v0"))
+        # An env the model cannot act in is refused in the dream too (there it would only set the episode limit)
+        with pytest.raises(ValueError, match="needs 64x64x3 uint8 observations"):
+            train_controller(_cfg(ckpt, generations=1, overwrite=True, env="CartPole-v1"))
+    finally:
+        del gym.registry["TestGridWorldLong-v0"]
     assert ckpt.read_bytes() == before
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"sigma0": float("inf")}, "--sigma0 must be > 0 and finite, got inf"),
+    ({"seed": 2**32 - 1}, "--seed must be <= 4294967294"),
+    ({"max_steps": 51}, "--max-steps 51 is past WM-GridWorld-v0's episode limit 50"),
+    ({"where": "real", "timeout": float("inf")}, "--timeout must be > 0 and finite, got inf"),
+])
+def test_settings_that_would_break_the_search_are_refused_up_front(ckpt, change, message):
+    before = ckpt.read_bytes()
+    with pytest.raises(ValueError, match=message):
+        train_controller(_cfg(ckpt, generations=1, overwrite=True, **change))
+    assert ckpt.read_bytes() == before
+
+
+def test_a_resume_with_another_sigma0_is_refused(ckpt):
+    train_controller(_cfg(ckpt, generations=1))
+    with pytest.raises(ValueError, match="used --sigma0 0.5, not --sigma0 3"):
+        train_controller(_cfg(ckpt, generations=2, resume=True, sigma0=3.0))
 
 
 def test_a_real_search_resumes_only_in_its_own_env(ckpt):

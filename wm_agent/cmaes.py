@@ -14,6 +14,7 @@ kept as well (``train_state["cmaes"]["best_params"]`` / ``["best_fitness"]``).
 from __future__ import annotations
 
 import dataclasses
+import math
 import tempfile
 import time
 from dataclasses import dataclass
@@ -29,12 +30,16 @@ from wm_agent.config import ResumeMismatch, check_settings, doc
 from wm_agent.controller import choose_actions
 from wm_agent.dream_env import DreamBatch
 from wm_agent.evaluate import RolloutWorkers
+from wm_agent.latent_env import check_env_fits
 from wm_agent.sampling import rand
 from wm_agent.world_model import WorldModel
 
 with warnings.catch_warnings():  # pycma warns that matplotlib (which we do not need) is missing
     warnings.simplefilter("ignore")
     import cma
+
+
+MAX_SEED = 2**32 - 2  # pycma takes seed + 1, and its seeds are 32-bit
 
 
 @dataclass
@@ -72,7 +77,9 @@ def dream_fitness(wm: WorldModel, params: np.ndarray, rollouts: int, temperature
     Every candidate meets the same ``rollouts`` start frames and, in its r-th rollout, draws its actions
     from the same uniform numbers as every other candidate's r-th rollout (common random numbers): two
     candidates that act alike then score alike, so differences in fitness come from the controllers,
-    not from luckier starts or luckier action samples, and CMA-ES ranks them with far less noise.
+    not from luckier starts or luckier action samples, and CMA-ES ranks them with far less noise. That
+    holds exactly at temperature 0; above it the dream's own next-frame draws come from one stream for
+    the whole batch, so two like candidates meet different dreams and score close, not equal.
     """
     p = len(params)
     n = p * rollouts
@@ -142,6 +149,7 @@ def _new_es(x0: np.ndarray, sigma: float, cfg: ControllerTrainConfig, stds: np.n
 # Settings a resumed search must share with the saved one: (train_state key, config field, flag).
 # --temperature matters only in the dream; older checkpoints lack some keys, which are not checked.
 _RESUME_SETTINGS = (("popsize", "popsize", "--popsize"), ("seed", "seed", "--seed"), ("where", "where", "--in"),
+                    ("sigma0", "sigma0", "--sigma0"),
                     ("rollouts", "rollouts", "--rollouts"), ("greedy", "greedy", "--greedy"),
                     ("max_steps", "max_steps", "--max-steps"), ("temperature", "temperature", "--temperature"))
 
@@ -194,16 +202,27 @@ def train_controller(cfg: ControllerTrainConfig, wm: WorldModel | None = None) -
     check_settings((cfg.popsize >= 2, f"--popsize must be >= 2, got {cfg.popsize}"),
                    (cfg.rollouts >= 1, f"--rollouts must be >= 1, got {cfg.rollouts}"),
                    (cfg.generations >= 0, f"--generations must be >= 0, got {cfg.generations}"),
-                   (cfg.sigma0 > 0, f"--sigma0 must be > 0, got {cfg.sigma0}"),
+                   (math.isfinite(cfg.sigma0) and cfg.sigma0 > 0, f"--sigma0 must be > 0 and finite, got {cfg.sigma0}"),
+                   (cfg.seed <= MAX_SEED, f"--seed must be <= {MAX_SEED} (pycma's seeds are 32-bit), got {cfg.seed}"),
                    (cfg.temperature >= 0, f"--temperature must be >= 0, got {cfg.temperature}"),
                    (cfg.max_steps >= 0, f"--max-steps must be >= 0 (0: the env's own limit), got {cfg.max_steps}"),
                    (cfg.hidden >= -1, f"--hidden must be >= 0 (or -1: the checkpoint's), got {cfg.hidden}"),
                    (cfg.where == "dream" or cfg.workers >= 1, f"--workers must be >= 1, got {cfg.workers}"),
-                   (cfg.where == "dream" or cfg.timeout > 0, f"--timeout must be > 0, got {cfg.timeout}"))
+                   (cfg.where == "dream" or (cfg.timeout > 0 and math.isfinite(cfg.timeout)),
+                    f"--timeout must be > 0 and finite, got {cfg.timeout}"))
     wm = wm or WorldModel.load(path, resolve_device(cfg.device))
     wm.require_trained("rnn", str(path))
     env_id = wm.real_env_id(cfg.env)
-    max_steps = cfg.max_steps or wm.episode_limit(env_id)
+    if cfg.env and not wm._is_own(env_id):  # in the dream too: there it sets the episode limit
+        env = wm.make_env(env_id)
+        try:
+            check_env_fits(env, wm)
+        finally:
+            env.close()
+    limit = wm.episode_limit(env_id)
+    check_settings((cfg.max_steps <= limit, f"--max-steps {cfg.max_steps} is past {env_id}'s episode limit {limit}: "
+                                            "no real episode runs that long (0: the limit itself)"))
+    max_steps = cfg.max_steps or limit
     if "cmaes" in wm.train_state and not (cfg.resume or cfg.overwrite):
         raise FileExistsError(f"{path} already holds a controller search ({wm.train_state['cmaes'].get('generation', 0)} "
                               "generations done): pass --resume to continue it or --overwrite to start a new one")
