@@ -220,8 +220,8 @@ def train_controller(cfg: ControllerTrainConfig, wm: WorldModel | None = None) -
         finally:
             env.close()
     limit = wm.episode_limit(env_id)
-    check_settings((cfg.max_steps <= limit, f"--max-steps {cfg.max_steps} is past {env_id}'s episode limit {limit}: "
-                                            "no real episode runs that long (0: the limit itself)"))
+    check_settings((cfg.max_steps <= limit, (f"--max-steps {cfg.max_steps} is past {env_id}'s episode limit {limit}: "
+                                             "no real episode runs that long (0: the limit itself)")))
     max_steps = cfg.max_steps or limit
     if "cmaes" in wm.train_state and not (cfg.resume or cfg.overwrite):
         raise FileExistsError(f"{path} already holds a controller search ({wm.train_state['cmaes'].get('generation', 0)} "
