@@ -17,7 +17,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from wm_agent.collect import MANIFEST, MANIFEST_FORMAT, SHARD_FILES
+from wm_agent.collect import IDENTITY_KEYS, MANIFEST, MANIFEST_FORMAT, SHARD_FILES
 from wm_agent.frames import BLOB, CODEC, OFFSETS, RECOLLECT, CompressedFrames
 from wm_agent.io import load_npy
 
@@ -37,8 +37,8 @@ def space_from_description(desc: dict) -> gym.Space:
     raise ValueError(f"unknown action space description {desc!r}")
 
 
-# What decides a folder's episodes; episodes_per_shard too, since shard i's episodes are seeded from (seed, i).
-IDENTITY = ("env_id", "env_kwargs", "policy", "seed", "episodes_per_shard", "max_steps")
+# What decides a folder's episodes: the collector's identity but for how frames are stored.
+IDENTITY = tuple(key for key in IDENTITY_KEYS if key != "frame_codec")
 
 
 def same_episodes(saved: dict, identity: dict) -> bool:
@@ -156,7 +156,9 @@ class EpisodeDataset:
         low, high = int(indices.min()), int(indices.max())  # Python ints: a uint64 index cannot wrap around
         if low < -self.num_frames or high >= self.num_frames:
             raise IndexError(f"frame indices must lie in [-{self.num_frames}, {self.num_frames}), got {low}..{high}")
-        indices = indices.astype(np.int64) % self.num_frames  # negative ones count from the end, as episode(-1)
+        indices = indices.astype(np.int64, copy=False)
+        if low < 0:  # negative ones count from the end, as episode(-1)
+            indices = indices % self.num_frames
         episodes = np.searchsorted(self.frame_offsets, indices, side="right") - 1
         shard_of = self._ep_shard[episodes]
         local = self._local_frame[episodes] + (indices - self.frame_offsets[episodes])

@@ -334,7 +334,8 @@ def eval_dream(cfg: EvalDreamConfig, wm: WorldModel | None = None) -> dict:
     wm.require_trained("rnn", cfg.world_model)
     ds = EpisodeDataset(cfg.data)
     check_data_fits(ds, wm, cfg.world_model)
-    if same_episodes(wm.train_state["rnn"].get("data") or {"env_id": None}, ds.identity):
+    trained_on = wm.train_state["rnn"].get("data")
+    if trained_on is not None and same_episodes(trained_on, ds.identity):
         warnings.warn(f"{cfg.data} holds the episodes {cfg.world_model}'s MDN-RNN was trained on (same env, policy "
                       "and collection seed): these figures are not held-out ones; collect with another --seed",
                       stacklevel=2)

@@ -95,10 +95,9 @@ class LatentObservation(gym.Wrapper, gym.utils.RecordConstructorArgs):
             raise gym.error.ResetNeeded("Cannot call LatentObservation.step() before reset()")
         action = checked_action(self.action_space, action)
         a = torch.as_tensor(np.asarray(action)[None, None], device=self.world_model.device)
-        with one_torch_thread():
+        with one_torch_thread():  # once per step, around both torch calls
             self._hidden = self.world_model.rnn.eval().advance(self._z[:, None], a, self._hidden)
-        frame, reward, terminated, truncated, info = self.env.step(action)
-        with one_torch_thread():
+            frame, reward, terminated, truncated, info = self.env.step(action)
             self._z = self.world_model.encode(frame[None])
         info["frame"] = frame
         return self._obs(), reward, terminated, truncated, info

@@ -153,17 +153,11 @@ class WorldModel:
         return episode_limit(env_id)
 
     def _is_own(self, env_id: str | None) -> bool:
-        """Whether ``env_id`` names this model's env, however spelled (``envs:WM-GridWorld-v0``)."""
-        import gymnasium as gym
-
+        """Whether ``env_id`` names this model's env, however spelled (``envs:WM-GridWorld-v0``); an id that
+        cannot be looked up here is only its own spelling."""
         if not env_id or not self.env_id:
             return False
-        if env_id == self.env_id:
-            return True
-        try:
-            return env_spec(env_id).id == env_spec(self.env_id).id
-        except (ImportError, gym.error.Error):  # one of them is not importable here: not the same env
-            return False
+        return env_id == self.env_id or registered_id(env_id) == registered_id(self.env_id)
 
     def is_trained(self, stage: str) -> bool:
         """Whether a stage (``"vae"``, ``"rnn"``, ``"cmaes"``) finished at least one epoch or generation."""
