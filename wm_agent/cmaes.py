@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from wm_agent.config import ResumeMismatch, check_settings, doc
+from wm_agent.config import ResumeMismatch, check_settings, doc, refuse_other_settings
 from wm_agent.controller import choose_actions
 from wm_agent.dream_env import DreamBatch
 from wm_agent.evaluate import RolloutWorkers
@@ -157,19 +157,13 @@ _RESUME_SETTINGS = (("popsize", "popsize", "--popsize"), ("seed", "seed", "--see
 def _check_resume_settings(state: dict, cfg: ControllerTrainConfig, wm: WorldModel, path: Path) -> None:
     """Refuse a --resume whose settings differ from the saved search's (one search scored half in the
     dream and half in the real env, say, or with another temperature because a flag was left out)."""
-    def as_flag(flag: str, value) -> str:
-        if isinstance(value, bool):
-            return flag if value else f"--no-{flag[2:]}"
-        return f"{flag} {value:g}" if isinstance(value, float) else f"{flag} {value}"
-
+    saved, now = {}, {}
     for key, field, flag in _RESUME_SETTINGS:
-        if key not in state or (key == "temperature" and cfg.where != "dream"):
-            continue
-        saved, now = state[key], getattr(cfg, field)
-        saved = type(now)(saved.item() if hasattr(saved, "item") else saved)
-        if saved != now:
-            raise ResumeMismatch(path, f"the saved CMA-ES search used {as_flag(flag, saved)}, not {as_flag(flag, now)}",
-                                 f"resume with {as_flag(flag, saved)}")
+        if key in state and not (key == "temperature" and cfg.where != "dream"):
+            now[flag] = getattr(cfg, field)
+            value = state[key]
+            saved[flag] = type(now[flag])(value.item() if hasattr(value, "item") else value)
+    refuse_other_settings(path, "cmaes", "the saved CMA-ES search used", saved, now)
     for field, flag, current in (("controller", "--controller", wm.config.controller),
                                  ("hidden", "--hidden", wm.config.controller_hidden)):
         asked = getattr(cfg, field)

@@ -22,14 +22,37 @@ def check_settings(*checks: tuple[bool, str]) -> None:
             raise ValueError(message)
 
 
+def flag_text(flag: str, value) -> str:
+    """A setting as typed on the command line: ``--popsize 4``, ``--sigma0 0.5``, ``--greedy`` / ``--no-greedy``."""
+    if isinstance(value, bool):
+        return flag if value else f"--no-{flag[2:]}"
+    return f"{flag} {value:g}" if isinstance(value, float) else f"{flag} {value}"
+
+
 class ResumeMismatch(ValueError):
     """A --resume whose settings or data are not the saved run's. ``found`` says what differs and
     ``resume`` how to resume instead; the message adds the command line's other way out, which the
-    demo (no --overwrite, no --resume) replaces with its own."""
+    demo (no --overwrite, no --resume) replaces with its own. For a setting, ``stage`` and ``flag`` say
+    which, and ``found_as`` words it under another option name (the demo's ``--rnn-batch-size``)."""
 
-    def __init__(self, path, found: str, resume: str):
+    def __init__(self, path, found: str, resume: str, stage: str | None = None, flag: str | None = None,
+                 what: str = "", saved=None, now=None):
         self.path, self.found, self.resume = str(path), found, resume
+        self.stage, self.flag, self.what, self.saved, self.now = stage, flag, what, saved, now
         super().__init__(f"{path}: {found}; {resume}, or pass --overwrite without --resume to start again")
+
+    def found_as(self, flag: str) -> str:
+        return f"{self.what} {flag_text(flag, self.saved)}, not {flag_text(flag, self.now)}" if self.flag else self.found
+
+
+def refuse_other_settings(path, stage: str, what: str, saved: dict, now: dict) -> None:
+    """On --resume, a ``ResumeMismatch`` for the first flag in ``now`` whose ``saved`` value differs (flags the
+    saved run did not record, from older checkpoints, are not checked); ``what`` leads the sentence."""
+    for flag, value in now.items():
+        if flag in saved and saved[flag] != value:
+            old = saved[flag]
+            raise ResumeMismatch(path, f"{what} {flag_text(flag, old)}, not {flag_text(flag, value)}",
+                                 f"resume with {flag_text(flag, old)}", stage, flag, what, old, value)
 
 
 @dataclass

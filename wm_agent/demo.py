@@ -18,6 +18,8 @@ from wm_agent.config import doc
 from wm_agent.io import save_json
 
 ENV_ID = "WM-GridWorld-v0"
+# The stages' options that the demo spells otherwise: (stage, flag) -> the demo's flag.
+DEMO_FLAGS = {("rnn", "--batch-size"): "--rnn-batch-size"}
 
 
 @dataclass
@@ -57,7 +59,7 @@ def run_demo(cfg: DemoConfig) -> dict:
     except ResumeMismatch as exc:
         # The stages' advice names their own options (--overwrite, --resume, --batch-size); the demo has
         # none of those: a re-run continues the run in --out, so the way out is its settings or a new folder.
-        found = exc.found.replace("--batch-size", "--rnn-batch-size") if "MDN-RNN" in exc.found else exc.found
+        found = exc.found_as(DEMO_FLAGS.get((exc.stage, exc.flag), exc.flag))
         raise ValueError(f"{cfg.out} holds a demo run made with other settings ({exc.path}: {found}); re-run the "
                          f"demo with that run's settings to continue it, or pass another --out (or delete {cfg.out}) "
                          "to start a new one") from exc

@@ -28,6 +28,7 @@ from wm_agent.config import (
     WorldModelConfig,
     check_settings,
     doc,
+    refuse_other_settings,
 )
 from wm_agent.io import make_parent
 from wm_agent.latent_env import check_data_fits
@@ -511,11 +512,8 @@ def _same_run(stage: str, path, state: dict | None, ds, resume: bool, settings: 
     """On --resume, refuse settings or data other than the saved run's (a resumed run is that run, the
     same as if it had never stopped); then record this run's, for the next --resume to check."""
     if resume and state:
-        for flag, value in settings.items():
-            saved = state.get("settings", {}).get(flag, value)  # older checkpoints: nothing to check
-            if saved != value:
-                raise ResumeMismatch(path, f"its {STAGES[stage][0]} was trained with {flag} {saved}, not {flag} {value}",
-                                     f"resume with {flag} {saved}")
+        refuse_other_settings(path, stage, f"its {STAGES[stage][0]} was trained with", state.get("settings", {}),
+                              settings)
         from wm_agent.dataset import same_episodes
 
         if state.get("data") is not None and not same_episodes(state["data"], ds.identity):
