@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 import os
 import statistics
-import tempfile
 import time
 from pathlib import Path
 from dataclasses import dataclass, field
@@ -14,6 +13,7 @@ from typing import NamedTuple
 from wm_agent.collect import (DataCollector, EpisodeBuffer, Policy, Vectorization, make_env, make_policy, run_episodes,
                               shard_rngs)
 from wm_agent.frames import DiscardFrames
+from wm_agent.io import temporary_folder
 
 __all__ = ["BenchmarkCollectConfig", "BenchmarkDreamConfig", "BenchmarkTrainConfig", "RolloutLoop", "benchmark_collect",
            "benchmark_dream", "benchmark_train"]
@@ -105,7 +105,7 @@ def _collect_round(env_id: str, env_kwargs: dict, policy: str, steps: int, worke
     # Enough episodes for `steps`, in about 32 shards per worker so no worker idles long at the end.
     episodes = max(1, math.ceil(steps / (before.steps / before.episodes)))
     per_shard = max(1, math.ceil(episodes / (32 * workers)))
-    with tempfile.TemporaryDirectory(prefix="wm-agent-bench-") as tmp:
+    with temporary_folder("wm-agent-bench-") as tmp:
         start, main_cpu_start = time.perf_counter(), time.process_time()
         collector = DataCollector(env_id, tmp, policy=policy, seed=seed, workers=workers,
                                   episodes_per_shard=per_shard, env_kwargs=env_kwargs,
@@ -223,7 +223,7 @@ def benchmark_train(cfg: BenchmarkTrainConfig, verbose: bool = True) -> dict:
     check_settings((cfg.batch_size >= 1, f"--batch-size must be >= 1, got {cfg.batch_size}"),
                    (cfg.images >= 1, f"--images must be >= 1, got {cfg.images}"),
                    (cfg.episodes >= 1, f"--episodes must be >= 1, got {cfg.episodes}"))
-    with tempfile.TemporaryDirectory() as tmp:
+    with temporary_folder("wm-agent-bench-") as tmp:
         DataCollector("WM-GridWorld-v0", tmp, seed=cfg.seed).collect(cfg.episodes, progress=False)
         ds = EpisodeDataset(tmp)
         n_batches = max(cfg.images // cfg.batch_size, 1)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +29,7 @@ from wm_agent.config import ResumeMismatch, check_settings, doc, refuse_other_se
 from wm_agent.controller import choose_actions
 from wm_agent.dream_env import DreamBatch
 from wm_agent.evaluate import RolloutWorkers
+from wm_agent.io import temporary_folder
 from wm_agent.latent_env import check_env_fits
 from wm_agent.sampling import rand
 from wm_agent.world_model import WorldModel
@@ -254,7 +254,7 @@ def train_controller(cfg: ControllerTrainConfig, wm: WorldModel | None = None) -
         # Workers load the model (and the new controller's normaliser) from a file. A copy in a temporary
         # folder, not the checkpoint: the checkpoint changes only when a generation is done, so a search
         # that fails or is stopped before then leaves the saved controller and its search as they were.
-        snapshot = tempfile.TemporaryDirectory(prefix="wm-agent-cmaes-")
+        snapshot = temporary_folder("wm-agent-cmaes-")
         wm.save(Path(snapshot.name) / path.name)
         evaluator = RealEvaluator(str(Path(snapshot.name) / path.name), env_id, cfg.workers, cfg.timeout)
         evaluator.steps = int(log[-1].get("real_env_steps", 0)) if log else 0

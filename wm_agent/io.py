@@ -6,6 +6,7 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
@@ -31,6 +32,18 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def temporary_folder(prefix: str) -> tempfile.TemporaryDirectory:
+    """A ``TemporaryDirectory`` in the system's temp folder whose name carries this process's pid;
+    folders of the same prefix left by processes that died without cleaning up (SIGKILL, a power cut)
+    are removed first, so killed runs do not pile up copies of models or shards in /tmp."""
+    base = Path(tempfile.gettempdir())
+    for old in base.glob(f"{prefix}*"):
+        pid = old.name[len(prefix):].split("-", 1)[0]
+        if old.is_dir() and pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            shutil.rmtree(old, ignore_errors=True)
+    return tempfile.TemporaryDirectory(prefix=f"{prefix}{os.getpid()}-")
 
 
 def make_folder(folder: Path) -> None:
