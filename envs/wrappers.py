@@ -10,12 +10,38 @@ from PIL import Image
 Crop = tuple[int, int] | tuple[int, int, int, int]
 
 
-def _is_image_space(space: gym.Space) -> bool:
+def _is_image_shaped(space: gym.Space) -> bool:
     return (
         isinstance(space, spaces.Box)
         and (len(space.shape) == 2 or (len(space.shape) == 3 and space.shape[-1] in (1, 3, 4)))
         and min(space.shape[:2]) >= 8
     )
+
+
+def _float_max(space: spaces.Box) -> float:
+    """The upper bound of a float Box; its dtype's largest value or inf (no bound given) counts as 1."""
+    high = float(np.max(space.high))
+    return 1.0 if high >= np.finfo(space.dtype).max else high
+
+
+def _why_not_pixels(space: spaces.Box) -> str | None:
+    """Why an image-shaped Box's bounds do not say it holds pixels, or None when they do.
+
+    Only bounds that to_image maps onto [0, 255] without clipping away part of the range count: a feature
+    matrix (say Box(-inf, inf)) or a [-1, 1] image would otherwise be clipped and drawn without a word."""
+    low = float(np.min(space.low))
+    if np.issubdtype(space.dtype, np.integer):
+        high = float(np.max(space.high))
+        if 0 <= low and high <= 255:
+            return None
+        return f"integer pixels must lie in [0, 255], the bounds are [{low:g}, {high:g}]"
+    if not np.issubdtype(space.dtype, np.floating):
+        return f"dtype {space.dtype} holds no pixels"
+    if not (np.isfinite(low) and low >= 0):
+        return f"float pixels must lie in [0, 1] or [0, 255], the lower bound is {low:g}"
+    if _float_max(space) not in (1.0, 255.0):
+        return f"float pixels must lie in [0, 1] or [0, 255], the upper bound is {float(np.max(space.high)):g}"
+    return None
 
 
 MAX_SIZE = 1024  # output side: a 64x64 world model needs nothing near it, and a typo must not allocate GiBs
@@ -45,11 +71,15 @@ def _checked_crop(crop, shape: tuple[int, int] | None) -> tuple[int, ...] | None
 class ImageObservation(gym.ObservationWrapper, gym.utils.RecordConstructorArgs):
     """Observations become ``size x size x 3`` uint8 frames, optionally cropped first.
 
-    Works on envs whose observation space is an image ``Box`` of shape ``(H, W)``, ``(H, W, 1|3|4)``
-    (uint8 in [0, 255], or float in [0, 1] or [0, 255] as the space's upper bound says; an unbounded float
-    space, up to the dtype's largest value, counts as [0, 1]); for any other env created with ``render_mode="rgb_array"``
-    the rendered frame becomes the observation (e.g. ``CartPole-v1``). Resizing uses Pillow's
-    area filter (Pillow arrives with imageio), so no OpenCV is needed.
+    Works on envs whose observation space is an image ``Box`` of shape ``(H, W)``, ``(H, W, 1|3|4)`` whose
+    bounds say it holds pixels: any integer dtype within [0, 255] (values are taken as they are, so uint8,
+    int64 or uint16 frames of 0..255 all convert exactly), or float in [0, 1] or [0, 255] as the space's
+    upper bound says (an unbounded upper bound, up to the dtype's largest value, counts as [0, 1]; the lower
+    bound must be finite and >= 0). Any other env, image-shaped ones with other bounds included (a feature
+    matrix, a [-1, 1] image, a 16-bit one in [0, 65535]), must be created with ``render_mode="rgb_array"``:
+    the rendered frame then becomes the observation (e.g. ``CartPole-v1``). Otherwise the wrapper refuses at
+    construction rather than clip the values; rescale them to [0, 1] with an observation wrapper first to
+    keep them. Resizing uses Pillow's area filter (Pillow arrives with imageio), so no OpenCV is needed.
 
     Args:
         env: the env to wrap.
@@ -65,22 +95,24 @@ class ImageObservation(gym.ObservationWrapper, gym.utils.RecordConstructorArgs):
             raise ValueError(f"size must be an int in [8, {MAX_SIZE}], got {size!r}")
         size = int(size)
         space = env.observation_space
-        self._from_render = not _is_image_space(space)
+        shaped = _is_image_shaped(space)
+        why_not = _why_not_pixels(space) if shaped else "the shape is not (H, W[, 1|3|4]) with sides >= 8"
+        self._from_render = why_not is not None
         if self._from_render and env.render_mode != "rgb_array":
+            rescale = "wrap the env to rescale them to [0, 1] or " if shaped else ""
             raise ValueError(
-                f"ImageObservation needs image observations of shape (H, W[, 1|3|4]) or an env made with "
-                f"render_mode='rgb_array'; got observation_space={space} and render_mode={env.render_mode!r}"
+                f"ImageObservation needs image observations or an env made with render_mode='rgb_array': these "
+                f"observations are not images ({why_not}); {rescale}make the env with render_mode='rgb_array'; "
+                f"got observation_space={space} and render_mode={env.render_mode!r}"
             )
         crop = _checked_crop(crop, None if self._from_render else space.shape[:2])
-        # Float pixels lie in [0, _float_max]: 1 for a rendered frame or an unbounded space (its dtype's
-        # largest value counts as unbounded), else the space's bound, 1 or 255. None: only uint8 is taken.
-        self._float_max = 1.0 if self._from_render else None
-        if not self._from_render and np.issubdtype(space.dtype, np.floating):
-            high = float(np.max(space.high))
-            self._float_max = 1.0 if high >= np.finfo(space.dtype).max else high
-            if self._float_max not in (1.0, 255.0):
-                raise ValueError(f"float image observations must lie in [0, 1] or [0, 255] (the space's upper "
-                                 f"bound says which), got observation_space={space}")
+        # Float pixels lie in [0, _float_max]: 1 for a rendered frame, else the space's (checked) bound.
+        # None: the space holds integer pixels, taken as they are.
+        self._float_max = 1.0
+        if not self._from_render:
+            self._float_max = _float_max(space) if np.issubdtype(space.dtype, np.floating) else None
+        # Other integer frames than uint8 only from a space of that dtype, whose bounds were checked above.
+        self._int_dtype = None if self._from_render or self._float_max is not None else np.dtype(space.dtype)
         if self._from_render:  # only the rgb_array render gives it frames, so that is the mode it supports
             self.metadata = {**env.metadata, "render_modes": ["rgb_array"]}
         self.size = size
@@ -100,8 +132,12 @@ class ImageObservation(gym.ObservationWrapper, gym.utils.RecordConstructorArgs):
         if frame.dtype != np.uint8:
             if np.issubdtype(frame.dtype, np.floating) and self._float_max is not None:
                 frame = (np.clip(frame, 0.0, self._float_max) * (255.0 / self._float_max) + 0.5).astype(np.uint8)
+            elif frame.dtype == self._int_dtype:
+                frame = np.clip(frame, 0, 255).astype(np.uint8)  # exact for frames within their space's bounds
             else:
-                raise ValueError(f"expected uint8 (or float in [0, 1] or [0, 255]) pixels, got dtype {frame.dtype}")
+                other = self._int_dtype if self._float_max is None else f"float in [0, {self._float_max:g}]"
+                expected = "uint8" if other is None else f"uint8 or {other}"
+                raise ValueError(f"expected {expected} pixels, got dtype {frame.dtype}")
         if self.crop is not None:
             top, bottom, *cols = self.crop
             left, right = cols if cols else (0, frame.shape[1])

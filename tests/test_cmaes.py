@@ -394,3 +394,27 @@ def test_batched_real_rollouts_match_one_episode_at_a_time(greedy):
     np.testing.assert_array_equal(fewer["steps"], batch["steps"][:, 1:3])
     with pytest.raises(ValueError, match="need 12 envs"):
         rollout_batch(wm, envs[:5], params, seeds, True)
+
+
+def test_the_search_leaves_numpys_global_random_stream_as_it_was(ckpt):
+    """pycma seeds numpy's global RNG from its own seed; a library user's stream must not depend on it."""
+    np.random.seed(42)
+    expected = np.random.random(3)
+    np.random.seed(42)
+    train_controller(_cfg(ckpt, generations=1))
+    assert np.array_equal(np.random.random(3), expected)
+
+
+def test_evaluate_in_workers_scores_the_model_given_in_memory_not_the_file(tmp_path):
+    from wm_agent.evaluate import EvaluateConfig, evaluate
+
+    path = tmp_path / "wm.pt"
+    tiny_world_model().save(path)
+    wm = WorldModel.load(path)
+    with torch.no_grad():
+        wm.controller.set_flat(np.random.default_rng(5).normal(size=wm.controller.num_params) * 3)
+    base = dict(checkpoint=str(tmp_path / "never_saved.pt"), episodes=4, seed=7, max_steps=6, progress=False)
+    here = evaluate(EvaluateConfig(**base), wm)
+    spread = evaluate(EvaluateConfig(**base, workers=2), wm)
+    assert here == spread
+    assert evaluate(EvaluateConfig(**{**base, "checkpoint": str(path)}, workers=2)) != here  # the file's differs

@@ -91,8 +91,21 @@ def test_continuous_world_model_gives_box_actions():
     env.reset(seed=0)
     obs, reward, *_ = env.step(np.array([0.5, 0.5, 0.5], np.float32))
     assert env.observation_space.contains(obs) and isinstance(reward, float)
-    with pytest.raises(ValueError, match="action"):
-        env.step(np.array([0.0, -0.5, 0.0], np.float32))  # below the gas bound
+    for bad in (np.array([0.0, np.nan, 0.0]), np.zeros(2), "left"):
+        with pytest.raises(ValueError, match="is not in the action space"):
+            env.step(bad)
+
+
+def test_box_actions_outside_the_box_are_clipped_as_gymnasiums_continuous_envs_do():
+    wm = tiny_world_model(discrete_actions=False, action_dim=3, action_low=(-1, 0, 0), action_high=(1, 1, 1))
+    outside, inside = np.array([1.5, -0.5, 2.0]), np.array([1.0, 0.0, 1.0], np.float32)
+    a, b = DreamEnv(wm, temperature=1.0), DreamEnv(wm, temperature=1.0)
+    assert np.array_equal(a.reset(seed=3)[0], b.reset(seed=3)[0])
+    for _ in range(3):
+        assert np.array_equal(a.step(outside)[0], b.step(inside)[0])
+    va, vb = DreamVectorEnv(2, wm), DreamVectorEnv(2, wm)
+    va.reset(seed=3), vb.reset(seed=3)
+    assert np.array_equal(va.step(np.stack([outside, inside]))[0], vb.step(np.stack([inside, inside]))[0])
 
 
 def test_continuous_dream_accepts_float64_actions_like_the_vector_dream():
@@ -462,9 +475,9 @@ def test_vector_env_row_matches_a_single_dream_at_temperature_zero(wm):
 def test_vector_env_validation(wm):
     env = DreamVectorEnv(4, wm)
     env.reset(seed=0)
-    with pytest.raises(ValueError, match="actions"):
+    with pytest.raises(ValueError, match="not in the action space"):
         env.step(np.array([0, 1, 2, 4]))
-    with pytest.raises(ValueError, match="actions"):
+    with pytest.raises(ValueError, match="not in the action space"):
         env.step(np.zeros(3, np.int64))
     with pytest.raises(ValueError, match="num_envs"):
         DreamVectorEnv(0, wm)
@@ -512,3 +525,46 @@ def test_latent_observation_rejects_mismatched_action_spaces(wm):
     box = tiny_world_model(action_dim=4, discrete_actions=False)
     with pytest.raises(ValueError, match="action space"):
         LatentObservation(gym.make("WM-GridWorld-v0"), box)
+
+
+def test_gym_makes_max_episode_steps_shortens_dreams_and_the_dreams_own_cap_lengthens_them(wm):
+    """gym.make keeps max_episode_steps for its TimeLimit (the env never sees it): as the docstring says,
+    it ends dreams sooner, not later; DreamEnv's and the batched dream's own argument set the cap."""
+    cap = wm.episode_limit()
+    kwargs = dict(world_model=wm, done_threshold=2.0, temperature=0.0)
+
+    def length(reset, step) -> int:
+        reset(seed=0)
+        steps = 1
+        while not step():
+            steps += 1
+        return steps
+
+    short, long = gym.make("WM-Dream-v0", max_episode_steps=cap - 5, **kwargs), DreamEnv(max_episode_steps=cap + 7,
+                                                                                         **kwargs)
+    batched = gym.make_vec("WM-Dream-v0", num_envs=2, max_episode_steps=cap + 7, **kwargs)
+    assert length(short.reset, lambda: short.step(0)[3]) == cap - 5
+    assert length(long.reset, lambda: long.step(0)[3]) == cap + 7
+    assert length(batched.reset, lambda: batched.step(np.zeros(2, np.int64))[3][0]) == cap + 7
+
+
+def test_the_vector_dream_renders_a_tuple_and_reports_done_probabilities(wm, tmp_path):
+    from gymnasium.wrappers.vector import RecordVideo
+
+    venv = DreamVectorEnv(3, wm, render_mode="rgb_array")
+    venv.reset(seed=0)
+    frames = venv.render()
+    assert isinstance(frames, tuple) and len(frames) == 3 and frames[0].shape == (64, 64, 3)
+    info = venv.step(np.zeros(3, np.int64))[4]
+    assert info["done_probability"].shape == (3,) and info["_done_probability"].all()
+    assert ((0 <= info["done_probability"]) & (info["done_probability"] <= 1)).all()
+    recorded = RecordVideo(DreamVectorEnv(2, wm, render_mode="rgb_array"), str(tmp_path / "videos"), episode_trigger=lambda e: True)
+    recorded.reset(seed=0)  # Gymnasium's vector wrapper asserts a sequence of frames here
+    recorded.step(np.zeros(2, np.int64))
+    recorded.close()
+
+
+def test_a_device_for_a_model_in_memory_on_another_device_is_refused(wm):
+    with pytest.raises(ValueError, match="applies to a checkpoint path"):
+        DreamEnv(wm, device="meta")
+    DreamEnv(wm, device="cpu")  # its own device is fine

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import warnings
 
 import gymnasium as gym
@@ -201,6 +202,90 @@ def test_image_observation_scales_float_images(high):
 def test_image_observation_refuses_floats_of_an_unknown_range():
     with pytest.raises(ValueError, match=r"\[0, 1\] or \[0, 255\]"):
         ImageObservation(_PictureEnv(np.float32, 10.0))
+
+
+class _ArrayEnv(gym.Env):
+    """Observations of any ``space`` (a fixed ``picture``, or seeded noise within the bounds); the rgb_array
+    render is ``_frame(t)`` blown up to 128x128 in 2x2 blocks, so its 64x64 resize is ``_frame(t)`` exactly."""
+
+    def __init__(self, space, render_mode=None, picture=None):
+        self.metadata = {"render_modes": ["rgb_array"]}
+        self.observation_space, self.action_space = space, spaces.Discrete(2)
+        self.render_mode, self._picture, self._t = render_mode, picture, 0
+
+    def _observation(self):
+        if self._picture is not None:
+            return self._picture.copy()
+        noise = self.np_random.normal(0.0, 300.0, self.observation_space.shape)
+        return np.clip(noise, self.observation_space.low, self.observation_space.high).astype(self.observation_space.dtype)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self._t = 0
+        return self._observation(), {}
+
+    def step(self, action):
+        self._t += 1
+        return self._observation(), 0.0, False, False, {}
+
+    def render(self):
+        return np.kron(_frame(self._t), np.ones((2, 2, 1), np.uint8))
+
+
+def _frame(t: int) -> np.ndarray:
+    frame = np.zeros((64, 64, 3), np.uint8)
+    frame[:32, :, 0] = 200
+    frame[:, :32, 1] = (40 * t) % 256
+    frame[..., 2] = (np.arange(64)[:, None] * 3 + t) % 256
+    return frame
+
+
+NOT_PIXELS = {  # image-shaped spaces whose bounds say they do not hold pixels, and the reason the refusal gives
+    "features": (spaces.Box(-np.inf, np.inf, (10, 10), np.float32), "the lower bound is -inf"),
+    "[-1, 1] image": (spaces.Box(-1.0, 1.0, (16, 16, 3), np.float32), "the lower bound is -1"),
+    "16-bit image": (spaces.Box(0, 65535, (16, 16, 3), np.uint16), r"must lie in \[0, 255\], the bounds are \[0, 65535\]"),
+    "int above 255": (spaces.Box(0, 1000, (16, 16), np.int64), r"the bounds are \[0, 1000\]"),
+}
+
+
+@pytest.mark.parametrize("name", list(NOT_PIXELS))
+def test_image_shaped_non_pixels_are_refused_when_built_without_a_render(name):
+    """Neither clipped to [0, 1] and drawn (features, [-1, 1] images) nor refused only at the first reset (ints)."""
+    space, reason = NOT_PIXELS[name]
+    with pytest.raises(ValueError) as exc:
+        ImageObservation(_ArrayEnv(space))
+    message = str(exc.value)
+    assert "observations are not images" in message and re.search(reason, message), message
+    assert "rescale them to [0, 1]" in message and "render_mode='rgb_array'" in message
+    assert f"observation_space={space}" in message and "render_mode=None" in message
+
+
+@pytest.mark.parametrize("name", list(NOT_PIXELS))
+def test_image_shaped_non_pixels_are_seen_through_the_render(name):
+    env = ImageObservation(_ArrayEnv(NOT_PIXELS[name][0], render_mode="rgb_array"))
+    assert env.metadata["render_modes"] == ["rgb_array"]
+    obs, _ = env.reset(seed=0)
+    np.testing.assert_array_equal(obs, _frame(0))
+    obs, *_ = env.step(0)
+    np.testing.assert_array_equal(obs, _frame(1))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # no spec to re-make it in other render modes
+        check_env(env, skip_render_check=False)
+
+
+@pytest.mark.parametrize("dtype", [np.int64, np.uint16, np.int32])
+def test_integer_images_within_0_255_convert_exactly(dtype):
+    picture = (np.arange(64 * 64 * 3).reshape(64, 64, 3) % 256).astype(dtype)
+    env = ImageObservation(_ArrayEnv(spaces.Box(0, 255, (64, 64, 3), dtype), picture=picture))
+    assert not env._from_render
+    obs, _ = env.reset(seed=0)
+    assert obs.dtype == np.uint8
+    np.testing.assert_array_equal(obs, picture)
+    obs, _ = ImageObservation(_ArrayEnv(spaces.Box(0, 255, (64, 64, 3), dtype), "rgb_array", picture)).reset()
+    np.testing.assert_array_equal(obs, picture)  # pixels the space vouches for win over the render
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        check_env(env)
 
 
 # -- CarRacing --------------------------------------------------------------------------------------

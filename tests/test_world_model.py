@@ -18,6 +18,7 @@ from helpers import gridworld_frames, gridworld_sequences, tiny_config, tiny_wor
 import wm_agent.train as train
 from wm_agent.collect import DataCollector
 from wm_agent.config import WorldModelConfig
+from wm_agent.dream_env import DreamEnv
 from wm_agent.mdnrnn import MDNRNN
 from wm_agent.train import (
     NonFiniteLoss,
@@ -316,7 +317,8 @@ def test_train_vae_and_rnn_in_memory():
         assert h["stage"] == "rnn" and all(np.isfinite(h[k]) for k in ("loss", "nll", "reward_mse", "done_bce"))
     seqs = gridworld_sequences(4, 5)
     assert history[0]["steps"] == int(seqs["mask"].sum())  # masked steps are not counted
-    wm.train_vae(frames, epochs=1, batch_size=8)
+    with pytest.warns(UserWarning, match="training V further makes its trained MDN-RNN stale"):
+        wm.train_vae(frames, epochs=1, batch_size=8)
     assert wm.train_state["vae"]["epoch"] == 3  # continues the count
 
 
@@ -546,6 +548,7 @@ def test_nonfinite_rnn_loss_keeps_the_previous_checkpoint(dataset, tiny_preset, 
 def test_nonfinite_loss_in_memory_leaves_weights_and_epoch(monkeypatch):
     wm = tiny_world_model(trained=False)
     monkeypatch.setattr(MDNRNN, "loss", lambda self, *a, **k: (torch.tensor(float("nan"), requires_grad=True), {}))
+    wm.train_vae(gridworld_frames(4), epochs=1, batch_size=4)
     weights = {k: v.clone() for k, v in wm.rnn.state_dict().items()}
     with pytest.raises(NonFiniteLoss):
         wm.train_rnn(gridworld_sequences(2, 3), epochs=1)
@@ -588,15 +591,20 @@ def test_training_from_python_explains_bad_input():
     wm = tiny_world_model(trained=False)
     for frames, kw, said in [(np.zeros((0, 64, 64, 3), np.uint8), {}, "at least one uint8 frame"),
                              (np.zeros((4, 32, 32, 3), np.uint8), {}, "shape \\(64, 64, 3\\)"),
-                             (gridworld_frames(4), {"batch_size": 0}, "batch_size must be >= 1")]:
+                             (gridworld_frames(4), {"batch_size": 0}, "batch_size must be a positive int"),
+                             (gridworld_frames(4), {"batch_size": 2.5}, "batch_size must be a positive int"),
+                             (gridworld_frames(4).astype(np.float32) / 255, {}, "uint8 frame"),
+                             (gridworld_frames(4), {"start_frames": gridworld_frames(2)[..., 0]}, "start_frames")]:
         with pytest.raises(ValueError, match=said):
             wm.train_vae(frames, **kw)
     assert "vae" not in wm.train_state  # nothing counted as trained
     sequences = gridworld_sequences(2, 3)
     with pytest.raises(ValueError, match="missing: \\['dones'\\]"):
         wm.train_rnn({k: v for k, v in sequences.items() if k != "dones"})
-    with pytest.raises(ValueError, match="batch_size >= 1"):
+    with pytest.raises(ValueError, match="positive int batch_size"):
         wm.train_rnn(sequences, batch_size=0)
+    with pytest.raises(ValueError, match="no trained VQ-VAE"):  # M would learn an untrained V's noise codes
+        wm.train_rnn(sequences)
 
 
 def test_a_box_env_with_other_bounds_or_a_discrete_one_from_1_is_refused():
@@ -633,3 +641,115 @@ def test_dream_explains_actions_of_the_wrong_shape():
     assert wm.dream(frame, np.zeros((3, 1), np.float32))["frames"].shape[0] == 4
     with pytest.raises(ValueError, match="temperature must be >= 0, got nan"):
         gym.make("WM-Dream-v0", world_model=wm, temperature=float("nan"))
+
+
+def test_training_in_memory_leaves_the_global_torch_stream_as_it_was():
+    wm = tiny_world_model(trained=False)
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    wm.train_vae(gridworld_frames(4), epochs=1, batch_size=4)
+    wm.train_rnn(gridworld_sequences(2, 3), epochs=1, batch_size=2)
+    assert torch.equal(torch.rand(3), expected)
+
+
+def test_a_failing_train_vae_keeps_the_trained_m_and_c():
+    wm = tiny_world_model()
+    wm.train_state["cmaes"] = {"generation": 3}
+    before = dict(wm.train_state)
+    with pytest.raises(ValueError, match="uint8"):
+        wm.train_vae(gridworld_frames(4).astype(np.float32) / 255)
+    with pytest.raises(ValueError, match="batch_size"):
+        wm.train_vae(gridworld_frames(4), batch_size=2.5)
+    assert wm.train_state == before
+
+
+def test_training_m_further_marks_the_controller_untrained():
+    wm = tiny_world_model()
+    wm.train_state["cmaes"] = {"generation": 3}
+    with pytest.warns(UserWarning, match="training M further makes its trained controller stale"):
+        wm.train_rnn(gridworld_sequences(2, 3), epochs=1, batch_size=2)
+    assert "cmaes" not in wm.train_state and wm.train_state["rnn"]["epoch"] == 2
+
+
+def test_train_vae_encodes_the_start_frames_again_with_the_new_v():
+    wm = tiny_world_model(trained=False)
+    frames, starts = gridworld_frames(12), gridworld_frames(3, first_seed=50)
+    wm.train_vae(frames, epochs=1, batch_size=4, start_frames=starts)
+    assert torch.equal(wm.start_codes, wm.encode_indices(starts).cpu())
+    wm.train_vae(frames, epochs=1, batch_size=4)  # no start_frames: the first frames given
+    assert torch.equal(wm.start_codes, wm.encode_indices(frames).cpu())
+    wm.train_rnn(gridworld_sequences(2, 3), epochs=1, batch_size=2)
+    obs, _ = DreamEnv(wm).reset(seed=0)  # dreams start without a set_start_frames call
+    assert np.isfinite(obs).all()
+
+
+def test_encode_and_decode_leave_v_in_the_mode_they_found_it():
+    wm = tiny_world_model()
+    frames = gridworld_frames(2)
+    wm.vae.train()
+    z = wm.encode(frames)
+    assert wm.vae.training
+    wm.decode(z)
+    assert wm.vae.training
+    wm.vae.eval()
+    wm.encode(frames)
+    assert not wm.vae.training
+
+
+def test_encode_takes_numpys_default_float64_frames():
+    wm = tiny_world_model()
+    frames = gridworld_frames(2)
+    as_float64 = frames.transpose(0, 3, 1, 2) / 255.0
+    assert as_float64.dtype == np.float64
+    assert torch.equal(wm.encode(as_float64), wm.encode(frames))
+
+
+@pytest.mark.parametrize("bad, said", [
+    (lambda z: z[0], "shape \\(B, "),
+    (lambda z: z * float("nan"), "NaN"),
+    (lambda z: z.long(), "float latents"),
+])
+def test_decode_refuses_latents_it_cannot_draw(bad, said):
+    wm = tiny_world_model()
+    z = wm.encode(gridworld_frames(2))
+    assert wm.decode(z.numpy()).shape == (2, 64, 64, 3)  # numpy latents are fine
+    with pytest.raises(ValueError, match=said):
+        wm.decode(bad(z))
+
+
+@pytest.mark.parametrize("temperature", [float("nan"), -1.0])
+def test_dream_refuses_temperatures_that_the_dream_env_refuses(temperature):
+    wm = tiny_world_model()
+    with pytest.raises(ValueError, match="temperature must be >= 0"):
+        wm.dream(gridworld_frames(1)[0], np.array([0, 1]), temperature)
+
+
+@pytest.mark.parametrize("value, named", [
+    (Path("data/grid"), "metrics\\['data_dir'\\] is a pathlib"),
+    ({"when": np.dtype("float32")}, "metrics\\['data_dir'\\]\\['when'\\] is a numpy"),
+    (np.array([object()]), "array of Python objects"),
+])
+def test_save_refuses_what_a_weights_only_load_would_refuse_and_keeps_the_old_file(tmp_path, value, named):
+    path = tmp_path / "wm.pt"
+    wm = tiny_world_model()
+    wm.save(path)
+    before = path.read_bytes()
+    wm.metrics["data_dir"] = value
+    with pytest.raises(TypeError, match=named):
+        wm.save(path)
+    assert path.read_bytes() == before
+    wm.metrics["data_dir"] = str(value)
+    wm.save(path)
+    assert WorldModel.load(path).metrics["data_dir"] == str(value)
+
+
+def test_to_moves_the_model_and_bad_devices_are_named():
+    wm = tiny_world_model()
+    assert wm.to("cpu") is wm and wm.device == torch.device("cpu")
+    assert all(p.device.type == "cpu" for p in wm.rnn.parameters())
+    with pytest.raises(ValueError, match="'gpu' is not a torch device"):
+        WorldModel(tiny_config(), device="gpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="cannot use CUDA here"):
+            wm.to("cuda")

@@ -29,7 +29,6 @@ from wm_agent.config import ResumeMismatch, check_settings, doc, refuse_other_se
 from wm_agent.controller import choose_actions
 from wm_agent.dream_env import DreamBatch
 from wm_agent.evaluate import RolloutWorkers
-from wm_agent.io import temporary_folder
 from wm_agent.latent_env import check_env_fits
 from wm_agent.sampling import rand
 from wm_agent.world_model import WorldModel
@@ -120,7 +119,7 @@ class RealEvaluator(RolloutWorkers):
     """Scores candidates in worker processes (``RolloutWorkers``): each candidate's mean return over the
     generation's seeds, all candidates meeting the same seeds (common random numbers)."""
 
-    def __init__(self, checkpoint: str, env_id: str, workers: int, timeout: float):
+    def __init__(self, checkpoint: str | WorldModel, env_id: str, workers: int, timeout: float):
         super().__init__(checkpoint, env_id, workers, timeout)
         self.steps = 0  # real env steps taken so far
 
@@ -188,6 +187,16 @@ def _replayed_es(state: dict, cfg: ControllerTrainConfig, path: Path) -> tuple[c
 
 def train_controller(cfg: ControllerTrainConfig, wm: WorldModel | None = None) -> dict:
     """Run (or resume) the CMA-ES search; returns the per-generation log."""
+    # pycma seeds numpy's global RNG from its seed option and samples from it: the caller's stream is
+    # put back afterwards, so a library user's next np.random draw does not depend on cfg.seed.
+    numpy_state = np.random.get_state()
+    try:
+        return _search(cfg, wm)
+    finally:
+        np.random.set_state(numpy_state)
+
+
+def _search(cfg: ControllerTrainConfig, wm: WorldModel | None) -> dict:
     from wm_agent.train import resolve_device
 
     path = Path(cfg.world_model)
@@ -249,14 +258,12 @@ def train_controller(cfg: ControllerTrainConfig, wm: WorldModel | None = None) -
         generation, log, best_x, best_f = 0, [], x0.copy(), -np.inf
     told = list(state["told"].double().unbind(0)) if state and "told" in state else []  # -fitness, per generation
 
-    evaluator = snapshot = None
+    evaluator = None
     if cfg.where == "real":
-        # Workers load the model (and the new controller's normaliser) from a file. A copy in a temporary
-        # folder, not the checkpoint: the checkpoint changes only when a generation is done, so a search
-        # that fails or is stopped before then leaves the saved controller and its search as they were.
-        snapshot = temporary_folder("wm-agent-cmaes-")
-        wm.save(Path(snapshot.name) / path.name)
-        evaluator = RealEvaluator(str(Path(snapshot.name) / path.name), env_id, cfg.workers, cfg.timeout)
+        # The workers get a copy of the model (with the new controller's normaliser), not the checkpoint:
+        # the checkpoint changes only when a generation is done, so a search that fails or is stopped
+        # before then leaves the saved controller and its search as they were.
+        evaluator = RealEvaluator(wm, env_id, cfg.workers, cfg.timeout)
         evaluator.steps = int(log[-1].get("real_env_steps", 0)) if log else 0
     where = "dream" if cfg.where == "dream" else "real env"
     bar = tqdm(total=cfg.generations, initial=generation, desc=f"CMA-ES in the {where}", unit="gen",
@@ -299,8 +306,6 @@ def train_controller(cfg: ControllerTrainConfig, wm: WorldModel | None = None) -
         bar.close()
         if evaluator:
             evaluator.close()
-        if snapshot:
-            snapshot.cleanup()
     return {"checkpoint": str(path), "generations": generation, "log": log}
 
 

@@ -3,15 +3,115 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
+import numbers
+import typing
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 
-def doc(text: str, default: Any = dataclasses.MISSING, flag: str | None = None, **kw) -> Any:
-    """A dataclass field carrying its one-line help text (and, optionally, its CLI flag)."""
-    metadata = {"help": text, **({"flag": flag} if flag else {})}
+
+@dataclass(frozen=True)
+class Bounds:
+    """The range a numeric config field (each entry, for a tuple field) must lie in; ``why`` says what needs it."""
+
+    low: float = -math.inf
+    high: float = math.inf
+    low_open: bool = False
+    high_open: bool = False
+    why: str = ""
+
+    def __contains__(self, value) -> bool:
+        above = value > self.low if self.low_open else value >= self.low
+        below = value < self.high if self.high_open else value <= self.high
+        return above and below
+
+    def __str__(self) -> str:
+        if self.high == math.inf:
+            return f"{'>' if self.low_open else '>='} {self.low:g}"
+        if self.low == -math.inf:
+            return f"{'<' if self.high_open else '<='} {self.high:g}"
+        return f"in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}{')' if self.high_open else ']'}"
+
+
+SIZE = Bounds(1)  # a count of units, channels, cells, ...
+POSITIVE = Bounds(0, low_open=True)
+NON_NEGATIVE = Bounds(0)
+
+
+def doc(text: str, default: Any = dataclasses.MISSING, flag: str | None = None, bounds: Bounds | None = None,
+        **kw) -> Any:
+    """A dataclass field carrying its one-line help text (and, optionally, its CLI flag and the ``Bounds`` its
+    value must lie in, which ``field_problems`` checks)."""
+    metadata = {"help": text, **({"flag": flag} if flag else {}), **({"bounds": bounds} if bounds else {})}
     return field(default=default, metadata=metadata, **kw)
+
+
+_BAD = object()
+_KIND = {int: ("an int", "ints"), float: ("a number", "numbers"), bool: ("a bool", "bools"), str: ("a str", "strs")}
+
+
+def _scalar(tp: type, value) -> Any:
+    """``value`` as a plain Python ``tp`` (numpy scalars included), or ``_BAD`` where it is not one. Bools are not
+    numbers here (``True`` as a size is a mistake), and floats are not ints (``4.0`` would reach torch as a float)."""
+    if tp is bool:
+        return bool(value) if isinstance(value, (bool, np.bool_)) else _BAD
+    if tp is int:
+        return int(value) if isinstance(value, numbers.Integral) and not isinstance(value, bool) else _BAD
+    if tp is float:
+        if not isinstance(value, numbers.Real) or isinstance(value, (bool, np.bool_)):
+            return _BAD
+        try:
+            return float(value)
+        except OverflowError:  # an int too large for a float: a range problem, reported as such
+            return math.inf if value > 0 else -math.inf
+    if tp is str:
+        return str(value) if isinstance(value, str) else _BAD
+    return value  # a type this check does not know: taken as it is
+
+
+@functools.cache
+def _field_types(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def field_problems(config) -> list[str]:
+    """Check every field of dataclass ``config`` against its annotated type and, normalising in place (numpy
+    scalars to Python ones, lists to tuples), raise a TypeError naming each field of the wrong type. Else
+    return a problem (for a ValueError) per field that is NaN or infinite (a float field) or outside its
+    ``Bounds``. Annotations understood: int, float, bool, str and ``tuple[X, ...]`` of those."""
+    name_of = type(config).__name__
+    wrong, problems = [], []
+    for f in dataclasses.fields(config):
+        tp, value = _field_types(type(config))[f.name], getattr(config, f.name)
+        if typing.get_origin(tp) is tuple:
+            elem = typing.get_args(tp)[0]
+            ok = isinstance(value, (list, tuple)) or isinstance(value, np.ndarray) and value.ndim == 1
+            items = [_scalar(elem, v) for v in value] if ok else [_BAD]
+            if any(v is _BAD for v in items):
+                wrong.append(f"{f.name} must be a tuple of {_KIND.get(elem, ('', str(elem)))[1]}, "
+                             f"got {value!r} ({type(value).__name__})")
+                continue
+            value = tuple(items)
+        else:
+            converted = _scalar(tp, value)
+            if converted is _BAD:
+                wrong.append(f"{f.name} must be {_KIND[tp][0]}, got {value!r} ({type(value).__name__})")
+                continue
+            value = converted
+        setattr(config, f.name, value)
+        entries = value if isinstance(value, tuple) else (value,)
+        bounds = f.metadata.get("bounds")
+        if any(isinstance(v, float) and not math.isfinite(v) for v in entries):
+            problems.append(f"{f.name} must be finite, got {value!r}")
+        elif bounds is not None and not all(v in bounds for v in entries):
+            what = f"every entry of {f.name}" if isinstance(value, tuple) else f.name
+            problems.append(f"{what} must be {bounds}, got {value!r}" + (f" ({bounds.why})" if bounds.why else ""))
+    if wrong:
+        raise TypeError(f"invalid {name_of}: " + "; ".join(wrong))
+    return problems
 
 
 def check_settings(*checks: tuple[bool, str]) -> None:
@@ -59,44 +159,61 @@ def refuse_other_settings(path, stage: str, what: str, saved: dict, now: dict) -
 class WorldModelConfig:
     """Sizes of V (VQ-VAE), M (MDN-RNN) and C (controller); stored inside every checkpoint."""
 
-    image_size: int = doc("side of the square RGB frames the VQ-VAE sees", 64)
-    latent_dim: int = doc("dimension of one codebook vector", 4)
-    latent_grid: int = doc("side of the quantised latent grid (image_size / latent_grid must be a power of 2)", 8)
-    num_embeddings: int = doc("codebook size", 8)
-    hidden_size: int = doc("LSTM hidden units of the MDN-RNN", 128)
-    head_hidden: int = doc("channels of the MDN-RNN's conv head over the latent grid", 32)
-    context_channels: int = doc("channels through which the LSTM state enters the conv head", 16)
+    image_size: int = doc("side of the square RGB frames the VQ-VAE sees", 64, bounds=SIZE)
+    latent_dim: int = doc("dimension of one codebook vector", 4, bounds=SIZE)
+    latent_grid: int = doc("side of the quantised latent grid (image_size / latent_grid must be a power of 2)", 8,
+                           bounds=SIZE)
+    num_embeddings: int = doc("codebook size", 8, bounds=Bounds(
+        2, 2 ** 15, why="one code tells frames nothing and gives the code memberships no spacing to measure; "
+        "encode_dataset stores codes as int16"))
+    hidden_size: int = doc("LSTM hidden units of the MDN-RNN", 128, bounds=SIZE)
+    head_hidden: int = doc("channels of the MDN-RNN's conv head over the latent grid", 32, bounds=SIZE)
+    context_channels: int = doc("channels through which the LSTM state enters the conv head", 16,
+                                bounds=SIZE)
     rnn_reads_codes: bool = doc("M's conv heads read each latent cell as its code (one-hot over the codebook) "
                                 "instead of its raw latent vector", True)
-    num_mixtures: int = doc("Gaussian components of the MDN head", 5)
-    learning_rate: float = doc("Adam learning rate for V and M", 3e-3)
-    channels: tuple[int, ...] = doc("conv channels of the VQ-VAE encoder, one per stride-2 stage", (16, 32, 32))
+    num_mixtures: int = doc("Gaussian components of the MDN head", 5, bounds=SIZE)
+    learning_rate: float = doc("Adam learning rate for V and M", 3e-3, bounds=POSITIVE)
+    channels: tuple[int, ...] = doc("conv channels of the VQ-VAE encoder, one per stride-2 stage", (16, 32, 32),
+                                    bounds=SIZE)
     kernel_size: int = doc("VQ-VAE conv kernel: 2 gives non-overlapping patches (one code per patch), 4 overlaps", 2)
-    beta: float = doc("commitment loss weight of the vector quantiser", 0.25)
+    beta: float = doc("commitment loss weight of the vector quantiser", 0.25, bounds=NON_NEGATIVE)
     ema: bool = doc("update the codebook by exponential moving averages instead of its loss", True)
-    ema_decay: float = doc("decay of the EMA codebook updates", 0.99)
+    ema_decay: float = doc("decay of the EMA codebook updates", 0.99,
+                           bounds=Bounds(0, 1, high_open=True, why="at 1 the codebook would never move"))
     dead_code_restart: bool = doc("move unused codes onto random encoder outputs during training", True)
-    action_dim: int = doc("number of discrete actions, or the size of a continuous action vector", 4)
+    action_dim: int = doc("number of discrete actions, or the size of a continuous action vector", 4,
+                          bounds=SIZE)
     discrete_actions: bool = doc("actions are integers in [0, action_dim) rather than vectors", True)
     action_low: tuple[float, ...] = doc("lower bounds of continuous actions (empty: -1)", ())
     action_high: tuple[float, ...] = doc("upper bounds of continuous actions (empty: +1)", ())
     min_log_sigma: float = doc("lower bound of the MDN's log std (keeps the NLL bounded on deterministic data)", -4.0)
     max_log_sigma: float = doc("upper bound of the MDN's log std", 1.0)
-    nll_beta: float = doc("beta-NLL weight sg[sigma^(2 beta)] on the mixture NLL while training (0 = plain NLL)", 1.0)
-    reward_weight: float = doc("weight of the reward MSE in the MDN-RNN loss", 0.1)
-    done_weight: float = doc("weight of the done BCE in the MDN-RNN loss", 0.1)
+    nll_beta: float = doc("beta-NLL weight sg[sigma^(2 beta)] on the mixture NLL while training (0 = plain NLL)", 1.0,
+                          bounds=Bounds(0, 1, why="beta-NLL runs from plain NLL (0) to MSE-like gradients (1)"))
+    reward_weight: float = doc("weight of the reward MSE in the MDN-RNN loss", 0.1, bounds=NON_NEGATIVE)
+    done_weight: float = doc("weight of the done BCE in the MDN-RNN loss", 0.1, bounds=NON_NEGATIVE)
     controller: str = doc("controller architecture: 'linear' on concat(z, h) as in the paper, or 'keypoint' "
                           "(spatial-softmax keypoints on the latent grid, see controller.py)", "linear")
-    controller_hidden: int = doc("hidden units of the controller (0 = linear readout, as in the paper)", 0)
-    controller_keypoints: int = doc("keypoints of the 'keypoint' controller (>= 1)", 2)
-    max_controller_params: int = doc("refuse configs whose controller would be too large for CMA-ES", 20000)
+    controller_hidden: int = doc("hidden units of the controller (0 = linear readout, as in the paper)", 0,
+                                 bounds=NON_NEGATIVE)
+    controller_keypoints: int = doc("keypoints of the 'keypoint' controller (>= 1)", 2, bounds=SIZE)
+    max_controller_params: int = doc("refuse configs whose controller would be too large for CMA-ES", 20000,
+                                     bounds=SIZE)
 
     def __post_init__(self):
-        self.channels = tuple(int(c) for c in self.channels)
-        self.action_low = tuple(float(v) for v in self.action_low)
-        self.action_high = tuple(float(v) for v in self.action_high)
-        problems = []
-        if self.image_size <= 0 or self.latent_grid <= 0 or self.image_size % self.latent_grid:
+        # Every field by its annotated type and Bounds (a TypeError or ValueError naming it), then the rules
+        # that tie fields together. from_dict comes through here too, so a checkpoint's config is checked alike.
+        problems = field_problems(self)
+        if not self.channels:
+            problems.append("channels must name at least one conv stage, got ()")
+        if self.kernel_size not in (2, 4):
+            problems.append(f"kernel_size must be 2 or 4, got {self.kernel_size}")
+        if self.controller not in ("linear", "keypoint"):
+            problems.append(f"controller must be 'linear' or 'keypoint', got {self.controller!r}")
+        if problems:
+            raise ValueError("invalid WorldModelConfig: " + "; ".join(problems))
+        if self.image_size % self.latent_grid:
             problems.append(f"image_size ({self.image_size}) must be a positive multiple of latent_grid ({self.latent_grid})")
         else:
             factor = self.image_size // self.latent_grid
@@ -104,19 +221,16 @@ class WorldModelConfig:
                 problems.append(
                     f"image_size/latent_grid = {factor} must equal 2**len(channels) = {2 ** len(self.channels)}"
                 )
-        for name in ("latent_dim", "num_embeddings", "hidden_size", "num_mixtures", "action_dim"):
-            if getattr(self, name) <= 0:
-                problems.append(f"{name} must be positive, got {getattr(self, name)}")
         if self.action_low and len(self.action_low) != self.action_dim or len(self.action_low) != len(self.action_high):
             problems.append("action_low/action_high must both be empty or both have action_dim entries")
-        if self.kernel_size not in (2, 4):
-            problems.append(f"kernel_size must be 2 or 4, got {self.kernel_size}")
+        elif any(lo > hi for lo, hi in zip(self.action_low, self.action_high)):
+            problems.append(
+                f"action_low {self.action_low} must not exceed action_high {self.action_high} anywhere"
+            )
         if not self.min_log_sigma < self.max_log_sigma:
-            problems.append("min_log_sigma must be below max_log_sigma")
-        if self.controller not in ("linear", "keypoint"):
-            problems.append(f"controller must be 'linear' or 'keypoint', got {self.controller!r}")
-        if self.controller_keypoints < 1 or self.controller_hidden < 0:
-            problems.append("controller_keypoints must be >= 1 and controller_hidden >= 0")
+            problems.append(
+                f"min_log_sigma ({self.min_log_sigma:g}) must be below max_log_sigma ({self.max_log_sigma:g})"
+            )
         if not problems and self.controller_params > self.max_controller_params:
             problems.append(
                 f"the controller would have {self.controller_params} parameters (z={self.z_size}, h={self.hidden_size}, "
@@ -175,6 +289,8 @@ class WorldModelConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "WorldModelConfig":
+        if not isinstance(d, dict):
+            raise TypeError(f"a WorldModelConfig is stored as a dict of its fields, got {type(d).__name__}")
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(d) - known
         if unknown:

@@ -25,6 +25,10 @@ def as_world_model(world_model: WorldModel | str | os.PathLike, device=None, dre
     (frames or dreams of an untrained one would be noise, given without a word)."""
     if isinstance(world_model, WorldModel):
         wm = world_model
+        asked = torch.device(device) if device is not None else None
+        if asked is not None and (asked.type != wm.device.type or asked.index not in (None, wm.device.index or 0)):
+            raise ValueError(f"device={device!r} applies to a checkpoint path; this WorldModel is on {wm.device} "
+                             "(load it with WorldModel.load(path, device=...), or pass the path)")
     elif isinstance(world_model, (str, os.PathLike)):
         wm = WorldModel.load(world_model, device or "cpu")
     else:
@@ -57,9 +61,21 @@ def _episode_cap(wm: WorldModel, max_episode_steps: int | None) -> int:
 
 
 def checked_action(space: spaces.Space, action):
-    """``action`` as the space's dtype for a Box; a ValueError naming it when the space does not hold it."""
+    """``action`` as M takes it; a ValueError naming it when it does not fit ``space``.
+
+    A Box action of the right shape is clipped into the box, as Gymnasium's continuous envs do with
+    theirs (Pendulum, LunarLander; CarRacing's physics caps gas and steering): a policy that runs on
+    the real env runs on the dream and through ``LatentObservation`` too, and M, which learnt only
+    actions inside the box, sees the action the env acts on. NaN and a wrong shape are refused.
+    """
     if isinstance(space, spaces.Box):
-        action = np.asarray(action, dtype=space.dtype)
+        try:
+            array = np.asarray(action, dtype=space.dtype)
+        except (TypeError, ValueError):
+            array = None
+        if array is None or array.shape != space.shape or not np.isfinite(array).all():
+            raise ValueError(f"action {action!r} is not in the action space {space}")
+        return np.clip(array, space.low, space.high)
     if not space.contains(action):
         raise ValueError(f"action {action!r} is not in the action space {space}")
     return action
@@ -147,7 +163,8 @@ class DreamEnv(gym.Env):
     and takes reward and termination from the model's heads. The real env is never touched.
 
     ## Action Space
-    The real env's: ``Discrete(n)`` or a ``Box`` (from the world model's config).
+    The real env's: ``Discrete(n)`` or a ``Box`` (from the world model's config); a Box action outside
+    the box is clipped into it, as Gymnasium's continuous envs do.
 
     ## Observation Space
     ``observation="latent"`` (default): ``Box(-inf, inf, (Z + H,), float32)`` = concat(z_t, h_t), the
@@ -158,7 +175,11 @@ class DreamEnv(gym.Env):
 
     ## Episode End
     Terminated when the done head's probability exceeds ``done_threshold``; truncated after
-    ``max_episode_steps`` (default: the real env's limit).
+    ``max_episode_steps`` (default: the real env's limit). ``gym.make("WM-Dream-v0", ...,
+    max_episode_steps=N)`` keeps that argument for a ``TimeLimit`` wrapper (Gymnasium passes it on to
+    neither the env nor its spec), which can end episodes sooner but not later than the dream's own
+    cap: ``DreamEnv(wm, max_episode_steps=N)`` and ``gym.make_vec("WM-Dream-v0", ...,
+    max_episode_steps=N)`` (the batched dream) set that cap.
     """
 
     metadata = {"render_modes": ["human", "rgb_array"], "render_fps": 8}
@@ -247,10 +268,15 @@ class DreamEnv(gym.Env):
 
 
 class DreamVectorEnv(VectorEnv):
-    """``num_envs`` dreams stepped as ONE batched forward pass of the MDN-RNN (CPU or GPU).
+    """``num_envs`` dreams stepped as ONE batched forward pass of the MDN-RNN (CPU or GPU); what
+    ``gym.make_vec("WM-Dream-v0", num_envs=N, world_model=wm)`` returns.
 
     Autoreset follows Gymnasium's default NEXT_STEP mode: the step after an episode ends returns the
-    first observation of a new one (reward 0, not done).
+    first observation of a new one (reward 0, not done). Where it differs from N ``DreamEnv``s in a
+    ``SyncVectorEnv`` (``vectorization_mode="sync"``, which has all of those): the dreams share one
+    random stream, so ``reset(seed=s)`` takes one int and is reproducible as a whole, but dream i is
+    not ``DreamEnv``'s ``reset(seed=s + i)``; there is no ``reset_mask`` option and no other autoreset
+    mode; latent observations only.
     """
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": 8, "autoreset_mode": AutoresetMode.NEXT_STEP}
@@ -294,9 +320,7 @@ class DreamVectorEnv(VectorEnv):
     def step(self, actions):
         if not self._started:
             raise gym.error.ResetNeeded("Cannot call DreamVectorEnv.step() before reset()")
-        actions = np.asarray(actions)
-        if not self.action_space.contains(actions.astype(self.action_space.dtype)):
-            raise ValueError(f"actions must lie in {self.action_space}, got {actions!r}")
+        actions = np.asarray(checked_action(self.action_space, np.asarray(actions)))
         a = torch.as_tensor(actions, device=self.world_model.device)
         reward, done_p = self._batch.step(a, self._gen)
         rewards = reward.cpu().numpy().astype(np.float64)
@@ -308,7 +332,12 @@ class DreamVectorEnv(VectorEnv):
             rewards[restarted] = 0.0
             terminated[restarted] = truncated[restarted] = False
         self._needs_reset = terminated | truncated
-        return self._batch.observation().cpu().numpy(), rewards, terminated, truncated, {}
+        done_p = done_p.cpu().numpy().astype(np.float64)
+        done_p[restarted] = 0.0
+        # Gymnasium's vector info layout: a value per env, and a mask of the envs that have one.
+        info = {"done_probability": done_p, "_done_probability": np.ones(self.num_envs, dtype=bool)}
+        return self._batch.observation().cpu().numpy(), rewards, terminated, truncated, info
 
-    def render(self):
-        return self._batch.frames() if self.render_mode == "rgb_array" else None
+    def render(self) -> tuple[np.ndarray, ...] | None:
+        """One rgb frame per dream, as a tuple (``VectorEnv.render``'s contract)."""
+        return tuple(self._batch.frames()) if self.render_mode == "rgb_array" else None

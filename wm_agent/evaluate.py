@@ -147,14 +147,26 @@ def rollouts_in_worker(checkpoint: str, env_id: str, params: np.ndarray, seeds: 
 class RolloutWorkers:
     """``rollout_batch`` in spawned worker processes, each keeping its model and envs between calls.
     A worker that raises, dies or overruns ``timeout`` seconds stops the run with a RuntimeError that
-    says which, and the workers are stopped."""
+    says which, and the workers are stopped.
 
-    def __init__(self, checkpoint: str, env_id: str, workers: int, timeout: float | None = None):
+    Workers load the model from a file: ``checkpoint`` is its path, or a ``WorldModel`` in memory, which
+    is saved for them into a temporary folder that ``close()`` removes (so they score exactly that
+    model, also one that was changed or never saved, and a checkpoint on disk is left as it is)."""
+
+    def __init__(self, checkpoint: str | WorldModel, env_id: str, workers: int, timeout: float | None = None):
         import concurrent.futures as cf
         import multiprocessing as mp
 
-        self.checkpoint, self.env_id, self.workers, self.timeout = checkpoint, env_id, workers, timeout
+        from wm_agent.io import temporary_folder
         from wm_agent.workers import watch_parent
+
+        self._snapshot = None
+        if isinstance(checkpoint, WorldModel):
+            self._snapshot = temporary_folder("wm-agent-workers-")
+            path = f"{self._snapshot.name}/world_model.pt"
+            checkpoint.save(path)
+            checkpoint = path
+        self.checkpoint, self.env_id, self.workers, self.timeout = checkpoint, env_id, workers, timeout
 
         self.pool = cf.ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"),
                                            initializer=watch_parent)
@@ -207,12 +219,15 @@ class RolloutWorkers:
         # tearing down when the interpreter exits made its exit hook write to a closed pipe ("Exception
         # ignored ... Bad file descriptor" with a traceback after a clean error message, now and then).
         self.pool.shutdown(wait=True, cancel_futures=True)
+        if self._snapshot is not None:
+            self._snapshot.cleanup()
 
 
 def evaluate(cfg: EvaluateConfig, wm: WorldModel | None = None) -> dict:
     check_settings((cfg.episodes >= 1, f"--episodes must be >= 1, got {cfg.episodes}"),
                    (cfg.max_steps >= 0, f"--max-steps must be >= 0 (0: the env's own limit), got {cfg.max_steps}"),
                    (cfg.workers >= 1, f"--workers must be >= 1, got {cfg.workers}"))
+    given = wm is not None
     wm = wm or WorldModel.load(cfg.checkpoint)
     env_id = wm.real_env_id(cfg.env)
     seeds = [cfg.seed + i for i in range(cfg.episodes)]
@@ -220,12 +235,13 @@ def evaluate(cfg: EvaluateConfig, wm: WorldModel | None = None) -> dict:
     envs = [wm.make_env(env_id) for _ in range(cfg.episodes if in_process else 1)]
     try:
         check_env_fits(envs[0], wm)  # an error that stops the run comes before advice about it
-        wm.warn_if_untrained(cfg.checkpoint)
+        wm.warn_if_untrained("this world model" if given else cfg.checkpoint)
         params = wm.controller.params.detach()[None]
         if in_process:
             res = rollout_batch(wm, envs, params, seeds, cfg.greedy, max_steps=cfg.max_steps, progress=cfg.progress)
         else:
-            workers = RolloutWorkers(cfg.checkpoint, env_id, cfg.workers)
+            # A model given in memory is the one scored (the file at cfg.checkpoint may differ or not exist).
+            workers = RolloutWorkers(wm if given else cfg.checkpoint, env_id, cfg.workers)
             with tqdm(total=len(seeds), desc="evaluate", unit="ep", disable=not cfg.progress) as bar:
                 try:
                     res = workers.run(params.cpu().numpy(), seeds, cfg.greedy, cfg.max_steps, on_chunk=bar.update)

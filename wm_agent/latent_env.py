@@ -93,8 +93,9 @@ class LatentObservation(gym.Wrapper, gym.utils.RecordConstructorArgs):
     def step(self, action):
         if self._z is None:
             raise gym.error.ResetNeeded("Cannot call LatentObservation.step() before reset()")
-        action = checked_action(self.action_space, action)
-        a = torch.as_tensor(np.asarray(action)[None, None], device=self.world_model.device)
+        # M gets the action as the env acts on it (clipped into a Box); the env gets it as given.
+        a = torch.as_tensor(np.asarray(checked_action(self.action_space, action))[None, None],
+                            device=self.world_model.device)
         with one_torch_thread():  # once per step, around both torch calls
             self._hidden = self.world_model.rnn.eval().advance(self._z[:, None], a, self._hidden)
             frame, reward, terminated, truncated, info = self.env.step(action)

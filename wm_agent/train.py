@@ -6,6 +6,7 @@ trains from an in-memory array (``WorldModel.train_vae``) or from memory-mapped 
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import os
@@ -171,6 +172,32 @@ class _Epoch:
         return max(time.perf_counter() - self.t0, 1e-9)
 
 
+def _keeps_torch_rng(fit):
+    """Run ``fit`` on a copy of torch's global RNG state: each epoch seeds torch for its own order and
+    restarts (see ``_Epoch``), which must not reseed the caller's random stream (a library user's next
+    ``torch.rand`` would otherwise be the same after every call)."""
+    @functools.wraps(fit)
+    def wrapper(wm: WorldModel, *args, **kwargs):
+        devices = [wm.device.index or 0] if wm.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            return fit(wm, *args, **kwargs)
+
+    return wrapper
+
+
+def _mark_untrained(wm: WorldModel, stages: list[str], trained: str, where: str) -> None:
+    """Forget the training of ``stages``, which learnt from the stage ``trained`` (V or M) that has just
+    changed: M learnt the old V's codes, C reads them and M's hidden state."""
+    for stage in stages:
+        del wm.train_state[stage]
+    names = " and ".join(STAGES[s][0] for s in stages)
+    commands = " and ".join(f"`wm-agent {STAGES[s][1]}`" for s in stages)
+    # stacklevel: the caller of WorldModel.train_vae/train_rnn or of run_train_* (through the fit wrapper)
+    warnings.warn(f"{where}: training {trained} further makes its trained {names} stale, now marked untrained (run "
+                  f"{commands} again)", stacklevel=5)
+
+
+@_keeps_torch_rng
 def fit_vae(wm: WorldModel, make_batches: Batches, epochs: int, seed: int = 0, progress: bool = True,
             on_epoch_end: Callable[[int, dict], None] | None = None,
             batches_per_epoch: int | None = None, where: str = "this world model",
@@ -180,14 +207,8 @@ def fit_vae(wm: WorldModel, make_batches: Batches, epochs: int, seed: int = 0, p
     when known, gives the progress bar its total and time left; ``samples``, the frames an epoch is
     drawn from, lets a resume tell that the data has changed since."""
     state = wm.train_state.setdefault("vae", {"epoch": 0})
+    # Marked untrained at V's first update, not before: a call that fails on its first batch changes nothing.
     stale = [stage for stage in ("rnn", "cmaes") if stage in wm.train_state]
-    if epochs and stale:
-        # M learnt the old V's codes and C reads them: after V changes neither applies any more.
-        for stage in stale:
-            del wm.train_state[stage]
-        warnings.warn(f"{where}: training V further makes its trained {' and '.join(STAGES[s][0] for s in stale)} "
-                      "stale, now marked untrained (run `wm-agent train-rnn` and `wm-agent train-controller` "
-                      "again)", stacklevel=3)
     opt = _optimizer(wm.vae.parameters(), wm.config.learning_rate, state.get("optimizer"))
     history = []
     start = state["epoch"]
@@ -206,6 +227,9 @@ def fit_vae(wm: WorldModel, make_batches: Batches, epochs: int, seed: int = 0, p
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            if stale:
+                _mark_untrained(wm, stale, "V", where)
+                stale = []
             stats = wm.vae.quantizer.stats
             run.add({"recon_mse": recon.item(), "vq_loss": vq.item(), **stats}, images=len(x))
             bar.set_postfix(mse=f"{recon.item():.5f}", ppl=f"{stats['perplexity']:.2f}",
@@ -220,6 +244,7 @@ def fit_vae(wm: WorldModel, make_batches: Batches, epochs: int, seed: int = 0, p
     return history
 
 
+@_keeps_torch_rng
 def fit_rnn(wm: WorldModel, make_batches: Batches, epochs: int, seed: int = 0, progress: bool = True,
             on_epoch_end: Callable[[int, dict], None] | None = None, clip: float = 1.0,
             events: float = 1.0, batches_per_epoch: int | None = None, samples: int | None = None,
@@ -230,6 +255,7 @@ def fit_rnn(wm: WorldModel, make_batches: Batches, epochs: int, seed: int = 0, p
     (~50x here) gave a +0.3 reward with a 6% done probability next to the goal, which CMA-ES farmed for
     dream returns of up to 3.9)."""
     state = wm.train_state.setdefault("rnn", {"epoch": 0})
+    stale = ["cmaes"] if "cmaes" in wm.train_state else []  # C reads M's hidden state
     opt = _optimizer(wm.rnn.parameters(), wm.config.learning_rate, state.get("optimizer"))
     history = []
     start = state["epoch"]
@@ -256,6 +282,9 @@ def fit_rnn(wm: WorldModel, make_batches: Batches, epochs: int, seed: int = 0, p
             torch.nn.utils.clip_grad_norm_(wm.rnn.dynamics_parameters(), clip)
             torch.nn.utils.clip_grad_norm_(wm.rnn.head_parameters(), clip)
             opt.step()
+            if stale:
+                _mark_untrained(wm, stale, "M", where)
+                stale = []
             run.add({"loss": loss.item(), **parts}, steps=int(mask.sum()))
             bar.set_postfix(loss=f"{loss.item():.4f}", nll=f"{parts['nll']:.4f}")
         metrics = run.means()

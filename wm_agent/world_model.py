@@ -60,6 +60,37 @@ VERSION = 3  # 2: M reads cells as codes, the keypoint controller; 3: its logit 
 STAGES = {"vae": ("VQ-VAE", "train-vae"), "rnn": ("MDN-RNN", "train-rnn"), "cmaes": ("controller", "train-controller")}
 
 
+@contextlib.contextmanager
+def evaluating(module: torch.nn.Module):
+    """``module`` in eval mode for the block, then back in the mode it was in: V's quantiser updates its
+    EMA codebook on every forward pass in train mode, and a caller's own training loop that encodes a
+    validation batch now and then must not find its codebook frozen afterwards."""
+    was_training = module.training
+    module.eval()
+    try:
+        yield module
+    finally:
+        module.train(was_training)
+
+
+def _usable_device(device: str | torch.device) -> torch.device:
+    """``device`` as a torch.device, with one clear line where torch has none to give ("gpu") or would
+    fail later with a bare AssertionError (CUDA asked for without it)."""
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ValueError(f"device {device!r} is not a torch device ('cpu', 'cuda', 'cuda:1', ...): {exc}") from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {str(device)!r} asked for, but this torch cannot use CUDA here "
+                         "(torch.cuda.is_available() is False): use 'cpu'")
+    return resolved
+
+
+def _is_count(value, zero: bool = False) -> bool:
+    """A positive int (non-negative with ``zero``), numpy integers included, bools not."""
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value >= (0 if zero else 1)
+
+
 def env_spec(env_id: str):
     """The ``EnvSpec`` ``gym.make(env_id)`` would use, without making the env; a ``"module:Id"`` imports
     its module first, as ``gym.make`` does. Raises ``ImportError`` or ``gymnasium.error.Error``."""
@@ -107,16 +138,20 @@ class WorldModel:
         self.config = config
         self.env_id = env_id
         self.env_kwargs = dict(env_kwargs or {})  # gym.make keyword arguments its data was collected with
-        self.device = torch.device(device)
-        if self.device.type == "cuda" and not torch.cuda.is_available():  # else torch's bare AssertionError
-            raise ValueError(f"device {str(device)!r} asked for, but this torch cannot use CUDA here "
-                             "(torch.cuda.is_available() is False): use 'cpu'")
+        self.device = _usable_device(device)
         self.vae = VQVAE(config).to(self.device)
         self.rnn = self.new_rnn()
         self.controller = self.new_controller(config)
         self.start_codes = torch.zeros(0, config.latent_grid, config.latent_grid, dtype=torch.long)
         self.metrics: dict[str, Any] = {}
         self.train_state: dict[str, Any] = {}  # optimiser / CMA-ES state so interrupted runs resume
+
+    def to(self, device: str | torch.device) -> WorldModel:
+        """Move V, M and C to ``device``, in place (as ``nn.Module.to`` does); returns the model."""
+        self.device = _usable_device(device)
+        for module in (self.vae, self.rnn, self.controller):
+            module.to(self.device)
+        return self
 
     def real_env_id(self, env_id: str | None = None) -> str:
         """The registered id of ``env_id`` when given, else the env this model was trained on (as it
@@ -189,7 +224,8 @@ class WorldModel:
         t = torch.as_tensor(frames)
         if t.dtype == torch.uint8:
             return frames_to_tensor(t, self.device)
-        return t.to(self.device)
+        # float64 is numpy's default float; V's weights are float32 (V still checks the range and shape)
+        return t.to(self.device, torch.float32 if t.is_floating_point() else t.dtype)
 
     def new_rnn(self) -> MDNRNN:
         """A fresh MDN-RNN on this model's device, reading cells through V's codebook."""
@@ -206,8 +242,9 @@ class WorldModel:
 
     @torch.no_grad()
     def encode_indices(self, frames, batch_size: int = 1024) -> torch.Tensor:
-        self.vae.eval()
-        out = [self.vae.encode(self._as_input(frames[i : i + batch_size])) for i in range(0, len(frames), batch_size)]
+        with evaluating(self.vae):
+            out = [self.vae.encode(self._as_input(frames[i : i + batch_size]))
+                   for i in range(0, len(frames), batch_size)]
         if not out:
             raise ValueError("encode needs at least one frame")
         return torch.cat(out)
@@ -215,8 +252,15 @@ class WorldModel:
     @torch.no_grad()
     def decode(self, z: torch.Tensor) -> np.ndarray:
         """Flattened latents (B, Z) -> uint8 frames (B, H, W, 3), snapping to the codebook first."""
-        self.vae.eval()
-        return tensor_to_frames(self.vae.decode_latent(z.to(self.device)))
+        z = torch.as_tensor(z)
+        size = self.config.z_size
+        if z.dim() != 2 or z.shape[1] != size or not z.is_floating_point():
+            raise ValueError(f"decode wants float latents of shape (B, {size}), got {z.dtype} {tuple(z.shape)} "
+                             "(one latent: z[None])")
+        if not torch.isfinite(z).all():  # snapping a NaN picks code 0 and draws a frame anyway
+            raise ValueError("decode got latents with NaN or infinite values")
+        with evaluating(self.vae):
+            return tensor_to_frames(self.vae.decode_latent(z.to(self.device, torch.float32)))
 
     def snap(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Latents (..., Z) -> (their nearest code indices (..., G, G), those codes' latents (..., Z):
@@ -229,18 +273,32 @@ class WorldModel:
         self.start_codes = self.encode_indices(frames[:max_frames]).cpu()
 
     # -- training (in memory; the CLI streams from memory-mapped shards through the same loops) ---
-    def train_vae(self, observations, epochs: int = 1, batch_size: int = 128, seed: int = 0, progress: bool = False):
-        """Fit V on uint8 frames (N, H, W, 3); returns the per-epoch metrics."""
+    def train_vae(self, observations, epochs: int = 1, batch_size: int = 128, seed: int = 0, progress: bool = False,
+                  start_frames=None):
+        """Fit V on uint8 frames (N, H, W, 3); returns the per-epoch metrics.
+
+        Dreams start from code grids of real frames, which mean something only to the V that encoded
+        them, so afterwards they are encoded again (``set_start_frames``) from ``start_frames`` (uint8
+        (M, H, W, 3), say the episodes' first frames, as the CLI keeps) or else from the first
+        ``MAX_START_FRAMES`` of ``observations``.
+        """
         from wm_agent.train import fit_vae, frame_batches_from_array
 
-        frames = np.asarray(observations)
         s = self.config.image_size
-        if frames.ndim != 4 or frames.shape[1:] != (s, s, 3) or not len(frames):
-            raise ValueError(f"train_vae needs at least one uint8 frame of shape ({s}, {s}, 3), got an array of shape "
-                             f"{frames.shape}")
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        return fit_vae(self, lambda rng: frame_batches_from_array(frames, batch_size, rng), epochs, seed, progress)
+        frames = np.asarray(observations)
+        for name, array in (("observations", frames), ("start_frames", start_frames)):
+            array = np.asarray(array) if array is not None else frames
+            if array.ndim != 4 or array.shape[1:] != (s, s, 3) or array.dtype != np.uint8 or not len(array):
+                raise ValueError(f"train_vae needs {name} of at least one uint8 frame of shape ({s}, {s}, 3), got "
+                                 f"{array.dtype} of shape {array.shape}")
+        if not _is_count(batch_size):
+            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        if not _is_count(epochs, zero=True):
+            raise ValueError(f"epochs must be a non-negative int, got {epochs!r}")
+        history = fit_vae(self, lambda rng: frame_batches_from_array(frames, batch_size, rng), epochs, seed, progress)
+        if history:
+            self.set_start_frames(frames if start_frames is None else np.asarray(start_frames))
+        return history
 
     def train_rnn(self, sequences: dict[str, np.ndarray], epochs: int = 1, batch_size: int = 16, seed: int = 0,
                   progress: bool = False):
@@ -249,9 +307,12 @@ class WorldModel:
         from wm_agent.train import fit_rnn, sequence_batches_from_arrays
 
         missing = {"obs", "actions", "rewards", "dones"} - set(sequences)
-        if missing or batch_size < 1:
+        if missing or not _is_count(batch_size):
             raise ValueError(f"train_rnn needs sequences with obs, actions, rewards and dones (missing: "
-                             f"{sorted(missing) or 'none'}) and batch_size >= 1 (got {batch_size})")
+                             f"{sorted(missing) or 'none'}) and a positive int batch_size (got {batch_size!r})")
+        if not _is_count(epochs, zero=True):
+            raise ValueError(f"epochs must be a non-negative int, got {epochs!r}")
+        self.require_trained("vae")  # M learns V's codes: an untrained V's are noise
         obs = np.asarray(sequences["obs"])
         b, t1 = obs.shape[:2]
         codes = self.encode_indices(obs.reshape(b * t1, *obs.shape[2:])).view(b, t1, *self.start_codes.shape[1:])
@@ -267,6 +328,8 @@ class WorldModel:
         Returns ``frames`` (T+1, H, W, 3) uint8 (the decoded first frame, then each imagined one),
         ``rewards`` (T,), ``dones`` (T,) (probabilities) and ``latents`` (T+1, Z).
         """
+        if not temperature >= 0:  # NaN too: torch would fail later on its probabilities
+            raise ValueError(f"temperature must be >= 0, got {temperature}")
         self.rnn.eval()
         gen = torch.Generator().manual_seed(seed) if seed is not None else None
         codes, z = self.snap(self.encode(np.asarray(initial_obs)[None]))  # (1, G, G), (1, Z)
@@ -298,7 +361,8 @@ class WorldModel:
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the whole model atomically (a crash mid-write leaves the previous file intact)."""
-        save_torch(_to_cpu(self.state_dict()), path)
+        state = self.state_dict()
+        save_torch({k: _to_cpu(v, f"{type(self).__name__}.{k}") for k, v in state.items()}, path)
 
     @classmethod
     def load(cls, path: str | os.PathLike, device: str | torch.device = "cpu",
@@ -341,16 +405,30 @@ class WorldModel:
         return wm
 
 
-def _to_cpu(obj):
-    """Tensors to CPU and numpy values to plain types: a weights-only load accepts nothing else."""
+# What a weights-only load reads back (besides tensors): anything else would make a file that load refuses.
+_PLAIN = (str, int, float, bool, type(None))
+
+
+def _to_cpu(obj, where: str = "the checkpoint"):
+    """Tensors to CPU and numpy values to plain types: a weights-only load accepts nothing else, so any
+    other value is refused here, by name, before a good file is replaced by one that cannot be loaded."""
     if isinstance(obj, torch.Tensor):
         return obj.detach().cpu()
     if isinstance(obj, np.ndarray):
+        if obj.dtype.hasobject:
+            raise TypeError(f"{where} is a numpy array of Python objects; a checkpoint holds numeric arrays only")
         return torch.from_numpy(np.ascontiguousarray(obj))
     if isinstance(obj, np.generic):
         return obj.item()
     if isinstance(obj, dict):
-        return {k: _to_cpu(v) for k, v in obj.items()}
+        for key in obj:
+            if not isinstance(key, (str, int)) or isinstance(key, bool):
+                raise TypeError(f"{where} has the key {key!r} ({type(key).__name__}); checkpoint keys are str or int")
+        return {k: _to_cpu(v, f"{where}[{k!r}]") for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return type(obj)(_to_cpu(v) for v in obj)
-    return obj
+        return type(obj)(_to_cpu(v, f"{where}[{i}]") for i, v in enumerate(obj))
+    if isinstance(obj, _PLAIN):
+        return obj
+    raise TypeError(f"{where} is a {type(obj).__module__}.{type(obj).__qualname__} ({obj!r}); a checkpoint loads with "
+                    "torch.load(weights_only=True), which reads only tensors, numbers, strings, None, lists, tuples "
+                    "and dicts: store it as one of those (a path as str(path), say)")
