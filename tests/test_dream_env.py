@@ -313,8 +313,8 @@ def test_dreams_step_only_after_reset_and_refuse_what_they_do_not_offer(wm):
         vec.reset(seed=[1, 2, 3])
     with pytest.raises(ValueError, match="render_mode must be one of \\['rgb_array'\\]"):
         gym.make_vec("WM-Dream-v0", num_envs=2, world_model=wm, render_mode="human")
-    with pytest.raises(ValueError, match="takes no options"):
-        vec.reset(options={"reset_mask": np.array([True, False, False])})
+    with pytest.raises(ValueError, match="takes options {'reset_mask': ...} only"):
+        vec.reset(options={"frame": np.zeros((64, 64, 3), np.uint8)})
     with pytest.raises(ValueError, match="options {'frame': ...} only"):
         DreamEnv(wm).reset(options={"reset_mask": True})
 
@@ -568,3 +568,21 @@ def test_a_device_for_a_model_in_memory_on_another_device_is_refused(wm):
     with pytest.raises(ValueError, match="applies to a checkpoint path"):
         DreamEnv(wm, device="meta")
     DreamEnv(wm, device="cpu")  # its own device is fine
+
+
+def test_the_vector_dream_resets_only_the_masked_dreams(wm):
+    venv = DreamVectorEnv(3, wm, temperature=0.0)
+    with pytest.raises(ValueError, match="first reset starts every dream"):
+        venv.reset(seed=0, options={"reset_mask": np.array([True, False, True])})
+    venv.reset(seed=0)
+    for _ in range(2):
+        obs = venv.step(np.array([1, 2, 3]))[0]
+    before = venv._batch.steps.copy()
+    again, _ = venv.reset(options={"reset_mask": np.array([False, True, False])})
+    assert np.array_equal(again[[0, 2]], obs[[0, 2]])  # the others go on where they were
+    assert list(venv._batch.steps) == [before[0], 0, before[2]]
+    for bad in (np.array([1, 0, 1]), np.array([True, False]), "all"):
+        with pytest.raises(ValueError, match="reset_mask must be a bool array"):
+            venv.reset(options={"reset_mask": bad})
+    with pytest.raises(ValueError, match="reset_mask"):
+        venv.reset(options={"frame": None})

@@ -275,8 +275,7 @@ class DreamVectorEnv(VectorEnv):
     first observation of a new one (reward 0, not done). Where it differs from N ``DreamEnv``s in a
     ``SyncVectorEnv`` (``vectorization_mode="sync"``, which has all of those): the dreams share one
     random stream, so ``reset(seed=s)`` takes one int and is reproducible as a whole, but dream i is
-    not ``DreamEnv``'s ``reset(seed=s + i)``; there is no ``reset_mask`` option and no other autoreset
-    mode; latent observations only.
+    not ``DreamEnv``'s ``reset(seed=s + i)``; no autoreset mode but NEXT_STEP; latent observations only.
     """
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": 8, "autoreset_mode": AutoresetMode.NEXT_STEP}
@@ -305,16 +304,30 @@ class DreamVectorEnv(VectorEnv):
         self._started = False
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
-        # All dreams share one generator, so one seed seeds them all; a per-env reset_mask is not offered.
+        """Start every dream again, or with ``options={"reset_mask": bool array (num_envs,)}`` only those
+        marked (as Gymnasium's vector envs do; the others go on, and their observations are returned as
+        they are). All dreams share one generator, so one int ``seed`` seeds them all."""
         if seed is not None and not isinstance(seed, (int, np.integer)):
             raise ValueError(f"DreamVectorEnv.reset takes one int seed for all its dreams, got {seed!r}")
-        if options:
-            raise ValueError(f"DreamVectorEnv.reset takes no options (it resets every dream), got {sorted(options)}")
+        unknown = set(options or {}) - {"reset_mask"}
+        if unknown:
+            raise ValueError(f"DreamVectorEnv.reset takes options {{'reset_mask': ...}} only, got {sorted(unknown)}")
+        mask = (options or {}).get("reset_mask")
+        if mask is None:
+            index = np.arange(self.num_envs)
+        else:
+            mask = np.asarray(mask)
+            if mask.dtype != np.bool_ or mask.shape != (self.num_envs,):
+                raise ValueError(f"reset_mask must be a bool array of shape ({self.num_envs},), got {mask.dtype} "
+                                 f"{mask.shape}")
+            if not self._started and not mask.all():
+                raise ValueError("the first reset starts every dream: leave reset_mask out (or all True)")
+            index = np.nonzero(mask)[0]
         super().reset(seed=None if seed is None else int(seed))
         self._started = True
         self._gen.manual_seed(int(self.np_random.integers(2**62)))
-        self._batch.reset(np.arange(self.num_envs), self.np_random)
-        self._needs_reset[:] = False
+        self._batch.reset(index, self.np_random)
+        self._needs_reset[index] = False
         return self._batch.observation().cpu().numpy(), {}
 
     def step(self, actions):
