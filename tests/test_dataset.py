@@ -263,3 +263,16 @@ def test_identity_tells_apart_folders_whose_shards_split_the_episodes_otherwise(
     assert A.identity != B.identity and not same_episodes(A.identity, B.identity)
     older = {k: v for k, v in A.identity.items() if k != "episodes_per_shard"}  # what older checkpoints recorded
     assert same_episodes(older, A.identity) and same_episodes(older, B.identity)
+
+
+def test_the_dataset_is_a_sequence_of_its_episodes(root):
+    ds = EpisodeDataset(root)
+    assert len(ds) == ds.num_episodes == 8
+    for i, (item, episode) in enumerate(zip(ds, (ds.episode(k) for k in range(len(ds))), strict=True)):
+        assert item.keys() == episode.keys() and all(np.array_equal(item[k], episode[k]) for k in item)
+        assert np.array_equal(ds[i]["obs"], episode["obs"]) and np.array_equal(ds[i - len(ds)]["obs"], episode["obs"])
+    with pytest.raises(IndexError):
+        ds[len(ds)]
+    for bad in (True, np.bool_(False), 1.0):  # True would read episode 1
+        with pytest.raises(TypeError, match="episode index must be an int"):
+            ds.episode(bad)

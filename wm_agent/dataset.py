@@ -133,6 +133,16 @@ class EpisodeDataset:
                 f"frames={self.num_frames})")
 
     # -- access -----------------------------------------------------------------------------------
+    def __len__(self) -> int:
+        """Episodes (a dataset of episodes indexes and iterates by episode, as ``episode(i)`` reads them)."""
+        return self.num_episodes
+
+    def __getitem__(self, i: int) -> dict[str, np.ndarray]:
+        return self.episode(i)
+
+    def __iter__(self):
+        return (self.episode(i) for i in range(self.num_episodes))
+
     def episode(self, i: int) -> dict[str, np.ndarray]:
         """Episode ``i``: ``obs`` (T+1 frames, decompressed) and ``actions``, ``rewards``,
         ``terminated``, ``truncated`` (T steps each, views of in-memory arrays); all read-only."""
@@ -276,7 +286,7 @@ def _allow_open_files(needed: int) -> None:
 
 
 def _check_index(i, n: int, what: str) -> int:
-    if not isinstance(i, (int, np.integer)):
+    if not isinstance(i, (int, np.integer)) or isinstance(i, (bool, np.bool_)):  # True would read index 1
         raise TypeError(f"{what} index must be an int, got {type(i).__name__}")
     if not -n <= i < n:
         raise IndexError(f"{what} index {i} out of range for {n} {what}s")
