@@ -586,3 +586,13 @@ def test_the_vector_dream_resets_only_the_masked_dreams(wm):
             venv.reset(options={"reset_mask": bad})
     with pytest.raises(ValueError, match="reset_mask"):
         venv.reset(options={"frame": None})
+
+
+def test_latent_observation_hands_the_env_an_array_and_m_the_clipped_action():
+    wm = tiny_world_model(discrete_actions=False, action_dim=3, action_low=(-1, 0, 0), action_high=(1, 1, 1))
+    env = LatentObservation(gym.make("WM-CarRacing-v0"), wm)
+    env.reset(seed=0)
+    for action in ([0.0, 0.5, 0.0], (0.0, 0.5, 0.0), np.array([2.0, 0.5, -1.0])):  # CarRacing calls .astype on it
+        obs, *_ = env.step(action)
+        assert env.observation_space.contains(obs)
+    env.close()

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 
 import pytest
 import torch
@@ -25,17 +26,34 @@ def test_a_refused_checkpoint_names_the_reason_without_the_unsafe_advice(tmp_pat
         assert advice not in message
 
 
-def test_temporary_folders_of_dead_processes_are_removed_and_live_ones_kept(tmp_path, monkeypatch):
+def test_temporary_folders_whose_owner_is_gone_are_removed_and_live_ones_kept(tmp_path, monkeypatch):
+    fcntl = pytest.importorskip("fcntl")
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     child = subprocess.Popen([sys.executable, "-c", "pass"])
     child.wait()  # its pid names a process that no longer runs (as after a SIGKILL)
-    dead = tmp_path / f"wm-agent-cmaes-{child.pid}-abc"
-    live = tmp_path / f"wm-agent-cmaes-{os.getppid()}-def"
-    other = tmp_path / f"wm-agent-bench-{child.pid}-ghi"  # another prefix is not ours to judge
-    for folder in (dead, live, other):
+    names = {"dead": f"{child.pid}-a", "held": f"{os.getppid()}-b", "young": f"{child.pid}-c",
+             "old": f"{child.pid}-d", "odd": "\u00b2-e", "huge": "99999999999999999999-f"}
+    folders = {key: tmp_path / f"wm-agent-cmaes-{name}" for key, name in names.items()}
+    other = tmp_path / f"wm-agent-bench-{child.pid}-x"  # another prefix is not ours to judge
+    for folder in (*folders.values(), other):
         folder.mkdir()
         (folder / "model.pt").write_bytes(b"x")
-    with temporary_folder("wm-agent-cmaes-") as name:
-        assert os.path.basename(name).startswith(f"wm-agent-cmaes-{os.getpid()}-")
-        assert not dead.exists() and live.exists() and other.exists()
+    for key in ("dead", "held"):  # a lock file nobody holds, and one a live owner holds
+        (folders[key] / ".lock").touch()
+    held = os.open(folders["held"] / ".lock", os.O_RDWR)
+    fcntl.flock(held, fcntl.LOCK_EX)  # the owner may live in another PID namespace: the lock says it is alive
+    hours_ago = time.time() - 2 * 3600
+    os.utime(folders["old"], (hours_ago, hours_ago))  # no lock file: an older version's, long gone
+    try:
+        with temporary_folder("wm-agent-cmaes-") as name:
+            assert os.path.basename(name).startswith(f"wm-agent-cmaes-{os.getpid()}-")
+            assert {key for key, folder in folders.items() if folder.exists()} == {"held", "young", "odd", "huge"}
+            assert other.exists()
+            # Another process's sweep leaves this live folder alone.
+            sweep = (f"import tempfile; tempfile.tempdir = {str(tmp_path)!r}; from wm_agent.io import temporary_folder; "
+                     "temporary_folder('wm-agent-cmaes-').cleanup()")
+            subprocess.run([sys.executable, "-c", sweep], check=True)
+            assert os.path.exists(os.path.join(name, ".lock"))
+    finally:
+        os.close(held)
     assert not os.path.exists(name)

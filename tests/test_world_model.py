@@ -753,3 +753,27 @@ def test_to_moves_the_model_and_bad_devices_are_named():
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="cannot use CUDA here"):
             wm.to("cuda")
+
+
+def test_training_a_cpu_model_leaves_every_gpus_stream_alone(monkeypatch):
+    """torch.manual_seed reseeds every GPU (lazily, without one): a CPU model's epochs seed the CPU only."""
+    def reseeds_gpus(seed):
+        raise AssertionError("a CPU model's training reseeded the GPUs' streams")
+
+    wm = tiny_world_model(trained=False)
+    monkeypatch.setattr(torch.cuda, "manual_seed_all", reseeds_gpus)
+    monkeypatch.setattr(torch.cuda, "manual_seed", reseeds_gpus)
+    wm.train_vae(gridworld_frames(4), epochs=1, batch_size=4)
+    wm.train_rnn(gridworld_sequences(2, 3), epochs=1, batch_size=2)
+
+
+@pytest.mark.filterwarnings("ignore:Converting a tensor with requires_grad")
+def test_v_training_that_fails_on_its_first_batch_keeps_m_and_c(monkeypatch):
+    wm = tiny_world_model()
+    wm.train_state["cmaes"] = {"generation": 3}
+    before = {k: dict(v) for k, v in wm.train_state.items()}
+    nan = torch.tensor(float("nan"), requires_grad=True)
+    monkeypatch.setattr(VQVAE, "forward", lambda self, x: (None, nan, torch.zeros(())))
+    with pytest.raises(NonFiniteLoss):
+        wm.train_vae(gridworld_frames(4), epochs=1, batch_size=4)
+    assert set(wm.train_state) == set(before) and wm.train_state["cmaes"] == before["cmaes"]

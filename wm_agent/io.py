@@ -7,11 +7,20 @@ import json
 import os
 import re
 import shutil
+import stat
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
+
+try:
+    import fcntl
+except ImportError:  # Windows: temporary folders are judged by their owner's pid alone
+    fcntl = None
+
+_LOCK = ".lock"
 
 
 @contextlib.contextmanager
@@ -34,16 +43,62 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             tmp.unlink()
 
 
+class _HeldFolder(tempfile.TemporaryDirectory):
+    """A TemporaryDirectory whose owner holds an exclusive lock on ``.lock`` inside it while it lives:
+    the lock, not the pid in its name, tells a later sweep that it is still in use (a pid means
+    nothing to another PID namespace, such as a container that shares /tmp)."""
+
+    def __init__(self, prefix: str):
+        super().__init__(prefix=prefix)
+        self._lock_fd = None
+        if fcntl is not None:
+            self._lock_fd = os.open(os.path.join(self.name, _LOCK), os.O_CREAT | os.O_RDWR, 0o600)
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+
+    def cleanup(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+        super().cleanup()
+
+
+def _abandoned(folder: Path, prefix: str) -> bool:
+    """Whether ``folder`` is one of ours (this user's, named ``<prefix><pid>-...``) whose owner has gone."""
+    try:
+        st = folder.lstat()
+    except OSError:
+        return False
+    if not stat.S_ISDIR(st.st_mode) or (hasattr(os, "getuid") and st.st_uid != os.getuid()):
+        return False  # a symlink, a file, or another user's: not ours to judge
+    named = re.fullmatch(r"([0-9]{1,10})-.+", folder.name[len(prefix):], re.ASCII | re.DOTALL)
+    if named is None or int(named.group(1)) == os.getpid():
+        return False
+    if fcntl is None:
+        return not _alive(int(named.group(1)))
+    try:
+        fd = os.open(folder / _LOCK, os.O_RDWR)
+    except FileNotFoundError:  # made by an older version, or its owner is between mkdtemp and the lock
+        return time.time() - st.st_mtime > 3600 and not _alive(int(named.group(1)))
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:  # held: its owner is alive
+        return False
+    finally:
+        os.close(fd)
+    return True
+
+
 def temporary_folder(prefix: str) -> tempfile.TemporaryDirectory:
-    """A ``TemporaryDirectory`` in the system's temp folder whose name carries this process's pid;
-    folders of the same prefix left by processes that died without cleaning up (SIGKILL, a power cut)
-    are removed first, so killed runs do not pile up copies of models or shards in /tmp."""
+    """A ``TemporaryDirectory`` in the system's temp folder named ``<prefix><pid>-...``; this user's
+    folders of the same prefix whose owner died without cleaning up (SIGKILL, a power cut) are removed
+    first, so killed runs do not pile up copies of models or shards in /tmp."""
     base = Path(tempfile.gettempdir())
     for old in base.glob(f"{prefix}*"):
-        pid = old.name[len(prefix):].split("-", 1)[0]
-        if old.is_dir() and pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+        if _abandoned(old, prefix):
             shutil.rmtree(old, ignore_errors=True)
-    return tempfile.TemporaryDirectory(prefix=f"{prefix}{os.getpid()}-")
+    return _HeldFolder(prefix=f"{prefix}{os.getpid()}-")
 
 
 def make_folder(folder: Path) -> None:

@@ -7,6 +7,7 @@ import json
 import gymnasium as gym
 import numpy as np
 import torch
+from gymnasium import spaces
 
 from wm_agent.dream_env import (
     action_space_of,
@@ -93,12 +94,16 @@ class LatentObservation(gym.Wrapper, gym.utils.RecordConstructorArgs):
     def step(self, action):
         if self._z is None:
             raise gym.error.ResetNeeded("Cannot call LatentObservation.step() before reset()")
-        # M gets the action as the env acts on it (clipped into a Box); the env gets it as given.
-        a = torch.as_tensor(np.asarray(checked_action(self.action_space, action))[None, None],
-                            device=self.world_model.device)
+        # M gets the action as the env acts on it (clipped into a Box); the env gets it unclipped, as an
+        # array of the space's dtype (CarRacing calls .astype on it, so a list would fail there).
+        clipped = checked_action(self.action_space, action)
+        if isinstance(self.action_space, spaces.Box):
+            action = np.asarray(action, self.action_space.dtype)
+        a = torch.as_tensor(np.asarray(clipped)[None, None], device=self.world_model.device)
         with one_torch_thread():  # once per step, around both torch calls
-            self._hidden = self.world_model.rnn.eval().advance(self._z[:, None], a, self._hidden)
+            hidden = self.world_model.rnn.eval().advance(self._z[:, None], a, self._hidden)
             frame, reward, terminated, truncated, info = self.env.step(action)
-            self._z = self.world_model.encode(frame[None])
+            # Only now: an env that raises leaves M's state where the env's is.
+            self._hidden, self._z = hidden, self.world_model.encode(frame[None])
         info["frame"] = frame
         return self._obs(), reward, terminated, truncated, info

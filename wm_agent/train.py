@@ -75,6 +75,15 @@ class _StopRequest:
 _stop: _StopRequest | None = None
 
 
+def _seed_torch(seed: int, device: torch.device) -> None:
+    """Seed torch's CPU stream and, for a model on a GPU, that GPU's (what the model draws from):
+    ``torch.manual_seed`` would reseed every GPU, streams of the caller's on other devices included."""
+    torch.default_generator.manual_seed(seed)
+    if device.type == "cuda":
+        with torch.cuda.device(device):
+            torch.cuda.manual_seed(seed)
+
+
 class _Epoch:
     """One epoch's batches and metric sums, resumable from any batch boundary.
 
@@ -94,7 +103,8 @@ class _Epoch:
                  counts: dict[str, int], samples: int | None = None, where: str = "this world model"):
         self.state, self.opt, self.seed, self.epoch, self.samples = state, opt, seed, epoch, samples
         self.sums, self.counts, self.done, elapsed = sums, counts, 0, 0.0
-        torch.manual_seed(seed * 100_003 + epoch)  # same seed + epoch -> same run, also after a resume
+        # Same seed + epoch -> same run, also after a resume.
+        _seed_torch(seed * 100_003 + epoch, opt.param_groups[0]["params"][0].device)
         partial = state.get("partial")
         if partial is not None:
             if partial["epoch"] != epoch:
@@ -107,7 +117,7 @@ class _Epoch:
             if samples is not None and partial.get("samples", samples) != samples:
                 warnings.warn(f"{where}: epoch {epoch + 1} stopped after {partial['batches']} batches over "
                               f"{partial['samples']} samples, and the data now holds {samples}: its batch order is "
-                              f"another one, so epoch {epoch + 1} starts again from its first batch", stacklevel=4)
+                              f"another one, so epoch {epoch + 1} starts again from its first batch", stacklevel=5)
                 del state["partial"]
                 partial = None
         if partial is not None:
@@ -178,7 +188,8 @@ def _keeps_torch_rng(fit):
     ``torch.rand`` would otherwise be the same after every call)."""
     @functools.wraps(fit)
     def wrapper(wm: WorldModel, *args, **kwargs):
-        devices = [wm.device.index or 0] if wm.device.type == "cuda" else []
+        cuda = wm.device.type == "cuda"
+        devices = [wm.device.index if wm.device.index is not None else torch.cuda.current_device()] if cuda else []
         with torch.random.fork_rng(devices=devices):
             return fit(wm, *args, **kwargs)
 

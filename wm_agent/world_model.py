@@ -405,8 +405,9 @@ class WorldModel:
         return wm
 
 
-# What a weights-only load reads back (besides tensors): anything else would make a file that load refuses.
-_PLAIN = (str, int, float, bool, type(None))
+# What a weights-only load reads back besides tensors and containers (torch 2.x's allow-list): anything
+# else would make a file that load refuses.
+_PLAIN = (str, int, float, bool, complex, bytes, bytearray, type(None), torch.device, torch.dtype)
 
 
 def _to_cpu(obj, where: str = "the checkpoint"):
@@ -421,14 +422,12 @@ def _to_cpu(obj, where: str = "the checkpoint"):
     if isinstance(obj, np.generic):
         return obj.item()
     if isinstance(obj, dict):
-        for key in obj:
-            if not isinstance(key, (str, int)) or isinstance(key, bool):
-                raise TypeError(f"{where} has the key {key!r} ({type(key).__name__}); checkpoint keys are str or int")
-        return {k: _to_cpu(v, f"{where}[{k!r}]") for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
+        return {_to_cpu(k, f"a key of {where}"): _to_cpu(v, f"{where}[{k!r}]") for k, v in obj.items()}
+    if isinstance(obj, (list, tuple, set, frozenset)):
         return type(obj)(_to_cpu(v, f"{where}[{i}]") for i, v in enumerate(obj))
     if isinstance(obj, _PLAIN):
         return obj
     raise TypeError(f"{where} is a {type(obj).__module__}.{type(obj).__qualname__} ({obj!r}); a checkpoint loads with "
-                    "torch.load(weights_only=True), which reads only tensors, numbers, strings, None, lists, tuples "
-                    "and dicts: store it as one of those (a path as str(path), say)")
+                    "torch.load(weights_only=True), which reads tensors, numbers, strings, bytes, None, torch "
+                    "devices and dtypes, and lists, tuples, sets and dicts of those: store it as one of them (a "
+                    "path as str(path), say)")
