@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import operator
 from collections import deque
 from typing import Any
 
@@ -88,32 +89,38 @@ class GridWorldEnv(gym.Env):
 
         self._obstacles = np.zeros((size, size), dtype=bool)
         self._dist = np.zeros((size, size), dtype=np.int64)
-        self._agent = np.zeros(2, dtype=np.int64)
-        self._goal = np.zeros(2, dtype=np.int64)
+        # The step loop reads these as Python ints and lists: numpy scalars cost ~100 ns per operation,
+        # and a step is a few dozen of them.
+        self._blocked: list[list[bool]] = self._obstacles.tolist()
+        self._dist_rows: list[list[int]] = self._dist.tolist()
+        self._agent = (0, 0)
+        self._goal = (0, 0)
         self._base = np.zeros(self.observation_space.shape, dtype=np.uint8)
+        self._agent_tile = np.broadcast_to(AGENT, (self.cell, self.cell, 3)).copy()
         self._oracle_return = 0.0
         self._window = None
         self._clock = None
 
     # -- layout -----------------------------------------------------------------------------------
-    def _distances_to_goal(self) -> np.ndarray:
+    def _distances_to_goal(self) -> list[list[int]]:
         """BFS from the goal; -1 marks unreachable cells."""
-        n = self.size
-        dist = np.full((n, n), -1, dtype=np.int64)
-        dist[self._goal[0], self._goal[1]] = 0
-        queue = deque([(int(self._goal[0]), int(self._goal[1]))])
+        n, blocked = self.size, self._blocked
+        dist = [[-1] * n for _ in range(n)]
+        dist[self._goal[0]][self._goal[1]] = 0
+        queue = deque([self._goal])
         while queue:
             r, c = queue.popleft()
-            for dr, dc in MOVES:
+            for dr, dc in MOVES_PY:
                 rr, cc = r + dr, c + dc
-                if 0 <= rr < n and 0 <= cc < n and dist[rr, cc] < 0 and not self._obstacles[rr, cc]:
-                    dist[rr, cc] = dist[r, c] + 1
+                if 0 <= rr < n and 0 <= cc < n and dist[rr][cc] < 0 and not blocked[rr][cc]:
+                    dist[rr][cc] = dist[r][c] + 1
                     queue.append((rr, cc))
         return dist
 
-    def _paint(self, frame: np.ndarray, cell: np.ndarray, color: np.ndarray) -> None:
+    def _paint(self, frame: np.ndarray, cell: tuple[int, int], color: np.ndarray) -> None:
         k = self.cell
-        frame[cell[0] * k : (cell[0] + 1) * k, cell[1] * k : (cell[1] + 1) * k] = color
+        r, c = cell[0] * k, cell[1] * k
+        frame[r : r + k, c : c + k] = color
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         super().reset(seed=seed)
@@ -121,17 +128,19 @@ class GridWorldEnv(gym.Env):
         while True:
             count = int(self.np_random.integers(self.min_obstacles, self.max_obstacles + 1))
             cells = self.np_random.choice(n * n, size=count + 2, replace=False)
-            self._agent = np.array(divmod(int(cells[0]), n), dtype=np.int64)
-            self._goal = np.array(divmod(int(cells[1]), n), dtype=np.int64)
+            self._agent = divmod(int(cells[0]), n)
+            self._goal = divmod(int(cells[1]), n)
             self._obstacles = np.zeros((n, n), dtype=bool)
             self._obstacles.flat[cells[2:]] = True
-            self._dist = self._distances_to_goal()
-            if self._dist[self._agent[0], self._agent[1]] > 0:
+            self._blocked = self._obstacles.tolist()
+            self._dist_rows = self._distances_to_goal()
+            if self._dist_rows[self._agent[0]][self._agent[1]] > 0:
                 break
+        self._dist = np.array(self._dist_rows, dtype=np.int64)
 
         self._base = np.empty(self.observation_space.shape, dtype=np.uint8)
         self._base[:] = BACKGROUND
-        for cell in np.argwhere(self._obstacles):
+        for cell in np.argwhere(self._obstacles).tolist():
             self._paint(self._base, cell, OBSTACLE)
         self._paint(self._base, self._goal, GOAL)
         self._oracle_return = GOAL_REWARD - STEP_COST * self.oracle_steps
@@ -144,16 +153,22 @@ class GridWorldEnv(gym.Env):
     @property
     def oracle_steps(self) -> int:
         """Length of the shortest path from the agent's cell to the goal."""
-        return int(self._dist[self._agent[0], self._agent[1]])
+        return self._dist_rows[self._agent[0]][self._agent[1]]
 
     def step(self, action):
-        if not self.action_space.contains(action):
+        # What Discrete(4).contains accepts (ints, numpy integers, 0-d integer arrays), at a fortieth of its cost.
+        try:
+            move = operator.index(action)
+        except TypeError:
+            move = -1
+        if not 0 <= move < 4 or isinstance(action, np.bool_):
             raise ValueError(f"action must be an int in [0, 4) for {self.action_space}, got {action!r}")
-        dr, dc = MOVES_PY[int(action)]
-        r, c = int(self._agent[0]) + dr, int(self._agent[1]) + dc
-        if 0 <= r < self.size and 0 <= c < self.size and not self._obstacles[r, c]:
-            self._agent = np.array((r, c), dtype=np.int64)
-        success = bool(r == self._goal[0] and c == self._goal[1])  # the goal cell is never blocked
+        dr, dc = MOVES_PY[move]
+        r, c = self._agent[0] + dr, self._agent[1] + dc
+        n = self.size
+        if 0 <= r < n and 0 <= c < n and not self._blocked[r][c]:
+            self._agent = (r, c)
+        success = (r, c) == self._goal  # the goal cell is never blocked
         reward = -STEP_COST + (GOAL_REWARD if success else 0.0)
         if self.render_mode == "human":
             self.render()
@@ -161,15 +176,15 @@ class GridWorldEnv(gym.Env):
 
     def _frame(self) -> np.ndarray:
         frame = self._base.copy()
-        self._paint(frame, self._agent, AGENT)
+        self._paint(frame, self._agent, self._agent_tile)  # a whole tile: no broadcasting of the colour
         return frame
 
     def _info(self, success: bool) -> dict[str, Any]:
         return {
             "oracle_steps": self.oracle_steps,
             "oracle_return": self._oracle_return,
-            "agent": (int(self._agent[0]), int(self._agent[1])),
-            "goal": (int(self._goal[0]), int(self._goal[1])),
+            "agent": self._agent,
+            "goal": self._goal,
             "success": success,
         }
 
