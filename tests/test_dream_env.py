@@ -584,6 +584,18 @@ def test_the_vector_dream_resets_only_the_masked_dreams(wm):
     for bad in (np.array([1, 0, 1]), np.array([True, False]), "all"):
         with pytest.raises(ValueError, match="reset_mask must be a bool array"):
             venv.reset(options={"reset_mask": bad})
+    with pytest.raises(ValueError, match="at least one dream"):
+        venv.reset(options={"reset_mask": np.zeros(3, bool)})
+
+
+def test_a_partial_reset_leaves_the_other_dreams_random_future_alone(wm):
+    a, b = DreamVectorEnv(3, wm, temperature=1.0), DreamVectorEnv(3, wm, temperature=1.0)
+    for venv in (a, b):
+        venv.reset(seed=1)
+        venv.step(np.array([1, 2, 3]))
+    a.reset(options={"reset_mask": np.array([False, False, True])})
+    for _ in range(3):
+        assert np.array_equal(a.step(np.array([0, 1, 2]))[0][:2], b.step(np.array([0, 1, 2]))[0][:2])
     with pytest.raises(ValueError, match="reset_mask"):
         venv.reset(options={"frame": None})
 

@@ -302,3 +302,18 @@ def test_car_racing_discrete_variant():
     env = gym.make("WM-CarRacing-v0", continuous=False)
     assert env.action_space == spaces.Discrete(5)
     env.close()
+
+
+@pytest.mark.parametrize("action", [
+    1, True, 5, -1, np.int8(1), np.int64(3), np.uint32(2), np.uint64(1), np.array(2), np.array(2, np.uint64),
+    np.array([1]), np.float64(1), 1.0, "1", None, np.bool_(True), np.array(True)])
+def test_gridworld_takes_exactly_the_actions_its_action_space_contains(action):
+    """The env checks actions without Discrete.contains (~5 us a call) but must agree with it, as the dream,
+    which uses contains, does."""
+    env = gym.make("WM-GridWorld-v0").unwrapped
+    env.reset(seed=0)
+    if env.action_space.contains(action):
+        env.step(action)
+    else:
+        with pytest.raises(ValueError, match="action must be an int in"):
+            env.step(action)

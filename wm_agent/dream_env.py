@@ -306,7 +306,9 @@ class DreamVectorEnv(VectorEnv):
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         """Start every dream again, or with ``options={"reset_mask": bool array (num_envs,)}`` only those
         marked (as Gymnasium's vector envs do; the others go on, and their observations are returned as
-        they are). All dreams share one generator, so one int ``seed`` seeds them all."""
+        they are). All dreams share one generator, so one int ``seed`` seeds them all, also together with a
+        mask (the dreams that go on then draw from the new stream too); a partial reset without a seed
+        leaves the stream as it was."""
         if seed is not None and not isinstance(seed, (int, np.integer)):
             raise ValueError(f"DreamVectorEnv.reset takes one int seed for all its dreams, got {seed!r}")
         unknown = set(options or {}) - {"reset_mask"}
@@ -320,12 +322,16 @@ class DreamVectorEnv(VectorEnv):
             if mask.dtype != np.bool_ or mask.shape != (self.num_envs,):
                 raise ValueError(f"reset_mask must be a bool array of shape ({self.num_envs},), got {mask.dtype} "
                                  f"{mask.shape}")
+            if not mask.any():
+                raise ValueError("reset_mask must mark at least one dream (as Gymnasium's vector envs require)")
             if not self._started and not mask.all():
                 raise ValueError("the first reset starts every dream: leave reset_mask out (or all True)")
             index = np.nonzero(mask)[0]
         super().reset(seed=None if seed is None else int(seed))
         self._started = True
-        self._gen.manual_seed(int(self.np_random.integers(2**62)))
+        if mask is None or seed is not None:
+            # Not on a partial reset without a seed: the dreams that go on keep the random future they had.
+            self._gen.manual_seed(int(self.np_random.integers(2**62)))
         self._batch.reset(index, self.np_random)
         self._needs_reset[index] = False
         return self._batch.observation().cpu().numpy(), {}
