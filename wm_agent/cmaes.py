@@ -213,8 +213,10 @@ def _search(cfg: ControllerTrainConfig, wm: WorldModel | None) -> dict:
                    (cfg.where == "dream" or cfg.workers >= 1, f"--workers must be >= 1, got {cfg.workers}"),
                    (cfg.where == "dream" or (cfg.timeout > 0 and math.isfinite(cfg.timeout)),
                     f"--timeout must be > 0 and finite, got {cfg.timeout}"))
+    # Messages name the model as the caller knows it: a model given in memory is not (yet) the file.
+    where = str(path) if wm is None else f"the world model given (saved to {path})"
     wm = wm or WorldModel.load(path, resolve_device(cfg.device))
-    wm.require_trained("rnn", str(path))
+    wm.require_trained("rnn", where)
     env_id = wm.real_env_id(cfg.env)
     if cfg.env and not wm._is_own(env_id):  # in the dream too: there it sets the episode limit
         env = wm.make_env(env_id)
@@ -227,7 +229,7 @@ def _search(cfg: ControllerTrainConfig, wm: WorldModel | None) -> dict:
                                              "no real episode runs that long (0: the limit itself)")))
     max_steps = cfg.max_steps or limit
     if "cmaes" in wm.train_state and not (cfg.resume or cfg.overwrite):
-        raise FileExistsError(f"{path} already holds a controller search ({wm.train_state['cmaes'].get('generation', 0)} "
+        raise FileExistsError(f"{where} already holds a controller search ({wm.train_state['cmaes'].get('generation', 0)} "
                               "generations done): pass --resume to continue it or --overwrite to start a new one")
     state = wm.train_state.get("cmaes") if cfg.resume else None
     if state:
