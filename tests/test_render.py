@@ -333,3 +333,54 @@ def test_play_maps_the_arrows_to_discrete_carracing_actions(tiny, monkeypatch):
     run_play(PlayConfig(checkpoint="unused.pt", dream=False, fps=200, scale=1), ["up", "down", "left", "right", "q"],
              wm=wm)
     assert sent == [3, 4, 2, 1]
+
+
+def test_play_steps_discrete_carracing_every_frame_with_noop_when_no_arrow_is_held(tiny, monkeypatch):
+    """CarRacing runs in real time: with no arrow held the car still moves on (action 0), as in continuous play."""
+    from gymnasium.envs.box2d.car_racing import CarRacing
+    from helpers import tiny_world_model
+
+    wm = tiny_world_model(action_dim=5)
+    wm.env_id, wm.env_kwargs = "WM-CarRacing-v0", {"continuous": False}
+    sent = []
+    step = CarRacing.step
+    def recording(self, action):
+        if action is not None:
+            sent.append(int(action))
+        return step(self, action)
+
+    monkeypatch.setattr(CarRacing, "step", recording)
+    summary = run_play(PlayConfig(checkpoint="unused.pt", dream=False, fps=200, scale=1),
+                       [["up"], "noop", [], ["left", "up"], "q"], wm=wm)
+    assert sent == [3, 0, 0, 3] and summary["steps"] == 4
+
+
+@pytest.mark.parametrize("dream", [True, False])
+def test_play_max_steps_ends_episodes_sooner_but_never_later_than_the_env(tiny, dream):
+    wm, ckpt = tiny
+    kw = dict(checkpoint=str(ckpt), dream=dream, fps=200, scale=1, done_threshold=2.0)
+    short = run_play(PlayConfig(**kw, max_steps=3), ["left", "right"] * 5 + ["q"], wm=wm)
+    assert short["steps"] == 3  # the moves after the end wait for R
+    limit = wm.episode_limit()
+    long = run_play(PlayConfig(**kw, max_steps=limit + 30), ["left", "right"] * (limit + 10) + ["q"], wm=wm)
+    assert long["steps"] <= limit  # GridWorld may end sooner at its goal, never past its limit
+
+
+def test_render_refuses_env_with_dream_and_warns_about_fast_gifs(tiny, tmp_path):
+    wm, ckpt = tiny
+    with pytest.raises(ValueError, match="--env names the real env: drop it with --dream"):
+        run_render(RenderConfig(checkpoint=str(ckpt), out=str(tmp_path / "d.mp4"), dream=True, env="WM-CarRacing-v0"),
+                   wm=wm)
+    with pytest.warns(UserWarning, match="a GIF plays at most 50 frames per second"):
+        write_video(np.zeros((2, 8, 8, 3), np.uint8), tmp_path / "fast.gif", fps=100)
+
+
+def test_the_reconstruction_figure_is_wide_enough_for_its_title(tmp_path):
+    import imageio.v3 as iio
+
+    from wm_agent.render import _fmt, _text_width
+
+    frames = np.zeros((1, 64, 64, 3), np.uint8)
+    path = Visualizer(tmp_path, scale=1).reconstruction(frames, frames)
+    width = iio.imread(path).shape[1]
+    assert width >= _text_width(f"VQ-VAE reconstruction  (mean MSE {_fmt(0.0)})", 24)

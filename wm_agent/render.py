@@ -3,7 +3,8 @@
 Everything is drawn with numpy and pygame (no matplotlib): ``pygame.font`` and off-screen
 ``pygame.Surface``s work without a display, so figures and videos need no X server. Only
 ``--human`` (``run_render``) and ``run_play`` open a window, through ``envs.rendering.show_frame``;
-set ``SDL_VIDEODRIVER=dummy`` to run them headless.
+from the command line they need a display (they refuse SDL's dummy driver, where no window or key
+would ever show up); from Python, ``run_play(cfg, events=[...])`` plays scripted keys headless.
 
 - ``Visualizer(out_dir)``: ``reconstruction``, ``dream_sequence``, ``real_vs_dream``, ``training_curves``.
 - ``write_video(frames, path, fps)``: ``.mp4`` (imageio-ffmpeg, libx264) or ``.gif`` (pillow), atomically.
@@ -20,6 +21,7 @@ import math
 import os
 import tempfile
 import uuid
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
@@ -300,7 +302,8 @@ class Visualizer:
             label_w = max(label_w, _text_width(caption_title, 18) + 16)
         cap_h = 22 if captions is not None else 0
         block_h = 20 + len(rows) * (cell_h + pad) + cap_h + pad
-        width = label_w + cols * (cell_w + pad) + pad
+        # At least as wide as the title (it carries the figure's figure, e.g. the mean MSE).
+        width = max(label_w + cols * (cell_w + pad) + pad, _text_width(title, 24) + 2 * pad)
         height = 40 + blocks * block_h
         surface = _canvas(width, height)
         _text(surface, title, (width // 2, 10), 24, INK, "midtop")
@@ -421,6 +424,10 @@ def write_video(frames, path: str | os.PathLike, fps: float = 8) -> Path:
     path = _check_video_path(path)
     if fps <= 0:
         raise ValueError(f"fps must be positive, got {fps}")
+    if Path(path).suffix.lower() == ".gif" and fps > 50:
+        # GIF delays are whole hundredths of a second, and browsers slow delays under 20 ms down to 100 ms.
+        warnings.warn(f"a GIF plays at most 50 frames per second (browsers often slow faster ones to 10); "
+                      f"--fps {fps:g} will not play as asked: use .mp4", stacklevel=2)
     if isinstance(frames, np.ndarray):
         _check_frames(frames, "frames")
     stream = _frame_stream(frames)
@@ -620,6 +627,8 @@ def _validate_render(cfg: RenderConfig) -> None:
         raise ValueError(f"--temperature must be >= 0, got {cfg.temperature}")
     if cfg.temperature is not None and not (cfg.dream or cfg.side_by_side):
         raise ValueError("--temperature is the dream's: add --dream or --side-by-side (the real env has none)")
+    if cfg.env and cfg.dream:
+        raise ValueError("--env names the real env: drop it with --dream (a dream is the checkpoint's own)")
     if not cfg.human:
         _check_video_path(cfg.out)
 
@@ -647,8 +656,10 @@ def show_frames(frames: Iterable[np.ndarray], fps: int, caption: str = "wm-agent
 def run_render(cfg: RenderConfig, wm=None) -> dict[str, Any]:
     """Run ``cfg.episodes`` episodes and write them as one video (or show them with ``cfg.human``).
 
-    Frames are composed and written one at a time, so long episodes do not pile up in memory.
-    Returns ``{"out": path or None, "frames": n, "episodes", "returns", "mode"}``.
+    Frames are composed and written one at a time into an mp4, so long episodes do not pile up in
+    memory (a GIF is assembled in memory: prefer mp4 for long or many episodes). Returns ``{"out": path
+    or None, "frames": n, "episodes": episodes played (fewer when the window was closed early), "returns",
+    "mode"}``.
     """
     from wm_agent.world_model import WorldModel
 
@@ -694,6 +705,7 @@ def run_render(cfg: RenderConfig, wm=None) -> dict[str, Any]:
     try:
         if cfg.human:
             result["frames"] = show_frames(frames(), cfg.fps, caption=f"wm-agent render ({mode})")
+            result["episodes"] = len(returns)  # Esc or a closed window ends early
         else:
             result["out"] = str(write_video(frames(), cfg.out, cfg.fps))
             result["frames"] = count
@@ -715,7 +727,8 @@ class PlayConfig:
     temperature: float | None = doc("dream temperature (0 = the most likely component's mean; default: 1.0)", None)
     done_threshold: float = doc("the dream ends when its done head's probability exceeds this (above 1: never)", 0.5)
     seed: int = doc("seed of the first start frame / layout (each R reset moves on by one)", 0)
-    max_steps: int = doc("end an episode after this many steps (0 = the env's own limit)", 0)
+    max_steps: int = doc("end an episode after this many steps at most (0 = the env's own limit, which it never "
+                         "runs past, as in render and evaluate)", 0)
     fps: int = doc("frames per second of the window (continuous actions step once per frame)", 8)
     scale: int = doc("upscaling of the 64x64 frames in the window", 6)
 
@@ -726,7 +739,8 @@ KEY_ALIASES = {"up": "up", "right": "right", "down": "down", "left": "left", "r"
                "space": "noop", "": "noop"}
 DISCRETE_KEYS = {"up": 0, "right": 1, "down": 2, "left": 3}  # GridWorld: 0 up, 1 right, 2 down, 3 left
 # Envs whose discrete actions mean other things: the arrows keep the continuous layout (up gas, down brake).
-KEY_MAPS = {"WM-CarRacing-v0": {"up": 3, "right": 1, "down": 4, "left": 2}}  # 0 nothing, 1 right, 2 left, 3 gas, 4 brake
+# They run in real time, so play steps them every frame, with "noop" (CarRacing's 0, do nothing) when no arrow is held.
+KEY_MAPS = {"WM-CarRacing-v0": {"up": 3, "right": 1, "down": 4, "left": 2, "noop": 0}}  # 1 right, 2 left, 3 gas, 4 brake
 
 
 def continuous_action(held: Iterable[str], low: np.ndarray, high: np.ndarray) -> np.ndarray:
@@ -742,8 +756,9 @@ def continuous_action(held: Iterable[str], low: np.ndarray, high: np.ndarray) ->
     return np.clip(action, low, high).astype(np.float32)
 
 
-def _live_commands(pygame, discrete: bool, fps: int, clock):
-    """Commands from the real keyboard: discrete -> one per arrow press; continuous -> one per frame."""
+def _live_commands(pygame, per_press: bool, fps: int, clock):
+    """Commands from the real keyboard: ``per_press`` (a turn-based discrete env like GridWorld) -> one
+    per arrow press; otherwise one per frame with the arrows held."""
     while True:
         pressed = []
         for event in pygame.event.get():
@@ -753,9 +768,9 @@ def _live_commands(pygame, discrete: bool, fps: int, clock):
             if event.type == pygame.KEYDOWN:
                 pressed.append(KEY_ALIASES.get(pygame.key.name(event.key), None))
         for cmd in pressed:
-            if cmd in ("quit", "reset") or (discrete and cmd in DISCRETE_KEYS):
+            if cmd in ("quit", "reset") or (per_press and cmd in DISCRETE_KEYS):
                 yield [cmd]
-        if not discrete:
+        if not per_press:
             keys = pygame.key.get_pressed()
             held = [name for name, code in (("up", pygame.K_UP), ("down", pygame.K_DOWN),
                                             ("left", pygame.K_LEFT), ("right", pygame.K_RIGHT)) if keys[code]]
@@ -801,19 +816,19 @@ def run_play(cfg: PlayConfig, events: Iterable[str | Sequence[str]] | None = Non
         require_screen("play", "`wm-agent render` writes a video instead")
     wm = wm or WorldModel.load(cfg.checkpoint)
     discrete = wm.config.discrete_actions
+    # --max-steps ends episodes in the loop below, never past the env's own limit (in both modes alike).
     if cfg.dream:
         temperature = 1.0 if cfg.temperature is None else cfg.temperature
         env = gym.make("WM-Dream-v0", world_model=wm, temperature=temperature, render_mode="rgb_array",
-                       done_threshold=cfg.done_threshold, max_episode_steps=cfg.max_steps or None)
+                       done_threshold=cfg.done_threshold)
     else:
-        env_id = wm.real_env_id(cfg.env)
-        kwargs = {"max_episode_steps": cfg.max_steps} if cfg.max_steps else {}
-        env = wm.make_env(env_id, **kwargs)
+        env = wm.make_env(wm.real_env_id(cfg.env))
     space = env.action_space
     low = getattr(space, "low", None)
     high = getattr(space, "high", None)
     played = cfg.env if cfg.env and not cfg.dream else wm.env_id
     keys = KEY_MAPS.get(registered_id(played) if played else "", DISCRETE_KEYS)
+    per_press = discrete and "noop" not in keys  # turn-based: a step per arrow press
     pygame = _pygame()
     caption = "wm-agent play: arrows move, R resets, Esc/Q quits" + (" (dream)" if cfg.dream else "")
     window = clock = None
@@ -840,7 +855,7 @@ def run_play(cfg: PlayConfig, events: Iterable[str | Sequence[str]] | None = Non
         step, total, done = 0, 0.0, False
         summary["episodes"] = 1
         show(frame_of(obs), step, None, total, done)
-        commands = _scripted_commands(events) if events is not None else _live_commands(pygame, discrete, cfg.fps,
+        commands = _scripted_commands(events) if events is not None else _live_commands(pygame, per_press, cfg.fps,
                                                                                         clock)
         for cmds in commands:
             if "quit" in cmds:
@@ -858,9 +873,9 @@ def run_play(cfg: PlayConfig, events: Iterable[str | Sequence[str]] | None = Non
                 continue
             if discrete:
                 moves = [c for c in cmds if c in DISCRETE_KEYS]
-                if not moves:
+                if not moves and per_press:
                     continue
-                action = keys[moves[-1]]
+                action = keys[moves[-1]] if moves else keys["noop"]
                 if action >= space.n:
                     continue
             else:
@@ -870,7 +885,7 @@ def run_play(cfg: PlayConfig, events: Iterable[str | Sequence[str]] | None = Non
             total += float(reward)
             summary["steps"] += 1
             summary["total_reward"] += float(reward)
-            done = bool(terminated or truncated)
+            done = bool(terminated or truncated) or step == cfg.max_steps
             show(frame_of(obs), step, float(reward), total, done)
     finally:
         summary["episode_returns"].append(total if summary["episodes"] else 0.0)
