@@ -134,6 +134,20 @@ def test_training_curves_from_jsonl_and_list(tmp_path):
         vis.training_curves(tmp_path / "missing.jsonl")
 
 
+def test_training_curves_draw_m_loss_and_nll_apart_and_take_odd_rows(tmp_path):
+    """M's loss (~0.006) and NLL (~-3) on one axis drew the loss as a flat line: each gets a panel."""
+    rows = [{"stage": "rnn", "epoch": e, "loss": 0.006 / e, "nll": -3.0 - e} for e in range(1, 4)]
+    vis = Visualizer(tmp_path)
+    four = _png(vis.training_curves(rows, cmaes_log=[{"generation": 1, "best": None, "mean": 0.5}], name="c.png"))
+    assert four.shape[1] >= 4 * 400
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('[1, 2]\n{"stage": "vae", "epoch": 1, "recon_mse": 0.1}\n')
+    with pytest.raises(ValueError, match="bad.jsonl:1 is not a metrics row"):
+        vis.training_curves(bad)
+    with pytest.raises(ValueError, match="figures are written as PNG"):
+        vis.training_curves(rows, name="curves.jpg")
+
+
 # -- video -----------------------------------------------------------------------------------------
 @pytest.mark.parametrize("ext", [".mp4", ".gif"])
 def test_write_video_frame_count_and_size(tmp_path, ext):

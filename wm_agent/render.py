@@ -151,6 +151,8 @@ def _atomic_write(path: str | os.PathLike, write) -> Path:
 def _save_png(surface, path: str | os.PathLike) -> Path:
     import imageio.v3 as iio
 
+    if Path(path).suffix.lower() != ".png":  # the bytes are PNG whatever the name says
+        raise ValueError(f"figures are written as PNG: give a name ending in .png, got {str(path)!r}")
     array = _surface_array(surface)
     return _atomic_write(path, lambda tmp: iio.imwrite(tmp, array, extension=".png"))
 
@@ -177,11 +179,14 @@ def _load_metrics(metrics) -> list[dict]:
         for n, line in enumerate(lines, 1):
             if line.strip():
                 try:
-                    rows.append(json.loads(line))
+                    row = json.loads(line)
                 except json.JSONDecodeError as exc:
                     if n == len(lines):
                         break  # a run killed mid-write leaves a truncated last line
                     raise ValueError(f"{path}:{n} is not JSON: {exc}") from exc
+                if not isinstance(row, dict):
+                    raise ValueError(f"{path}:{n} is not a metrics row (a JSON object), got {line[:60]!r}")
+                rows.append(row)
         return rows
     if isinstance(metrics, dict):
         raise TypeError("training_curves wants a metrics.jsonl path or a list of per-epoch dicts, got a dict")
@@ -193,8 +198,8 @@ def _series(rows: list[dict], stage: str, key: str) -> tuple[np.ndarray, np.ndar
     by_epoch: dict[int, float] = {}
     for i, row in enumerate(r for r in rows if r.get("stage") == stage):
         value = row.get(key)
-        if value is None:
-            continue
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            continue  # absent, or not a number (a hand-made row): nothing to draw
         by_epoch[int(row.get("epoch", i + 1))] = float(value)
     xs = np.array(sorted(by_epoch), dtype=np.float64)
     ys = np.array([by_epoch[int(x)] for x in xs], dtype=np.float64)
@@ -255,7 +260,6 @@ def _line_panel(surface, rect, title: str, series: list[tuple[str, np.ndarray, n
         _text(surface, f"{xv:g}", (xx, bottom + 6), 16, AXIS, anchor)
     _text(surface, xlabel, ((left + right) // 2, bottom + 22), 16, AXIS, "midtop")
 
-    legend_y = top + 4
     for k, (name, xs, ys) in enumerate(series):
         colour = SERIES_COLOURS[k % len(SERIES_COLOURS)]
         points = [px(x, y) for x, y in zip(xs, ys)]
@@ -264,11 +268,16 @@ def _line_panel(surface, rect, title: str, series: list[tuple[str, np.ndarray, n
         if len(points) <= 40:
             for p in points:
                 pygame.draw.circle(surface, colour, (int(p[0]), int(p[1])), 3)
+    # Legends after every curve, on a white box: a curve drawn across "best: 0.9491" read as "0.0491".
+    legend_y = top + 4
+    for k, (name, xs, ys) in enumerate(series):
+        colour = SERIES_COLOURS[k % len(SERIES_COLOURS)]
         label = f"{name}: {_fmt(float(ys[-1]))}"
         lw = _text_width(label, 16)
+        pygame.draw.rect(surface, WHITE, (right - lw - 30, legend_y - 1, lw + 28, 18))
         pygame.draw.line(surface, colour, (right - lw - 26, legend_y + 6), (right - lw - 8, legend_y + 6), 3)
-        _text(surface, label, (right - 4, legend_y), 16, INK, "topright")
-        legend_y += 16
+        _text(surface, label, (right - 4, legend_y), 16, INK, "topright", WHITE)
+        legend_y += 18
 
 
 class Visualizer:
@@ -360,7 +369,8 @@ class Visualizer:
 
     def training_curves(self, metrics, cmaes_log: Sequence[dict] | None = None, name: str | None = None,
                         title: str = "World model training") -> Path:
-        """Three line charts: VAE recon MSE per epoch, MDN-RNN loss/NLL per epoch, CMA-ES best/mean per generation.
+        """Four line charts: VAE recon MSE per epoch, MDN-RNN training loss and mixture NLL per epoch (apart:
+        their scales differ by orders of magnitude), CMA-ES best/mean per generation.
 
         ``metrics``: a ``<checkpoint>.metrics.jsonl`` path or its rows as dicts (``{"stage": "vae"|"rnn",
         "epoch", ...}``); ``cmaes_log``: ``wm.train_state["cmaes"]["log"]``. A panel without data says so.
@@ -368,12 +378,16 @@ class Visualizer:
         rows = _load_metrics(metrics)
         log = list(cmaes_log or [])
         gens = np.array([float(r.get("generation", i + 1)) for i, r in enumerate(log)])
+
+        def number(value) -> float:  # a hand-made log may hold None or text: not drawn
+            return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else np.nan
+
         panels = [
             ("VQ-VAE reconstruction MSE", [("recon_mse", *_series(rows, "vae", "recon_mse"))], "epoch"),
-            ("MDN-RNN loss", [("loss", *_series(rows, "rnn", "loss")), ("nll", *_series(rows, "rnn", "nll"))],
-             "epoch"),
+            ("MDN-RNN training loss", [("loss", *_series(rows, "rnn", "loss"))], "epoch"),
+            ("MDN-RNN mixture NLL", [("nll", *_series(rows, "rnn", "nll"))], "epoch"),
             ("Controller (CMA-ES) fitness",
-             [(k, gens, np.array([float(r.get(k, np.nan)) for r in log])) for k in ("best", "mean")], "generation"),
+             [(k, gens, np.array([number(r.get(k)) for r in log])) for k in ("best", "mean")], "generation"),
         ]
         pw, ph, pad = 420, 300, 12
         surface = _canvas(pad + len(panels) * (pw + pad), 44 + ph + pad)
