@@ -548,17 +548,22 @@ def test_gym_makes_max_episode_steps_shortens_dreams_and_the_dreams_own_cap_leng
     assert length(batched.reset, lambda: batched.step(np.zeros(2, np.int64))[3][0]) == cap + 7
 
 
-def test_the_vector_dream_renders_a_tuple_and_reports_done_probabilities(wm, tmp_path):
-    from gymnasium.wrappers.vector import RecordVideo
-
+def test_the_vector_dream_renders_a_tuple_and_reports_done_probabilities(wm):
     venv = DreamVectorEnv(3, wm, render_mode="rgb_array")
     venv.reset(seed=0)
     frames = venv.render()
-    assert isinstance(frames, tuple) and len(frames) == 3 and frames[0].shape == (64, 64, 3)
+    assert isinstance(frames, tuple) and len(frames) == 3 and frames[0].shape == (64, 64, 3)  # VectorEnv.render's contract
     info = venv.step(np.zeros(3, np.int64))[4]
     assert info["done_probability"].shape == (3,) and info["_done_probability"].all()
     assert ((0 <= info["done_probability"]) & (info["done_probability"] <= 1)).all()
-    recorded = RecordVideo(DreamVectorEnv(2, wm, render_mode="rgb_array"), str(tmp_path / "videos"), episode_trigger=lambda e: True)
+
+
+def test_gymnasiums_vector_record_video_films_the_batched_dream(wm, tmp_path):
+    pytest.importorskip("moviepy")  # Gymnasium's RecordVideo needs it; wm-agent does not depend on it
+    from gymnasium.wrappers.vector import RecordVideo
+
+    recorded = RecordVideo(DreamVectorEnv(2, wm, render_mode="rgb_array"), str(tmp_path / "videos"),
+                           episode_trigger=lambda e: True)
     recorded.reset(seed=0)  # Gymnasium's vector wrapper asserts a sequence of frames here
     recorded.step(np.zeros(2, np.int64))
     recorded.close()
