@@ -398,3 +398,9 @@ def test_the_reconstruction_figure_is_wide_enough_for_its_title(tmp_path):
     path = Visualizer(tmp_path, scale=1).reconstruction(frames, frames)
     width = iio.imread(path).shape[1]
     assert width >= _text_width(f"VQ-VAE reconstruction  (mean MSE {_fmt(0.0)})", 24)
+
+
+def test_render_makes_no_output_folder_for_a_checkpoint_that_does_not_load(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        run_render(RenderConfig(checkpoint=str(tmp_path / "missing.pt"), out=str(tmp_path / "made" / "x.mp4")))
+    assert not (tmp_path / "made").exists()

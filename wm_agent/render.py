@@ -400,10 +400,17 @@ class Visualizer:
 # ----------------------------------------------------------------------------------------------
 # Video
 # ----------------------------------------------------------------------------------------------
-def _check_video_path(path: str | os.PathLike) -> Path:
+def _check_video_suffix(path: str | os.PathLike) -> Path:
     path = Path(path)
     if path.suffix.lower() not in VIDEO_EXTENSIONS:
         raise ValueError(f"video file must end in .mp4 or .gif, got {str(path)!r}")
+    return path
+
+
+def _check_video_path(path: str | os.PathLike) -> Path:
+    """The video path, its folder made and shown writable (a read-only folder would otherwise only show
+    once the whole video has been played)."""
+    path = _check_video_suffix(path)
     make_parent(path)
     if path.is_dir():
         raise IsADirectoryError(f"{path} is a folder; give a video file path")
@@ -644,7 +651,7 @@ def _validate_render(cfg: RenderConfig) -> None:
     if cfg.env and cfg.dream:
         raise ValueError("--env names the real env: drop it with --dream (a dream is the checkpoint's own)")
     if not cfg.human:
-        _check_video_path(cfg.out)
+        _check_video_suffix(cfg.out)  # its folder is made only once the checkpoint has loaded
 
 
 def show_frames(frames: Iterable[np.ndarray], fps: int, caption: str = "wm-agent") -> int:
@@ -686,6 +693,8 @@ def run_render(cfg: RenderConfig, wm=None) -> dict[str, Any]:
     wm.require_trained("vae", cfg.checkpoint)
     if mode != "real":  # a dream is M's
         wm.require_trained("rnn", cfg.checkpoint)
+    if not cfg.human:
+        _check_video_path(cfg.out)  # before any episode is played
     wm.warn_if_untrained(cfg.checkpoint)
     returns: list[float] = []
     count = 0
