@@ -404,3 +404,18 @@ def test_render_makes_no_output_folder_for_a_checkpoint_that_does_not_load(tmp_p
     with pytest.raises(FileNotFoundError):
         run_render(RenderConfig(checkpoint=str(tmp_path / "missing.pt"), out=str(tmp_path / "made" / "x.mp4")))
     assert not (tmp_path / "made").exists()
+
+
+def test_videos_and_play_default_to_the_envs_own_pace():
+    """As Gymnasium's RecordVideo does: CarRacing at 50 fps (8 was six times slow motion), GridWorld at 8."""
+    from helpers import tiny_world_model
+
+    from wm_agent.render import DEFAULT_FPS, env_fps
+
+    grid = tiny_world_model()
+    car = tiny_world_model(discrete_actions=False, action_dim=3, action_low=(-1, 0, 0), action_high=(1, 1, 1))
+    car.env_id = "WM-CarRacing-v0"
+    assert env_fps(grid) == 8 and env_fps(car) == 50 and env_fps(grid, "WM-CarRacing-v0") == 50
+    grid.env_id = None  # a model that names no env: the default pace
+    assert env_fps(grid) == DEFAULT_FPS
+    assert RenderConfig(checkpoint="x.pt").fps == 0 and PlayConfig(checkpoint="x.pt").fps == 0

@@ -630,9 +630,27 @@ class RenderConfig:
     temperature: float | None = doc("dream temperature (default: 1.0 with --dream, 0 with --side-by-side)", None)
     greedy: bool = doc("argmax actions instead of sampling from the controller's softmax", False)
     max_steps: int = doc("stop each episode after this many steps (0 = the env's own limit)", 0)
-    fps: int = doc("frames per second of the video / window", 8)
+    fps: int = doc("frames per second of the video / window (0: the env's own render_fps, 8 for GridWorld and 50 "
+                   "for CarRacing, as Gymnasium's RecordVideo uses; a dream plays at its real env's)", 0)
     scale: int = doc("upscaling of the 64x64 frames in the video", 4)
     progress: bool = doc("show a progress bar (frames written; a CarRacing episode takes tens of seconds)", True)
+
+
+DEFAULT_FPS = 8
+
+
+def env_fps(wm, env_id: str | None = None) -> int:
+    """The ``render_fps`` of ``env_id`` (default: the env ``wm`` was trained on, whose pace its dreams
+    share), as Gymnasium's RecordVideo takes it; ``DEFAULT_FPS`` when the env says none or cannot be made."""
+    try:
+        env = wm.make_env(wm.real_env_id(env_id or None))
+    except Exception:  # the video does not need the env: a missing one only loses its pace  # noqa: BLE001
+        return DEFAULT_FPS
+    try:
+        fps = env.metadata.get("render_fps")
+    finally:
+        env.close()
+    return int(fps) if isinstance(fps, (int, float)) and fps > 0 else DEFAULT_FPS
 
 
 def _validate_render(cfg: RenderConfig) -> None:
@@ -640,8 +658,8 @@ def _validate_render(cfg: RenderConfig) -> None:
         raise ValueError("choose one of --dream and --side-by-side")
     if cfg.episodes < 1:
         raise ValueError(f"--episodes must be >= 1, got {cfg.episodes}")
-    if cfg.fps <= 0 or cfg.scale < 1:
-        raise ValueError(f"--fps must be > 0 and --scale >= 1, got fps={cfg.fps}, scale={cfg.scale}")
+    if cfg.fps < 0 or cfg.scale < 1:
+        raise ValueError(f"--fps must be >= 0 (0: the env's) and --scale >= 1, got fps={cfg.fps}, scale={cfg.scale}")
     if cfg.max_steps < 0:
         raise ValueError(f"--max-steps must be >= 0, got {cfg.max_steps}")
     if cfg.temperature is not None and not cfg.temperature >= 0:
@@ -695,6 +713,7 @@ def run_render(cfg: RenderConfig, wm=None) -> dict[str, Any]:
         wm.require_trained("rnn", cfg.checkpoint)
     if not cfg.human:
         _check_video_path(cfg.out)  # before any episode is played
+    fps = cfg.fps or env_fps(wm, env_id)
     wm.warn_if_untrained(cfg.checkpoint)
     returns: list[float] = []
     count = 0
@@ -727,10 +746,10 @@ def run_render(cfg: RenderConfig, wm=None) -> dict[str, Any]:
     result = {"out": None, "frames": 0, "episodes": cfg.episodes, "returns": returns, "mode": mode}
     try:
         if cfg.human:
-            result["frames"] = show_frames(frames(), cfg.fps, caption=f"wm-agent render ({mode})")
+            result["frames"] = show_frames(frames(), fps, caption=f"wm-agent render ({mode})")
             result["episodes"] = len(returns)  # Esc or a closed window ends early
         else:
-            result["out"] = str(write_video(frames(), cfg.out, cfg.fps))
+            result["out"] = str(write_video(frames(), cfg.out, fps))
             result["frames"] = count
     finally:
         bar.close()
@@ -752,7 +771,8 @@ class PlayConfig:
     seed: int = doc("seed of the first start frame / layout (each R reset moves on by one)", 0)
     max_steps: int = doc("end an episode after this many steps at most (0 = the env's own limit, which it never "
                          "runs past, as in render and evaluate)", 0)
-    fps: int = doc("frames per second of the window (continuous actions step once per frame)", 8)
+    fps: int = doc("frames per second of the window, where real-time envs step once per frame (0: the env's own "
+                   "render_fps, 8 for GridWorld and 50 for CarRacing; a dream plays at its real env's)", 0)
     scale: int = doc("upscaling of the 64x64 frames in the window", 6)
 
 
@@ -829,7 +849,7 @@ def run_play(cfg: PlayConfig, events: Iterable[str | Sequence[str]] | None = Non
     from envs.rendering import show_frame
     from wm_agent.world_model import WorldModel, registered_id
 
-    check_settings((cfg.fps > 0, f"--fps must be > 0, got {cfg.fps}"),
+    check_settings((cfg.fps >= 0, f"--fps must be >= 0 (0: the env's), got {cfg.fps}"),
                    (cfg.scale >= 1, f"--scale must be >= 1, got {cfg.scale}"),
                    (cfg.max_steps >= 0, f"--max-steps must be >= 0 (0: the env's own limit), got {cfg.max_steps}"),
                    (cfg.temperature is None or cfg.temperature >= 0, f"--temperature must be >= 0, got {cfg.temperature}"),
@@ -846,6 +866,7 @@ def run_play(cfg: PlayConfig, events: Iterable[str | Sequence[str]] | None = Non
                        done_threshold=cfg.done_threshold)
     else:
         env = wm.make_env(wm.real_env_id(cfg.env))
+    fps = cfg.fps or env_fps(wm, None if cfg.dream else cfg.env)
     space = env.action_space
     low = getattr(space, "low", None)
     high = getattr(space, "high", None)
@@ -869,7 +890,7 @@ def run_play(cfg: PlayConfig, events: Iterable[str | Sequence[str]] | None = Non
             _text(surf, " episode over: R resets ", (surf.get_width() // 2, surf.get_height() - 8), 20, WHITE,
                   "midbottom", BLACK)
             panel = _surface_array(surf)
-        window, clock = show_frame(panel, window, clock, cfg.fps if events is not None else 1000, scale=1,
+        window, clock = show_frame(panel, window, clock, fps if events is not None else 1000, scale=1,
                                    caption=caption)
         summary["frames"] += 1
 
@@ -878,8 +899,7 @@ def run_play(cfg: PlayConfig, events: Iterable[str | Sequence[str]] | None = Non
         step, total, done = 0, 0.0, False
         summary["episodes"] = 1
         show(frame_of(obs), step, None, total, done)
-        commands = _scripted_commands(events) if events is not None else _live_commands(pygame, per_press, cfg.fps,
-                                                                                        clock)
+        commands = _scripted_commands(events) if events is not None else _live_commands(pygame, per_press, fps, clock)
         for cmds in commands:
             if "quit" in cmds:
                 summary["quit"] = True
