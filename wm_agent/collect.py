@@ -47,6 +47,7 @@ import numpy as np
 from gymnasium import spaces
 from tqdm.auto import tqdm
 
+from wm_agent.config import is_int
 from wm_agent.frames import BLOB, CODEC, OFFSETS, DiscardFrames, FrameArray, FrameWriter, grown
 from wm_agent.workers import children_ignore_sigint, death_reason, watch_parent
 
@@ -547,11 +548,6 @@ def describe_space(space: gym.Space) -> dict:
     raise ValueError(f"cannot describe action space {space}: only Discrete and Box are supported")
 
 
-def _is_int(value) -> bool:
-    """An int or a numpy integer (a count read from an array), never a bool."""
-    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
-
-
 def _named(argument: str) -> str:
     """``episodes_per_shard (--episodes-per-shard)``: an argument as the API and the CLI spell it."""
     return f"{argument} (--{argument.replace('_', '-')})"
@@ -608,11 +604,11 @@ class DataCollector:
             raise ValueError(f"vectorization must be one of {VECTORIZATIONS}, got {vectorization!r}")
         # Each message names the argument and its command-line option, read by users of either.
         for label, value in (("workers", workers), ("episodes_per_shard", episodes_per_shard)):
-            if not _is_int(value) or value < 1:
+            if not is_int(value) or value < 1:
                 raise ValueError(f"{_named(label)} must be a positive int, got {value!r}")
-        if not _is_int(seed) or seed < 0:
+        if not is_int(seed) or seed < 0:
             raise ValueError(f"{_named('seed')} must be a non-negative int, got {seed!r}")
-        if max_steps is not None and (not _is_int(max_steps) or max_steps < 1):
+        if max_steps is not None and (not is_int(max_steps) or max_steps < 1):
             raise ValueError(f"{_named('max_steps')} must be a positive int (or None / 0 on the command line: "
                              f"the env's own limit), got {max_steps!r}")
         workers, episodes_per_shard, seed = int(workers), int(episodes_per_shard), int(seed)  # JSON takes no np.int64
@@ -726,7 +722,7 @@ class DataCollector:
         Shards already on disk with (at least) their planned episodes are skipped, so re-running an
         interrupted command resumes it. Shards beyond the plan are kept and listed.
         """
-        if not _is_int(episodes) or episodes < 1:
+        if not is_int(episodes) or episodes < 1:
             raise ValueError(f"{_named('episodes')} must be a positive int, got {episodes!r}")
         episodes = int(episodes)
         from wm_agent.io import make_folder, save_json

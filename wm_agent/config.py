@@ -49,6 +49,12 @@ def doc(text: str, default: Any = dataclasses.MISSING, flag: str | None = None, 
     return field(default=default, metadata=metadata, **kw)
 
 
+def is_int(value) -> bool:
+    """An int or a numpy integer (a count read from an array), never a bool: ``True`` as a count, size or
+    index is a mistake. The one test of "is this a whole number" for every argument check here."""
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
 _BAD = object()
 _KIND = {int: ("an int", "ints"), float: ("a number", "numbers"), bool: ("a bool", "bools"), str: ("a str", "strs")}
 
@@ -59,7 +65,7 @@ def _scalar(tp: type, value) -> Any:
     if tp is bool:
         return bool(value) if isinstance(value, (bool, np.bool_)) else _BAD
     if tp is int:
-        return int(value) if isinstance(value, numbers.Integral) and not isinstance(value, bool) else _BAD
+        return int(value) if is_int(value) else _BAD
     if tp is float:
         if not isinstance(value, numbers.Real) or isinstance(value, (bool, np.bool_)):
             return _BAD

@@ -18,6 +18,7 @@ import numpy as np
 from gymnasium import spaces
 
 from wm_agent.collect import IDENTITY_KEYS, MANIFEST, MANIFEST_FORMAT, SHARD_FILES
+from wm_agent.config import is_int
 from wm_agent.frames import BLOB, CODEC, OFFSETS, RECOLLECT, CompressedFrames
 from wm_agent.io import load_npy
 
@@ -185,7 +186,7 @@ class EpisodeDataset:
     ) -> Iterator[np.ndarray]:
         """One epoch of uint8 frame batches in a random order: each frame exactly once
         (the last, smaller batch is dropped when ``drop_last``)."""
-        if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        if not is_int(batch_size) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
         if not isinstance(rng, np.random.Generator):
             raise TypeError(f"rng must be a numpy Generator (np.random.default_rng(seed)), got {rng!r}")
@@ -286,7 +287,7 @@ def _allow_open_files(needed: int) -> None:
 
 
 def _check_index(i, n: int, what: str) -> int:
-    if not isinstance(i, (int, np.integer)) or isinstance(i, (bool, np.bool_)):  # True would read index 1
+    if not is_int(i):  # True would read index 1
         raise TypeError(f"{what} index must be an int, got {type(i).__name__}")
     if not -n <= i < n:
         raise IndexError(f"{what} index {i} out of range for {n} {what}s")

@@ -17,6 +17,7 @@ import torch
 from gymnasium import spaces
 from gymnasium.vector import AutoresetMode, VectorEnv
 
+from wm_agent.config import is_int
 from wm_agent.world_model import WorldModel, one_torch_thread
 
 
@@ -52,9 +53,7 @@ def _checked_threshold(done_threshold: float) -> float:
 
 
 def _episode_cap(wm: WorldModel, max_episode_steps: int | None) -> int:
-    if max_episode_steps is not None and (isinstance(max_episode_steps, bool)
-                                          or not isinstance(max_episode_steps, (int, np.integer))
-                                          or max_episode_steps < 1):
+    if max_episode_steps is not None and (not is_int(max_episode_steps) or max_episode_steps < 1):
         raise ValueError(f"max_episode_steps must be a positive int, or None for the env's own limit, got "
                          f"{max_episode_steps!r}")
     return int(max_episode_steps or wm.episode_limit())

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from wm_agent.config import WorldModelConfig
+from wm_agent.config import WorldModelConfig, is_int
 from wm_agent.controller import Controller
 from wm_agent.io import load_torch, save_torch
 from wm_agent.mdnrnn import MDNRNN
@@ -84,11 +84,6 @@ def _usable_device(device: str | torch.device) -> torch.device:
         raise ValueError(f"device {str(device)!r} asked for, but this torch cannot use CUDA here "
                          "(torch.cuda.is_available() is False): use 'cpu'")
     return resolved
-
-
-def _is_count(value, zero: bool = False) -> bool:
-    """A positive int (non-negative with ``zero``), numpy integers included, bools not."""
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value >= (0 if zero else 1)
 
 
 def env_spec(env_id: str):
@@ -291,9 +286,9 @@ class WorldModel:
             if array.ndim != 4 or array.shape[1:] != (s, s, 3) or array.dtype != np.uint8 or not len(array):
                 raise ValueError(f"train_vae needs {name} of at least one uint8 frame of shape ({s}, {s}, 3), got "
                                  f"{array.dtype} of shape {array.shape}")
-        if not _is_count(batch_size):
+        if not (is_int(batch_size) and batch_size >= 1):
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-        if not _is_count(epochs, zero=True):
+        if not (is_int(epochs) and epochs >= 0):
             raise ValueError(f"epochs must be a non-negative int, got {epochs!r}")
         history = fit_vae(self, lambda rng: frame_batches_from_array(frames, batch_size, rng), epochs, seed, progress)
         if history:
@@ -307,10 +302,10 @@ class WorldModel:
         from wm_agent.train import fit_rnn, sequence_batches_from_arrays
 
         missing = {"obs", "actions", "rewards", "dones"} - set(sequences)
-        if missing or not _is_count(batch_size):
+        if missing or not (is_int(batch_size) and batch_size >= 1):
             raise ValueError(f"train_rnn needs sequences with obs, actions, rewards and dones (missing: "
                              f"{sorted(missing) or 'none'}) and a positive int batch_size (got {batch_size!r})")
-        if not _is_count(epochs, zero=True):
+        if not (is_int(epochs) and epochs >= 0):
             raise ValueError(f"epochs must be a non-negative int, got {epochs!r}")
         self.require_trained("vae")  # M learns V's codes: an untrained V's are noise
         obs = np.asarray(sequences["obs"])
