@@ -18,7 +18,7 @@ from gymnasium import spaces
 from gymnasium.vector import AutoresetMode, VectorEnv
 
 from wm_agent.config import is_int
-from wm_agent.world_model import WorldModel, one_torch_thread
+from wm_agent.world_model import WorldModel, checked_temperature, one_torch_thread
 
 
 def as_world_model(world_model: WorldModel | str | os.PathLike, device=None, dreams: bool = True) -> WorldModel:
@@ -99,9 +99,7 @@ class DreamBatch:
     counters. z and codes change together (``set_codes``, ``step``, ``keep``): M reads the indices."""
 
     def __init__(self, wm: WorldModel, n: int, temperature: float):
-        if not temperature >= 0:  # NaN too: torch would fail later on its probabilities
-            raise ValueError(f"temperature must be >= 0, got {temperature}")
-        self.wm, self.n, self.temperature = wm, n, temperature
+        self.wm, self.n, self.temperature = wm, n, checked_temperature(temperature)
         self.rnn = wm.rnn.eval()
         self.codes, self.z = wm.snap(torch.zeros(n, wm.config.z_size, device=wm.device))
         self.hidden = wm.rnn.initial_state(n, wm.device)
@@ -338,7 +336,7 @@ class DreamVectorEnv(VectorEnv):
     def step(self, actions):
         if not self._started:
             raise gym.error.ResetNeeded("Cannot call DreamVectorEnv.step() before reset()")
-        actions = np.asarray(checked_action(self.action_space, np.asarray(actions)))
+        actions = checked_action(self.action_space, np.asarray(actions))
         a = torch.as_tensor(actions, device=self.world_model.device)
         reward, done_p = self._batch.step(a, self._gen)
         rewards = reward.cpu().numpy().astype(np.float64)

@@ -639,18 +639,23 @@ class RenderConfig:
 DEFAULT_FPS = 8
 
 
+def render_fps(env) -> int:
+    """An env's ``metadata["render_fps"]``, as Gymnasium's RecordVideo takes it; ``DEFAULT_FPS`` if it says none."""
+    fps = env.metadata.get("render_fps")
+    return int(fps) if isinstance(fps, (int, float)) and fps > 0 else DEFAULT_FPS
+
+
 def env_fps(wm, env_id: str | None = None) -> int:
-    """The ``render_fps`` of ``env_id`` (default: the env ``wm`` was trained on, whose pace its dreams
-    share), as Gymnasium's RecordVideo takes it; ``DEFAULT_FPS`` when the env says none or cannot be made."""
+    """``render_fps`` of ``env_id`` (default: the env ``wm`` was trained on, whose pace its dreams share);
+    ``DEFAULT_FPS`` when the env cannot be made here."""
     try:
         env = wm.make_env(wm.real_env_id(env_id or None))
     except Exception:  # the video does not need the env: a missing one only loses its pace  # noqa: BLE001
         return DEFAULT_FPS
     try:
-        fps = env.metadata.get("render_fps")
+        return render_fps(env)
     finally:
         env.close()
-    return int(fps) if isinstance(fps, (int, float)) and fps > 0 else DEFAULT_FPS
 
 
 def _validate_render(cfg: RenderConfig) -> None:
@@ -866,7 +871,8 @@ def run_play(cfg: PlayConfig, events: Iterable[str | Sequence[str]] | None = Non
                        done_threshold=cfg.done_threshold)
     else:
         env = wm.make_env(wm.real_env_id(cfg.env))
-    fps = cfg.fps or env_fps(wm, None if cfg.dream else cfg.env)
+    # The real env is at hand; a dream (whose own metadata says 8) plays at its real env's pace.
+    fps = cfg.fps or (env_fps(wm) if cfg.dream else render_fps(env))
     space = env.action_space
     low = getattr(space, "low", None)
     high = getattr(space, "high", None)

@@ -86,6 +86,14 @@ def _usable_device(device: str | torch.device) -> torch.device:
     return resolved
 
 
+def checked_temperature(temperature: float) -> float:
+    """A dream temperature: >= 0 (0 = each component's most likely mean); NaN fails here, not later inside
+    torch's sampling."""
+    if not temperature >= 0:
+        raise ValueError(f"temperature must be >= 0, got {temperature}")
+    return temperature
+
+
 def env_spec(env_id: str):
     """The ``EnvSpec`` ``gym.make(env_id)`` would use, without making the env; a ``"module:Id"`` imports
     its module first, as ``gym.make`` does. Raises ``ImportError`` or ``gymnasium.error.Error``."""
@@ -323,8 +331,7 @@ class WorldModel:
         Returns ``frames`` (T+1, H, W, 3) uint8 (the decoded first frame, then each imagined one),
         ``rewards`` (T,), ``dones`` (T,) (probabilities) and ``latents`` (T+1, Z).
         """
-        if not temperature >= 0:  # NaN too: torch would fail later on its probabilities
-            raise ValueError(f"temperature must be >= 0, got {temperature}")
+        checked_temperature(temperature)
         self.rnn.eval()
         gen = torch.Generator().manual_seed(seed) if seed is not None else None
         codes, z = self.snap(self.encode(np.asarray(initial_obs)[None]))  # (1, G, G), (1, Z)
