@@ -524,7 +524,7 @@ def test_no_data_is_named_by_train_vae(tmp_path, capsys, folder):
 def test_a_data_file_carrying_code_is_refused_and_runs_nothing(data_copy, tmp_path, capsys):
     marker = tmp_path / "PWNED"
     target = data_copy / "shard_00000" / "actions.npy"
-    with open(target, "wb") as f:
+    with open(target, "wb") as f:  # the attacker's file, pickled on purpose: every loader must refuse it
         np.save(f, np.array([Payload(marker)] * 3, dtype=object), allow_pickle=True)
     err = cli_error(capsys, _train_vae(data_copy, tmp_path / "wm.pt"))
     assert str(target) in err and "allow_pickle" in err
