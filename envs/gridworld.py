@@ -89,11 +89,10 @@ class GridWorldEnv(gym.Env):
         self.action_space = spaces.Discrete(4)
 
         self._obstacles = np.zeros((size, size), dtype=bool)
-        self._dist = np.zeros((size, size), dtype=np.int64)
         # The step loop reads these as Python ints and lists: numpy scalars cost ~100 ns per operation,
         # and a step is a few dozen of them.
         self._blocked: list[list[bool]] = self._obstacles.tolist()
-        self._dist_rows: list[list[int]] = self._dist.tolist()
+        self._dist_rows: list[list[int]] = [[0] * size for _ in range(size)]  # BFS steps to the goal, -1: cut off
         self._agent = (0, 0)
         self._goal = (0, 0)
         self._base = np.zeros(self.observation_space.shape, dtype=np.uint8)
@@ -137,7 +136,6 @@ class GridWorldEnv(gym.Env):
             self._dist_rows = self._distances_to_goal()
             if self._dist_rows[self._agent[0]][self._agent[1]] > 0:
                 break
-        self._dist = np.array(self._dist_rows, dtype=np.int64)
 
         self._base = np.empty(self.observation_space.shape, dtype=np.uint8)
         self._base[:] = BACKGROUND

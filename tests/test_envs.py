@@ -73,7 +73,7 @@ def _oracle_action(env: GridWorldEnv) -> int:
     r, c = (int(v) for v in env._agent)
     for action, (dr, dc) in enumerate(MOVES):
         rr, cc = r + int(dr), c + int(dc)
-        if 0 <= rr < env.size and 0 <= cc < env.size and env._dist[rr, cc] == env._dist[r, c] - 1:
+        if 0 <= rr < env.size and 0 <= cc < env.size and env._dist_rows[rr][cc] == env._dist_rows[r][c] - 1:
             return action
     raise AssertionError(f"no neighbour of {(r, c)} is closer to the goal")
 
@@ -103,7 +103,7 @@ def test_gridworld_layouts_are_varied_reachable_and_not_trivial():
         _, info = env.reset(seed=seed)
         lengths.append(info["oracle_steps"])
         obstacles.append(int(env._obstacles.sum()))
-        assert env._dist[tuple(env._agent)] > 0  # the goal is reachable and not under the agent
+        assert env._dist_rows[env._agent[0]][env._agent[1]] > 0  # the goal is reachable and not under the agent
     assert np.mean(lengths) >= 5
     assert min(obstacles) >= 3 and max(obstacles) <= 6
     assert len(set(obstacles)) == 4  # every count from 3 to 6 occurs

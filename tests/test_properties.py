@@ -101,7 +101,7 @@ def test_gridworld_oracle_path_exists(seed):
         best = None
         for action, (dr, dc) in enumerate(((-1, 0), (0, 1), (1, 0), (0, -1))):
             r, c = env._agent[0] + dr, env._agent[1] + dc
-            if 0 <= r < env.size and 0 <= c < env.size and 0 <= env._dist[r, c] < here:
+            if 0 <= r < env.size and 0 <= c < env.size and 0 <= env._dist_rows[r][c] < here:
                 best = action
         assert best is not None, "no neighbour is closer to the goal"
         _, reward, terminated, _, info = env.step(best)
