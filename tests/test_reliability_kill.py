@@ -437,7 +437,7 @@ def test_kill_train_rnn_then_resume_matches_an_uninterrupted_run(small_data, tmp
     reference = tmp_path / "reference.pt"
     shutil.copy(ckpt, reference)
     args = ["train-rnn", "--data", str(small_data), "--world-model", "wm.pt", "--epochs", str(epochs),
-            "--seq-len", "8", "--batch-size", "4", "--no-progress"]
+            "--seq-len", "8", "--batch-size", "4", "--device", "cpu", "--no-progress"]
     metrics = tmp_path / "wm.pt.metrics.jsonl"
     k = kill_at_random_moment(commands, args, tmp_path, metric_lines(metrics), epochs - 5, 0.05,
                               random.Random(f"{SEED}-rnn"))
@@ -464,7 +464,7 @@ def test_sigterm_saves_and_resume_finishes(small_data, tmp_path, commands):
     ckpt = tmp_path / "wm.pt"
     tiny_checkpoint(ckpt, small_data)
     args = ["train-rnn", "--data", str(small_data), "--world-model", "wm.pt", "--epochs", str(epochs),
-            "--seq-len", "8", "--batch-size", "4", "--no-progress"]
+            "--seq-len", "8", "--batch-size", "4", "--device", "cpu", "--no-progress"]
     metrics = tmp_path / "wm.pt.metrics.jsonl"
     rng = random.Random(f"{SEED}-sigterm")
     at, delay = rng.randint(1, epochs - 5), rng.uniform(0.0, 0.05)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -222,6 +224,30 @@ def test_dead_code_restart_revives_an_unused_code(restart):
         assert (q.codebook.abs() < 10).sum(1).eq(4).sum() >= 2  # a dead code now sits on the data
     else:
         assert idx.unique().tolist() == [0]
+
+
+def test_the_quantiser_computes_in_float32_inside_a_bf16_autocast():
+    """Training on a GPU runs V under a bf16 autocast (train._autocast); the same autocast on the CPU
+    shows what it did to the quantiser: a dead-code restart wrote bf16 rows into the float32 codebook
+    (an error on the GPU machine), and bf16 code counts and EMA sums are not exact (289 is not a bf16)."""
+    torch.manual_seed(0)
+    z_e = (5.0 + 0.1 * torch.randn(1, 4, 17, 17)).to(torch.bfloat16)  # the encoder's output under autocast
+    q = VectorQuantizer(8, 4, ema=True, dead_code_restart=True)
+    with torch.no_grad():  # code 0 nearest to every vector, the rest unused until they restart
+        q.codebook.copy_(torch.cat([torch.zeros(1, 4), torch.full((7, 4), 100.0)]))
+        q.embed_avg.copy_(q.codebook)
+    ref = copy.deepcopy(q)
+    q.train()
+    ref.train()
+    for _ in range(50):  # unused codes count as dead after ~35 batches
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            z_q, loss, idx = q(z_e)
+        z_ref, loss_ref, idx_ref = ref(z_e.float())
+    assert (q.codebook.abs() < 10).sum(1).eq(4).sum() >= 2  # dead codes were restarted onto the data
+    assert z_q.dtype == loss.dtype == q.codebook.dtype == torch.float32
+    for name, value in ref.state_dict().items():  # the same float32 arithmetic as outside the autocast
+        torch.testing.assert_close(q.state_dict()[name], value, rtol=0, atol=0, msg=name)
+    assert torch.equal(idx, idx_ref) and torch.equal(z_q, z_ref) and torch.equal(loss, loss_ref)
 
 
 # -- input validation --------------------------------------------------------------------------------

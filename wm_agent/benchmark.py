@@ -208,6 +208,7 @@ class BenchmarkTrainConfig:
     images: int = field(default=20_000, metadata={"help": "images each loop trains on"})
     episodes: int = field(default=400, metadata={"help": "GridWorld episodes generated as the dataset"})
     seed: int = field(default=0, metadata={"help": "seed"})
+    device: str = field(default="cpu", metadata={"help": "torch device both loops train on: cpu, cuda or auto"})
 
 
 def benchmark_train(cfg: BenchmarkTrainConfig, verbose: bool = True) -> dict:
@@ -223,18 +224,21 @@ def benchmark_train(cfg: BenchmarkTrainConfig, verbose: bool = True) -> dict:
     check_settings((cfg.batch_size >= 1, f"--batch-size must be >= 1, got {cfg.batch_size}"),
                    (cfg.images >= 1, f"--images must be >= 1, got {cfg.images}"),
                    (cfg.episodes >= 1, f"--episodes must be >= 1, got {cfg.episodes}"))
+    from wm_agent.train import resolve_device
+
+    device = resolve_device(cfg.device)
     with temporary_folder("wm-agent-bench-") as tmp:
         DataCollector("WM-GridWorld-v0", tmp, seed=cfg.seed).collect(cfg.episodes, progress=False)
         ds = EpisodeDataset(tmp)
         n_batches = max(cfg.images // cfg.batch_size, 1)
 
-        data = frames_to_tensor(ds.frames(np.arange(min(ds.num_frames, (n_batches + 5) * cfg.batch_size))))
+        data = frames_to_tensor(ds.frames(np.arange(min(ds.num_frames, (n_batches + 5) * cfg.batch_size)))).to(device)
         warmup = 5  # first batches pay for allocator and kernel set-up; time neither loop's warm-up
 
         def bare_loop() -> float:
-            """The same model and batch size on a ready-made float tensor already in memory."""
+            """The same model and batch size on a ready-made float tensor already on the device."""
             torch.manual_seed(cfg.seed)
-            wm = WorldModel(WorldModelConfig.gridworld())
+            wm = WorldModel(WorldModelConfig.gridworld(), device=device)
             opt = torch.optim.Adam(wm.vae.parameters(), wm.config.learning_rate)
             wm.vae.train()
             start = None
@@ -246,12 +250,13 @@ def benchmark_train(cfg: BenchmarkTrainConfig, verbose: bool = True) -> dict:
                 opt.zero_grad(set_to_none=True)
                 (recon + vq).backward()
                 opt.step()
+            _wait_for(device)
             return n_batches * cfg.batch_size / (time.perf_counter() - start)
 
         def our_loop() -> float:
             """wm-agent's fit_vae on shuffled batches gathered from the memory-mapped shards."""
             torch.manual_seed(cfg.seed)
-            wm = WorldModel(WorldModelConfig.gridworld())
+            wm = WorldModel(WorldModelConfig.gridworld(), device=device)
             timer = {}
 
             def batches(rng):
@@ -267,6 +272,7 @@ def benchmark_train(cfg: BenchmarkTrainConfig, verbose: bool = True) -> dict:
                         k += 1
 
             fit_vae(wm, batches, epochs=1, seed=cfg.seed, progress=False)
+            _wait_for(device)
             return n_batches * cfg.batch_size / (time.perf_counter() - timer["start"])
 
         if ds.num_frames < cfg.batch_size:
@@ -279,10 +285,12 @@ def benchmark_train(cfg: BenchmarkTrainConfig, verbose: bool = True) -> dict:
             bare = max(bare, bare_loop())
             ours = max(ours, our_loop())
     result = {"bare_images_per_s": bare, "wm_agent_images_per_s": ours, "ratio": ours / bare,
-              "batch_size": cfg.batch_size, "images": n_batches * cfg.batch_size, "torch_threads": torch.get_num_threads()}
+              "batch_size": cfg.batch_size, "images": n_batches * cfg.batch_size, "torch_threads": torch.get_num_threads(),
+              "device": str(device)}
     if verbose:
-        print(f"VQ-VAE training, batch {cfg.batch_size}, {result['images']} images, {result['torch_threads']} threads:")
-        print(f"  bare PyTorch loop (tensor in RAM):   {bare:9.0f} images/s")
+        print(f"VQ-VAE training on {device}, batch {cfg.batch_size}, {result['images']} images, "
+              f"{result['torch_threads']} threads:")
+        print(f"  bare PyTorch loop (tensor on {device.type}):{bare:9.0f} images/s")
         print(f"  wm-agent (memory-mapped shards):     {ours:9.0f} images/s")
         print(f"  ratio: {result['ratio']:.3f}")
     return result
@@ -298,6 +306,7 @@ class BenchmarkDreamConfig:
     real_steps: int = field(default=1500, metadata={"help": "sets the real envs' timed steps: GridWorld runs 20x this many, "
                                                           "CarRacing a fifth (at least 20)"})
     seed: int = field(default=0, metadata={"help": "seed"})
+    device: str = field(default="cpu", metadata={"help": "torch device the dreams run on: cpu, cuda or auto"})
 
 
 def _real_steps_per_s(env_id: str, steps: int, seed: int) -> float:
@@ -316,15 +325,23 @@ def _real_steps_per_s(env_id: str, steps: int, seed: int) -> float:
     return rate
 
 
-def _dream_steps_per_s(config, num_envs: int, steps: int, seed: int) -> float:
+def _wait_for(device) -> None:
+    """CUDA runs asynchronously: a timer read before the GPU finished would count queued work as done."""
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _dream_steps_per_s(config, num_envs: int, steps: int, seed: int, device) -> float:
     import gymnasium as gym
     import torch
 
     from wm_agent.world_model import WorldModel
 
     torch.manual_seed(seed)
-    wm = WorldModel(config, env_id=None)
-    wm.start_codes = torch.randint(0, config.num_embeddings, (8, config.latent_grid, config.latent_grid))
+    wm = WorldModel(config, env_id=None, device=device)
+    wm.start_codes = torch.randint(0, config.num_embeddings, (8, config.latent_grid, config.latent_grid), device=device)
     wm.train_state = {"vae": {"epoch": 1}, "rnn": {"epoch": 1}}
     env = gym.make_vec("WM-Dream-v0", num_envs=num_envs, world_model=wm, max_episode_steps=10**9)
     env.reset(seed=seed)
@@ -334,6 +351,7 @@ def _dream_steps_per_s(config, num_envs: int, steps: int, seed: int) -> float:
     start = time.perf_counter()
     for a in actions[:steps]:
         env.step(a)
+    _wait_for(device)
     return num_envs * steps / (time.perf_counter() - start)
 
 
@@ -345,21 +363,24 @@ def benchmark_dream(cfg: BenchmarkDreamConfig, verbose: bool = True) -> dict:
     check_settings((cfg.num_envs >= 1, f"--num-envs must be >= 1, got {cfg.num_envs}"),
                    (cfg.dream_steps >= 1, f"--dream-steps must be >= 1, got {cfg.dream_steps}"),
                    (cfg.real_steps >= 1, f"--real-steps must be >= 1, got {cfg.real_steps}"))
+    from wm_agent.train import resolve_device
+
+    device = resolve_device(cfg.device)
 
     grid = _real_steps_per_s("WM-GridWorld-v0", cfg.real_steps * 20, cfg.seed)
     car = _real_steps_per_s("WM-CarRacing-v0", max(cfg.real_steps // 5, 20), cfg.seed)
-    dream_grid = _dream_steps_per_s(WorldModelConfig.gridworld(), cfg.num_envs, cfg.dream_steps, cfg.seed)
-    dream_car = _dream_steps_per_s(WorldModelConfig.car_racing(), cfg.num_envs, cfg.dream_steps, cfg.seed)
+    dream_grid = _dream_steps_per_s(WorldModelConfig.gridworld(), cfg.num_envs, cfg.dream_steps, cfg.seed, device)
+    dream_car = _dream_steps_per_s(WorldModelConfig.car_racing(), cfg.num_envs, cfg.dream_steps, cfg.seed, device)
     result = {"real_gridworld_steps_per_s": grid, "real_carracing_steps_per_s": car,
               "dream_gridworld_steps_per_s": dream_grid, "dream_carracing_steps_per_s": dream_car,
               "dream_vs_real_gridworld": dream_grid / grid, "dream_vs_real_carracing": dream_car / car,
               "num_envs": cfg.num_envs, "torch_threads": torch.get_num_threads(),
-              "device": "cpu"}
+              "device": str(device)}
     if verbose:
         print(f"real WM-GridWorld-v0 (1 env):              {grid:10.0f} steps/s")
         print(f"real WM-CarRacing-v0 (1 env):              {car:10.0f} steps/s")
-        print(f"dream, GridWorld model ({cfg.num_envs} envs, latent): {dream_grid:10.0f} steps/s  "
+        print(f"dream, GridWorld model ({cfg.num_envs} envs, latent, {device.type}): {dream_grid:10.0f} steps/s  "
               f"= {dream_grid / grid:.1f}x real GridWorld")
-        print(f"dream, CarRacing model ({cfg.num_envs} envs, latent): {dream_car:10.0f} steps/s  "
+        print(f"dream, CarRacing model ({cfg.num_envs} envs, latent, {device.type}): {dream_car:10.0f} steps/s  "
               f"= {dream_car / car:.1f}x real CarRacing")
     return result

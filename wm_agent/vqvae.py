@@ -50,7 +50,16 @@ class VectorQuantizer(nn.Module):
         return self.lookup(idx), idx
 
     def forward(self, z_e: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``z_e`` (B, dim, G, G) -> (z_q with straight-through gradient, vq_loss, indices (B, G, G))."""
+        """``z_e`` (B, dim, G, G) -> (z_q with straight-through gradient, vq_loss, indices (B, G, G)).
+
+        Always in float32, also inside a bf16 autocast (training on a GPU): bf16 counts stop being exact
+        past 256 (a batch's code counts), its 8-bit mantissa blurs the nearest-code distances and the
+        EMA statistics, and the codebook (float32) cannot take bf16 rows in place.
+        """
+        with torch.autocast(z_e.device.type, enabled=False):
+            return self._quantize(z_e.float())
+
+    def _quantize(self, z_e: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         b, d, g, _ = z_e.shape
         flat = z_e.permute(0, 2, 3, 1).reshape(-1, d)
         idx = self.nearest(flat.detach())
