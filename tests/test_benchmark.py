@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 import wm_agent.train
-from wm_agent.benchmark import BenchmarkTrainConfig, benchmark_train
+from wm_agent.benchmark import BenchmarkDreamConfig, BenchmarkTrainConfig, benchmark_dream, benchmark_train
 
 
 def test_benchmark_train_times_every_batch_it_counts_even_past_one_epoch(monkeypatch):
@@ -33,3 +33,12 @@ def test_benchmark_train_times_every_batch_it_counts_even_past_one_epoch(monkeyp
 def test_benchmark_train_refuses_data_smaller_than_a_batch():
     with pytest.raises(ValueError, match="fewer than one batch of 4096: use more episodes"):
         benchmark_train(BenchmarkTrainConfig(batch_size=4096, images=4096, episodes=1), verbose=False)
+
+
+def test_benchmark_dream_runs_on_the_device_asked_and_refuses_an_unknown_one():
+    result = benchmark_dream(BenchmarkDreamConfig(num_envs=2, dream_steps=1, real_steps=1, device="cpu"), verbose=False)
+    assert result["device"] == "cpu" and result["dream_carracing_steps_per_s"] > 0
+    with pytest.raises(ValueError, match="--device must be auto, cpu, cuda or cuda:N"):
+        benchmark_dream(BenchmarkDreamConfig(device="tpu"), verbose=False)
+    with pytest.raises(ValueError, match="--device"):
+        benchmark_train(BenchmarkTrainConfig(device="gpu"), verbose=False)

@@ -295,6 +295,31 @@ def test_collector_overhead_script_times_both_loops(tmp_path):
     assert bad.returncode == 2 and "FEW < MANY" in bad.stderr
 
 
+def test_the_carracing_pipeline_script_runs_every_stage_at_a_tiny_size(tmp_path):
+    """scripts/train_carracing.sh (the GPU run in the README) on a few 12-step episodes: each stage runs,
+    the checkpoint holds V, M and C, and the evaluation's JSON is logged."""
+    import os
+
+    from wm_agent.world_model import WorldModel
+
+    settings = {"PYTHON": sys.executable, "BUDGET": "500", "WORKERS": "1", "EPISODES": "2", "MAX_STEPS": "12",
+                "VAE_EPOCHS": "1", "RNN_EPOCHS": "1", "GENERATIONS": "1", "POPSIZE": "4", "ROLLOUTS": "1",
+                "EVAL_EPISODES": "1", "DEVICE": "cpu"}
+    run = tmp_path / "run"
+    out = subprocess.run(["bash", str(REPO / "scripts" / "train_carracing.sh"), str(run)], cwd=tmp_path,
+                         env={**os.environ, **settings}, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout + out.stderr
+    log = (run / "stages.log").read_text()
+    for stage in ("collect", "train-vae", "train-rnn", "train-controller", "evaluate"):
+        assert f"{stage}: exit 0" in log, log
+    wm = WorldModel.load(run / "car.pt")
+    assert wm.env_id == "WM-CarRacing-v0" and wm.train_state["rnn"]["epoch"] == 1
+    assert len(wm.train_state["cmaes"]["log"]) == 1
+    evaluation = (run / "evaluate.log").read_text()
+    result = json.loads(evaluation[evaluation.index("{"):])
+    assert result["episodes"] == 1 and result["mean_steps"] == 12
+
+
 # -- stopping a command: one line, nothing left behind ----------------------------------------------
 def _wm_agent(argv: list[str], **kwargs) -> subprocess.Popen:
     """``wm-agent ARGV`` as its own process, in its own session (a terminal's process group)."""
