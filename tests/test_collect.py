@@ -387,3 +387,17 @@ def test_a_folder_of_the_raw_frame_format_is_refused(tmp_path):
     (tmp_path / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(ValueError, match="different settings.*frame_codec: None there, 'lz4-block' now"):
         DataCollector("WM-GridWorld-v0", tmp_path, max_steps=5).collect(2, progress=False)
+
+
+@pytest.mark.skipif("forkserver" not in __import__("multiprocessing").get_all_start_methods(), reason="no forkserver")
+def test_the_collector_adds_to_a_users_forkserver_preload_list_instead_of_replacing_it(monkeypatch):
+    from multiprocessing import forkserver
+
+    from wm_agent.collect import _mp_context
+
+    monkeypatch.setattr(forkserver._forkserver, "_preload_modules", ["__main__", "json"])
+    _mp_context()
+    # "__main__" stays out: preloading a script without a main guard would run it again in the server.
+    assert forkserver._forkserver._preload_modules == ["json", "wm_agent.collect"]
+    _mp_context()  # a second collection does not list the collector twice
+    assert forkserver._forkserver._preload_modules == ["json", "wm_agent.collect"]

@@ -557,8 +557,13 @@ def _mp_context():
     # forkserver: workers fork from a clean, single-threaded server that has already imported this
     # module, so they start in milliseconds and never inherit a parent's torch threads or locks.
     if "forkserver" in mp.get_all_start_methods():
+        from multiprocessing import forkserver
+
         ctx = mp.get_context("forkserver")
-        ctx.set_forkserver_preload(["wm_agent.collect"])
+        # Add to a preload list the user may have set, not replace it; but never "__main__" (the default):
+        # a script without a main guard would run its collection again inside the server.
+        kept = [m for m in getattr(forkserver._forkserver, "_preload_modules", []) if m != "__main__"]
+        ctx.set_forkserver_preload(list(dict.fromkeys([*kept, "wm_agent.collect"])))
         return ctx
     return mp.get_context("spawn")
 
