@@ -16,7 +16,9 @@
 #   MAX_STEPS [0]         cap on episodes' length in collection, the dream search and evaluation
 #                         (0: the env's own 1000 steps; a cap is for quick trials)
 #   VAE_EPOCHS [10] RNN_EPOCHS [40] GENERATIONS [400]   upper bounds; the budget usually stops them first
-#   POPSIZE [64] ROLLOUTS [16] TEMPERATURE [1.15]       CMA-ES in the dream (the paper's tau for CarRacing)
+#   WHERE [dream]         where CMA-ES scores candidates: dream (batched on DEVICE) or real (the paper's
+#                         route for CarRacing: WORKERS processes run the real env on V and M's features)
+#   POPSIZE [64] ROLLOUTS [16] TEMPERATURE [1.15]       CMA-ES settings (1.15: the paper's dream tau)
 #   EVAL_EPISODES [0]     real-env evaluation episodes (0: WORKERS)
 #   DEVICE [auto]         torch device for V, M and the dream
 #   PYTHON [python3]      the interpreter that has wm-agent's dependencies
@@ -33,6 +35,7 @@ MAX_STEPS=${MAX_STEPS:-0}
 VAE_EPOCHS=${VAE_EPOCHS:-10}
 RNN_EPOCHS=${RNN_EPOCHS:-40}
 GENERATIONS=${GENERATIONS:-400}
+WHERE=${WHERE:-dream}
 POPSIZE=${POPSIZE:-64}
 ROLLOUTS=${ROLLOUTS:-16}
 TEMPERATURE=${TEMPERATURE:-1.15}
@@ -78,7 +81,7 @@ stage train-vae 30 0 $WM train-vae --data "$data" --out "$ckpt" --epochs "$VAE_E
   --device "$DEVICE" --resume --no-progress || true
 stage train-rnn 40 0 $WM train-rnn --data "$data" --world-model "$ckpt" --epochs "$RNN_EPOCHS" --batch-size 64 \
   --device "$DEVICE" --resume --no-progress || true
-stage train-controller 70 0 $WM train-controller --world-model "$ckpt" --in dream --popsize "$POPSIZE" \
+stage train-controller 70 0 $WM train-controller --world-model "$ckpt" --in "$WHERE" --workers "$WORKERS" --popsize "$POPSIZE" \
   --rollouts "$ROLLOUTS" --generations "$GENERATIONS" --temperature "$TEMPERATURE" --device "$DEVICE" \
   "${limit[@]}" --resume --no-progress || true
 stage evaluate 100 0 $WM evaluate --checkpoint "$ckpt" --episodes "$EVAL_EPISODES" --workers "$WORKERS" \
