@@ -5,7 +5,12 @@ from __future__ import annotations
 import pytest
 
 import wm_agent.train
-from wm_agent.benchmark import BenchmarkDreamConfig, BenchmarkTrainConfig, benchmark_dream, benchmark_train
+from wm_agent.benchmark import (
+    BenchmarkDreamConfig,
+    BenchmarkTrainConfig,
+    benchmark_dream,
+    benchmark_train,
+)
 
 
 def test_benchmark_train_times_every_batch_it_counts_even_past_one_epoch(monkeypatch):

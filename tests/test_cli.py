@@ -307,7 +307,7 @@ def test_the_carracing_pipeline_script_runs_every_stage_at_a_tiny_size(tmp_path)
                 "EVAL_EPISODES": "1", "DEVICE": "cpu"}
     run = tmp_path / "run"
     out = subprocess.run(["bash", str(REPO / "scripts" / "train_carracing.sh"), str(run)], cwd=tmp_path,
-                         env={**os.environ, **settings}, capture_output=True, text=True, timeout=600)
+                         env={**os.environ, **settings}, capture_output=True, text=True, timeout=600, check=False)
     assert out.returncode == 0, out.stdout + out.stderr
     log = (run / "stages.log").read_text()
     for stage in ("collect", "train-vae", "train-rnn", "train-controller", "evaluate"):
