@@ -250,6 +250,20 @@ def test_the_quantiser_computes_in_float32_inside_a_bf16_autocast():
     assert torch.equal(idx, idx_ref) and torch.equal(z_q, z_ref) and torch.equal(loss, loss_ref)
 
 
+def test_code_memberships_pick_the_nearest_code_inside_a_bf16_autocast():
+    """M reads its input cells through code_memberships inside training's bf16 autocast: in bf16,
+    ||e||^2 of codes near 100 is rounded to a multiple of 64, and the nearer of two codes was lost."""
+    from wm_agent.vqvae import code_memberships
+
+    codebook = torch.tensor([[100.0, 0.0], [100.5, 0.0], [-50.0, 3.0]])
+    z = torch.tensor([[[100.4, 0.0], [100.1, 0.0], [-50.0, 2.0]]])  # nearest: codes 1, 0, 2
+    plain = code_memberships(z, codebook)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        inside = code_memberships(z, codebook)
+    assert plain.argmax(-1).tolist() == [[1, 0, 2]]
+    torch.testing.assert_close(inside, plain, rtol=0, atol=0)
+
+
 # -- input validation --------------------------------------------------------------------------------
 @pytest.mark.parametrize(
     "bad, match",

@@ -217,15 +217,13 @@ def benchmark_train(cfg: BenchmarkTrainConfig, verbose: bool = True) -> dict:
 
     from wm_agent.config import WorldModelConfig, check_settings
     from wm_agent.dataset import EpisodeDataset
-    from wm_agent.train import fit_vae
+    from wm_agent.train import _autocast, fit_vae, resolve_device
     from wm_agent.vqvae import frames_to_tensor
     from wm_agent.world_model import WorldModel
 
     check_settings((cfg.batch_size >= 1, f"--batch-size must be >= 1, got {cfg.batch_size}"),
                    (cfg.images >= 1, f"--images must be >= 1, got {cfg.images}"),
                    (cfg.episodes >= 1, f"--episodes must be >= 1, got {cfg.episodes}"))
-    from wm_agent.train import resolve_device
-
     device = resolve_device(cfg.device)
     with temporary_folder("wm-agent-bench-") as tmp:
         DataCollector("WM-GridWorld-v0", tmp, seed=cfg.seed).collect(cfg.episodes, progress=False)
@@ -244,9 +242,11 @@ def benchmark_train(cfg: BenchmarkTrainConfig, verbose: bool = True) -> dict:
             start = None
             for i in range(n_batches + warmup):
                 if i == warmup:
+                    _wait_for(device)
                     start = time.perf_counter()
                 j = (i * cfg.batch_size) % max(len(data) - cfg.batch_size, 1)
-                _, recon, vq = wm.vae(data[j : j + cfg.batch_size])
+                with _autocast(device):  # the precision fit_vae trains in (bf16 on a GPU)
+                    _, recon, vq = wm.vae(data[j : j + cfg.batch_size])
                 opt.zero_grad(set_to_none=True)
                 (recon + vq).backward()
                 opt.step()
@@ -290,7 +290,7 @@ def benchmark_train(cfg: BenchmarkTrainConfig, verbose: bool = True) -> dict:
     if verbose:
         print(f"VQ-VAE training on {device}, batch {cfg.batch_size}, {result['images']} images, "
               f"{result['torch_threads']} threads:")
-        print(f"  bare PyTorch loop (tensor on {device.type}):{bare:9.0f} images/s")
+        print(f"  bare PyTorch loop (tensor on {device.type}):".ljust(39) + f"{bare:9.0f} images/s")
         print(f"  wm-agent (memory-mapped shards):     {ours:9.0f} images/s")
         print(f"  ratio: {result['ratio']:.3f}")
     return result

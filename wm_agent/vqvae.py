@@ -213,9 +213,12 @@ def code_memberships(z: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
     codebook can put a rare code (the agent) between two common ones on a line, where no single ReLU
     or linear score over raw latent dimensions can single it out.
     """
-    cb = codebook.to(z.dtype)
-    nearest = nearest_code(z.reshape(-1, cb.shape[1]), cb)
-    return membership_table(cb)[nearest].view(*z.shape[:-1], len(cb))
+    # Autocast off: M reads this inside training's bf16 autocast, where addmm's ||e||^2 - 2 x.e in bf16
+    # (8 significant bits) picks the wrong one of two nearby codes.
+    with torch.autocast(z.device.type, enabled=False):
+        cb = codebook.to(z.dtype)
+        nearest = nearest_code(z.reshape(-1, cb.shape[1]), cb)
+        return membership_table(cb)[nearest].view(*z.shape[:-1], len(cb))
 
 
 def membership_table(codebook: torch.Tensor) -> torch.Tensor:
