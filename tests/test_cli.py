@@ -311,13 +311,21 @@ def test_the_carracing_pipeline_script_runs_every_stage_at_a_tiny_size(tmp_path)
     assert out.returncode == 0, out.stdout + out.stderr
     log = (run / "stages.log").read_text()
     for stage in ("collect", "train-vae", "train-rnn", "train-controller", "evaluate"):
-        assert f"{stage}: exit 0" in log, log
+        assert f"{stage}: done" in log, log
     wm = WorldModel.load(run / "car.pt")
     assert wm.env_id == "WM-CarRacing-v0" and wm.train_state["rnn"]["epoch"] == 1
     assert len(wm.train_state["cmaes"]["log"]) == 1
     evaluation = (run / "evaluate.log").read_text()
     result = json.loads(evaluation[evaluation.index("{"):])
     assert result["episodes"] == 1 and result["mean_steps"] == 12
+
+    # A stage that fails stops the script with its exit status; the stages after it do not run.
+    failed = subprocess.run(["bash", str(REPO / "scripts" / "train_carracing.sh"), str(tmp_path / "bad")],
+                            cwd=tmp_path, env={**os.environ, **settings, "VAE_EPOCHS": "-1"}, capture_output=True,
+                            text=True, timeout=600, check=False)
+    log = (tmp_path / "bad" / "stages.log").read_text()
+    assert failed.returncode == 1 and "train-vae: failed (exit 1); stopping" in log, log
+    assert "train-rnn" not in log and not (tmp_path / "bad" / "car.pt").exists()
 
 
 # -- stopping a command: one line, nothing left behind ----------------------------------------------
