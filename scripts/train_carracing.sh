@@ -29,7 +29,7 @@
 #                         (1.15: the paper's dream temperature for CarRacing)
 #   EVAL_EPISODES [0]     real-env evaluation episodes (0: WORKERS)
 #   DEVICE [auto]         torch device for V, M and the dream
-#   PYTHON [python3]      the interpreter that has wm-agent's dependencies (a path without spaces)
+#   PYTHON [python3]      the interpreter that has wm-agent's dependencies
 #   WM ["$PYTHON -m wm_agent.cli"]  how to call wm-agent (split on spaces)
 set -uo pipefail
 
@@ -51,7 +51,7 @@ TEMPERATURE=${TEMPERATURE:-1.15}
 EVAL_EPISODES=${EVAL_EPISODES:-0}
 DEVICE=${DEVICE:-auto}
 PYTHON=${PYTHON:-python3}
-WM=${WM:-$PYTHON -m wm_agent.cli}
+if [ -n "${WM:-}" ]; then read -ra wm <<< "$WM"; else wm=("$PYTHON" -m wm_agent.cli); fi
 [ "$EVAL_EPISODES" -gt 0 ] || EVAL_EPISODES=$WORKERS
 start=$SECONDS
 data="$out/data"
@@ -92,19 +92,19 @@ stage() {
 }
 # done_later STAGE: the checkpoint holds a trained STAGE, built on the stages before it.
 done_later() {
-  [ -f "$ckpt" ] && $PYTHON -c "import sys; from wm_agent.world_model import WorldModel
+  [ -f "$ckpt" ] && "$PYTHON" -c "import sys; from wm_agent.world_model import WorldModel
 sys.exit(0 if WorldModel.load(sys.argv[1]).is_trained(sys.argv[2]) else 1)" "$ckpt" "$1"
 }
 
 if [ "$EPISODES" -eq 0 ] && [ -f "$out/episodes" ]; then
   EPISODES=$(cat "$out/episodes")  # the first run's plan: a new measurement would change the data
 elif [ "$EPISODES" -eq 0 ]; then
-  rate=$($WM benchmark dream --real-steps 500 --num-envs 1 --dream-steps 1 | awk '/real WM-CarRacing/ {print int($(NF-1))}')
+  rate=$("${wm[@]}" benchmark dream --real-steps 500 --num-envs 1 --dream-steps 1 | awk '/real WM-CarRacing/ {print int($(NF-1))}')
   if ! [[ $rate =~ ^[0-9]+$ ]] || [ "$rate" -eq 0 ]; then
     say "could not measure CarRacing's step rate (set EPISODES to skip the measurement)"; exit 1
   fi
   # A worker per core runs somewhat slower than one env alone: plan on 80% of the single-env rate.
-  EPISODES=$($PYTHON -c "w=$WORKERS; n=int(w * $rate * 0.8 * $COLLECT_S / ($MAX_STEPS or 1000)); print(max(2 * w, n // (2 * w) * 2 * w))")
+  EPISODES=$("$PYTHON" -c "w=$WORKERS; n=int(w * $rate * 0.8 * $COLLECT_S / ($MAX_STEPS or 1000)); print(max(2 * w, n // (2 * w) * 2 * w))")
   echo "$EPISODES" > "$out/episodes"
   say "single CarRacing env: $rate steps/s; collecting $EPISODES episodes"
 fi
@@ -113,18 +113,18 @@ collect_args=(--env WM-CarRacing-v0 --episodes "$EPISODES" --episodes-per-shard 
 limit=(--max-steps "$MAX_STEPS")  # 0: the env's own limit, for each command that takes it
 collect_args+=("${limit[@]}")
 # Collection must finish (the trainers read a complete folder): it may take what is left but 40% of BUDGET.
-stage collect 100 $((BUDGET * 2 / 5)) $WM collect "${collect_args[@]}"
+stage collect 100 $((BUDGET * 2 / 5)) "${wm[@]}" collect "${collect_args[@]}"
 
 if done_later rnn; then say "train-vae: skipped, M already trained on this V"
-else stage train-vae 30 0 $WM train-vae --data "$data" --out "$ckpt" --epochs "$VAE_EPOCHS" --batch-size 256 \
+else stage train-vae 30 0 "${wm[@]}" train-vae --data "$data" --out "$ckpt" --epochs "$VAE_EPOCHS" --batch-size 256 \
   --device "$DEVICE" --resume --no-progress; fi
 if done_later cmaes; then say "train-rnn: skipped, C already trained on this M"
-else stage train-rnn 40 0 $WM train-rnn --data "$data" --world-model "$ckpt" --epochs "$RNN_EPOCHS" --batch-size 64 \
+else stage train-rnn 40 0 "${wm[@]}" train-rnn --data "$data" --world-model "$ckpt" --epochs "$RNN_EPOCHS" --batch-size 64 \
   --device "$DEVICE" --resume --no-progress; fi
 # --timeout: a real-env generation may take the stage's whole share (the stage's own timeout still holds).
-stage train-controller 70 0 $WM train-controller --world-model "$ckpt" --in "$WHERE" --workers "$WORKERS" \
+stage train-controller 70 0 "${wm[@]}" train-controller --world-model "$ckpt" --in "$WHERE" --workers "$WORKERS" \
   --popsize "$POPSIZE" --rollouts "$ROLLOUTS" --generations "$GENERATIONS" --temperature "$TEMPERATURE" \
   --device "$DEVICE" --timeout "$BUDGET" "${limit[@]}" --resume --no-progress
-stage evaluate 100 0 $WM evaluate --checkpoint "$ckpt" --episodes "$EVAL_EPISODES" --workers "$WORKERS" \
+stage evaluate 100 0 "${wm[@]}" evaluate --checkpoint "$ckpt" --episodes "$EVAL_EPISODES" --workers "$WORKERS" \
   "${limit[@]}" --no-progress
 say "done: $ckpt"
