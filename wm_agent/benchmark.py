@@ -359,12 +359,11 @@ def benchmark_dream(cfg: BenchmarkDreamConfig, verbose: bool = True) -> dict:
     import torch
 
     from wm_agent.config import WorldModelConfig, check_settings
+    from wm_agent.train import resolve_device
 
     check_settings((cfg.num_envs >= 1, f"--num-envs must be >= 1, got {cfg.num_envs}"),
                    (cfg.dream_steps >= 1, f"--dream-steps must be >= 1, got {cfg.dream_steps}"),
                    (cfg.real_steps >= 1, f"--real-steps must be >= 1, got {cfg.real_steps}"))
-    from wm_agent.train import resolve_device
-
     device = resolve_device(cfg.device)
 
     grid = _real_steps_per_s("WM-GridWorld-v0", cfg.real_steps * 20, cfg.seed)
