@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import pickletools
+import shlex
+import zipfile
+from pathlib import Path
+
 import gymnasium as gym
 import numpy as np
 import torch
@@ -93,3 +99,34 @@ def gridworld_sequences(n: int = 4, steps: int = 5, seed: int = 0) -> dict[str, 
             obs[i, t + 1] = frame
     env.close()
     return {"obs": obs, "actions": actions, "rewards": rewards, "dones": dones, "mask": mask}
+
+
+# -- hostile files ---------------------------------------------------------------------------------
+class CodeRunningPayload:
+    """The content of the hostile files the loaders must refuse: a pickle of it calls
+    ``os.system("touch MARKER")`` when unpickled. The tests only write it (``pickle.dumps``, ``torch.save``)
+    and read its opcodes (``unpickling_calls_os_system``); nothing unpickles it."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {shlex.quote(str(self.marker))}",)
+
+
+def unpickling_calls_os_system(data: bytes) -> bool:
+    """Whether unpickling ``data`` would call os.system, read from its opcodes without running them (a
+    torch.save zip is read through its pickle member): a global naming ``system`` of ``os``/``posix``,
+    then a REDUCE that calls it. This shows the payload is armed, so "the marker was not made" means
+    something, without any test loading a pickle."""
+    if data[:2] == b"PK":  # torch.save's zip: the objects are pickled in <name>/data.pkl
+        import io
+
+        with zipfile.ZipFile(io.BytesIO(data)) as z:
+            data = z.read(next(n for n in z.namelist() if n.endswith("data.pkl")))
+    ops = [(op.name, arg) for op, arg, _ in pickletools.genops(data)]
+    names = [arg for _, arg in ops if isinstance(arg, str)]
+    module_system = {f"{m} system" for m in ("os", "posix", "nt")}
+    names_system = any(n in module_system for n in names) or (
+        "system" in names and {"os", "posix", "nt"} & set(names))
+    return names_system and any(name == "REDUCE" for name, _ in ops)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import pickle
-import shlex
 import shutil
 import subprocess
 import sys
@@ -23,6 +22,7 @@ import numpy as np
 import pytest
 import torch
 from gymnasium import spaces
+from helpers import CodeRunningPayload, unpickling_calls_os_system
 
 from envs import ImageObservation
 from wm_agent.cli import main
@@ -403,35 +403,27 @@ def test_a_checkpoint_with_malformed_entries_is_named(tmp_path, data, checkpoint
 
 
 # -- hostile checkpoints: code inside a pickle never runs ----------------------------------------------
-class Payload:
-    """Unpickles into a call of ``os.system("touch MARKER")``."""
-
-    def __init__(self, marker: Path):
-        self.marker = marker
-
-    def __reduce__(self):
-        return os.system, (f"touch {shlex.quote(str(self.marker))}",)
-
-
 def _evil_files(tmp_path: Path, marker: Path, good: bytes) -> dict[str, Path]:
     files = {}
     files["torch.save"] = tmp_path / "evil_zip.pt"
-    torch.save(Payload(marker), files["torch.save"])
+    torch.save(CodeRunningPayload(marker), files["torch.save"])
     files["plain pickle"] = tmp_path / "evil_pickle.pt"
-    files["plain pickle"].write_bytes(pickle.dumps(Payload(marker)))
+    files["plain pickle"].write_bytes(pickle.dumps(CodeRunningPayload(marker)))
     files["inside a real checkpoint"] = tmp_path / "evil_inside.pt"
     files["inside a real checkpoint"].write_bytes(good)
     state = torch.load(files["inside a real checkpoint"], weights_only=True)
-    state["metrics"] = {"vae": Payload(marker)}
+    state["metrics"] = {"vae": CodeRunningPayload(marker)}
     torch.save(state, files["inside a real checkpoint"])
     return files
 
 
-def test_the_payload_is_armed(tmp_path):
-    """Plain pickle does run it, so 'the marker does not exist' below means something."""
-    marker = tmp_path / "ran"
-    pickle.loads(pickle.dumps(Payload(marker)))
-    assert marker.exists()
+@pytest.mark.parametrize("how", ["torch.save", "plain pickle", "inside a real checkpoint"])
+def test_the_payload_is_armed(tmp_path, checkpoint_bytes, how):
+    """Each hostile file would run its command if unpickled (read from its opcodes, not by loading it), so
+    'the marker does not exist' below means something."""
+    path = _evil_files(tmp_path, tmp_path / "ran", checkpoint_bytes)[how]
+    assert unpickling_calls_os_system(path.read_bytes())
+    assert not unpickling_calls_os_system(checkpoint_bytes)  # and the check tells a clean checkpoint apart
 
 
 @pytest.mark.filterwarnings("ignore:Detected pickle protocol")
@@ -524,8 +516,12 @@ def test_no_data_is_named_by_train_vae(tmp_path, capsys, folder):
 def test_a_data_file_carrying_code_is_refused_and_runs_nothing(data_copy, tmp_path, capsys):
     marker = tmp_path / "PWNED"
     target = data_copy / "shard_00000" / "actions.npy"
-    with open(target, "wb") as f:  # the attacker's file, pickled on purpose: every loader must refuse it
-        np.save(f, np.array([Payload(marker)] * 3, dtype=object), allow_pickle=True)
+    # The attacker's file, as np.save writes an object array: a .npy header, then the array's pickle.
+    payload = pickle.dumps(np.array([CodeRunningPayload(marker)] * 3, dtype=object), protocol=3)
+    assert unpickling_calls_os_system(payload)
+    with open(target, "wb") as f:
+        np.lib.format.write_array_header_1_0(f, {"descr": "|O", "fortran_order": False, "shape": (3,)})
+        f.write(payload)
     err = cli_error(capsys, _train_vae(data_copy, tmp_path / "wm.pt"))
     assert str(target) in err and "allow_pickle" in err
     assert "If you trust" not in err and "unsafely" not in err  # numpy's advice to load it anyway is dropped

@@ -6,14 +6,20 @@ import dataclasses
 import json
 import os
 import pickle
-import shlex
 from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
 import pytest
 import torch
-from helpers import gridworld_frames, gridworld_sequences, tiny_config, tiny_world_model
+from helpers import (
+    CodeRunningPayload,
+    gridworld_frames,
+    gridworld_sequences,
+    tiny_config,
+    tiny_world_model,
+    unpickling_calls_os_system,
+)
 
 import wm_agent.train as train
 from wm_agent.collect import DataCollector
@@ -174,32 +180,16 @@ def test_expect_config(saved):
         WorldModel.load(path, expect_config=tiny_config(num_mixtures=3))
 
 
-class _Payload:
-    """Pickles to a call of os.system: loading it with plain pickle would run a shell command."""
-
-    def __init__(self, marker):
-        self.marker = marker
-
-    def __reduce__(self):
-        return os.system, (f"touch {shlex.quote(str(self.marker))}",)
-
-
-def test_pickle_payload_would_run_code(tmp_path):
-    """The payload is armed: plain pickle runs it (so the next test's check means something)."""
-    marker = tmp_path / "ran"
-    pickle.loads(pickle.dumps(_Payload(marker)))
-    assert marker.exists()
-
-
 @pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 @pytest.mark.parametrize("how", ["pickle", "torch.save"])
 def test_pickle_carrying_code_is_refused_and_never_runs(tmp_path, how):
     marker = tmp_path / "pwned"
     path = tmp_path / "evil.pt"
     if how == "pickle":
-        path.write_bytes(pickle.dumps(_Payload(marker)))
+        path.write_bytes(pickle.dumps(CodeRunningPayload(marker)))
     else:  # a real torch zip file with a format tag, and code inside
-        torch.save({"format": FORMAT, "version": VERSION, "config": {}, "x": _Payload(marker)}, path)
+        torch.save({"format": FORMAT, "version": VERSION, "config": {}, "x": CodeRunningPayload(marker)}, path)
+    assert unpickling_calls_os_system(path.read_bytes())  # armed: the marker's absence below means something
     with pytest.raises(ValueError, match="evil.pt"):
         WorldModel.load(path)
     assert not marker.exists()
