@@ -214,9 +214,9 @@ def _search(cfg: ControllerTrainConfig, wm: WorldModel | None) -> dict:
                    (cfg.where == "dream" or (cfg.timeout > 0 and math.isfinite(cfg.timeout)),
                     f"--timeout must be > 0 and finite, got {cfg.timeout}"))
     # Messages name the model as the caller knows it: a model given in memory is not (yet) the file.
-    where = str(path) if wm is None else f"the world model given (saved to {path})"
+    model_name = str(path) if wm is None else f"the world model given (saved to {path})"
     wm = wm or WorldModel.load(path, resolve_device(cfg.device))
-    wm.require_trained("rnn", where)
+    wm.require_trained("rnn", model_name)
     env_id = wm.real_env_id(cfg.env)
     if cfg.env and not wm._is_own(env_id):  # in the dream too: there it sets the episode limit
         env = wm.make_env(env_id)
@@ -229,7 +229,7 @@ def _search(cfg: ControllerTrainConfig, wm: WorldModel | None) -> dict:
                                              "no real episode runs that long (0: the limit itself)")))
     max_steps = cfg.max_steps or limit
     if "cmaes" in wm.train_state and not (cfg.resume or cfg.overwrite):
-        raise FileExistsError(f"{where} already holds a controller search ({wm.train_state['cmaes'].get('generation', 0)} "
+        raise FileExistsError(f"{model_name} already holds a controller search ({wm.train_state['cmaes'].get('generation', 0)} "
                               "generations done): pass --resume to continue it or --overwrite to start a new one")
     state = wm.train_state.get("cmaes") if cfg.resume else None
     if state:
@@ -267,8 +267,8 @@ def _search(cfg: ControllerTrainConfig, wm: WorldModel | None) -> dict:
         # before then leaves the saved controller and its search as they were.
         evaluator = RealEvaluator(wm, env_id, cfg.workers, cfg.timeout)
         evaluator.steps = int(log[-1].get("real_env_steps", 0)) if log else 0
-    where = "dream" if cfg.where == "dream" else "real env"
-    bar = tqdm(total=cfg.generations, initial=generation, desc=f"CMA-ES in the {where}", unit="gen",
+    bar = tqdm(total=cfg.generations, initial=generation,
+               desc=f"CMA-ES in the {'dream' if cfg.where == 'dream' else 'real env'}", unit="gen",
                disable=not cfg.progress)
     try:
         while generation < cfg.generations:
