@@ -193,14 +193,19 @@ def _load_metrics(metrics) -> list[dict]:
     return [dict(row) for row in metrics]
 
 
+def _number(value) -> float:
+    """A metric as a float, NaN where it is absent or not a number (a hand-made row may hold None or text)."""
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else math.nan
+
+
 def _series(rows: list[dict], stage: str, key: str) -> tuple[np.ndarray, np.ndarray]:
     """(epochs, values) of ``key`` for ``stage``; a resumed run's repeated epoch keeps its last value."""
     by_epoch: dict[int, float] = {}
     for i, row in enumerate(r for r in rows if r.get("stage") == stage):
-        value = row.get(key)
-        if not isinstance(value, (int, float)) or isinstance(value, bool):
+        value = _number(row.get(key))
+        if math.isnan(value):
             continue  # absent, or not a number (a hand-made row): nothing to draw
-        by_epoch[int(row.get("epoch", i + 1))] = float(value)
+        by_epoch[int(row.get("epoch", i + 1))] = value
     xs = np.array(sorted(by_epoch), dtype=np.float64)
     ys = np.array([by_epoch[int(x)] for x in xs], dtype=np.float64)
     return xs, ys
@@ -379,15 +384,12 @@ class Visualizer:
         log = list(cmaes_log or [])
         gens = np.array([float(r.get("generation", i + 1)) for i, r in enumerate(log)])
 
-        def number(value) -> float:  # a hand-made log may hold None or text: not drawn
-            return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else np.nan
-
         panels = [
             ("VQ-VAE reconstruction MSE", [("recon_mse", *_series(rows, "vae", "recon_mse"))], "epoch"),
             ("MDN-RNN training loss", [("loss", *_series(rows, "rnn", "loss"))], "epoch"),
             ("MDN-RNN mixture NLL", [("nll", *_series(rows, "rnn", "nll"))], "epoch"),
             ("Controller (CMA-ES) fitness",
-             [(k, gens, np.array([number(r.get(k)) for r in log])) for k in ("best", "mean")], "generation"),
+             [(k, gens, np.array([_number(r.get(k)) for r in log])) for k in ("best", "mean")], "generation"),
         ]
         pw, ph, pad = 420, 300, 12
         surface = _canvas(pad + len(panels) * (pw + pad), 44 + ph + pad)
