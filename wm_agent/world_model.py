@@ -289,8 +289,8 @@ class WorldModel:
 
         s = self.config.image_size
         frames = np.asarray(observations)
-        for name, array in (("observations", frames), ("start_frames", start_frames)):
-            array = np.asarray(array) if array is not None else frames
+        start = frames if start_frames is None else np.asarray(start_frames)
+        for name, array in (("observations", frames), ("start_frames", start))[: 1 if start is frames else 2]:
             if array.ndim != 4 or array.shape[1:] != (s, s, 3) or array.dtype != np.uint8 or not len(array):
                 raise ValueError(f"train_vae needs {name} of at least one uint8 frame of shape ({s}, {s}, 3), got "
                                  f"{array.dtype} of shape {array.shape}")
@@ -300,7 +300,7 @@ class WorldModel:
             raise ValueError(f"epochs must be a non-negative int, got {epochs!r}")
         history = fit_vae(self, lambda rng: frame_batches_from_array(frames, batch_size, rng), epochs, seed, progress)
         if history:
-            self.set_start_frames(frames if start_frames is None else np.asarray(start_frames))
+            self.set_start_frames(start)
         return history
 
     def train_rnn(self, sequences: dict[str, np.ndarray], epochs: int = 1, batch_size: int = 16, seed: int = 0,
