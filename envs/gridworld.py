@@ -88,10 +88,9 @@ class GridWorldEnv(gym.Env):
         self.observation_space = spaces.Box(0, 255, (image_size, image_size, 3), np.uint8)
         self.action_space = spaces.Discrete(4)
 
-        self._obstacles = np.zeros((size, size), dtype=bool)
         # The step loop reads these as Python ints and lists: numpy scalars cost ~100 ns per operation,
         # and a step is a few dozen of them.
-        self._blocked: list[list[bool]] = self._obstacles.tolist()
+        self._blocked: list[list[bool]] = [[False] * size for _ in range(size)]  # obstacle cells
         self._dist_rows: list[list[int]] = [[0] * size for _ in range(size)]  # BFS steps to the goal, -1: cut off
         self._agent = (0, 0)
         self._goal = (0, 0)
@@ -130,16 +129,16 @@ class GridWorldEnv(gym.Env):
             cells = self.np_random.choice(n * n, size=count + 2, replace=False)
             self._agent = divmod(int(cells[0]), n)
             self._goal = divmod(int(cells[1]), n)
-            self._obstacles = np.zeros((n, n), dtype=bool)
-            self._obstacles.flat[cells[2:]] = True
-            self._blocked = self._obstacles.tolist()
+            obstacles = np.zeros((n, n), dtype=bool)
+            obstacles.flat[cells[2:]] = True
+            self._blocked = obstacles.tolist()
             self._dist_rows = self._distances_to_goal()
             if self._dist_rows[self._agent[0]][self._agent[1]] > 0:
                 break
 
         self._base = np.empty(self.observation_space.shape, dtype=np.uint8)
         self._base[:] = BACKGROUND
-        for cell in np.argwhere(self._obstacles).tolist():
+        for cell in np.argwhere(obstacles).tolist():
             self._paint(self._base, cell, OBSTACLE)
         self._paint(self._base, self._goal, GOAL)
         self._oracle_return = GOAL_REWARD - STEP_COST * self.oracle_steps

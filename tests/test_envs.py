@@ -102,7 +102,7 @@ def test_gridworld_layouts_are_varied_reachable_and_not_trivial():
     for seed in range(500):
         _, info = env.reset(seed=seed)
         lengths.append(info["oracle_steps"])
-        obstacles.append(int(env._obstacles.sum()))
+        obstacles.append(int(np.sum(env._blocked)))
         assert env._dist_rows[env._agent[0]][env._agent[1]] > 0  # the goal is reachable and not under the agent
     assert np.mean(lengths) >= 5
     assert min(obstacles) >= 3 and max(obstacles) <= 6
@@ -126,7 +126,7 @@ def test_gridworld_draws_agent_goal_and_obstacles():
     np.testing.assert_array_equal(obs[agent_r * k, agent_c * k], [230, 50, 40])
     np.testing.assert_array_equal(obs[goal_r * k, goal_c * k], [40, 200, 60])
     grey = np.all(obs[::k, ::k] == [128, 128, 128], axis=-1)
-    np.testing.assert_array_equal(grey, env._obstacles)
+    np.testing.assert_array_equal(grey, np.array(env._blocked))
 
 
 def test_make_with_module_prefix_imports_envs():
