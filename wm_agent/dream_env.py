@@ -306,7 +306,7 @@ class DreamVectorEnv(VectorEnv):
         they are). All dreams share one generator, so one int ``seed`` seeds them all, also together with a
         mask (the dreams that go on then draw from the new stream too); a partial reset without a seed
         leaves the stream as it was."""
-        if seed is not None and not isinstance(seed, (int, np.integer)):
+        if seed is not None and not is_int(seed):  # the package's one whole-number check (no bools)
             raise ValueError(f"DreamVectorEnv.reset takes one int seed for all its dreams, got {seed!r}")
         unknown = set(options or {}) - {"reset_mask"}
         if unknown:
