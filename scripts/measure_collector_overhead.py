@@ -6,9 +6,10 @@ The collector's ratio is measured against one env running the same loop with its
 before any parallel effect. Two measurements of that share, one process, one core:
 
 - time: the collector's own loop (``run_episodes`` into an ``EpisodeBuffer``, the env made with
-  ``gym.make``, the random data policy) in short alternating runs, frames dropped or written by the
-  shards' ``FrameWriter``; the median over pairs of each pair's speed ratio, so a machine that speeds
-  up or slows down moves both halves of a pair alike;
+  ``gym.make``, the random data policy) in short alternating runs, frames dropped, written by the
+  shards' ``FrameWriter``, or only copied once into a reused array (the least any frame store must do:
+  its ratio bounds what even a free codec could reach); the median over pairs of each pair's speed
+  ratio, so a machine that speeds up or slows down moves both halves of a pair alike;
 - instructions (with ``--instructions``, needs valgrind): the same loop under valgrind's cachegrind at
   two episode counts, the difference divided by the difference in frames so start-up cancels out.
   Instruction counts do not drift with the machine's load the way times do on a shared VM.
@@ -41,16 +42,35 @@ import time
 import _run as _on_path  # noqa: F401  (puts this clone's root first on sys.path: its wm_agent and envs are measured)
 
 
+class _CopyOnce:
+    """A frame sink that copies each frame into one reused array: the least work any frame store does
+    (every byte read once, nothing kept), so ``dropped / copy`` bounds what even a free codec could reach."""
+
+    def __init__(self, frame_shape: tuple[int, ...]):
+        import numpy as np
+
+        self.frame_shape = tuple(frame_shape)
+        self._slot = np.empty(self.frame_shape, np.uint8)
+        self._copy = np.copyto
+
+    def append(self, frame) -> None:
+        self._copy(self._slot, frame)
+
+
+KINDS = ("dropped", "copy", "lz4")
+
+
 def _run(loop, kind: str, episodes: int, folder: str) -> tuple[int, float]:
-    """The next ``episodes`` episodes of ``loop`` (a ``wm_agent.benchmark.RolloutLoop``), frames dropped
-    or written as a shard writes them: (frames, seconds)."""
+    """The next ``episodes`` episodes of ``loop`` (a ``wm_agent.benchmark.RolloutLoop``), frames dropped,
+    copied once (``_CopyOnce``) or written as a shard writes them: (frames, seconds)."""
     from wm_agent.frames import FrameWriter
 
-    writer = FrameWriter(folder, loop.frame_shape) if kind == "lz4" else None
+    writer = (FrameWriter(folder, loop.frame_shape) if kind == "lz4"
+              else _CopyOnce(loop.frame_shape) if kind == "copy" else None)
     start = time.perf_counter()
     loop.run(episodes, frames=writer)
     seconds = time.perf_counter() - start
-    if writer is not None:
+    if kind == "lz4":
         writer.finish()
     return loop.buffer.num_frames, seconds
 
@@ -70,19 +90,21 @@ def _child(env_id: str, kind: str, episodes: int) -> None:
 
 
 def _timed_pairs(env_id: str, pairs: int, episodes: int) -> dict:
-    """Median per-frame microseconds of each variant and the median over pairs of dropped/compressed time."""
-    times: dict[str, list[float]] = {"dropped": [], "lz4": []}
+    """Median per-frame microseconds of each variant, and the median over pairs of dropped / compressed
+    and dropped / copied time (each "pair" runs all three kinds, in an order that alternates)."""
+    times: dict[str, list[float]] = {kind: [] for kind in KINDS}
     with tempfile.TemporaryDirectory() as tmp:
         loop = _loop(env_id, episodes_per_run=episodes)
         for k in range(pairs):
-            for kind in (("dropped", "lz4") if k % 2 else ("lz4", "dropped")):
+            for kind in (KINDS if k % 2 else KINDS[::-1]):
                 frames, seconds = _run(loop, kind, episodes, tmp)
                 times[kind].append(seconds / frames * 1e6)
-    ratios = [d / c for d, c in zip(times["dropped"], times["lz4"])]
-    return {"us_per_frame_dropped": round(statistics.median(times["dropped"]), 2),
-            "us_per_frame_lz4": round(statistics.median(times["lz4"]), 2),
-            "dropped_over_lz4_time": round(statistics.median(ratios), 4),
-            "dropped_over_lz4_time_quartiles": [round(q, 4) for q in statistics.quantiles(ratios, n=4)]}
+    result = {f"us_per_frame_{kind}": round(statistics.median(times[kind]), 2) for kind in KINDS}
+    for kind in ("lz4", "copy"):
+        ratios = [d / c for d, c in zip(times["dropped"], times[kind])]
+        result[f"dropped_over_{kind}_time"] = round(statistics.median(ratios), 4)
+        result[f"dropped_over_{kind}_time_quartiles"] = [round(q, 4) for q in statistics.quantiles(ratios, n=4)]
+    return result
 
 
 def _alone_or_together(env_id: str, kind: str, episodes: int, offset: int, barrier, results) -> None:

@@ -280,7 +280,7 @@ def test_frame_codec_script_times_every_codec(tmp_path):
     assert bad.returncode == 2 and "frames" in bad.stderr
 
 
-def test_collector_overhead_script_times_both_loops(tmp_path):
+def test_collector_overhead_script_times_every_loop(tmp_path):
     script = Path(__file__).resolve().parents[1] / "scripts" / "measure_collector_overhead.py"
     out = subprocess.run([sys.executable, str(script), "--pairs", "2", "--pair-episodes", "3", "--scaling", "1",
                           "--scaling-episodes", "3"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
@@ -288,6 +288,7 @@ def test_collector_overhead_script_times_both_loops(tmp_path):
     result = json.loads(out.stdout)
     assert result["pairs"] == 2 and result["us_per_frame_dropped"] > 0 and result["us_per_frame_lz4"] > 0
     assert 0 < result["dropped_over_lz4_time"] < 5 and "instructions_per_frame_lz4" not in result
+    assert result["us_per_frame_copy"] > 0 and 0 < result["dropped_over_copy_time"] < 5
     assert len(result["fps_alone"]) == len(result["fps_per_process_together_lz4"]) == 1
     assert 0 < result["scaling"] < 5 and 0 < result["together_lz4_over_alone"] < 5
     bad = subprocess.run([sys.executable, str(script), "--instructions", "--episodes", "9", "3"], cwd=tmp_path,
