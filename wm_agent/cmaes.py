@@ -16,20 +16,19 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-import warnings
-
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from wm_agent.config import ResumeMismatch, check_settings, doc, refuse_other_settings
 from wm_agent.controller import choose_actions
 from wm_agent.dream_env import DreamBatch
 from wm_agent.evaluate import RolloutWorkers
 from wm_agent.latent_env import check_env_fits
+from wm_agent.progress import progress_bar
 from wm_agent.sampling import rand
 from wm_agent.world_model import WorldModel
 
@@ -267,9 +266,9 @@ def _search(cfg: ControllerTrainConfig, wm: WorldModel | None) -> dict:
         # before then leaves the saved controller and its search as they were.
         evaluator = RealEvaluator(wm, env_id, cfg.workers, cfg.timeout)
         evaluator.steps = int(log[-1].get("real_env_steps", 0)) if log else 0
-    bar = tqdm(total=cfg.generations, initial=generation,
-               desc=f"CMA-ES in the {'dream' if cfg.where == 'dream' else 'real env'}", unit="gen",
-               disable=not cfg.progress)
+    bar = progress_bar(total=cfg.generations, initial=generation,
+                       desc=f"CMA-ES in the {'dream' if cfg.where == 'dream' else 'real env'}", unit="gen",
+                       disable=not cfg.progress)
     try:
         while generation < cfg.generations:
             t0 = time.perf_counter()

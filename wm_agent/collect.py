@@ -45,10 +45,10 @@ from typing import Any, Callable, Literal, get_args
 import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
-from tqdm.auto import tqdm
 
 from wm_agent.config import is_int
 from wm_agent.frames import BLOB, CODEC, OFFSETS, DiscardFrames, FrameArray, FrameWriter, grown
+from wm_agent.progress import progress_bar
 from wm_agent.workers import children_ignore_sigint, death_reason, watch_parent
 
 # wm_agent.io is imported where it is used, by the main process only: it brings torch, whose import
@@ -765,8 +765,8 @@ class DataCollector:
             _set_shards(manifest, list(finished.values()))
             save_json(manifest, self.out_dir / MANIFEST)
 
-        bar = tqdm(desc=f"collect {self.env_id}", unit="frame", unit_scale=True, disable=not progress,
-                   dynamic_ncols=True)
+        bar = progress_bar(desc=f"collect {self.env_id}", unit="frame", unit_scale=True, disable=not progress,
+                           dynamic_ncols=True)
         syncer = _ShardSyncer(self.out_dir, record)
         try:
             if self.vectorization != "processes":

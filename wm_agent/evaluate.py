@@ -9,11 +9,11 @@ from dataclasses import dataclass
 import gymnasium as gym
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from wm_agent.config import check_settings, doc
 from wm_agent.controller import choose_actions, env_action
 from wm_agent.latent_env import LatentObservation, check_data_fits, check_env_fits
+from wm_agent.progress import progress_bar
 from wm_agent.sampling import EpisodeUniforms
 from wm_agent.world_model import WorldModel
 
@@ -95,7 +95,7 @@ def rollout_batch(wm: WorldModel, envs: list[gym.Env], params: torch.Tensor, see
     returns, steps, success = np.zeros(n), np.zeros(n, dtype=np.int64), np.zeros(n, dtype=bool)
     running = np.arange(n)
     uniforms = EpisodeUniforms(seeds)
-    bar = tqdm(total=n, desc="evaluate", unit="ep", disable=not progress)
+    bar = progress_bar(total=n, desc="evaluate", unit="ep", disable=not progress)
     t = 0  # steps so far: every running episode is at step t
     while len(running):
         idx = torch.as_tensor(running, device=device)
@@ -242,7 +242,7 @@ def evaluate(cfg: EvaluateConfig, wm: WorldModel | None = None) -> dict:
         else:
             # A model given in memory is the one scored (the file at cfg.checkpoint may differ or not exist).
             workers = RolloutWorkers(wm if given else cfg.checkpoint, env_id, cfg.workers)
-            with tqdm(total=len(seeds), desc="evaluate", unit="ep", disable=not cfg.progress) as bar:
+            with progress_bar(total=len(seeds), desc="evaluate", unit="ep", disable=not cfg.progress) as bar:
                 try:
                     res = workers.run(params.cpu().numpy(), seeds, cfg.greedy, cfg.max_steps, on_chunk=bar.update)
                 finally:
@@ -314,7 +314,7 @@ def dream_fidelity(wm: WorldModel, dataset, episodes: int, temperature: float, t
     scores = {name: [] for name in thresholds}
     frozen = {name: [] for name in thresholds}
     lengths = []
-    for i in tqdm(range(n), desc="eval-dream", unit="ep", disable=not progress):
+    for i in progress_bar(range(n), desc="eval-dream", unit="ep", disable=not progress):
         ep = dataset.episode(i)
         real = np.asarray(ep["obs"], dtype=np.float32) / 255.0
         dream = wm.dream(ep["obs"][0], np.asarray(ep["actions"]), temperature, seed=seed + i)["frames"]

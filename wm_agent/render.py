@@ -28,10 +28,10 @@ from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from wm_agent.config import check_settings, doc
 from wm_agent.io import make_parent
+from wm_agent.progress import progress_bar
 
 os.environ.setdefault("PYGAME_HIDE_SUPPORT_PROMPT", "1")
 
@@ -724,7 +724,8 @@ def run_render(cfg: RenderConfig, wm=None) -> dict[str, Any]:
     wm.warn_if_untrained(cfg.checkpoint)
     returns: list[float] = []
     count = 0
-    bar = tqdm(desc=f"render ({mode})", unit="frame", disable=not cfg.progress or cfg.human, dynamic_ncols=True)
+    bar = progress_bar(desc=f"render ({mode})", unit="frame", disable=not cfg.progress or cfg.human,
+                       dynamic_ncols=True)
 
     def frames() -> Iterator[np.ndarray]:
         nonlocal count

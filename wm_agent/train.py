@@ -21,7 +21,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from wm_agent.config import (
     PRESETS,
@@ -33,6 +32,7 @@ from wm_agent.config import (
 )
 from wm_agent.io import make_parent
 from wm_agent.latent_env import check_data_fits
+from wm_agent.progress import progress_bar
 from wm_agent.vqvae import frames_to_tensor
 from wm_agent.world_model import MAX_START_FRAMES, STAGES, WorldModel, registered_id
 
@@ -227,8 +227,8 @@ def fit_vae(wm: WorldModel, make_batches: Batches, epochs: int, seed: int = 0, p
         run = _Epoch(state, opt, seed, epoch, {"recon_mse": 0.0, "vq_loss": 0.0, "perplexity": 0.0, "usage": 0.0},
                      {"images": 0}, samples, where)
         wm.vae.train()
-        bar = tqdm(run.batches(make_batches), desc=f"train-vae epoch {epoch + 1}", unit="batch", initial=run.done,
-                   total=batches_per_epoch, disable=not progress, leave=False)
+        bar = progress_bar(run.batches(make_batches), desc=f"train-vae epoch {epoch + 1}", unit="batch",
+                           initial=run.done, total=batches_per_epoch, disable=not progress, leave=False)
         for step, batch in enumerate(bar, start=run.done):
             x = frames_to_tensor(batch, wm.device)
             with _autocast(wm.device):
@@ -274,8 +274,8 @@ def fit_rnn(wm: WorldModel, make_batches: Batches, epochs: int, seed: int = 0, p
     for epoch in range(start, start + epochs):
         run = _Epoch(state, opt, seed, epoch, {"loss": 0.0}, {"steps": 0}, samples, where)
         wm.rnn.train()
-        bar = tqdm(run.batches(make_batches), desc=f"train-rnn epoch {epoch + 1}", unit="batch", initial=run.done,
-                   total=batches_per_epoch, disable=not progress, leave=False)
+        bar = progress_bar(run.batches(make_batches), desc=f"train-rnn epoch {epoch + 1}", unit="batch",
+                           initial=run.done, total=batches_per_epoch, disable=not progress, leave=False)
         for step, batch in enumerate(bar, start=run.done):
             with torch.no_grad():
                 z = wm.vae.indices_to_latent(batch["codes"].to(wm.device))
@@ -338,8 +338,8 @@ def encode_dataset(wm: WorldModel, dataset, batch_size: int = 1024, progress: bo
     dtype = np.uint8 if wm.config.num_embeddings <= 256 else np.int16
     g = wm.config.latent_grid
     codes = np.empty((dataset.num_frames, g, g), dtype=dtype)
-    for i in tqdm(range(0, dataset.num_frames, batch_size), desc="encode frames", unit="batch", disable=not progress,
-                  leave=False):
+    for i in progress_bar(range(0, dataset.num_frames, batch_size), desc="encode frames", unit="batch",
+                          disable=not progress, leave=False):
         idx = np.arange(i, min(i + batch_size, dataset.num_frames))
         codes[idx] = wm.encode_indices(dataset.frames(idx)).cpu().numpy().astype(dtype)
     return codes

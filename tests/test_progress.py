@@ -1,0 +1,37 @@
+"""Progress bars leave the program's multiprocessing start method for the program to choose."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_collecting_with_bars_leaves_the_start_method_unset(tmp_path):
+    """Plain tqdm fixes the default start method when its first bar (even a disabled one) is made, and a
+    later set_start_method("spawn") then raises "context has already been set". A fresh interpreter,
+    since pytest's own process may have chosen a method already."""
+    script = textwrap.dedent(f"""
+        import multiprocessing as mp
+        from tqdm.std import TqdmDefaultWriteLock
+        from wm_agent import DataCollector
+        from wm_agent.progress import progress_bar
+
+        if __name__ == "__main__":
+            DataCollector("WM-GridWorld-v0", {str(tmp_path / "data")!r}, workers=2).collect(4, progress=False)
+            DataCollector("WM-GridWorld-v0", {str(tmp_path / "more")!r}, workers=2).collect(4, progress=True)
+            assert mp.get_start_method(allow_none=True) is None, mp.get_start_method()
+            assert TqdmDefaultWriteLock.mp_lock is not None  # tqdm still has its cross-process lock
+            mp.set_start_method("spawn")
+            with progress_bar(total=2, disable=False) as bar:  # bars still work after the choice
+                bar.update(2)
+            print("start method", mp.get_start_method())
+    """)
+    path = tmp_path / "user_script.py"
+    path.write_text(script)
+    out = subprocess.run([sys.executable, str(path)], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "start method spawn" in out.stdout

@@ -1,0 +1,35 @@
+"""Progress bars (tqdm) that leave the program's multiprocessing start method unchosen.
+
+tqdm creates its cross-process lock the first time any bar is made, disabled or not, with
+``multiprocessing.RLock()``, and that call fixes the default start method for the rest of the program:
+a user who runs ``wm-agent``'s API and then calls ``multiprocessing.set_start_method("spawn")`` would get
+"context has already been set". Creating that lock ourselves from an explicitly named context does
+not fix the default, and tqdm uses the lock it finds.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+
+from tqdm.auto import tqdm
+
+__all__ = ["progress_bar"]
+
+
+def _lock_without_fixing_start_method() -> None:
+    from tqdm.std import TqdmDefaultWriteLock
+
+    if hasattr(TqdmDefaultWriteLock, "mp_lock"):
+        return
+    # The method a later default would be: one already set, else the platform's (listed first).
+    method = mp.get_start_method(allow_none=True) or mp.get_all_start_methods()[0]
+    try:
+        TqdmDefaultWriteLock.mp_lock = mp.get_context(method).RLock()
+    except (ImportError, OSError):  # no working semaphores here: tqdm then does without one as well
+        TqdmDefaultWriteLock.mp_lock = None
+
+
+def progress_bar(iterable=None, **kwargs) -> tqdm:
+    """``tqdm(iterable, **kwargs)`` (the notebook widget in Jupyter), without fixing the start method."""
+    _lock_without_fixing_start_method()
+    return tqdm(iterable, **kwargs)
