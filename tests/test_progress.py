@@ -35,3 +35,29 @@ def test_collecting_with_bars_leaves_the_start_method_unset(tmp_path):
     out = subprocess.run([sys.executable, str(path)], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "start method spawn" in out.stdout
+
+
+def test_killed_rollout_workers_leave_no_semaphore_behind(tmp_path):
+    """Rollout workers make a (disabled) bar per batch; a semaphore made for it there stayed registered when
+    the workers were killed (Ctrl-C, SIGTERM, --timeout), and Python warned of leaked semaphores at exit."""
+    script = textwrap.dedent(f"""
+        import sys
+        sys.path.insert(0, {str(REPO / "tests")!r})
+        import numpy as np
+        from helpers import tiny_world_model
+        from wm_agent.evaluate import RolloutWorkers
+
+        if __name__ == "__main__":
+            wm = tiny_world_model()
+            workers = RolloutWorkers(wm, "WM-GridWorld-v0", workers=2)
+            params = np.repeat(wm.controller.params.detach().numpy()[None], 2, axis=0)
+            out = workers.run(params, seeds=[0, 1], greedy=True, max_steps=5)
+            workers.close(kill=True)  # as a Ctrl-C or a timeout does
+            print("rollouts", out["return"].shape)
+    """)
+    path = tmp_path / "kill_workers.py"
+    path.write_text(script)
+    out = subprocess.run([sys.executable, str(path)], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "rollouts (2, 2)" in out.stdout
+    assert "leaked" not in out.stderr, out.stderr

@@ -4,7 +4,8 @@ tqdm creates its cross-process lock the first time any bar is made, disabled or 
 ``multiprocessing.RLock()``, and that call fixes the default start method for the rest of the program:
 a user who runs ``wm-agent``'s API and then calls ``multiprocessing.set_start_method("spawn")`` would get
 "context has already been set". Creating that lock ourselves from an explicitly named context does
-not fix the default, and tqdm uses the lock it finds.
+not fix the default, and tqdm uses the lock it finds. In a worker process no lock is made at all (see
+``_lock_without_fixing_start_method``).
 """
 
 from __future__ import annotations
@@ -20,6 +21,12 @@ def _lock_without_fixing_start_method() -> None:
     from tqdm.std import TqdmDefaultWriteLock
 
     if hasattr(TqdmDefaultWriteLock, "mp_lock"):
+        return
+    if mp.parent_process() is not None:
+        # A worker process: its bars are never shown beside another process's, and a semaphore made
+        # here stays registered when the worker is killed (Ctrl-C, a timeout), so Python warned of
+        # "leaked semaphore objects" after the run. tqdm does without a cross-process lock when it has none.
+        TqdmDefaultWriteLock.mp_lock = None
         return
     # The method a later default would be: one already set, else the platform's (listed first).
     method = mp.get_start_method(allow_none=True) or mp.get_all_start_methods()[0]
