@@ -10,11 +10,19 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 
+def _run_script(folder: Path, script: str) -> subprocess.CompletedProcess:
+    """Run ``script`` in a fresh interpreter (pytest's own process may have chosen a start method already)."""
+    path = folder / "user_script.py"
+    path.write_text(textwrap.dedent(script))
+    out = subprocess.run([sys.executable, str(path)], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return out
+
+
 def test_collecting_with_bars_leaves_the_start_method_unset(tmp_path):
     """Plain tqdm fixes the default start method when its first bar (even a disabled one) is made, and a
-    later set_start_method("spawn") then raises "context has already been set". A fresh interpreter,
-    since pytest's own process may have chosen a method already."""
-    script = textwrap.dedent(f"""
+    later set_start_method("spawn") then raises "context has already been set"."""
+    out = _run_script(tmp_path, f"""
         import multiprocessing as mp
         from tqdm.std import TqdmDefaultWriteLock
         from wm_agent import DataCollector
@@ -30,17 +38,13 @@ def test_collecting_with_bars_leaves_the_start_method_unset(tmp_path):
                 bar.update(2)
             print("start method", mp.get_start_method())
     """)
-    path = tmp_path / "user_script.py"
-    path.write_text(script)
-    out = subprocess.run([sys.executable, str(path)], cwd=REPO, capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr[-3000:]
     assert "start method spawn" in out.stdout
 
 
 def test_killed_rollout_workers_leave_no_semaphore_behind(tmp_path):
     """Rollout workers make a (disabled) bar per batch; a semaphore made for it there stayed registered when
     the workers were killed (Ctrl-C, SIGTERM, --timeout), and Python warned of leaked semaphores at exit."""
-    script = textwrap.dedent(f"""
+    out = _run_script(tmp_path, f"""
         import sys
         sys.path.insert(0, {str(REPO / "tests")!r})
         import numpy as np
@@ -55,9 +59,5 @@ def test_killed_rollout_workers_leave_no_semaphore_behind(tmp_path):
             workers.close(kill=True)  # as a Ctrl-C or a timeout does
             print("rollouts", out["return"].shape)
     """)
-    path = tmp_path / "kill_workers.py"
-    path.write_text(script)
-    out = subprocess.run([sys.executable, str(path)], cwd=REPO, capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr[-3000:]
     assert "rollouts (2, 2)" in out.stdout
     assert "leaked" not in out.stderr, out.stderr
