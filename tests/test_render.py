@@ -172,6 +172,29 @@ def test_write_video_streams_an_iterable(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["gen.mp4"]  # the failed write left nothing behind
 
 
+def test_write_video_streams_a_gif_exactly(tmp_path):
+    """A GIF from a generator: frames decode to the exact colours, a repeat is merged into one frame that
+    plays twice as long, the animation loops; a frame of another size mid-stream leaves no file."""
+    from PIL import Image
+
+    colours = [0, 60, 60, 120, 250]  # frames 1 and 2 are the same
+    frames = (np.full((8, 12, 3), (c, 255 - c, c // 2), np.uint8) for c in colours)
+    path = write_video(frames, tmp_path / "gen.gif", fps=4)
+    back = iio.imread(path)
+    assert back.shape == (4, 8, 12, 3)
+    assert [tuple(int(v) for v in f[0, 0]) for f in back] == [(c, 255 - c, c // 2) for c in (0, 60, 120, 250)]
+    with Image.open(path) as gif:
+        durations = []
+        for k in range(gif.n_frames):
+            gif.seek(k)
+            durations.append(gif.info["duration"])
+        assert durations == [250, 500, 250, 250] and gif.info["loop"] == 0
+    mixed = (np.zeros(shape, np.uint8) for shape in [(8, 8, 3), (8, 8, 3), (4, 4, 3)])
+    with pytest.raises(ValueError, match="one size"):
+        write_video(mixed, tmp_path / "mixed.gif")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["gen.gif"]
+
+
 def test_write_video_rejects_bad_input(tmp_path):
     frames = np.zeros((2, 8, 8, 3), np.uint8)
     with pytest.raises(ValueError, match=".mp4 or .gif"):

@@ -440,9 +440,10 @@ def write_video(frames, path: str | os.PathLike, fps: float = 8) -> Path:
     """Write uint8 frames as ``.mp4`` (libx264 via imageio-ffmpeg) or ``.gif`` (pillow); returns the path.
 
     ``frames``: an array (T, H, W, 3) or any iterable of (H, W, 3) frames; an mp4 is streamed frame by
-    frame (long episodes never sit in memory), a GIF is assembled in memory. Atomic: the file appears
-    complete or not at all. Odd-sized mp4 frames are padded with black to even sides (yuv420p needs
-    them), never rescaled. A GIF merges identical consecutive frames (pillow does; playing time is kept).
+    frame (long episodes never sit in memory), a GIF is assembled in memory at one byte per pixel.
+    Atomic: the file appears complete or not at all. Odd-sized mp4 frames are padded with black to even
+    sides (yuv420p needs them), never rescaled. A GIF merges identical consecutive frames (pillow does;
+    playing time is kept).
     """
     path = _check_video_path(path)
     if fps <= 0:
@@ -472,10 +473,13 @@ def write_video(frames, path: str | os.PathLike, fps: float = 8) -> Path:
                 writer.close()
     else:
         def write(tmp):
-            import imageio.v3 as iio
+            from PIL import Image
 
-            iio.imwrite(tmp, np.stack([first, *stream]), extension=".gif", plugin="pillow",
-                        duration=1000.0 / fps, loop=0)
+            # Pillow straight, frames as a generator: it keeps each one as 8-bit palette indices until
+            # the file is written, a third of an RGB frame, where imageio stacked all frames in RGB and
+            # then held an RGB image of each as well (the file is byte for byte the same).
+            images = (Image.fromarray(frame) for frame in itertools.chain([first], stream))
+            next(images).save(tmp, format="GIF", save_all=True, append_images=images, duration=1000.0 / fps, loop=0)
     return _atomic_write(path, write)
 
 
@@ -703,7 +707,7 @@ def run_render(cfg: RenderConfig, wm=None) -> dict[str, Any]:
     """Run ``cfg.episodes`` episodes and write them as one video (or show them with ``cfg.human``).
 
     Frames are composed and written one at a time into an mp4, so long episodes do not pile up in
-    memory (a GIF is assembled in memory: prefer mp4 for long or many episodes). Returns ``{"out": path
+    memory (a GIF is assembled in memory, one byte per pixel: prefer mp4 for long or many episodes). Returns ``{"out": path
     or None, "frames": n, "episodes": episodes played (fewer when the window was closed early), "returns",
     "mode"}``.
     """
