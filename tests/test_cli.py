@@ -171,7 +171,7 @@ def test_collect_with_a_vector_env_from_the_command_line(tmp_path, capsys):
 
 def test_help_lists_the_config_docs():
     text = build_parser()._subparsers._group_actions[0].choices["collect"].format_help()
-    assert "--episodes-per-shard" in text and "episodes per shard" in text and "(default: 10)" in text
+    assert "--episodes-per-shard" in text and "episodes per shard" in text and "(default: 100)" in text
 
 
 # -- add_dataclass_args / dataclass_from_args ---------------------------------------------------------
@@ -213,7 +213,7 @@ def test_dataclass_help_shows_metadata_and_defaults():
 def test_warnings_are_one_line_advice(tmp_path, capsys):
     """A library warning reaches a CLI user as `wm-agent: warning: ...`, without our file and line."""
     assert main(["collect", "--out", str(tmp_path), "--episodes", "2", "--workers", "2", "--max-steps", "4",
-                 "--no-progress"]) == 0
+                 "--episodes-per-shard", "10", "--no-progress"]) == 0
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["wm-agent: warning: 2 episodes make 1 shard of up to 10 episodes, so only 1 of 2 workers "
                    "can run; fewer episodes per shard (episodes_per_shard, --episodes-per-shard) would use them all"]
@@ -294,6 +294,20 @@ def test_collector_overhead_script_times_every_loop(tmp_path):
     bad = subprocess.run([sys.executable, str(script), "--instructions", "--episodes", "9", "3"], cwd=tmp_path,
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "FEW < MANY" in bad.stderr
+
+
+def test_shard_size_script_compares_the_default_with_a_given_size(tmp_path):
+    script = Path(__file__).resolve().parents[1] / "scripts" / "measure_shard_size.py"
+    out = subprocess.run([sys.executable, str(script), "--episodes", "12", "--workers", "1", "--runs", "2",
+                          "--sizes", "0", "5"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    assert [r["episodes_per_shard"] for r in result["runs"]] == [98, 5, 5, 98]  # 0: the default; order alternates
+    assert [r["shards"] for r in result["runs"]] == [1, 3, 3, 1] and all(r["frames"] > 12 for r in result["runs"])
+    assert set(result["median_frames_per_s"]) == {"0", "5"} and min(result["median_frames_per_s"].values()) > 0
+    bad = subprocess.run([sys.executable, str(script), "--sizes", "-1"], cwd=tmp_path, capture_output=True,
+                         text=True, timeout=120)
+    assert bad.returncode == 2 and "--sizes" in bad.stderr
 
 
 def test_the_carracing_pipeline_script_runs_every_stage_at_a_tiny_size(tmp_path):

@@ -211,6 +211,33 @@ def test_a_short_last_shard_is_completed_with_the_same_first_episodes(tmp_path):
     np.testing.assert_array_equal(full["actions"][:n], short["actions"])
 
 
+@pytest.mark.parametrize("env_id, settings, expected", [
+    ("WM-GridWorld-v0", {}, 98),                                # 50-step limit: 98 x 51 frames ~ 5,000
+    ("WM-GridWorld-v0", {"max_steps": 20}, 238),                # the cap counts, not only the env's limit
+    ("WM-GridWorld-v0", {"env_kwargs": {"max_episode_steps": 500}}, 10),  # never fewer than 10
+    ("WM-CarRacing-v0", {}, 10),                                # 1000-step episodes: the old default
+])
+def test_an_unset_shard_size_follows_the_episode_limit(tmp_path, env_id, settings, expected):
+    assert DataCollector(env_id, tmp_path, **settings).episodes_per_shard == expected
+
+
+def test_a_folder_keeps_its_own_shard_size_when_the_size_is_unset(tmp_path):
+    """A folder made with 2 episodes per shard (or before the default changed) is extended with its
+    own size, not refused, and holds what a run with that size given throughout would hold."""
+    DataCollector("WM-GridWorld-v0", tmp_path / "a", seed=3, episodes_per_shard=2, max_steps=8).collect(
+        3, progress=False)
+    resumed = DataCollector("WM-GridWorld-v0", tmp_path / "a", seed=3, max_steps=8)
+    assert resumed.episodes_per_shard != 2  # what a fresh folder would get
+    manifest = resumed.collect(5, progress=False)
+    assert manifest["episodes_per_shard"] == 2 and len(manifest["shards"]) == 3
+    DataCollector("WM-GridWorld-v0", tmp_path / "b", seed=3, episodes_per_shard=2, max_steps=8).collect(
+        5, progress=False)
+    assert _files(tmp_path / "a") == _files(tmp_path / "b")
+    with pytest.raises(ValueError, match="different settings.*episodes_per_shard"):  # a size given must match
+        DataCollector("WM-GridWorld-v0", tmp_path / "a", seed=3, episodes_per_shard=3, max_steps=8).collect(
+            5, progress=False)
+
+
 @pytest.mark.parametrize(
     "change, key",
     [({"seed": 1}, "seed"), ({"policy": "brownian"}, "policy"), ({"episodes_per_shard": 3}, "episodes_per_shard"),

@@ -70,6 +70,13 @@ SHARD_FILES = (BLOB, OFFSETS, "actions", "rewards", "terminated", "truncated", "
 # Settings that change what the shards contain: a resumed run must agree on all of them.
 IDENTITY_KEYS = ("frame_codec", "env_id", "env_kwargs", "policy", "seed", "episodes_per_shard", "max_steps")
 
+# Shard size when none is given: at least MIN_EPISODES_PER_SHARD episodes, and enough to hold about
+# SHARD_FRAMES frames if every episode ran to the env's limit. Each shard costs milliseconds of file
+# creation (seven files and a folder) whatever it holds: shards of 10 GridWorld episodes (~440 frames)
+# halved the collector's rate. CarRacing (1000-step episodes) keeps 10.
+MIN_EPISODES_PER_SHARD = 10
+SHARD_FRAMES = 5_000
+
 _SHARD_RE = re.compile(r"^shard_(\d+)$")
 _TMP_PREFIX = ".tmp-"
 _TRASH_PREFIX = ".trash-"
@@ -363,6 +370,21 @@ def shard_rngs(seed: int, index: int, episodes_per_shard: int) -> tuple[np.ndarr
     return reset_seeds, np.random.default_rng(policy_seq)
 
 
+def default_episodes_per_shard(episode_limit: int | None) -> int:
+    """Episodes per shard when none is given, from the longest an episode can run (None: unknown)."""
+    if episode_limit is None:
+        return MIN_EPISODES_PER_SHARD
+    return max(MIN_EPISODES_PER_SHARD, round(SHARD_FRAMES / (int(episode_limit) + 1)))
+
+
+def _episode_limit(spec, max_steps: int | None) -> int | None:
+    """The most steps an episode can take: the env's own limit and ``max_steps``, whichever is smaller."""
+    limit = spec.max_episode_steps if spec is not None else None
+    if max_steps is not None:
+        limit = max_steps if limit is None else min(limit, max_steps)
+    return limit
+
+
 def _shard_failed(task: "_ShardTask", exc: BaseException, where: str = "") -> "CollectionError":
     return CollectionError(
         f"collecting {shard_name(task.index)} of {task.env_id} failed{where}: {type(exc).__name__}: {exc}")
@@ -451,9 +473,7 @@ def _collect_shard(task: _ShardTask, on_progress: Callable[[int, int], None] | N
 def _capacity(spec, task: _ShardTask) -> int:
     """Frames a shard can need, from the env's spec. With a known episode cap the buffer never grows
     (and untouched np.empty pages cost no memory); otherwise it starts small and doubles."""
-    limit = spec.max_episode_steps if spec is not None else None
-    if task.max_steps is not None:
-        limit = task.max_steps if limit is None else min(limit, task.max_steps)
+    limit = _episode_limit(spec, task.max_steps)
     return task.episodes_per_shard * (limit + 1) if limit is not None else 4096
 
 
@@ -579,7 +599,9 @@ class DataCollector:
             actions held 1..8 steps for Discrete ones).
         seed: base seed; shard ``i`` is seeded from ``(seed, i)``.
         workers: parallel envs: worker processes, or sub-envs of the vector env (see ``vectorization``).
-        episodes_per_shard: episodes per shard (memory per worker grows with it).
+        episodes_per_shard: episodes per shard (memory per worker grows with it). None (the default):
+            at least 10, more for short episodes (about 5,000 frames' worth at the env's episode limit:
+            98 for GridWorld, 10 for CarRacing); a folder being resumed keeps the size it was made with.
         env_kwargs: keyword arguments of ``gym.make`` (JSON-serialisable; stored in the manifest).
         max_steps: optional cap on episode length, on top of the env's own time limit.
         vectorization: how the ``workers`` envs run in parallel. ``"processes"`` (the default and the
@@ -598,7 +620,7 @@ class DataCollector:
         policy: str = "random",
         seed: int = 0,
         workers: int = 1,
-        episodes_per_shard: int = 10,
+        episodes_per_shard: int | None = None,
         env_kwargs: dict | None = None,
         max_steps: int | None = None,
         vectorization: str = "processes",
@@ -608,15 +630,17 @@ class DataCollector:
         if vectorization not in VECTORIZATIONS:
             raise ValueError(f"vectorization must be one of {VECTORIZATIONS}, got {vectorization!r}")
         # Each message names the argument and its command-line option, read by users of either.
-        for label, value in (("workers", workers), ("episodes_per_shard", episodes_per_shard)):
-            if not is_int(value) or value < 1:
-                raise ValueError(f"{_named(label)} must be a positive int, got {value!r}")
+        if not is_int(workers) or workers < 1:
+            raise ValueError(f"{_named('workers')} must be a positive int, got {workers!r}")
+        if episodes_per_shard is not None and (not is_int(episodes_per_shard) or episodes_per_shard < 1):
+            raise ValueError(f"{_named('episodes_per_shard')} must be a positive int (or None / 0 on the command "
+                             f"line: sized by the env's episode limit), got {episodes_per_shard!r}")
         if not is_int(seed) or seed < 0:
             raise ValueError(f"{_named('seed')} must be a non-negative int, got {seed!r}")
         if max_steps is not None and (not is_int(max_steps) or max_steps < 1):
             raise ValueError(f"{_named('max_steps')} must be a positive int (or None / 0 on the command line: "
                              f"the env's own limit), got {max_steps!r}")
-        workers, episodes_per_shard, seed = int(workers), int(episodes_per_shard), int(seed)  # JSON takes no np.int64
+        workers, seed = int(workers), int(seed)  # JSON takes no np.int64
         max_steps = None if max_steps is None else int(max_steps)
         env_kwargs = dict(env_kwargs or {})
         try:
@@ -626,7 +650,7 @@ class DataCollector:
 
         env = make_env(env_id, env_kwargs)
         try:
-            obs_space, action_space = env.observation_space, env.action_space
+            obs_space, action_space, spec = env.observation_space, env.action_space, env.spec
         finally:
             env.close()
         if not (isinstance(obs_space, spaces.Box) and obs_space.dtype == np.uint8
@@ -642,7 +666,10 @@ class DataCollector:
         self.policy = policy
         self.seed = seed
         self.workers = workers
-        self.episodes_per_shard = episodes_per_shard
+        # Chosen here unless given; collect() adopts an existing folder's own size instead.
+        self._shard_size_given = episodes_per_shard is not None
+        self.episodes_per_shard = (int(episodes_per_shard) if self._shard_size_given
+                                   else default_episodes_per_shard(_episode_limit(spec, max_steps)))
         self.env_kwargs = env_kwargs
         self.max_steps = max_steps
         self.vectorization = vectorization
@@ -654,7 +681,8 @@ class DataCollector:
     @classmethod
     def from_config(cls, config: "CollectConfig") -> "DataCollector":
         return cls(config.env, config.out, policy=config.policy, seed=config.seed, workers=config.workers,
-                   episodes_per_shard=config.episodes_per_shard, env_kwargs=config.env_kwargs,
+                   episodes_per_shard=config.episodes_per_shard or None,  # 0: sized by the env's limit
+                   env_kwargs=config.env_kwargs,
                    max_steps=config.max_steps or None,  # as everywhere on the command line: 0 = the env's limit
                    vectorization=config.vectorization)
 
@@ -686,6 +714,8 @@ class DataCollector:
             raise ValueError(f"cannot read {path}: {exc}") from exc
         if not isinstance(old, dict):
             raise ValueError(f"{path} is not a wm-agent manifest")
+        if not self._shard_size_given and is_int(old.get("episodes_per_shard")) and old["episodes_per_shard"] >= 1:
+            self.episodes_per_shard = int(old["episodes_per_shard"])  # e.g. made before the default changed
         mine = self._identity()
         diffs = [f"{k}: {old.get(k)!r} there, {mine[k]!r} now" for k in IDENTITY_KEYS if old.get(k) != mine[k]]
         if diffs:
@@ -1073,7 +1103,10 @@ class CollectConfig:
     policy: Policy = field(
         default="random", metadata={"help": "data policy: uniform random, or brownian (correlated) actions"})
     seed: int = field(default=0, metadata={"help": "base seed; shard i is seeded from (seed, i)"})
-    episodes_per_shard: int = field(default=10, metadata={"help": "episodes per shard file set"})
+    episodes_per_shard: int | None = field(
+        default=None, metadata={"help": "episodes per shard file set (0 or unset: at least 10, more for short "
+                                        "episodes: about 5,000 frames' worth at the env's episode limit, 98 for "
+                                        "GridWorld; a folder being resumed keeps its own)"})
     max_steps: int | None = field(
         default=None, metadata={"help": "optional cap on the collected episodes' length (0 or unset: the env's own "
                                               "limit); dreams and evaluation keep the env's own limit: to change "
