@@ -156,9 +156,10 @@ def _instructions(env_id: str, kind: str, episodes: int) -> tuple[int, int]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--env", default="WM-GridWorld-v0", help="Gymnasium env id with 64x64x3 uint8 frames")
-    parser.add_argument("--pairs", type=int, default=100, help="alternating timed pairs (0: no timing; at least 2 to time, for a median over pairs)")
+    parser.add_argument("--pairs", type=int, default=100, help="timed rounds of the three loops, in alternating order (0: no timing; at least 2, for a median over rounds)")
     parser.add_argument("--pair-episodes", type=int, default=100, help="episodes in each timed run")
     parser.add_argument("--instructions", action="store_true", help="also count instructions under valgrind")
     parser.add_argument("--episodes", type=int, nargs=2, default=(20, 220), metavar=("FEW", "MANY"),

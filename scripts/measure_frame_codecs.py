@@ -35,7 +35,8 @@ def _per_frame_us(fn, frames) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--steps", type=int, default=20_000, help="env steps to time")
     parser.add_argument("--frames", type=int, default=2_000, help="frames kept to time the codecs on")
     parser.add_argument("--seed", type=int, default=0, help="reset and action seed")

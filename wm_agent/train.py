@@ -382,7 +382,8 @@ class TrainVAEConfig:
     seed: int = doc("seed for batch order and initialisation", 0)
     resume: bool = doc("continue an interrupted run from the checkpoint at --out", False)
     overwrite: bool = doc("replace an existing checkpoint at --out instead of refusing", False)
-    preset: str = doc("config preset: auto (by the data's env id), WM-GridWorld-v0 or WM-CarRacing-v0", "auto")
+    preset: str = doc("config preset: auto (by the data's env id; another env gets WorldModelConfig's defaults), "
+                      "WM-GridWorld-v0 or WM-CarRacing-v0", "auto")
     device: str = doc("torch device: auto, cpu or cuda", "auto")
     progress: bool = doc("show progress bars", True)
 
