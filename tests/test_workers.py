@@ -43,6 +43,20 @@ def test_no_exit_status_yet_says_so_plainly():
     assert death_reason(ends(None, 0)) == "killed, or out of memory?"
 
 
+def test_an_unguarded_script_is_named_even_when_the_workers_status_was_lost(monkeypatch):
+    """The pool's thread and death_reason can read a forkserver worker's status at the same moment; the
+    loser stores 255. A worker that re-ran an unguarded script must still get the advice (a full-suite
+    run once said "killed, or out of memory?" there)."""
+    import wm_agent.workers as workers
+
+    monkeypatch.setattr(workers, "unguarded_main_script", lambda: "job.py")
+    advice = "; job.py starts workers outside `if __name__ == \"__main__\":`"
+    assert death_reason(ends(255)).startswith("ended, its exit status lost (an error it printed is above)" + advice)
+    assert death_reason(ends(None)).startswith("ended, its exit status lost")
+    assert death_reason(ends(1, 255)).startswith("exited with status 1: its error is printed above" + advice)
+    assert death_reason(ends(255, -signal.SIGKILL)) == "killed by SIGKILL (out of memory?)"  # a signal is no script's doing
+
+
 @pytest.mark.parametrize("source, guarded", [
     ("print('hi')\n", False),
     ("if __name__ == '__main__':\n    print('hi')\n", True),

@@ -100,18 +100,19 @@ def death_reason(processes: Iterable) -> str:
     # A broken pool SIGTERMs the workers still running: their ends say nothing about the first one's.
     codes = [code for code in codes if code != -signal.SIGTERM] or codes
     # 255 is what a forkserver worker's Popen reports when the status can no longer be read (the pool
-    # dropped the process and its pipe closed first), not an error of the worker's: a race, seen once
-    # while another worker's SIGKILL broke the pool. The signal, if any was read, says more.
+    # dropped the process and its pipe closed first, or the pool's thread read it at the same moment),
+    # not an error of the worker's. The signal, if any was read, says more.
     errors = [code for code in codes if code > 0 and code != 255]
-    if errors:
-        reason = f"exited with status {errors[0]}: its error is printed above"
-        script = unguarded_main_script()
-        if script is not None:
-            reason += (f"; {script} starts workers outside `if __name__ == \"__main__\":`, and each worker "
-                       "imports the main script: put the script's work under that line")
-        return reason
     signals = sorted({-code for code in codes if code < 0})
+    script = unguarded_main_script()
+    advice = "" if script is None else (
+        f"; {script} starts workers outside `if __name__ == \"__main__\":`, and each worker imports the main "
+        "script: put the script's work under that line")
+    if errors:
+        return f"exited with status {errors[0]}: its error is printed above{advice}"
     if signals:
         hint = " (out of memory?)" if signal.SIGKILL in signals else ""
         return f"killed by {', '.join(_signal_name(s) for s in signals)}{hint}"
+    if script is not None:  # the status was lost, and an unguarded script is what ends workers unsignalled
+        return f"ended, its exit status lost (an error it printed is above){advice}"
     return "killed, or out of memory?"
