@@ -134,6 +134,24 @@ def test_training_curves_from_jsonl_and_list(tmp_path):
         vis.training_curves(tmp_path / "missing.jsonl")
 
 
+def test_training_curves_count_values_that_are_not_finite_instead_of_dropping_them_unseen(tmp_path):
+    from wm_agent.render import _legend, _points, _series
+
+    rows = [{"stage": "rnn", "epoch": 1, "loss": 2.0}, {"stage": "rnn", "epoch": 2, "loss": float("nan")},
+            {"stage": "rnn", "epoch": 3, "loss": None}, {"stage": "rnn", "epoch": 4, "loss": 1.5},
+            {"stage": "rnn", "epoch": 5, "loss": float("inf")}]
+    xs, ys = _series(rows, "rnn", "loss")
+    assert xs.tolist() == [1, 2, 4, 5]  # the absent value is skipped; NaN and inf are kept, to be counted
+    assert _legend("loss", ys) == "loss: 1.50 (2 not finite)"
+    assert _legend("loss", np.array([0.25])) == "loss: 0.2500"
+    assert _legend("best", np.array([np.nan, np.nan])) == "best: - (2 not finite)"
+    gens, best = _points(np.arange(1.0, 4.0), [0.5, None, np.nan])
+    assert gens.tolist() == [1.0, 3.0] and best[0] == 0.5 and np.isnan(best[1])
+    log = [{"generation": 1, "best": float("nan"), "mean": float("nan")}]  # only non-finite values: still a figure
+    path = Visualizer(tmp_path).training_curves(rows, cmaes_log=log, name="nan.png")
+    assert _png(path).shape[1] >= 4 * 400
+
+
 def test_training_curves_draw_m_loss_and_nll_apart_and_take_odd_rows(tmp_path):
     """M's loss (~0.006) and NLL (~-3) on one axis drew the loss as a flat line: each gets a panel."""
     rows = [{"stage": "rnn", "epoch": e, "loss": 0.006 / e, "nll": -3.0 - e} for e in range(1, 4)]

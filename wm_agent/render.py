@@ -193,9 +193,10 @@ def _load_metrics(metrics) -> list[dict]:
     return [dict(row) for row in metrics]
 
 
-def _number(value) -> float:
-    """A metric as a float, NaN where it is absent or not a number (a hand-made row may hold None or text)."""
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else math.nan
+def _number(value) -> float | None:
+    """A metric as a float; None where it is absent or not a number (a hand-made row may hold None or
+    text). NaN and infinity stay: the legend counts them rather than dropping them unseen."""
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
 def _series(rows: list[dict], stage: str, key: str) -> tuple[np.ndarray, np.ndarray]:
@@ -203,7 +204,7 @@ def _series(rows: list[dict], stage: str, key: str) -> tuple[np.ndarray, np.ndar
     by_epoch: dict[int, float] = {}
     for i, row in enumerate(r for r in rows if r.get("stage") == stage):
         value = _number(row.get(key))
-        if math.isnan(value):
+        if value is None:
             continue  # absent, or not a number (a hand-made row): nothing to draw
         by_epoch[int(row.get("epoch", i + 1))] = value
     xs = np.array(sorted(by_epoch), dtype=np.float64)
@@ -224,22 +225,37 @@ def _fmt(v: float) -> str:
     return f"{v:.4f}"
 
 
+def _points(xs: np.ndarray, values: list[float | None]) -> tuple[np.ndarray, np.ndarray]:
+    """The (x, value) pairs whose value is a number (NaN and infinity included)."""
+    keep = [i for i, v in enumerate(values) if v is not None]
+    return xs[keep], np.array([values[i] for i in keep], dtype=np.float64)
+
+
+def _legend(name: str, ys: np.ndarray) -> str:
+    """``name: last finite value``, plus how many values were NaN or infinite (they are not drawn)."""
+    finite = ys[np.isfinite(ys)]
+    text = f"{name}: {_fmt(float(finite[-1])) if len(finite) else '-'}"
+    lost = len(ys) - len(finite)
+    return text + (f" ({lost} not finite)" if lost else "")
+
+
 def _line_panel(surface, rect, title: str, series: list[tuple[str, np.ndarray, np.ndarray]], xlabel: str) -> None:
     """A line chart inside ``rect`` (x, y, w, h): title, axes, min/max tick labels, legend."""
     pygame = _pygame()
     x0, y0, w, h = rect
     pygame.draw.rect(surface, WHITE, rect)
     pygame.draw.rect(surface, GRID, rect, 1)
-    series = [(name, xs[np.isfinite(ys)], ys[np.isfinite(ys)]) for name, xs, ys in series]
-    series = [s for s in series if len(s[1])]
+    series = [(_legend(name, ys), xs[np.isfinite(ys)], ys[np.isfinite(ys)]) for name, xs, ys in series if len(ys)]
     all_y = np.concatenate([s[2] for s in series]) if series else np.zeros(0)
+    drawn = [s for s in series if len(s[1])]
     log = bool(len(all_y) and all_y.min() > 0 and all_y.max() / all_y.min() > 50)
     _text(surface, title + ("  (log scale)" if log else ""), (x0 + w // 2, y0 + 8), 20, INK, "midtop")
     left, right, top, bottom = x0 + 64, x0 + w - 14, y0 + 32, y0 + h - 40
-    if not series:
-        _text(surface, "no data", ((left + right) // 2, (top + bottom) // 2), 20, AXIS, "center")
+    if not drawn:
+        words = "no data" if not series else "; ".join(label for label, _, _ in series)  # only non-finite values
+        _text(surface, words, ((left + right) // 2, (top + bottom) // 2), 20, AXIS, "center")
         return
-    all_x = np.concatenate([s[1] for s in series])
+    all_x = np.concatenate([s[1] for s in drawn])
     tf = np.log10 if log else (lambda v: v)
     ymin, ymax = float(tf(all_y).min()), float(tf(all_y).max())
     if ymax - ymin < 1e-12:
@@ -265,7 +281,7 @@ def _line_panel(surface, rect, title: str, series: list[tuple[str, np.ndarray, n
         _text(surface, f"{xv:g}", (xx, bottom + 6), 16, AXIS, anchor)
     _text(surface, xlabel, ((left + right) // 2, bottom + 22), 16, AXIS, "midtop")
 
-    for k, (name, xs, ys) in enumerate(series):
+    for k, (_, xs, ys) in enumerate(series):
         colour = SERIES_COLOURS[k % len(SERIES_COLOURS)]
         points = [px(x, y) for x, y in zip(xs, ys)]
         if len(points) > 1:
@@ -275,9 +291,8 @@ def _line_panel(surface, rect, title: str, series: list[tuple[str, np.ndarray, n
                 pygame.draw.circle(surface, colour, (int(p[0]), int(p[1])), 3)
     # Legends after every curve, on a white box: a curve drawn across "best: 0.9491" read as "0.0491".
     legend_y = top + 4
-    for k, (name, xs, ys) in enumerate(series):
+    for k, (label, _, _) in enumerate(series):
         colour = SERIES_COLOURS[k % len(SERIES_COLOURS)]
-        label = f"{name}: {_fmt(float(ys[-1]))}"
         lw = _text_width(label, 16)
         pygame.draw.rect(surface, WHITE, (right - lw - 30, legend_y - 1, lw + 28, 18))
         pygame.draw.line(surface, colour, (right - lw - 26, legend_y + 6), (right - lw - 8, legend_y + 6), 3)
@@ -389,7 +404,7 @@ class Visualizer:
             ("MDN-RNN training loss", [("loss", *_series(rows, "rnn", "loss"))], "epoch"),
             ("MDN-RNN mixture NLL", [("nll", *_series(rows, "rnn", "nll"))], "epoch"),
             ("Controller (CMA-ES) fitness",
-             [(k, gens, np.array([_number(r.get(k)) for r in log])) for k in ("best", "mean")], "generation"),
+             [(k, *_points(gens, [_number(r.get(k)) for r in log])) for k in ("best", "mean")], "generation"),
         ]
         pw, ph, pad = 420, 300, 12
         surface = _canvas(pad + len(panels) * (pw + pad), 44 + ph + pad)
