@@ -39,6 +39,10 @@ def main() -> None:
     from wm_agent import DataCollector
     from wm_agent.io import temporary_folder
 
+    if args.workers > 1:  # start the forkserver untimed, or the first run alone would pay for it
+        with temporary_folder("wm-agent-shards-") as folder:
+            DataCollector(args.env, folder, workers=args.workers, episodes_per_shard=1).collect(args.workers,
+                                                                                              progress=False)
     rates: dict[int, list[float]] = {size: [] for size in args.sizes}
     runs = []
     for k in range(args.runs):

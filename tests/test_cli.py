@@ -171,7 +171,8 @@ def test_collect_with_a_vector_env_from_the_command_line(tmp_path, capsys):
 
 def test_help_lists_the_config_docs():
     text = build_parser()._subparsers._group_actions[0].choices["collect"].format_help()
-    assert "--episodes-per-shard" in text and "episodes per shard" in text and "(default: 100)" in text
+    assert "--episodes-per-shard" in text and "episodes per shard" in text and "(default: 100)" in text  # --episodes
+    assert "0 or unset: at least 10" in " ".join(text.split())
 
 
 # -- add_dataclass_args / dataclass_from_args ---------------------------------------------------------

@@ -310,6 +310,10 @@ def test_fewer_shards_than_workers_is_pointed_out_when_planned_not_on_resume(tmp
         collector.collect(5, progress=False)  # 3 shards for 3 workers
         shutil.rmtree(tmp_path / "b" / "shard_00001")
         collector.collect(5, progress=False)  # 1 shard left to redo of a plan that fits the workers
+    # A size the user never chose is explained as the default it is.
+    with pytest.warns(UserWarning, match=r"3 episodes make 1 shard of up to 1000 episodes \(the default for episodes "
+                                         r"of up to 4 steps: few shard files, but little parallelism"):
+        DataCollector("WM-GridWorld-v0", tmp_path / "c", workers=3, max_steps=4).collect(3, progress=False)
 
 
 def test_numpy_integers_count_as_ints(tmp_path):

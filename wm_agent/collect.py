@@ -49,7 +49,7 @@ from gymnasium import spaces
 from wm_agent.config import is_int
 from wm_agent.frames import BLOB, CODEC, OFFSETS, DiscardFrames, FrameArray, FrameWriter, grown
 from wm_agent.progress import progress_bar
-from wm_agent.workers import children_ignore_sigint, death_reason, watch_parent
+from wm_agent.workers import children_ignore_sigint, death_reason, start_method_kept_unset, watch_parent
 
 # wm_agent.io is imported where it is used, by the main process only: it brings torch, whose import
 # (~3 s) would otherwise delay every worker's start.
@@ -666,10 +666,12 @@ class DataCollector:
         self.policy = policy
         self.seed = seed
         self.workers = workers
-        # Chosen here unless given; collect() adopts an existing folder's own size instead.
+        # Chosen here unless given; collect() adopts an existing folder's own size instead (until then this
+        # attribute shows the default a new folder would get).
         self._shard_size_given = episodes_per_shard is not None
+        self._episode_limit = _episode_limit(spec, max_steps)
         self.episodes_per_shard = (int(episodes_per_shard) if self._shard_size_given
-                                   else default_episodes_per_shard(_episode_limit(spec, max_steps)))
+                                   else default_episodes_per_shard(self._episode_limit))
         self.env_kwargs = env_kwargs
         self.max_steps = max_steps
         self.vectorization = vectorization
@@ -716,6 +718,7 @@ class DataCollector:
             raise ValueError(f"{path} is not a wm-agent manifest")
         if not self._shard_size_given and is_int(old.get("episodes_per_shard")) and old["episodes_per_shard"] >= 1:
             self.episodes_per_shard = int(old["episodes_per_shard"])  # e.g. made before the default changed
+            self._shard_size_given = True  # by the folder: no default to explain any more
         mine = self._identity()
         diffs = [f"{k}: {old.get(k)!r} there, {mine[k]!r} now" for k in IDENTITY_KEYS if old.get(k) != mine[k]]
         if diffs:
@@ -781,9 +784,12 @@ class DataCollector:
             return manifest
         if len(plan) < self.workers:
             # A shard is one worker's unit of work: fewer shards than workers leaves workers idle.
+            why = "" if self._shard_size_given else (
+                f" (the default for episodes of up to {self._episode_limit} steps: few shard files, but little "
+                "parallelism for a small collection)")
             warnings.warn(
                 f"{episodes} episodes make {len(plan)} shard{'s' * (len(plan) != 1)} of up to "
-                f"{self.episodes_per_shard} episodes, so only {len(plan)} of {self.workers} workers can run; "
+                f"{self.episodes_per_shard} episodes{why}, so only {len(plan)} of {self.workers} workers can run; "
                 "fewer episodes per shard (episodes_per_shard, "
                 "--episodes-per-shard) would use them all", stacklevel=2)
 
@@ -853,7 +859,8 @@ class DataCollector:
                 futures[future] = task
                 pending.add(future)
 
-        with children_ignore_sigint():  # the workers start here; Ctrl-C reaches them through _terminate
+        # The workers start here; Ctrl-C reaches them through _terminate.
+        with children_ignore_sigint(), start_method_kept_unset():
             for _ in range(2 * self.workers):
                 submit_next()
         # Private, but the executor has no public way to stop running tasks, and a broken pool
@@ -1023,7 +1030,7 @@ def make_vector_env(env_id: str, env_kwargs: dict, num_envs: int, mode: str) -> 
     if mode == "async":
         vector_kwargs["context"] = _mp_context().get_start_method()
     try:
-        with children_ignore_sigint():  # on Ctrl-C, _close_after_failure stops the sub-env processes
+        with children_ignore_sigint(), start_method_kept_unset():  # Ctrl-C: _close_after_failure stops the sub-envs
             return gym.make_vec(env_id, num_envs=num_envs, vectorization_mode=mode, vector_kwargs=vector_kwargs,
                                 **env_kwargs)
     except MAKE_ERRORS as exc:

@@ -3,9 +3,11 @@
 tqdm creates its cross-process lock the first time any bar is made, disabled or not, with
 ``multiprocessing.RLock()``, and that call fixes the default start method for the rest of the program:
 a user who runs ``wm-agent``'s API and then calls ``multiprocessing.set_start_method("spawn")`` would get
-"context has already been set". Creating that lock ourselves from an explicitly named context does
-not fix the default, and tqdm uses the lock it finds. In a worker process no lock is made at all (see
-``_lock_without_fixing_start_method``).
+"context has already been set". Creating that lock ourselves from the ``spawn`` context does not fix
+the default, and tqdm uses the lock it finds; a spawn lock (unlike a fork one) can also be handed to
+workers of any start method, as ``tqdm.contrib.concurrent.process_map`` does. In wm-agent's own worker
+processes no lock is made at all (see ``_lock_without_fixing_start_method``). Starting worker processes
+fixes the default too: ``wm_agent.workers.start_method_kept_unset`` undoes that.
 """
 
 from __future__ import annotations
@@ -23,13 +25,12 @@ def _lock_without_fixing_start_method() -> None:
     if hasattr(TqdmDefaultWriteLock, "mp_lock"):
         return
     if mp.parent_process() is not None:
-        # A worker process: its bars are never shown beside another process's, and a semaphore made
-        # here stays registered when the worker is killed (Ctrl-C, a timeout), so Python warned of
-        # "leaked semaphore objects" after the run. tqdm does without a cross-process lock when it has none.
+        # A worker process (wm-agent's workers only ever make disabled bars): a semaphore made here stays
+        # registered when the worker is killed (Ctrl-C, a timeout), and Python warned of "leaked
+        # semaphore objects" after the run. tqdm does without a cross-process lock when it has none.
         TqdmDefaultWriteLock.mp_lock = None
         return
-    # The method a later default would be: one already set, else the platform's (listed first).
-    method = mp.get_start_method(allow_none=True) or mp.get_all_start_methods()[0]
+    method = "spawn" if "spawn" in mp.get_all_start_methods() else mp.get_all_start_methods()[0]
     try:
         TqdmDefaultWriteLock.mp_lock = mp.get_context(method).RLock()
     except (ImportError, OSError):  # no working semaphores here: tqdm then does without one as well

@@ -21,7 +21,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["children_ignore_sigint", "death_reason", "unguarded_main_script", "watch_parent"]
+__all__ = ["children_ignore_sigint", "death_reason", "start_method_kept_unset", "unguarded_main_script", "watch_parent"]
 
 
 def watch_parent() -> None:
@@ -52,6 +52,20 @@ def children_ignore_sigint() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGINT, previous if previous is not None else signal.SIG_DFL)
+
+
+@contextmanager
+def start_method_kept_unset() -> Iterator[None]:
+    """Start worker processes inside this block and a program that had not chosen a multiprocessing start
+    method still has not afterwards. Starting a spawn or forkserver process fixes the default, even for
+    a pool of an explicit context (CPython asks for the start method while it prepares the child), and a
+    user's later ``set_start_method`` would raise "context has already been set"."""
+    unset = mp.get_start_method(allow_none=True) is None
+    try:
+        yield
+    finally:
+        if unset and mp.get_start_method(allow_none=True) is not None:
+            mp.set_start_method(None, force=True)
 
 
 def _signal_name(number: int) -> str:
