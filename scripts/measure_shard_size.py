@@ -35,7 +35,7 @@ def main() -> None:
     if args.episodes < 1 or args.workers < 1 or args.runs < 1 or min(args.sizes) < 0:
         parser.error("--episodes, --workers and --runs must be >= 1, and --sizes >= 0")
 
-    import wm_agent.io  # noqa: F401  (the collector's manifest writes import torch: not on the clock)
+    import wm_agent.io  # noqa: F401  (what the collector's manifest writes import: not on the clock)
     from wm_agent import DataCollector
     from wm_agent.io import temporary_folder
 

@@ -155,8 +155,8 @@ def benchmark_collect(
         if not isinstance(value, int) or value < 1:
             raise ValueError(f"{label} must be a positive int, got {value!r}")
     env_kwargs = dict(env_kwargs or {})
-    # The collector's main process writes its manifest with wm_agent.io, which imports torch (~3 s).
-    # Like any import of the command itself, that happens before either clock starts.
+    # The collector's main process writes its manifest with wm_agent.io: like any import of the command
+    # itself, that import happens before either clock starts.
     import wm_agent.io  # noqa: F401
 
     load_before = _load()

@@ -51,8 +51,8 @@ from wm_agent.frames import BLOB, CODEC, OFFSETS, DiscardFrames, FrameArray, Fra
 from wm_agent.progress import progress_bar
 from wm_agent.workers import children_ignore_sigint, death_reason, start_method_kept_unset, watch_parent
 
-# wm_agent.io is imported where it is used, by the main process only: it brings torch, whose import
-# (~3 s) would otherwise delay every worker's start.
+# wm_agent.io is imported where it is used, by the main process only: workers never write a manifest,
+# and every import delays each worker's start.
 
 __all__ = [
     "CollectConfig", "CollectionError", "DataCollector", "EpisodeBuffer", "POLICIES", "VECTORIZATIONS", "make_env",
