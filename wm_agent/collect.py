@@ -49,7 +49,7 @@ from gymnasium import spaces
 from wm_agent.config import is_int
 from wm_agent.frames import BLOB, CODEC, OFFSETS, DiscardFrames, FrameArray, FrameWriter, grown
 from wm_agent.progress import progress_bar
-from wm_agent.workers import children_ignore_sigint, death_reason, start_method_kept_unset, watch_parent
+from wm_agent.workers import death_reason, starting_workers, watch_parent
 
 # wm_agent.io is imported where it is used, by the main process only: workers never write a manifest,
 # and every import delays each worker's start.
@@ -860,7 +860,7 @@ class DataCollector:
                 pending.add(future)
 
         # The workers start here; Ctrl-C reaches them through _terminate.
-        with children_ignore_sigint(), start_method_kept_unset():
+        with starting_workers():
             for _ in range(2 * self.workers):
                 submit_next()
         # Private, but the executor has no public way to stop running tasks, and a broken pool
@@ -1030,7 +1030,7 @@ def make_vector_env(env_id: str, env_kwargs: dict, num_envs: int, mode: str) -> 
     if mode == "async":
         vector_kwargs["context"] = _mp_context().get_start_method()
     try:
-        with children_ignore_sigint(), start_method_kept_unset():  # Ctrl-C: _close_after_failure stops the sub-envs
+        with starting_workers():  # on Ctrl-C, _close_after_failure stops the sub-env processes
             return gym.make_vec(env_id, num_envs=num_envs, vectorization_mode=mode, vector_kwargs=vector_kwargs,
                                 **env_kwargs)
     except MAKE_ERRORS as exc:

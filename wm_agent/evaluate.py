@@ -179,18 +179,14 @@ class RolloutWorkers:
         follows each finished worker's share."""
         import concurrent.futures as cf
 
-        from wm_agent.workers import (
-            children_ignore_sigint,
-            death_reason,
-            start_method_kept_unset,
-        )
+        from wm_agent.workers import death_reason, starting_workers
 
         by_params = len(params) > 1
         n = min(self.workers, len(params) if by_params else len(seeds))
         jobs = ([(chunk, list(seeds)) for chunk in np.array_split(params, n)] if by_params else
                 [(params, [int(s) for s in chunk]) for chunk in np.array_split(np.asarray(seeds), n)])
         # The first call starts the workers; Ctrl-C reaches them through close().
-        with children_ignore_sigint(), start_method_kept_unset():
+        with starting_workers():
             futures = {self.pool.submit(rollouts_in_worker, self.checkpoint, self.env_id, p, s, greedy, max_steps):
                        len(p) * len(s) for p, s in jobs}
         # Private, but a broken pool forgets its processes, and their exit statuses say why it broke.

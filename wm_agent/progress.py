@@ -7,7 +7,7 @@ a user who runs ``wm-agent``'s API and then calls ``multiprocessing.set_start_me
 the default, and tqdm uses the lock it finds; a spawn lock (unlike a fork one) can also be handed to
 workers of any start method, as ``tqdm.contrib.concurrent.process_map`` does. In wm-agent's own worker
 processes no lock is made at all (see ``_lock_without_fixing_start_method``). Starting worker processes
-fixes the default too: ``wm_agent.workers.start_method_kept_unset`` undoes that.
+fixes the default too: ``wm_agent.workers.starting_workers`` undoes that.
 """
 
 from __future__ import annotations

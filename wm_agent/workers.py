@@ -21,7 +21,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["children_ignore_sigint", "death_reason", "start_method_kept_unset", "unguarded_main_script", "watch_parent"]
+__all__ = ["children_ignore_sigint", "death_reason", "starting_workers", "unguarded_main_script", "watch_parent"]
 
 
 def watch_parent() -> None:
@@ -55,14 +55,15 @@ def children_ignore_sigint() -> Iterator[None]:
 
 
 @contextmanager
-def start_method_kept_unset() -> Iterator[None]:
-    """Start worker processes inside this block and a program that had not chosen a multiprocessing start
-    method still has not afterwards. Starting a spawn or forkserver process fixes the default, even for
-    a pool of an explicit context (CPython asks for the start method while it prepares the child), and a
-    user's later ``set_start_method`` would raise "context has already been set"."""
+def starting_workers() -> Iterator[None]:
+    """Where every pool or vector env of wm-agent starts its processes: inside ``children_ignore_sigint``,
+    and leaving a start method the program had not chosen unchosen. Starting a spawn or forkserver process
+    fixes the default, even for a pool of an explicit context (CPython asks for the start method while it
+    prepares the child), and a user's later ``set_start_method`` would raise "context has already been set"."""
     unset = mp.get_start_method(allow_none=True) is None
     try:
-        yield
+        with children_ignore_sigint():
+            yield
     finally:
         if unset and mp.get_start_method(allow_none=True) is not None:
             mp.set_start_method(None, force=True)
@@ -118,15 +119,15 @@ def death_reason(processes: Iterable) -> str:
     # not an error of the worker's. The signal, if any was read, says more.
     errors = [code for code in codes if code > 0 and code != 255]
     signals = sorted({-code for code in codes if code < 0})
+    if signals and not errors:  # a signal is no script's doing: no need to read the main script
+        hint = " (out of memory?)" if signal.SIGKILL in signals else ""
+        return f"killed by {', '.join(_signal_name(s) for s in signals)}{hint}"
     script = unguarded_main_script()
     advice = "" if script is None else (
         f"; {script} starts workers outside `if __name__ == \"__main__\":`, and each worker imports the main "
         "script: put the script's work under that line")
     if errors:
         return f"exited with status {errors[0]}: its error is printed above{advice}"
-    if signals:
-        hint = " (out of memory?)" if signal.SIGKILL in signals else ""
-        return f"killed by {', '.join(_signal_name(s) for s in signals)}{hint}"
     if script is not None:  # the status was lost, and an unguarded script is what ends workers unsignalled
         return f"ended, its exit status lost (an error it printed is above){advice}"
     return "killed, or out of memory?"
