@@ -666,11 +666,11 @@ class DataCollector:
         self.policy = policy
         self.seed = seed
         self.workers = workers
-        # Chosen here unless given; collect() adopts an existing folder's own size instead (until then this
-        # attribute shows the default a new folder would get).
-        self._shard_size_given = episodes_per_shard is not None
+        # Fixed by the caller, or by an existing folder when collect() reads its manifest; until then an
+        # unset size is the default a new folder gets.
+        self._shard_size_fixed = episodes_per_shard is not None
         self._episode_limit = _episode_limit(spec, max_steps)
-        self.episodes_per_shard = (int(episodes_per_shard) if self._shard_size_given
+        self.episodes_per_shard = (int(episodes_per_shard) if self._shard_size_fixed
                                    else default_episodes_per_shard(self._episode_limit))
         self.env_kwargs = env_kwargs
         self.max_steps = max_steps
@@ -716,9 +716,9 @@ class DataCollector:
             raise ValueError(f"cannot read {path}: {exc}") from exc
         if not isinstance(old, dict):
             raise ValueError(f"{path} is not a wm-agent manifest")
-        if not self._shard_size_given and is_int(old.get("episodes_per_shard")) and old["episodes_per_shard"] >= 1:
+        if not self._shard_size_fixed and is_int(old.get("episodes_per_shard")) and old["episodes_per_shard"] >= 1:
             self.episodes_per_shard = int(old["episodes_per_shard"])  # e.g. made before the default changed
-            self._shard_size_given = True  # by the folder: no default to explain any more
+            self._shard_size_fixed = True
         mine = self._identity()
         diffs = [f"{k}: {old.get(k)!r} there, {mine[k]!r} now" for k in IDENTITY_KEYS if old.get(k) != mine[k]]
         if diffs:
@@ -784,7 +784,7 @@ class DataCollector:
             return manifest
         if len(plan) < self.workers:
             # A shard is one worker's unit of work: fewer shards than workers leaves workers idle.
-            why = "" if self._shard_size_given else (
+            why = "" if self._shard_size_fixed else (
                 f" (the default for episodes of up to {self._episode_limit} steps: few shard files, but little "
                 "parallelism for a small collection)")
             warnings.warn(

@@ -245,7 +245,8 @@ def _line_panel(surface, rect, title: str, series: list[tuple[str, np.ndarray, n
     x0, y0, w, h = rect
     pygame.draw.rect(surface, WHITE, rect)
     pygame.draw.rect(surface, GRID, rect, 1)
-    series = [(_legend(name, ys), xs[np.isfinite(ys)], ys[np.isfinite(ys)]) for name, xs, ys in series if len(ys)]
+    finite = [np.isfinite(ys) for _, _, ys in series]
+    series = [(_legend(name, ys), xs[ok], ys[ok]) for (name, xs, ys), ok in zip(series, finite) if len(ys)]
     all_y = np.concatenate([s[2] for s in series]) if series else np.zeros(0)
     drawn = [s for s in series if len(s[1])]
     log = bool(len(all_y) and all_y.min() > 0 and all_y.max() / all_y.min() > 50)
@@ -722,9 +723,9 @@ def run_render(cfg: RenderConfig, wm=None) -> dict[str, Any]:
     """Run ``cfg.episodes`` episodes and write them as one video (or show them with ``cfg.human``).
 
     Frames are composed and written one at a time into an mp4, so long episodes do not pile up in
-    memory (a GIF is assembled in memory, one byte per pixel: prefer mp4 for long or many episodes). Returns ``{"out": path
-    or None, "frames": n, "episodes": episodes played (fewer when the window was closed early), "returns",
-    "mode"}``.
+    memory (a GIF is assembled in memory, one byte per pixel: prefer mp4 for long or many episodes).
+    Returns ``{"out": path or None, "frames": n, "episodes": episodes played (fewer when the window was
+    closed early), "returns", "mode"}``.
     """
     from wm_agent.world_model import WorldModel
 
