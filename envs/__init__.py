@@ -3,9 +3,9 @@
 from gymnasium.envs.registration import register, registry
 
 from envs.gridworld import GridWorldEnv
-from envs.wrappers import ImageObservation
+from envs.wrappers import PIXELS_ID, ImageObservation
 
-__all__ = ["GridWorldEnv", "ImageObservation", "register_envs"]
+__all__ = ["GridWorldEnv", "ImageObservation", "PIXELS_ID", "register_envs"]
 
 
 def register_envs() -> None:
@@ -14,6 +14,9 @@ def register_envs() -> None:
         register(id="WM-GridWorld-v0", entry_point="envs.gridworld:GridWorldEnv", max_episode_steps=50)
     if "WM-CarRacing-v0" not in registry:
         register(id="WM-CarRacing-v0", entry_point="envs.car_racing:make_car_racing", max_episode_steps=1000)
+    if PIXELS_ID not in registry:
+        # No time limit of its own: the env it renders keeps its own (collect --pixels records it).
+        register(id=PIXELS_ID, entry_point="envs.wrappers:make_pixel_env")
     if "WM-Dream-v0" not in registry:
         register(
             id="WM-Dream-v0",

@@ -152,3 +152,36 @@ class ImageObservation(gym.ObservationWrapper, gym.utils.RecordConstructorArgs):
             image = Image.fromarray(np.ascontiguousarray(frame))
             frame = np.asarray(image.resize((self.size, self.size), Image.Resampling.BOX))
         return np.ascontiguousarray(frame, dtype=np.uint8)
+
+
+PIXELS_ID = "WM-Pixels-v0"
+
+
+def make_pixel_env(env_id: str, image_size: int = 64, image_crop: Crop | None = None,
+                   render_mode: str | None = "rgb_array", **kwargs) -> gym.Env:
+    """``WM-Pixels-v0``: any env seen through its ``rgb_array`` render, as ``image_size x image_size x 3``
+    uint8 frames.
+
+    ``gym.make("WM-Pixels-v0", env_id="CartPole-v1")`` is ``ImageObservation(gym.make("CartPole-v1",
+    render_mode="rgb_array"), size=64)`` under an id of its own, so a collection of such frames records
+    (as env id and keyword arguments) the very env every later stage rebuilds: ``collect --pixels``.
+    The inner env keeps its own time limit.
+
+    Args:
+        env_id: the env whose renders become the observations (``"module:Id"`` imports its module first).
+        image_size: output side length (not ``size``: that name is left to the inner env, GridWorld's say).
+        image_crop: rows ``(top, bottom)`` or ``(top, bottom, left, right)`` of the render kept before resizing.
+        render_mode: ``"rgb_array"`` (the default, and what None means here): the observations are that
+            render, so no other mode can be had.
+        **kwargs: the inner env's own ``gym.make`` arguments.
+    """
+    if render_mode not in (None, "rgb_array"):
+        raise ValueError(f"{PIXELS_ID} observes the rgb_array render of {env_id}, so its render_mode is "
+                         f"'rgb_array', got {render_mode!r}")
+    env = gym.make(env_id, render_mode="rgb_array", **kwargs)
+    modes = env.metadata.get("render_modes") or []
+    if "rgb_array" not in modes:  # Gymnasium only warns, and render() would then give no frame
+        env.close()
+        raise ValueError(f"{env_id} cannot render rgb_array frames (its render_modes are {modes}), so "
+                         f"{PIXELS_ID} has no pixels to observe")
+    return ImageObservation(env, size=image_size, crop=image_crop)

@@ -35,6 +35,8 @@ NEEDS_KWARGS = {"WM-Dream-v0"}
 from helpers import dream_env_kwargs  # noqa: E402
 
 ENV_KWARGS_FACTORIES["WM-Dream-v0"] = dream_env_kwargs
+# WM-Pixels-v0 observes another env's render: CartPole's, the state-vector env it was made for.
+ENV_KWARGS_FACTORIES["WM-Pixels-v0"] = lambda: {"env_id": "CartPole-v1"}
 
 
 def wm_env_ids() -> list[str]:

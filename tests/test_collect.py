@@ -355,6 +355,85 @@ def test_collect_needs_a_positive_episode_count(tmp_path):
         DataCollector("WM-GridWorld-v0", tmp_path).collect(0)
 
 
+# -- --pixels: the rendered frames of a state-vector env --------------------------------------------
+PIXELS_TINY = ["--episodes", "3", "--max-steps", "2", "--episodes-per-shard", "1", "--workers", "1", "--no-progress"]
+
+
+def test_pixels_collects_a_state_vector_envs_rendered_frames_that_later_stages_rebuild(tmp_path, capsys):
+    from helpers import tiny_config
+
+    from wm_agent.cli import main
+    from wm_agent.dataset import EpisodeDataset
+    from wm_agent.latent_env import LatentObservation, check_data_fits
+    from wm_agent.train import action_overrides
+    from wm_agent.world_model import WorldModel
+
+    out = tmp_path / "cartpole"
+    assert main(["collect", "--env", "CartPole-v1", "--pixels", "--out", str(out), *PIXELS_TINY]) == 0
+    assert "3 episodes, 9 frames, 6 steps in 3 shards of WM-Pixels-v0" in capsys.readouterr().out
+    ds = EpisodeDataset(out)
+    # The env and its wrapper are recorded as what gym.make rebuilds, CartPole's own episode limit with them
+    assert ds.env_id == "WM-Pixels-v0"
+    assert ds.identity["env_kwargs"] == {"env_id": "CartPole-v1", "max_episode_steps": 500}
+    frames = ds.frames(np.arange(ds.num_frames))
+    assert frames.shape == (9, 64, 64, 3) and frames.dtype == np.uint8
+    assert frames.min() < frames.max()  # a picture (CartPole's cart and pole on white), not a blank
+    assert ds.action_space == spaces.Discrete(2)
+
+    # A world model built from this data as train-vae builds it trains on it like on any other (V, then M)
+    # and rebuilds the same env: LatentObservation accepts it, and an episode's reset seed gives back the
+    # frame stored for it.
+    wm = WorldModel(tiny_config(**action_overrides(ds.action_space)), ds.env_id, "cpu", ds.identity["env_kwargs"])
+    check_data_fits(ds, wm, "the model")
+    assert wm.train_vae(frames, epochs=1, batch_size=9)
+    episodes = [ds.episode(i) for i in range(ds.num_episodes)]
+    sequences = {key: np.stack([ep[key] for ep in episodes]) for key in ("obs", "actions", "rewards")}
+    sequences["dones"] = np.stack([ep["terminated"] for ep in episodes])
+    assert wm.train_rnn(sequences, epochs=1, batch_size=3)
+    assert wm.episode_limit() == 500  # dreams end where CartPole's episodes do
+    env = wm.make_env()
+    first_seed = int(shard_rngs(0, 0, 1)[0][0])
+    np.testing.assert_array_equal(env.reset(seed=first_seed)[0], ds.frames(np.array([0]))[0])
+    obs, info = LatentObservation(env, wm).reset(seed=first_seed)
+    assert obs.shape == (wm.config.z_size + wm.config.hidden_size,)
+    np.testing.assert_array_equal(info["frame"], frames[0])
+
+    # Spelled out instead of --pixels, the same settings: a re-run resumes (here: finds it complete)
+    again = DataCollector("WM-Pixels-v0", out, env_kwargs=ds.identity["env_kwargs"], max_steps=2)
+    assert again.collect(3, progress=False)["episodes"] == 3 and again.stats["shards"] == 0
+    # and a vector env of the pixel env writes the same bytes
+    DataCollector("CartPole-v1", tmp_path / "sync", max_steps=2, workers=2, vectorization="sync", episodes_per_shard=1,
+                  pixels=True).collect(3, progress=False)
+    assert _files(tmp_path / "sync") == _files(out)
+
+
+def test_without_pixels_a_state_vector_env_is_refused_pointing_to_pixels(tmp_path, capsys):
+    from wm_agent.cli import main
+
+    with pytest.raises(ValueError, match=r"must observe \(H, W, 3\) uint8 images.*pixels \(--pixels\)"):
+        DataCollector("CartPole-v1", tmp_path / "api")
+    assert main(["collect", "--env", "CartPole-v1", "--out", str(tmp_path / "cli"), *PIXELS_TINY]) == 1
+    err = capsys.readouterr().err
+    assert "--pixels" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("env_id, env_kwargs, message", [
+    # its observations are already frames: its render is another picture (CarRacing's zoomed-out view)
+    ("WM-GridWorld-v0", {}, r"already observes \(64, 64, 3\) uint8 images.*drop it"),
+    ("CartPole-v1", {"render_mode": "human"}, "not render_mode 'human': drop render_mode"),
+])
+def test_pixels_with_an_image_env_or_another_render_mode_is_refused(tmp_path, capsys, env_id, env_kwargs, message):
+    from wm_agent.cli import main
+
+    with pytest.raises(ValueError, match=message):
+        DataCollector(env_id, tmp_path / "api", env_kwargs=env_kwargs, pixels=True)
+    argv = ["collect", "--env", env_id, "--pixels", "--env-kwargs", json.dumps(env_kwargs),
+            "--out", str(tmp_path / "cli")]
+    assert main([*argv, *PIXELS_TINY]) == 1
+    assert "pixels (--pixels)" in capsys.readouterr().err
+    assert not (tmp_path / "cli").exists()  # refused before a folder was made
+
+
 # -- policies ---------------------------------------------------------------------------------------
 def _actions(tmp_path: Path, env_id: str, policy: str) -> tuple[np.ndarray, np.ndarray]:
     manifest = DataCollector(env_id, tmp_path / policy, policy=policy, episodes_per_shard=10).collect(
@@ -403,7 +482,7 @@ def test_collect_config_defaults_match_the_collector():
 
     signature = inspect.signature(DataCollector.__init__).parameters
     config = CollectConfig(out="x")
-    for name in ("policy", "seed", "workers", "episodes_per_shard", "max_steps", "vectorization"):
+    for name in ("policy", "seed", "workers", "episodes_per_shard", "max_steps", "vectorization", "pixels"):
         assert getattr(config, name) == signature[name].default, name
 
 

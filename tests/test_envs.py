@@ -19,7 +19,7 @@ ENV_IDS = wm_env_ids()
 
 
 def test_the_generic_tests_cover_gridworld_and_car_racing():
-    assert {"WM-GridWorld-v0", "WM-CarRacing-v0"} <= set(ENV_IDS)
+    assert {"WM-GridWorld-v0", "WM-CarRacing-v0", "WM-Pixels-v0"} <= set(ENV_IDS)
 
 
 # -- every WM-* env ---------------------------------------------------------------------------------
@@ -133,6 +133,37 @@ def test_make_with_module_prefix_imports_envs():
     env = gym.make("envs:WM-GridWorld-v0")
     obs, _ = env.reset(seed=0)
     assert obs.shape == (64, 64, 3)
+
+
+# -- WM-Pixels-v0 -----------------------------------------------------------------------------------
+def test_pixels_env_is_the_image_observation_of_the_render():
+    env = gym.make("WM-Pixels-v0", env_id="CartPole-v1")
+    by_hand = ImageObservation(gym.make("CartPole-v1", render_mode="rgb_array"))
+    obs, _ = env.reset(seed=5)
+    np.testing.assert_array_equal(obs, by_hand.reset(seed=5)[0])
+    np.testing.assert_array_equal(env.step(1)[0], by_hand.step(1)[0])
+    assert env.spec.max_episode_steps == 500  # CartPole's own limit still ends its episodes
+    assert gym.make("WM-Pixels-v0", env_id="CartPole-v1", image_size=32).reset(seed=0)[0].shape == (32, 32, 3)
+
+
+def test_pixels_env_refuses_other_render_modes_and_envs_that_cannot_render_frames():
+    with pytest.raises(ValueError, match="render_mode is 'rgb_array', got 'human'"):
+        gym.make("WM-Pixels-v0", env_id="CartPole-v1", render_mode="human")
+    if "WMTest-NoFrames-v0" not in gym.registry:
+        gym.register("WMTest-NoFrames-v0", entry_point=f"{__name__}:_NoFramesEnv")
+    # Gymnasium only warns of the mode the env lacks; the factory refuses
+    with pytest.warns(UserWarning, match="not in the possible render_modes"), \
+            pytest.raises(ValueError, match="cannot render rgb_array frames"):
+        gym.make("WM-Pixels-v0", env_id="WMTest-NoFrames-v0")
+
+
+class _NoFramesEnv(gym.Env):
+    metadata = {"render_modes": ["human"]}
+
+    def __init__(self, render_mode=None):
+        self.render_mode = render_mode
+        self.observation_space = spaces.Box(-1, 1, (2,), np.float32)
+        self.action_space = spaces.Discrete(2)
 
 
 # -- ImageObservation -------------------------------------------------------------------------------

@@ -397,8 +397,73 @@ def test_conv_heads_read_cells_as_codes():
     assert grid.shape[1] == cfg.num_embeddings  # one channel per code, not per latent dimension
     snapped = rnn.codebook[rnn.codebook.new_zeros(cfg.latent_grid**2, dtype=torch.long) + 3].flatten()[None]
     torch.testing.assert_close(rnn._grid(snapped + 0.01)[0, :, 0, 0], torch.eye(cfg.num_embeddings)[3], atol=1e-3, rtol=0)
-    bare = MDNRNN(cfg)
+    assert rnn.reads_codes and not MDNRNN(tiny_config(rnn_reads_codes=False), rnn.codebook).reads_codes
+    rnn.codebook = None  # taken away after it was built to read codes: said, not a shape error deep in a conv
     with pytest.raises(ValueError, match="codebook"):
-        bare(z, a)
-    raw = MDNRNN(tiny_config(rnn_reads_codes=False))  # the plain variant needs none
-    assert raw(z, a)[0]["mu"].shape[-1] == cfg.z_size
+        rnn(z, a)
+
+
+def test_without_a_codebook_the_conv_heads_read_raw_latents():
+    """No codebook, no codes to read: a bare MDNRNN(config) reads latents whatever rnn_reads_codes says."""
+    cfg = tiny_config()
+    assert cfg.rnn_reads_codes
+    bare = MDNRNN(cfg)
+    assert not bare.reads_codes
+    z, a = _inputs(bare)
+    assert bare._grid(z.reshape(-1, cfg.z_size)).shape[1] == cfg.latent_dim  # one channel per latent dimension
+    assert bare(z, a)[0]["mu"].shape[-1] == cfg.z_size
+
+
+# -- the paper's standalone M: `rnn = MDNRNN(config); mdn_params, hidden = rnn(z, actions, hidden)` ------
+def _default_rnn_and_inputs():
+    from wm_agent.config import WorldModelConfig
+
+    cfg = WorldModelConfig()  # rnn_reads_codes=True by default, and no codebook given
+    torch.manual_seed(0)
+    rnn = MDNRNN(cfg)
+    g = torch.Generator().manual_seed(1)
+    z = torch.randn(B, T, cfg.z_size, generator=g)
+    actions = torch.randint(0, cfg.action_dim, (B, T), generator=g)
+    return rnn, z, actions
+
+
+def test_a_bare_mdnrnn_of_the_default_config_runs_forward():
+    rnn, z, actions = _default_rnn_and_inputs()
+    cfg = rnn.config
+    k, h = cfg.num_mixtures, cfg.hidden_size
+    params, hidden = rnn(z, actions)
+    assert params["pi"].shape == params["log_pi"].shape == (B, T, k)
+    for name in ("mu", "sigma", "log_sigma"):
+        assert params[name].shape == (B, T, k, cfg.z_size), name
+    assert params["reward"].shape == params["done_logit"].shape == (B, T)
+    assert hidden[0].shape == hidden[1].shape == (1, B, h)
+    assert all(torch.isfinite(v).all() for v in params.values())
+    torch.testing.assert_close(params["pi"].sum(-1), torch.ones(B, T))
+    # the hidden state carries on: two halves give what one call over the whole sequence gives
+    first, mid = rnn(z[:, :1], actions[:, :1])
+    rest, end = rnn(z[:, 1:], actions[:, 1:], mid)
+    torch.testing.assert_close(torch.cat([first["mu"], rest["mu"]], 1), params["mu"])
+    torch.testing.assert_close(end[0], hidden[0])
+
+
+def test_a_bare_mdnrnn_of_the_default_config_samples_and_dreams():
+    rnn, z, actions = _default_rnn_and_inputs()
+    cfg = rnn.config
+    params, hidden = rnn(z, actions)
+    gen = torch.Generator().manual_seed(0)
+    sample = MDNRNN.sample(params["pi"][:, -1], params["mu"][:, -1], params["sigma"][:, -1], 1.0, gen)
+    assert sample.shape == (B, cfg.z_size) and torch.isfinite(sample).all()
+    # A dream step needs a snap onto some codebook (here a random one), as WorldModel.snap gives.
+    codebook = torch.randn(cfg.num_embeddings, cfg.latent_dim, generator=gen)
+
+    def snap(latents):
+        cells = latents.reshape(-1, cfg.latent_dim)
+        codes = torch.cdist(cells, codebook).argmin(-1)
+        return codes.view(-1, cfg.latent_grid, cfg.latent_grid), codebook[codes].reshape(-1, cfg.z_size)
+
+    codes, z0 = snap(z[:, 0])
+    z1, codes1, reward, done_p, hidden = rnn.dream_step(z0, codes, actions[:, 0], None, 1.0, gen, snap)
+    assert z1.shape == (B, cfg.z_size) and codes1.shape == (B, cfg.latent_grid, cfg.latent_grid)
+    assert reward.shape == done_p.shape == (B,) and ((0 <= done_p) & (done_p <= 1)).all()
+    assert hidden[0].shape == (1, B, cfg.hidden_size)
+    rnn.dream_step(z1, codes1, actions[:, 1], hidden, 0.0, gen, snap)  # and on from there, at temperature 0

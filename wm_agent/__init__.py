@@ -9,7 +9,7 @@ for importing torch until a class that needs it is asked for.
 import importlib as _importlib
 from pathlib import Path as _Path
 
-import envs as _envs  # registers WM-GridWorld-v0, WM-CarRacing-v0, WM-Dream-v0
+import envs as _envs  # registers WM-GridWorld-v0, WM-CarRacing-v0, WM-Pixels-v0, WM-Dream-v0
 
 # A project's own envs/ package (a common folder name in RL code) found first on sys.path would take the
 # place of ours: nothing would be registered, and gym.make("WM-GridWorld-v0") would fail far from the cause.

@@ -46,6 +46,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
+from envs import PIXELS_ID
 from wm_agent.config import is_int
 from wm_agent.frames import BLOB, CODEC, OFFSETS, DiscardFrames, FrameArray, FrameWriter, grown
 from wm_agent.progress import progress_bar
@@ -56,7 +57,7 @@ from wm_agent.workers import death_reason, starting_workers, watch_parent
 
 __all__ = [
     "CollectConfig", "CollectionError", "DataCollector", "EpisodeBuffer", "POLICIES", "VECTORIZATIONS", "make_env",
-    "make_policy", "make_vector_env", "run_episodes", "shard_rngs",
+    "make_policy", "make_vector_env", "pixel_env", "run_episodes", "shard_rngs",
 ]
 
 # The choices, once: the configs' Literal types (and so the CLI's choices) and the checks both read these.
@@ -345,6 +346,46 @@ def make_env(env_id: str, env_kwargs: dict) -> gym.Env:
         raise ValueError(f"cannot make env {env_id!r} with {env_kwargs}: {type(exc).__name__}: {exc}") from exc
 
 
+def _observes_frames(space: gym.Space) -> bool:
+    """Whether observations are what a shard stores: (H, W, 3) uint8 images."""
+    return (isinstance(space, spaces.Box) and space.dtype == np.uint8 and len(space.shape) == 3
+            and space.shape[-1] == 3)
+
+
+# make_pixel_env's own keyword arguments: the rest of --env-kwargs is the rendered env's
+_PIXEL_ENV_ARGS = ("image_size", "image_crop", "render_mode")
+
+
+def pixel_env(env_id: str, env_kwargs: dict) -> tuple[str, dict]:
+    """The env id and ``gym.make`` keyword arguments that ``pixels=True`` (``--pixels``) collects from:
+    ``env_id``'s rgb_array render as 64x64 frames, i.e. ``WM-Pixels-v0`` with ``env_id`` among its keyword
+    arguments. The manifest records both, so later stages (``WorldModel.make_env``, hence
+    ``LatentObservation``) rebuild the same env.
+
+    ``env_id``'s own time limit goes into them too, as ``max_episode_steps`` (unless ``env_kwargs`` sets
+    one): ``WM-Pixels-v0`` has none registered, and dreams and evaluation read an episode's length from
+    there. An env that already observes images is refused: its observations are collected as they are,
+    and its render (CarRacing's zoomed-out view, say) is another picture than the one it observes.
+    """
+    mode = env_kwargs.get("render_mode")
+    if mode not in (None, "rgb_array"):
+        raise ValueError(f"pixels (--pixels) collects the rgb_array render of {env_id}, not render_mode {mode!r}: "
+                         "drop render_mode from env_kwargs (--env-kwargs)")
+    env = make_env(env_id, {k: v for k, v in env_kwargs.items() if k not in _PIXEL_ENV_ARGS})
+    try:
+        space, spec = env.observation_space, env.spec
+    finally:
+        env.close()
+    if _observes_frames(space):
+        raise ValueError(f"{env_id} already observes {space.shape} uint8 images, which are collected as they are; "
+                         "pixels (--pixels) is for envs whose observations are not images (it collects their "
+                         "rgb_array render instead): drop it")
+    kwargs = {"env_id": env_id, **env_kwargs}
+    if "max_episode_steps" not in kwargs and spec is not None and spec.max_episode_steps:
+        kwargs["max_episode_steps"] = int(spec.max_episode_steps)
+    return PIXELS_ID, kwargs
+
+
 def _cached_env(env_id: str, env_kwargs: dict, capacity: Callable[[gym.Env], int]
                 ) -> tuple[gym.Env, EpisodeBuffer]:
     """One env and one episode buffer per process and configuration: building CarRacing is not
@@ -593,7 +634,7 @@ class DataCollector:
 
     Args:
         env_id: a registered Gymnasium id (``"WM-GridWorld-v0"``, ``"WM-CarRacing-v0"``, or
-            ``"module:Id"``); the env must emit ``(H, W, 3)`` uint8 observations.
+            ``"module:Id"``); the env must emit ``(H, W, 3)`` uint8 observations, unless ``pixels``.
         out_dir: output folder; re-running into it resumes, a different configuration is refused.
         policy: ``"random"`` (uniform actions) or ``"brownian"`` (clipped random walk for Box actions,
             actions held 1..8 steps for Discrete ones).
@@ -611,6 +652,9 @@ class DataCollector:
             sub-envs, stepped in lockstep by this process; per-step messages make it slower for fast
             envs like GridWorld, but any env ``gym.make_vec`` can build works. All three write the same
             shards for the same seed.
+        pixels: collect ``env_id``'s ``rgb_array`` render as 64x64 frames, for an env whose observations
+            are not images (``CartPole-v1``). The data is then recorded as ``WM-Pixels-v0`` with ``env_id``
+            in its keyword arguments (``env_id`` and ``env_kwargs`` as ``pixel_env`` gives them).
     """
 
     def __init__(
@@ -624,6 +668,7 @@ class DataCollector:
         env_kwargs: dict | None = None,
         max_steps: int | None = None,
         vectorization: str = "processes",
+        pixels: bool = False,
     ):
         if policy not in POLICIES:
             raise ValueError(f"policy must be one of {POLICIES}, got {policy!r}")
@@ -647,17 +692,18 @@ class DataCollector:
             env_kwargs = json.loads(json.dumps(env_kwargs))  # the manifest stores them as JSON
         except TypeError as exc:
             raise ValueError(f"env_kwargs must be JSON-serialisable: {exc}") from None
+        if pixels:
+            env_id, env_kwargs = pixel_env(env_id, env_kwargs)
 
         env = make_env(env_id, env_kwargs)
         try:
             obs_space, action_space, spec = env.observation_space, env.action_space, env.spec
         finally:
             env.close()
-        if not (isinstance(obs_space, spaces.Box) and obs_space.dtype == np.uint8
-                and len(obs_space.shape) == 3 and obs_space.shape[-1] == 3):
+        if not _observes_frames(obs_space):
             raise ValueError(
-                f"{env_id} must observe (H, W, 3) uint8 images, got {obs_space}; "
-                "wrap it in envs.ImageObservation"
+                f"{env_id} must observe (H, W, 3) uint8 images, got {obs_space}; set {_named('pixels')} to "
+                "collect its rgb_array render as 64x64 frames, or wrap it in envs.ImageObservation"
             )
         _check_action_space(action_space)
 
@@ -686,7 +732,7 @@ class DataCollector:
                    episodes_per_shard=config.episodes_per_shard or None,  # 0: sized by the env's limit
                    env_kwargs=config.env_kwargs,
                    max_steps=config.max_steps or None,  # as everywhere on the command line: 0 = the env's limit
-                   vectorization=config.vectorization)
+                   vectorization=config.vectorization, pixels=config.pixels)
 
     # -- manifest ---------------------------------------------------------------------------------
     def _identity(self) -> dict:
@@ -1099,7 +1145,8 @@ def _set_shards(manifest: dict, shards: list[dict]) -> None:
 @dataclass
 class CollectConfig:
     out: str = field(metadata={"help": "output folder (re-running the same command resumes into it)"})
-    env: str = field(default="WM-GridWorld-v0", metadata={"help": "Gymnasium env id with 64x64x3 uint8 frames"})
+    env: str = field(default="WM-GridWorld-v0", metadata={"help": "Gymnasium env id with 64x64x3 uint8 frames "
+                                                                  "(any env that renders rgb_array with --pixels)"})
     episodes: int = field(default=100, metadata={"help": "episodes the folder should hold"})
     workers: int = field(default=1, metadata={"help": "parallel envs: worker processes (1 = collect in this "
                                                         "process), or sub-envs with --vectorization async|sync"})
@@ -1119,3 +1166,8 @@ class CollectConfig:
                                               "limit); dreams and evaluation keep the env's own limit: to change "
                                               "that, pass max_episode_steps in --env-kwargs"})
     env_kwargs: dict = field(default_factory=dict, metadata={"help": "JSON object of gym.make keyword arguments"})
+    pixels: bool = field(
+        default=False, metadata={"help": "collect the env's rgb_array render as 64x64 frames, for envs whose "
+                                         "observations are not images (CartPole-v1); the data then names env "
+                                         "WM-Pixels-v0 with env_id ENV in its env_kwargs: the env later stages "
+                                         "rebuild"})

@@ -177,7 +177,8 @@ class WorldModelConfig:
     context_channels: int = doc("channels through which the LSTM state enters the conv head", 16,
                                 bounds=SIZE)
     rnn_reads_codes: bool = doc("M's conv heads read each latent cell as its code (one-hot over the codebook) "
-                                "instead of its raw latent vector", True)
+                                "instead of its raw latent vector; only an M built with V's codebook can (WorldModel's "
+                                "M always is; a bare MDNRNN(config) reads raw latents)", True)
     num_mixtures: int = doc("Gaussian components of the MDN head", 5, bounds=SIZE)
     learning_rate: float = doc("Adam learning rate for V and M", 3e-3, bounds=POSITIVE)
     channels: tuple[int, ...] = doc("conv channels of the VQ-VAE encoder, one per stride-2 stage", (16, 32, 32),

@@ -28,6 +28,10 @@ class MDNRNN(nn.Module):
     or writes new content: most of a frame stays as it was from one step to the next, so the network
     only has to learn what moves. ``log_sigma`` is squashed into
     ``[min_log_sigma, max_log_sigma]`` so the NLL stays bounded on deterministic data.
+
+    The conv heads read each cell as its code (``reads_codes``) when built with V's ``codebook`` and a
+    config with ``rnn_reads_codes`` (WorldModel passes its codebook); built without one, ``MDNRNN(config)``
+    reads the cells' raw latent vectors.
     """
 
     def __init__(self, config: WorldModelConfig, codebook: torch.Tensor | None = None):
@@ -36,9 +40,13 @@ class MDNRNN(nn.Module):
         # V's codebook, shared (not copied): with ``rnn_reads_codes`` the conv heads see each cell as
         # its code (see ``vqvae.code_memberships``). WorldModel passes its own.
         self.codebook = codebook
+        # Codes cannot be read without the codebook that defines them, so a bare MDNRNN(config) (the
+        # paper's standalone M, the default config included) reads raw latents instead of refusing.
+        # Fixed here: the conv heads' input channels depend on it.
+        self.reads_codes = config.rnn_reads_codes and codebook is not None
         z, k, a, h = config.z_size, config.num_mixtures, config.action_dim, config.hidden_size
         d, c = config.latent_dim, config.head_hidden
-        read = config.num_embeddings if config.rnn_reads_codes else d  # channels per cell the conv heads read
+        read = config.num_embeddings if self.reads_codes else d  # channels per cell the conv heads read
         self.input = nn.Linear(z + a, h)
         self.lstm = nn.LSTM(h, h, batch_first=True)
         # The mixture means come from a small conv net over the latent grid: what happens to a cell
@@ -121,10 +129,10 @@ class MDNRNN(nn.Module):
     def _grid(self, z: torch.Tensor) -> torch.Tensor:
         """What the conv heads read: (n, channels, g, g), the cells' codes or their raw latents."""
         cells = self._cells(z)
-        if self.config.rnn_reads_codes:
-            if self.codebook is None:
-                raise ValueError("this MDN-RNN reads cells as codes (rnn_reads_codes): build it with the VQ-VAE's "
-                                 "codebook (WorldModel does this)")
+        if self.reads_codes:
+            if self.codebook is None:  # taken away after construction
+                raise ValueError("this MDN-RNN was built to read cells as codes, but its codebook is now None: "
+                                 "give it back the VQ-VAE's codebook")
             cells = code_memberships(cells, self.codebook)
         return cells.permute(0, 3, 1, 2)
 
@@ -199,7 +207,7 @@ class MDNRNN(nn.Module):
         z1, a1 = z[:, None], actions[:, None]
         a, out, hidden = self._recur(z1, a1, hidden)
         # Dream latents are codes, so the conv nets' first layer reads the indices (factored).
-        params = self._heads_from_codes(z1, codes, a, out) if self.config.rnn_reads_codes else self._heads(z1, a, out)
+        params = self._heads_from_codes(z1, codes, a, out) if self.reads_codes else self._heads(z1, a, out)
         codes_next, z_next = snap(self.sample(params["pi"][:, 0], params["mu"][:, 0], params["sigma"][:, 0],
                                               temperature, generator))
         return z_next, codes_next, params["reward"][:, 0], torch.sigmoid(params["done_logit"][:, 0]), hidden
