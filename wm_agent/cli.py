@@ -205,9 +205,14 @@ JOBS = [
     ("demo", "demo", "DemoConfig", "run_demo", False,
      "the whole GridWorld pipeline: collect, V, M, C in the dream, evaluate, figures and videos"),
 ]
+# (name, module, config class, function, help)
 BENCHMARKS = [
-    ("train", "BenchmarkTrainConfig", "benchmark_train", "VQ-VAE images/s of wm-agent's pipeline vs a bare PyTorch loop"),
-    ("dream", "BenchmarkDreamConfig", "benchmark_dream", "batched dream steps/s vs the real GridWorld and CarRacing"),
+    ("train", "benchmark", "BenchmarkTrainConfig", "benchmark_train",
+     "VQ-VAE images/s of wm-agent's pipeline vs a bare PyTorch loop"),
+    ("dream", "benchmark", "BenchmarkDreamConfig", "benchmark_dream",
+     "batched dream steps/s vs the real GridWorld and CarRacing"),
+    ("seeds", "seed_sweep", "BenchmarkSeedsConfig", "benchmark_seeds",
+     "the GridWorld demo for each seed under two CPU kernel paths: the per-run table with min / median / max"),
 ]
 
 
@@ -256,7 +261,8 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
             sub = commands.add_parser(name, help=help_text)
         sub.set_defaults(func=_job(module, config, func, emit_json))
 
-    benchmark = commands.add_parser("benchmark", help="measure throughput", description="Throughput checks.")
+    benchmark = commands.add_parser("benchmark", help="measure throughput, or learning over seeds",
+                                    description="Throughput checks, and the demo's result over seeds and CPU kernels.")
     benchmarks = benchmark.add_subparsers(dest="benchmark", required=True, metavar="WHAT")
     bench_collect = benchmarks.add_parser(
         "collect", help="collector frames/s against workers x the single-env rate, in one run",
@@ -264,10 +270,10 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
                     "processes (start-up and disk writes included), and print their ratio.")
     add_dataclass_args(bench_collect, BenchmarkCollectConfig, title="benchmark")
     bench_collect.set_defaults(func=_cmd_benchmark_collect)
-    for name, config, func, help_text in BENCHMARKS:
+    for name, module, config, func, help_text in BENCHMARKS:
         sub = benchmarks.add_parser(name, help=help_text, description=help_text)
-        add_dataclass_args(sub, getattr(importlib.import_module("wm_agent.benchmark"), config), title="benchmark")
-        sub.set_defaults(func=_job("benchmark", config, func, summary=False))
+        add_dataclass_args(sub, getattr(importlib.import_module(f"wm_agent.{module}"), config), title="benchmark")
+        sub.set_defaults(func=_job(module, config, func, summary=False))
     for sub in _subcommand_parsers(parser):
         # Also after the subcommand; SUPPRESS keeps an earlier `wm-agent --debug` from being reset.
         sub.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,

@@ -18,6 +18,7 @@ from gymnasium import spaces
 from gymnasium.vector import AutoresetMode, VectorEnv
 
 from wm_agent.config import is_int
+from wm_agent.controller import choose_actions
 from wm_agent.world_model import WorldModel, checked_temperature, one_torch_thread
 
 
@@ -149,6 +150,52 @@ class DreamBatch:
     @torch.no_grad()
     def frames(self) -> np.ndarray:
         return self.wm.decode(self.z)
+
+
+@torch.no_grad()
+def dream_fitness(wm: WorldModel, params: np.ndarray, rollouts: int, temperature: float, max_steps: int,
+                  greedy: bool, rng: np.random.Generator) -> np.ndarray:
+    """Mean dream return of each row of ``params`` (P, n) over ``rollouts`` episodes, all batched.
+
+    Every candidate meets the same ``rollouts`` start frames and, in its r-th rollout, draws its actions
+    from the same uniform numbers as every other candidate's r-th rollout (common random numbers): two
+    candidates that act alike then score alike, so differences in fitness come from the controllers,
+    not from luckier starts or luckier action samples, and CMA-ES ranks them with far less noise. That
+    holds exactly at temperature 0; above it the dream's own next-frame draws come from one stream for
+    the whole batch, so two like candidates meet different dreams and score close, not equal.
+    """
+    p = len(params)
+    n = p * rollouts
+    batch = DreamBatch(wm, n, temperature)
+    starts = rng.integers(len(wm.start_codes), size=rollouts)
+    codes = wm.start_codes[np.tile(starts, p)]
+    batch.set_codes(codes)
+    gen = torch.Generator().manual_seed(int(rng.integers(2**62)))
+    theta = torch.as_tensor(params, dtype=torch.float32, device=wm.device).repeat_interleave(rollouts, 0)
+    controller = wm.controller
+    returns = torch.zeros(n, device=wm.device)
+    # Expected return under the model's own termination probabilities: each reward counts with the
+    # probability that the episode is still running. A hard "done if p > 0.5" lets a controller farm
+    # a state the model gives a goal-sized reward but only p = 0.4 of ending, step after step.
+    survival = torch.ones(n, device=wm.device)
+    rows = torch.arange(n, device=wm.device)  # which episodes the batch still holds
+    uniforms = torch.rand(max_steps, rollouts, generator=gen).to(wm.device)  # per (step, rollout)
+    for t in range(max_steps):
+        out = controller.batched(theta, controller.normalize(batch.observation()))
+        actions = choose_actions(out, wm.config.discrete_actions, greedy, gen, uniforms[t, rows % rollouts])
+        reward, done_p = batch.step(actions, gen)
+        returns[rows] += reward * survival
+        survival = survival * (1.0 - done_p)
+        # Episodes that have ended (all but surely) leave the batch: a good controller's episodes are short,
+        # so later generations step far fewer dreams.
+        running = survival >= 1e-3
+        if not running.all():
+            if not running.any():
+                break
+            keep = running.nonzero().squeeze(1)
+            batch.keep(keep)
+            rows, survival, theta = rows[keep], survival[keep], theta[keep]
+    return returns.view(p, rollouts).mean(1).cpu().numpy()
 
 
 class DreamEnv(gym.Env):

@@ -12,6 +12,7 @@ import torch
 
 from wm_agent.config import check_settings, doc
 from wm_agent.controller import choose_actions, env_action
+from wm_agent.dream_env import dream_fitness
 from wm_agent.latent_env import LatentObservation, check_data_fits, check_env_fits
 from wm_agent.progress import progress_bar
 from wm_agent.sampling import EpisodeUniforms
@@ -364,3 +365,30 @@ def eval_dream(cfg: EvalDreamConfig, wm: WorldModel | None = None) -> dict:
     result.update(fidelity)
     result["dream_fidelity_steps"] = fidelity["fidelity_steps"]
     return result
+
+
+# -- dream vs real ------------------------------------------------------------------------------------
+@torch.no_grad()
+def dream_vs_real(wm: WorldModel, env_id: str, episodes: int, seed: int, temperature: float, dream_seed: int = 0
+                  ) -> dict[str, float]:
+    """Is the dream paying what the real env pays? The controller's mean dream return (``episodes``
+    dreams at ``temperature``, scored as the CMA-ES search scores it), and a uniformly random policy's
+    mean return in the dream and in the real env on the layouts reset with ``seed .. seed + episodes - 1``.
+
+    The random policy is the controller with all parameters zero (every logit 0: uniform over the
+    discrete actions), so both policies run through the same code paths in the dream and the real env.
+    """
+    if not wm.config.discrete_actions:
+        raise ValueError("dream_vs_real's random policy is uniform over discrete actions; this model's are continuous")
+    trained = wm.controller.get_flat()
+    uniform = np.zeros_like(trained)
+    dream = dream_fitness(wm, np.stack([trained, uniform]), episodes, temperature, wm.episode_limit(env_id),
+                          False, np.random.default_rng(dream_seed))
+    envs = [wm.make_env(env_id) for _ in range(episodes)]
+    try:
+        real = rollout_batch(wm, envs, uniform[None], [seed + i for i in range(episodes)], greedy=False)
+    finally:
+        for env in envs:
+            env.close()
+    return {"dream_return": float(dream[0]), "random_dream_return": float(dream[1]),
+            "random_return": float(real["return"].mean()), "random_success_rate": float(real["success"].mean())}

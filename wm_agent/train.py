@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import itertools
 import json
+import math
 import os
 import signal
 import time
@@ -259,19 +260,28 @@ def fit_vae(wm: WorldModel, make_batches: Batches, epochs: int, seed: int = 0, p
 def fit_rnn(wm: WorldModel, make_batches: Batches, epochs: int, seed: int = 0, progress: bool = True,
             on_epoch_end: Callable[[int, dict], None] | None = None, clip: float = 1.0,
             events: float = 1.0, batches_per_epoch: int | None = None, samples: int | None = None,
-            where: str = "this world model") -> list[dict]:
+            where: str = "this world model", lr_floor: float = 1.0, total_epochs: int | None = None) -> list[dict]:
     """Train M on batches of code sequences (see ``sequence_batches_from_arrays``), continuing like
     ``fit_vae``; ``events`` weights terminal transitions in the reward/done losses (1 = unweighted, the
     default everywhere: up-weighting makes the heads over-predict rare events, e.g. balanced weights
     (~50x here) gave a +0.3 reward with a 6% done probability next to the goal, which CMA-ES farmed for
-    dream returns of up to 3.9)."""
+    dream returns of up to 3.9).
+
+    ``lr_floor`` < 1 decays the learning rate along a cosine, epoch by epoch, from the config's rate
+    at epoch 0 to ``lr_floor`` times it at epoch ``total_epochs`` (default: the epochs done plus these).
+    At a constant rate Adam keeps moving every weight by about the rate each step, so the reward head's
+    output wanders by as much as the step cost it should predict, a bias every dream step then adds up;
+    the decay lets it settle. The rate is a function of the epoch alone, so a resumed run gets the same."""
     state = wm.train_state.setdefault("rnn", {"epoch": 0})
     stale = ["cmaes"] if "cmaes" in wm.train_state else []  # C reads M's hidden state
     opt = _optimizer(wm.rnn.parameters(), wm.config.learning_rate, state.get("optimizer"))
     history = []
     start = state["epoch"]
+    total = total_epochs or start + epochs
     wm.vae.eval()
     for epoch in range(start, start + epochs):
+        for group in opt.param_groups:
+            group["lr"] = cosine_rate(wm.config.learning_rate, lr_floor, epoch, total)
         run = _Epoch(state, opt, seed, epoch, {"loss": 0.0}, {"steps": 0}, samples, where)
         wm.rnn.train()
         bar = progress_bar(run.batches(make_batches), desc=f"train-rnn epoch {epoch + 1}", unit="batch",
@@ -305,6 +315,12 @@ def fit_rnn(wm: WorldModel, make_batches: Batches, epochs: int, seed: int = 0, p
         if on_epoch_end:
             on_epoch_end(epoch + 1, metrics)
     return history
+
+
+def cosine_rate(rate: float, floor: float, epoch: int, total: int) -> float:
+    """``rate`` at epoch 0 down a half cosine to ``floor * rate`` at epoch ``total`` (and after)."""
+    progress = min(epoch / max(total, 1), 1.0)
+    return rate * (floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress)))
 
 
 # -- batch sources ---------------------------------------------------------------------------------
@@ -397,6 +413,8 @@ class TrainRNNConfig:
     epochs: int = doc("epochs over all sequences", 20)
     batch_size: int = doc("sequences per batch", 16)
     seq_len: int = doc("transitions per training sequence (episodes are cut into windows of this length)", 50)
+    lr_floor: float = doc("learning rate at the last epoch as a fraction of the config's: it decays along a cosine "
+                          "over --epochs (1: constant)", 0.2)
     seed: int = doc("seed for batch order and initialisation", 0)
     resume: bool = doc("continue an interrupted MDN-RNN run instead of starting it afresh", False)
     overwrite: bool = doc("train a new MDN-RNN even though the checkpoint holds one (its controller goes too)", False)
@@ -549,7 +567,7 @@ def run_train_vae(cfg: TrainVAEConfig) -> dict:
     return {"checkpoint": str(out), "epochs_done": wm.train_state["vae"]["epoch"], "history": history}
 
 
-def _same_run(stage: str, path, state: dict | None, ds, resume: bool, settings: dict[str, int]) -> None:
+def _same_run(stage: str, path, state: dict | None, ds, resume: bool, settings: dict[str, float]) -> None:
     """On --resume, refuse settings or data other than the saved run's (a resumed run is that run, the
     same as if it had never stopped); then record this run's, for the next --resume to check."""
     if resume and state:
@@ -598,7 +616,8 @@ def run_train_rnn(cfg: TrainRNNConfig) -> dict:
 
     check_settings((cfg.seq_len >= 1, f"--seq-len must be >= 1, got {cfg.seq_len}"),
                    (cfg.batch_size >= 1, f"--batch-size must be >= 1, got {cfg.batch_size}"),
-                   (cfg.epochs >= 0, f"--epochs must be >= 0, got {cfg.epochs}"))
+                   (cfg.epochs >= 0, f"--epochs must be >= 0, got {cfg.epochs}"),
+                   (0 < cfg.lr_floor <= 1, f"--lr-floor must be in (0, 1], got {cfg.lr_floor}"))
     ds = EpisodeDataset(cfg.data)
     path = Path(cfg.world_model)
     wm = WorldModel.load(path, resolve_device(cfg.device))
@@ -617,7 +636,7 @@ def run_train_rnn(cfg: TrainRNNConfig) -> dict:
         drop_metrics(str(path) + ".metrics.jsonl", "rnn")
     # The data identity also tells eval-dream which episodes M learnt from, to warn when shown them again.
     _same_run("rnn", path, wm.train_state.setdefault("rnn", {"epoch": 0}), ds, cfg.resume,
-              {"--batch-size": cfg.batch_size, "--seed": cfg.seed, "--seq-len": cfg.seq_len})
+              {"--batch-size": cfg.batch_size, "--seed": cfg.seed, "--seq-len": cfg.seq_len, "--lr-floor": cfg.lr_floor})
     done = wm.train_state["rnn"]["epoch"]
     codes = encode_dataset(wm, ds, progress=cfg.progress)
     win_codes, arrays = sequence_windows(ds, codes, cfg.seq_len)
@@ -635,5 +654,5 @@ def run_train_rnn(cfg: TrainRNNConfig) -> dict:
         history = fit_rnn(wm, lambda rng: sequence_batches_from_arrays(win_codes, arrays, cfg.batch_size, rng),
                           max(cfg.epochs - done, 0), cfg.seed, cfg.progress, end_epoch,
                           batches_per_epoch=-(-len(win_codes) // cfg.batch_size), samples=len(win_codes),
-                          where=str(path))
+                          where=str(path), lr_floor=cfg.lr_floor, total_epochs=cfg.epochs)
     return {"checkpoint": str(path), "epochs_done": wm.train_state["rnn"]["epoch"], "history": history}

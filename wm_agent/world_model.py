@@ -304,9 +304,10 @@ class WorldModel:
         return history
 
     def train_rnn(self, sequences: dict[str, np.ndarray], epochs: int = 1, batch_size: int = 16, seed: int = 0,
-                  progress: bool = False):
+                  progress: bool = False, lr_floor: float = 1.0):
         """Fit M on episodes: ``sequences`` has ``obs`` (B, T+1, H, W, 3) uint8, ``actions`` (B, T[, A]),
-        ``rewards`` (B, T), ``dones`` (B, T) and optionally ``mask`` (B, T)."""
+        ``rewards`` (B, T), ``dones`` (B, T) and optionally ``mask`` (B, T). ``lr_floor`` < 1 decays the
+        learning rate over these ``epochs`` (see ``train.fit_rnn``), as ``wm-agent train-rnn`` does."""
         from wm_agent.train import fit_rnn, sequence_batches_from_arrays
 
         missing = {"obs", "actions", "rewards", "dones"} - set(sequences)
@@ -315,13 +316,16 @@ class WorldModel:
                              f"{sorted(missing) or 'none'}) and a positive int batch_size (got {batch_size!r})")
         if not (is_int(epochs) and epochs >= 0):
             raise ValueError(f"epochs must be a non-negative int, got {epochs!r}")
+        if not (isinstance(lr_floor, (int, float)) and 0 < lr_floor <= 1):
+            raise ValueError(f"lr_floor must be a number in (0, 1], got {lr_floor!r}")
         self.require_trained("vae")  # M learns V's codes: an untrained V's are noise
         obs = np.asarray(sequences["obs"])
         b, t1 = obs.shape[:2]
         codes = self.encode_indices(obs.reshape(b * t1, *obs.shape[2:])).view(b, t1, *self.start_codes.shape[1:])
         arrays = {k: np.asarray(v) for k, v in sequences.items() if k != "obs"}
+        start = self.train_state.get("rnn", {}).get("epoch", 0)
         return fit_rnn(self, lambda rng: sequence_batches_from_arrays(codes, arrays, batch_size, rng), epochs, seed,
-                       progress)
+                       progress, lr_floor=lr_floor, total_epochs=start + epochs)
 
     # -- M ----------------------------------------------------------------------------------------
     @torch.no_grad()
