@@ -2,7 +2,7 @@
 """Per-frame CPU of compressing GridWorld frames: why the shards store LZ4 frames.
 
 Raw GridWorld frames from two collector workers are ~800 MB/s, more than this project's disks
-sustain (see the README), so frames are compressed; each worker pays for that on the same core as
+sustain (see docs/benchmarks.md), so frames are compressed; each worker pays for that on the same core as
 its env, so a 0.8 collector ratio leaves well under 20% of an env step for it. This times, per frame
 and on one core: the env step itself (``gym.make``, random actions), zlib level 1, an RGB ->
 palette-index pass (a 2^24-entry lookup table), and LZ4 block compression and decompression (the

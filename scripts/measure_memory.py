@@ -257,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=None, help="data folder; unset: a new folder in $TMPDIR")
     parser.add_argument("--episode-steps", type=int, default=49, help="steps per synthetic episode (GridWorld: <= 50)")
     parser.add_argument("--episodes-per-shard", type=int, default=10,
-                        help="as `wm-agent collect --episodes-per-shard` (the README's figures: 10; the "
+                        help="as `wm-agent collect --episodes-per-shard` (docs/benchmarks.md's figures: 10; the "
                              "collector's default for 50-step episodes is 98)")
     parser.add_argument("--batches", type=int, default=200, help="VQ-VAE training batches")
     parser.add_argument("--batch-size", type=int, default=128, help="VQ-VAE batch size (train-vae's default)")

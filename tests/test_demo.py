@@ -13,7 +13,8 @@ OUTPUTS = ["reconstruction_gridworld.png", "training_curves_gridworld.png", "dre
            "real_vs_dream_gridworld.png", "world_model_gridworld.pt", "episode_real_vs_dream_gridworld.mp4",
            "episode_dream_gridworld.mp4", "summary.json"]
 KEYS = ["vae_mse", "codebook_perplexity", "dream_fidelity_steps", "success_rate", "mean_return", "oracle_return",
-        "real_env_steps_used", "wall_time_s"]
+        "real_env_steps_used", "wall_time_s", "dream_return", "random_dream_return", "random_mean_return",
+        "random_success_rate", "random_return_vs_oracle"]
 
 
 def test_tiny_demo_writes_every_output(tmp_path):
@@ -29,6 +30,7 @@ def test_tiny_demo_writes_every_output(tmp_path):
         assert math.isfinite(saved[key]), key
     assert saved["controller_trained_in"] == "dream" and saved["controller_generations"] == 2
     assert saved["eval_episodes"] == 4 and 0.0 <= saved["success_rate"] <= 1.0
+    assert 0.0 <= saved["random_success_rate"] <= 1.0 and saved["cpu_capability"]
     # Only the random data touched the real env: as many steps as the training shards hold.
     assert saved["real_env_steps_used"] == EpisodeDataset(out / "data" / "train").num_steps > 0
 

@@ -154,7 +154,7 @@ class Controller(nn.Module):
         if gain is not None:
             # One parameter for how sharp the policy is: separable CMA-ES cannot scale hundreds of weights
             # together (that direction is a correlation it does not model), but it can move one number
-            # (measured with param_scales: README, "The controller targets are met").
+            # (measured with param_scales: docs/design.md, "Ablation: the dream-trained controller").
             out = out * gain
         return self.squash(out)
 

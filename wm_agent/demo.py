@@ -87,7 +87,7 @@ def _run_demo(cfg: DemoConfig) -> dict:
     train_dir, heldout_dir = out / "data" / "train", out / "data" / "heldout"
     for folder, seed, episodes in ((train_dir, cfg.seed, cfg.train_episodes),
                                    (heldout_dir, cfg.seed + 10_000, cfg.heldout_episodes)):
-        # Shards of 10 episodes (the shard size decides which seeds the episodes get: the README's demo
+        # Shards of 10 episodes (the shard size decides which seeds the episodes get: the demo's
         # figures were measured on these), fewer where that would leave a worker idle.
         per_shard = max(1, min(10, -(-episodes // max(cfg.workers, 1))))
         DataCollector(ENV_ID, folder, "random", seed, cfg.workers, per_shard).collect(episodes, cfg.progress)
