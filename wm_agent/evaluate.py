@@ -315,7 +315,8 @@ def dream_fidelity(wm: WorldModel, dataset, episodes: int, temperature: float, t
     n = dataset.num_episodes if episodes <= 0 else min(episodes, dataset.num_episodes)
     scores = {name: [] for name in thresholds}
     frozen = {name: [] for name in thresholds}
-    lengths = []
+    lengths, one_step = [], {"errors": [], "reward_errors": []}
+    strict = min(thresholds.values())
     for i in progress_bar(range(n), desc="eval-dream", unit="ep", disable=not progress):
         ep = dataset.episode(i)
         real = np.asarray(ep["obs"], dtype=np.float32) / 255.0
@@ -326,8 +327,18 @@ def dream_fidelity(wm: WorldModel, dataset, episodes: int, temperature: float, t
             scores[name].append(faithful_steps(err, thr))
             frozen[name].append(faithful_steps(base, thr))
         lengths.append(len(real) - 1)
+        next_frames, rewards = _one_step_predictions(wm, ep)
+        one_step["errors"].append(((next_frames / 255.0 - real[1:]) ** 2).reshape(len(rewards), -1).mean(1))
+        one_step["reward_errors"].append(rewards - np.asarray(ep["rewards"], np.float32))
     lengths = np.array(lengths)
-    out = {"episodes": n, "mean_episode_length": float(lengths.mean()), "temperature": temperature}
+    errors, reward_errors = np.concatenate(one_step["errors"]), np.concatenate(one_step["reward_errors"])
+    out = {"episodes": n, "mean_episode_length": float(lengths.mean()), "temperature": temperature,
+           # Next frames predicted from the REAL past (most likely component, snapped, decoded) that are
+           # wrong by the strict threshold: what compounds into a dream that leaves the real world.
+           "one_step_error_rate": float((errors >= strict).mean()),
+           # The reward head's mean error on real transitions: a bias of one step cost doubles (or erases)
+           # the cost of every dreamed step.
+           "reward_bias": float(reward_errors.mean()), "reward_mae": float(np.abs(reward_errors).mean())}
     for name, thr in thresholds.items():
         s = np.array(scores[name])
         out[f"{name}_threshold"] = thr
@@ -336,6 +347,19 @@ def dream_fidelity(wm: WorldModel, dataset, episodes: int, temperature: float, t
         out[f"{name}_full_episode_rate"] = float((s == lengths).mean())
         out[f"{name}_frozen_baseline_steps"] = float(np.mean(frozen[name]))
     return out
+
+
+@torch.no_grad()
+def _one_step_predictions(wm: WorldModel, episode: dict) -> tuple[np.ndarray, np.ndarray]:
+    """M run over an episode's real frames and actions: its most likely next frame (decoded, float
+    0..255) and its predicted reward for every transition."""
+    codes = wm.encode_indices(np.asarray(episode["obs"]))
+    z = wm.vae.indices_to_latent(codes).reshape(1, len(codes), -1)
+    actions = torch.as_tensor(np.array(episode["actions"])).to(wm.device)[None]
+    params, _ = wm.rnn.eval()(z[:, :-1], actions)
+    predicted = wm.rnn.sample(params["pi"][0], params["mu"][0], params["sigma"][0], temperature=0.0)
+    frames = wm.decode(wm.snap(predicted)[1]).astype(np.float32)
+    return frames, params["reward"][0].cpu().numpy()
 
 
 def eval_dream(cfg: EvalDreamConfig, wm: WorldModel | None = None) -> dict:
