@@ -68,7 +68,8 @@ class GridWorldEnv(gym.Env):
                             ("max_obstacles", max_obstacles)):
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
                 raise ValueError(f"{name} must be an int, got {value!r}")  # noqa: TRY004 (one kind of error for every bad setting)
-        size, image_size, min_obstacles, max_obstacles = int(size), int(image_size), int(min_obstacles), int(max_obstacles)
+        size, image_size, min_obstacles, max_obstacles = (int(size), int(image_size),
+                                                          int(min_obstacles), int(max_obstacles))
         if image_size < 1:
             raise ValueError(f"image_size must be a positive int, got {image_size}")
         if size < 2 or image_size % size != 0:

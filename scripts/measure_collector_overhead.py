@@ -137,7 +137,8 @@ def _scaling(env_id: str, rounds: int, episodes: int, workers: int) -> dict:
             "fps_alone": [round(x) for x in rates["alone"]],
             "fps_per_process_together": [round(x) for x in rates["together"]],
             "fps_per_process_together_lz4": [round(x) for x in rates["together_lz4"]],
-            "scaling": round(statistics.median(scaling), 4), "scaling_range": [round(min(scaling), 4), round(max(scaling), 4)],
+            "scaling": round(statistics.median(scaling), 4),
+            "scaling_range": [round(min(scaling), 4), round(max(scaling), 4)],
             # The collector's loops without its pool, shards or start-up: the most it could reach.
             "together_lz4_over_alone": round(statistics.median(with_lz4), 4),
             "together_lz4_over_alone_range": [round(min(with_lz4), 4), round(max(with_lz4), 4)]}
@@ -159,7 +160,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--env", default="WM-GridWorld-v0", help="Gymnasium env id with 64x64x3 uint8 frames")
-    parser.add_argument("--pairs", type=int, default=100, help="timed rounds of the three loops, in alternating order (0: no timing; at least 2, for a median over rounds)")
+    parser.add_argument("--pairs", type=int, default=100,
+                        help="timed rounds of the three loops, in alternating order (0: no timing; at least 2, "
+                             "for a median over rounds)")
     parser.add_argument("--pair-episodes", type=int, default=100, help="episodes in each timed run")
     parser.add_argument("--instructions", action="store_true", help="also count instructions under valgrind")
     parser.add_argument("--episodes", type=int, nargs=2, default=(20, 220), metavar=("FEW", "MANY"),

@@ -108,8 +108,8 @@ def generate(root: Path, frames: int, episode_steps: int, episodes_per_shard: in
             np.save(folder / f"{key}.npy", array, allow_pickle=False)
         shards.append({"name": folder.name, "episodes": len(lengths), "frames": n_frames, "steps": steps})
     manifest = {
-        "format": MANIFEST_FORMAT, "frame_codec": CODEC, "env_id": "WM-GridWorld-v0", "env_kwargs": {}, "policy": "random",
-        "seed": seed, "episodes_per_shard": episodes_per_shard, "max_steps": None,
+        "format": MANIFEST_FORMAT, "frame_codec": CODEC, "env_id": "WM-GridWorld-v0", "env_kwargs": {},
+        "policy": "random", "seed": seed, "episodes_per_shard": episodes_per_shard, "max_steps": None,
         "observation_shape": list(FRAME_SHAPE), "observation_dtype": "uint8",
         "action_space": {"type": "discrete", "n": 4, "start": 0}, "shards": shards,
         "episodes": sum(s["episodes"] for s in shards), "frames": sum(s["frames"] for s in shards),

@@ -11,16 +11,16 @@ os.environ.setdefault("SDL_AUDIODRIVER", "dummy")
 # A suite started in the background of a non-interactive shell (`cmd &`, nohup) inherits SIGINT ignored, and
 # so would every command the tests start; wm-agent rightly leaves an ignored SIGINT ignored, which the
 # Ctrl-C tests would then read as a failure. The tests stand in for a terminal: give SIGINT its default.
-import signal  # noqa: E402
+import signal
 
 if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
     signal.signal(signal.SIGINT, signal.default_int_handler)
 
-from typing import Callable  # noqa: E402
+from typing import Callable
 
-import gymnasium as gym  # noqa: E402
+import gymnasium as gym
 
-import wm_agent  # noqa: E402,F401  (registers the WM-* envs)
+import wm_agent  # noqa: F401  (registers the WM-* envs)
 
 # ---- HOOK for envs that need constructor arguments -------------------------------------------
 # WM-Dream-v0 needs a world model. To put it under the generic env tests (check_env, seeded

@@ -122,7 +122,8 @@ def test_an_env_from_a_module_in_the_current_folder_reaches_the_workers(tmp_path
     missing = subprocess.run([*command, "collect", "--env", "nowhere_envs:X-v0", "--out", "d2", "--no-progress"],
                              capture_output=True, text=True, cwd=tmp_path, check=False, timeout=120)
     assert missing.returncode == 1 and "Traceback" not in missing.stderr
-    assert "cannot make env 'nowhere_envs:X-v0'" in missing.stderr and "No module named 'nowhere_envs'" in missing.stderr
+    assert ("cannot make env 'nowhere_envs:X-v0'" in missing.stderr
+            and "No module named 'nowhere_envs'" in missing.stderr)
 
 
 def test_version():

@@ -191,7 +191,8 @@ def test_a_vector_collection_resumes_where_it_stopped(tmp_path):
     manifest = DataCollector("WM-GridWorld-v0", tmp_path / "v", **settings).collect(7, progress=False)
     after = _stamps(tmp_path / "v")
     # shard_00000 was whole and is kept; shard_00001 held 1 of its 2 episodes and is redone.
-    assert {k: after[k] for k in before if "shard_00000" in k} == {k: v for k, v in before.items() if "shard_00000" in k}
+    assert ({k: after[k] for k in before if "shard_00000" in k}
+            == {k: v for k, v in before.items() if "shard_00000" in k})
     assert manifest["episodes"] == 7 and len(manifest["shards"]) == 4
     DataCollector("WM-GridWorld-v0", tmp_path / "p", **{**settings, "vectorization": "processes"}).collect(
         7, progress=False)
@@ -260,7 +261,8 @@ def test_crash_leftovers_are_cleaned_and_broken_shards_redone(tmp_path):
         (tmp_path / leftover).mkdir()
         (tmp_path / leftover / f"{BLOB}.npy").write_bytes(b"half a file")
     obs = tmp_path / "shard_00001" / f"{BLOB}.npy"
-    obs.write_bytes(obs.read_bytes()[: obs.stat().st_size // 2])  # as if the machine died before the data reached the disk
+    # As if the machine died before the data reached the disk.
+    obs.write_bytes(obs.read_bytes()[: obs.stat().st_size // 2])
 
     collector.collect(4, progress=False)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["manifest.json", "shard_00000", "shard_00001"]
@@ -340,8 +342,9 @@ def test_an_integer_box_action_space_is_refused_by_the_data_policies(tmp_path):
 @pytest.mark.parametrize(
     "kwargs, message",
     [({"policy": "greedy"}, "policy must be one of"), ({"workers": 0}, r"workers \(--workers\) must be"),
-     ({"episodes_per_shard": 0}, r"episodes_per_shard \(--episodes-per-shard\) must be"), ({"seed": -1}, r"seed \(--seed\) must be"),
-     ({"max_steps": 0}, r"max_steps \(--max-steps\) must be"), ({"vectorization": "threads"}, "vectorization must be one of"), ({"env_kwargs": {"size": object()}}, "JSON"),
+     ({"episodes_per_shard": 0}, r"episodes_per_shard \(--episodes-per-shard\) must be"),
+     ({"seed": -1}, r"seed \(--seed\) must be"), ({"max_steps": 0}, r"max_steps \(--max-steps\) must be"),
+     ({"vectorization": "threads"}, "vectorization must be one of"), ({"env_kwargs": {"size": object()}}, "JSON"),
      ({"env_id": "CartPole-v1"}, "ImageObservation"), ({"env_id": "NoSuchEnv-v0"}, "cannot make env")],
 )
 def test_bad_settings_are_explained(tmp_path, kwargs, message):

@@ -136,7 +136,8 @@ def test_numpy_scalars_and_lists_are_taken_as_plain_python():
 
 
 @pytest.mark.parametrize(
-    "name, value, error", [("latent_dim", 4.0, TypeError), ("ema_decay", 5.0, ValueError), ("head_hidden", 0, ValueError)]
+    "name, value, error",
+    [("latent_dim", 4.0, TypeError), ("ema_decay", 5.0, ValueError), ("head_hidden", 0, ValueError)],
 )
 def test_a_stored_config_is_checked_when_loaded(tmp_path, name, value, error):
     from wm_agent.world_model import FORMAT, VERSION, WorldModel

@@ -172,7 +172,8 @@ def test_a_folder_of_the_raw_frame_format_is_named(damaged):
     manifest["format"] = 1
     del manifest["frame_codec"]
     (damaged / "manifest.json").write_text(json.dumps(manifest))
-    with pytest.raises(ValueError, match=r"manifest\.json: written by another version of wm-agent .*collect the data again"):
+    with pytest.raises(ValueError,
+                       match=r"manifest\.json: written by another version of wm-agent .*collect the data again"):
         EpisodeDataset(damaged)
 
 

@@ -251,7 +251,8 @@ def test_dreams_and_latent_views_refuse_an_untrained_model(tmp_path):
     v_only = tiny_world_model(trained=False)
     v_only.train_state = {"vae": {"epoch": 1}}
     v_only.save(tmp_path / "v_only.pt")
-    for make in (lambda m: DreamEnv(m), lambda m: DreamVectorEnv(2, m), lambda m: gym.make("WM-Dream-v0", world_model=m)):
+    for make in (lambda m: DreamEnv(m), lambda m: DreamVectorEnv(2, m),
+                 lambda m: gym.make("WM-Dream-v0", world_model=m)):
         with pytest.raises(ValueError, match="v_only.pt has no trained MDN-RNN"):
             make(str(tmp_path / "v_only.pt"))
     with pytest.warns(UserWarning, match="no trained MDN-RNN: the h part of its observations is noise"):
@@ -342,7 +343,8 @@ def test_training_v_from_python_marks_m_and_c_stale():
 
 @pytest.mark.parametrize("threshold", [-0.5, float("nan"), "0.5"])
 def test_a_done_threshold_that_is_not_a_probability_bound_is_refused(wm, threshold):
-    for make in (lambda: DreamEnv(wm, done_threshold=threshold), lambda: DreamVectorEnv(2, wm, done_threshold=threshold)):
+    for make in (lambda: DreamEnv(wm, done_threshold=threshold),
+                 lambda: DreamVectorEnv(2, wm, done_threshold=threshold)):
         with pytest.raises(ValueError, match="done_threshold must be a number >= 0"):
             make()
 
@@ -552,7 +554,8 @@ def test_the_vector_dream_renders_a_tuple_and_reports_done_probabilities(wm):
     venv = DreamVectorEnv(3, wm, render_mode="rgb_array")
     venv.reset(seed=0)
     frames = venv.render()
-    assert isinstance(frames, tuple) and len(frames) == 3 and frames[0].shape == (64, 64, 3)  # VectorEnv.render's contract
+    # VectorEnv.render's contract
+    assert isinstance(frames, tuple) and len(frames) == 3 and frames[0].shape == (64, 64, 3)
     info = venv.step(np.zeros(3, np.int64))[4]
     assert info["done_probability"].shape == (3,) and info["_done_probability"].all()
     assert ((0 <= info["done_probability"]) & (info["done_probability"] <= 1)).all()

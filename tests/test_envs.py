@@ -248,7 +248,8 @@ class _ArrayEnv(gym.Env):
         if self._picture is not None:
             return self._picture.copy()
         noise = self.np_random.normal(0.0, 300.0, self.observation_space.shape)
-        return np.clip(noise, self.observation_space.low, self.observation_space.high).astype(self.observation_space.dtype)
+        return np.clip(noise, self.observation_space.low, self.observation_space.high).astype(
+            self.observation_space.dtype)
 
     def reset(self, *, seed=None, options=None):
         super().reset(seed=seed)
@@ -274,7 +275,8 @@ def _frame(t: int) -> np.ndarray:
 NOT_PIXELS = {  # image-shaped spaces whose bounds say they do not hold pixels, and the reason the refusal gives
     "features": (spaces.Box(-np.inf, np.inf, (10, 10), np.float32), "the lower bound is -inf"),
     "[-1, 1] image": (spaces.Box(-1.0, 1.0, (16, 16, 3), np.float32), "the lower bound is -1"),
-    "16-bit image": (spaces.Box(0, 65535, (16, 16, 3), np.uint16), r"must lie in \[0, 255\], the bounds are \[0, 65535\]"),
+    "16-bit image": (spaces.Box(0, 65535, (16, 16, 3), np.uint16),
+                     r"must lie in \[0, 255\], the bounds are \[0, 65535\]"),
     "int above 255": (spaces.Box(0, 1000, (16, 16), np.int64), r"the bounds are \[0, 1000\]"),
 }
 

@@ -1,4 +1,5 @@
-"""Atomic writes and safe loads (wm_agent.io): refused files are named with the reason, never with advice to load them anyway."""
+"""Atomic writes and safe loads (wm_agent.io): refused files are named with the reason, never with advice to
+load them anyway."""
 
 from __future__ import annotations
 
@@ -50,8 +51,8 @@ def test_temporary_folders_whose_owner_is_gone_are_removed_and_live_ones_kept(tm
             assert {key for key, folder in folders.items() if folder.exists()} == {"held", "young", "odd", "huge"}
             assert other.exists()
             # Another process's sweep leaves this live folder alone.
-            sweep = (f"import tempfile; tempfile.tempdir = {str(tmp_path)!r}; from wm_agent.io import temporary_folder; "
-                     "temporary_folder('wm-agent-cmaes-').cleanup()")
+            sweep = (f"import tempfile; tempfile.tempdir = {str(tmp_path)!r}; "
+                     "from wm_agent.io import temporary_folder; temporary_folder('wm-agent-cmaes-').cleanup()")
             subprocess.run([sys.executable, "-c", sweep], check=True)
             assert os.path.exists(os.path.join(name, ".lock"))
     finally:

@@ -396,7 +396,8 @@ def test_conv_heads_read_cells_as_codes():
     grid = rnn._grid(z.reshape(-1, cfg.z_size))
     assert grid.shape[1] == cfg.num_embeddings  # one channel per code, not per latent dimension
     snapped = rnn.codebook[rnn.codebook.new_zeros(cfg.latent_grid**2, dtype=torch.long) + 3].flatten()[None]
-    torch.testing.assert_close(rnn._grid(snapped + 0.01)[0, :, 0, 0], torch.eye(cfg.num_embeddings)[3], atol=1e-3, rtol=0)
+    torch.testing.assert_close(rnn._grid(snapped + 0.01)[0, :, 0, 0], torch.eye(cfg.num_embeddings)[3],
+                               atol=1e-3, rtol=0)
     assert rnn.reads_codes and not MDNRNN(tiny_config(rnn_reads_codes=False), rnn.codebook).reads_codes
     rnn.codebook = None  # taken away after it was built to read codes: said, not a shape error deep in a conv
     with pytest.raises(ValueError, match="codebook"):

@@ -178,7 +178,8 @@ def test_a_crop_outside_the_image_space_is_refused_when_built(crop, match):
 
 
 @pytest.mark.parametrize("kwargs, match", [
-    ({"image_size": 0}, "image_size must be a positive int, got 0"), ({"image_size": 64.0}, "image_size must be an int"),
+    ({"image_size": 0}, "image_size must be a positive int, got 0"),
+    ({"image_size": 64.0}, "image_size must be an int"),
     ({"size": 8.0}, "size must be an int, got 8.0"), ({"min_obstacles": 1.5}, "min_obstacles must be an int"),
 ])
 def test_gridworld_refuses_bad_settings_in_one_line(kwargs, match):
@@ -654,7 +655,8 @@ def test_a_resume_with_other_settings_or_data_is_refused(data, tmp_path, capsys)
     vae = ["train-vae", "--out", str(out), "--epochs", "2", "--resume", "--no-progress"]
     rnn = ["train-rnn", "--world-model", str(out), "--epochs", "2", "--resume", "--seq-len", "4", "--no-progress"]
     for argv, said in [
-        ([*vae, "--data", str(data)], "trained with --batch-size 16, not --batch-size 128; resume with --batch-size 16"),
+        ([*vae, "--data", str(data)],
+         "trained with --batch-size 16, not --batch-size 128; resume with --batch-size 16"),
         ([*vae, "--data", str(data), "--batch-size", "16", "--seed", "3"], "trained with --seed 0, not --seed 3"),
         ([*vae, "--data", str(other), "--batch-size", "16"], "was trained on other data"),
         ([*rnn, "--data", str(data), "--seq-len", "8"], "its MDN-RNN was trained with --seq-len 4, not --seq-len 8"),
@@ -687,7 +689,8 @@ def test_a_resume_says_where_it_picks_up_and_collect_what_was_there(data, tmp_pa
 def test_eval_dream_on_the_training_episodes_says_they_are_not_held_out(checkpoint, data, tmp_path, capsys):
     assert main(["train-rnn", "--data", str(data), "--world-model", str(checkpoint), "--epochs", "1", "--overwrite",
                  "--batch-size", "2", "--seq-len", "4", "--no-progress"]) == 0
-    eval_dream = ["eval-dream", "--world-model", str(checkpoint), "--episodes", "1", "--max-frames", "8", "--no-progress"]
+    eval_dream = ["eval-dream", "--world-model", str(checkpoint), "--episodes", "1", "--max-frames", "8",
+                  "--no-progress"]
     capsys.readouterr()
     assert main([*eval_dream, "--data", str(data)]) == 0
     assert "are not held-out ones; collect with another --seed" in capsys.readouterr().err

@@ -8,15 +8,15 @@ import os
 os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
 os.environ.setdefault("SDL_AUDIODRIVER", "dummy")
 
-import gymnasium as gym  # noqa: E402
-import imageio.v3 as iio  # noqa: E402
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-import torch  # noqa: E402
+import gymnasium as gym
+import imageio.v3 as iio
+import numpy as np
+import pytest
+import torch
 
-import wm_agent  # noqa: E402,F401
-from wm_agent.config import WorldModelConfig  # noqa: E402
-from wm_agent.render import (  # noqa: E402
+import wm_agent  # noqa: F401
+from wm_agent.config import WorldModelConfig
+from wm_agent.render import (
     PlayConfig,
     RenderConfig,
     Visualizer,
@@ -29,7 +29,7 @@ from wm_agent.render import (  # noqa: E402
     run_render,
     write_video,
 )
-from wm_agent.world_model import WorldModel  # noqa: E402
+from wm_agent.world_model import WorldModel
 
 ENV = "WM-GridWorld-v0"
 
@@ -367,7 +367,8 @@ def test_a_video_that_cannot_be_written_is_refused_before_the_episode(tiny, caps
 
     err_code = main(["render", "--checkpoint", str(ckpt), "--out", "/proc/x.mp4", "--no-progress"])
     err = capsys.readouterr().err
-    assert err_code == 1 and err.startswith("wm-agent: error: cannot write a video into /proc") and len(err.splitlines()) == 1
+    assert (err_code == 1 and err.startswith("wm-agent: error: cannot write a video into /proc")
+            and len(err.splitlines()) == 1)
 
 
 def test_play_maps_the_arrows_to_discrete_carracing_actions(tiny, monkeypatch):

@@ -54,7 +54,8 @@ def test_an_unguarded_script_is_named_even_when_the_workers_status_was_lost(monk
     assert death_reason(ends(255)).startswith("ended, its exit status lost (an error it printed is above)" + advice)
     assert death_reason(ends(None)).startswith("ended, its exit status lost")
     assert death_reason(ends(1, 255)).startswith("exited with status 1: its error is printed above" + advice)
-    assert death_reason(ends(255, -signal.SIGKILL)) == "killed by SIGKILL (out of memory?)"  # a signal is no script's doing
+    # a signal is no script's doing
+    assert death_reason(ends(255, -signal.SIGKILL)) == "killed by SIGKILL (out of memory?)"
 
 
 @pytest.mark.parametrize("source, guarded", [
@@ -91,8 +92,8 @@ def test_a_script_without_main_guard_is_told_what_to_change(tmp_path, guarded):
     script = tmp_path / "collect_job.py"
     script.write_text(body)
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.run([sys.executable, str(script), str(tmp_path / "data")], capture_output=True, text=True, check=False,
-                          timeout=120, env=env, cwd=tmp_path)
+    proc = subprocess.run([sys.executable, str(script), str(tmp_path / "data")], capture_output=True, text=True,
+                          check=False, timeout=120, env=env, cwd=tmp_path)
     if guarded:
         assert proc.returncode == 0, proc.stderr
         assert "collected" in proc.stdout
@@ -136,8 +137,8 @@ def test_a_worker_exits_when_its_parent_is_killed(tmp_path):
             print(pool.submit(os.getpid).result(), flush=True)
             time.sleep(600)
     """))
-    parent = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-                              env={**os.environ, "PYTHONPATH": str(REPO)})
+    parent = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                              text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
     try:
         worker = int(parent.stdout.readline())
         os.kill(parent.pid, signal.SIGKILL)

@@ -320,8 +320,10 @@ def _trained(seed: int, train_seed: int) -> WorldModel:
 
 
 def _same_weights(a: WorldModel, b: WorldModel) -> bool:
-    sa = {**{f"v.{k}": v for k, v in a.vae.state_dict().items()}, **{f"m.{k}": v for k, v in a.rnn.state_dict().items()}}
-    sb = {**{f"v.{k}": v for k, v in b.vae.state_dict().items()}, **{f"m.{k}": v for k, v in b.rnn.state_dict().items()}}
+    sa = {**{f"v.{k}": v for k, v in a.vae.state_dict().items()},
+          **{f"m.{k}": v for k, v in a.rnn.state_dict().items()}}
+    sb = {**{f"v.{k}": v for k, v in b.vae.state_dict().items()},
+          **{f"m.{k}": v for k, v in b.rnn.state_dict().items()}}
     return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
 
 

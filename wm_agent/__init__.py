@@ -15,7 +15,8 @@ import envs as _envs  # registers WM-GridWorld-v0, WM-CarRacing-v0, WM-Pixels-v0
 # place of ours: nothing would be registered, and gym.make("WM-GridWorld-v0") would fail far from the cause.
 if _Path(getattr(_envs, "__file__", None) or "").resolve().parent.parent != _Path(__file__).resolve().parent.parent:
     raise ImportError(
-        f"'import envs' found {_envs.__file__ or next(iter(_envs.__path__), '?')}, not wm-agent's environments (next to "
+        f"'import envs' found {_envs.__file__ or next(iter(_envs.__path__), '?')}, "
+        "not wm-agent's environments (next to "
         f"{_Path(__file__).resolve().parent}): a package named 'envs' earlier on sys.path, often in the current "
         "folder, hides it. Rename that package, or run from another folder"
     )
@@ -38,7 +39,7 @@ _EXPORTS = {
     "Visualizer": "render",
 }
 
-__all__ = [  # noqa: RUF022  (the order of _EXPORTS)
+__all__ = [  # in the order of _EXPORTS, not sorted
     "__version__", "WorldModelConfig", "VectorQuantizer", "VQVAE", "MDNRNN", "Controller", "WorldModel", "DreamEnv",
     "DreamVectorEnv", "LatentObservation", "DataCollector", "EpisodeDataset", "Visualizer",
 ]

@@ -120,7 +120,8 @@ def _collect_round(env_id: str, env_kwargs: dict, policy: str, steps: int, worke
     col_fps, raw_fps = manifest["frames"] / col_s, raw_frames / raw_s
     return {
         "raw_steps": raw_steps, "raw_frames": raw_frames, "raw_seconds": raw_s, "raw_cpu_seconds": raw_cpu,
-        "raw_fps": raw_fps, "raw_fps_before": before.frames / before.seconds, "raw_fps_after": after.frames / after.seconds,
+        "raw_fps": raw_fps, "raw_fps_before": before.frames / before.seconds,
+        "raw_fps_after": after.frames / after.seconds,
         "collector_steps": manifest["steps"], "collector_frames": manifest["frames"],
         "collector_shards": len(manifest["shards"]), "collector_seconds": col_s, "collector_fps": col_fps,
         "collector_worker_cpu_seconds": worker_cpu, "collector_main_cpu_seconds": main_cpu,
@@ -285,8 +286,8 @@ def benchmark_train(cfg: BenchmarkTrainConfig, verbose: bool = True) -> dict:
             bare = max(bare, bare_loop())
             ours = max(ours, our_loop())
     result = {"bare_images_per_s": bare, "wm_agent_images_per_s": ours, "ratio": ours / bare,
-              "batch_size": cfg.batch_size, "images": n_batches * cfg.batch_size, "torch_threads": torch.get_num_threads(),
-              "device": str(device)}
+              "batch_size": cfg.batch_size, "images": n_batches * cfg.batch_size,
+              "torch_threads": torch.get_num_threads(), "device": str(device)}
     if verbose:
         print(f"VQ-VAE training on {device}, batch {cfg.batch_size}, {result['images']} images, "
               f"{result['torch_threads']} threads:")
@@ -303,8 +304,8 @@ class BenchmarkDreamConfig:
 
     num_envs: int = field(default=1024, metadata={"help": "dreams stepped in one batch"})
     dream_steps: int = field(default=30, metadata={"help": "batched dream steps to time"})
-    real_steps: int = field(default=1500, metadata={"help": "sets the real envs' timed steps: GridWorld runs 20x this many, "
-                                                          "CarRacing a fifth (at least 20)"})
+    real_steps: int = field(default=1500, metadata={
+        "help": "sets the real envs' timed steps: GridWorld runs 20x this many, CarRacing a fifth (at least 20)"})
     seed: int = field(default=0, metadata={"help": "seed"})
     device: str = field(default="cpu", metadata={"help": "torch device the dreams run on: cpu, cuda or auto"})
 

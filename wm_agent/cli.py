@@ -329,7 +329,8 @@ def main(argv: list[str] | None = None) -> int:
         terminated.append(signum)
         raise KeyboardInterrupt
 
-    on_term = signal.getsignal(signal.SIGTERM) == signal.SIG_DFL and threading.current_thread() is threading.main_thread()
+    on_term = (signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+               and threading.current_thread() is threading.main_thread())
     if on_term:
         signal.signal(signal.SIGTERM, stop)
     with warnings.catch_warnings():

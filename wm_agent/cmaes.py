@@ -180,7 +180,8 @@ def _search(cfg: ControllerTrainConfig, wm: WorldModel | None) -> dict:
                                              "no real episode runs that long (0: the limit itself)")))
     max_steps = cfg.max_steps or limit
     if "cmaes" in wm.train_state and not (cfg.resume or cfg.overwrite):
-        raise FileExistsError(f"{model_name} already holds a controller search ({wm.train_state['cmaes'].get('generation', 0)} "
+        raise FileExistsError(f"{model_name} already holds a controller search "
+                              f"({wm.train_state['cmaes'].get('generation', 0)} "
                               "generations done): pass --resume to continue it or --overwrite to start a new one")
     state = wm.train_state.get("cmaes") if cfg.resume else None
     if state:

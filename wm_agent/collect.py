@@ -586,7 +586,7 @@ class _ShardSyncer:
                     for entry in batch:
                         _fsync_shard(self._out_dir / entry["name"])
                     self._record(batch)
-                except BaseException as exc:  # reported by close(); the shards stay on disk for a re-run
+                except BaseException as exc:  # reported by close(); the shards stay on disk for a re-run  # noqa: BLE001
                     self._error = exc
 
     def close(self) -> BaseException | None:
@@ -761,7 +761,7 @@ class DataCollector:
         except (OSError, json.JSONDecodeError) as exc:
             raise ValueError(f"cannot read {path}: {exc}") from exc
         if not isinstance(old, dict):
-            raise ValueError(f"{path} is not a wm-agent manifest")
+            raise ValueError(f"{path} is not a wm-agent manifest")  # noqa: TRY004 (every bad manifest is a ValueError)
         if not self._shard_size_fixed and is_int(old.get("episodes_per_shard")) and old["episodes_per_shard"] >= 1:
             self.episodes_per_shard = int(old["episodes_per_shard"])  # e.g. made before the default changed
             self._shard_size_fixed = True
@@ -1092,7 +1092,7 @@ def _close_after_failure(envs: gym.vector.VectorEnv) -> None:
         with warnings.catch_warnings():  # "close while waiting for a pending call": that is the point here
             warnings.simplefilter("ignore")
             envs.close(terminate=True)
-    except Exception:
+    except Exception:  # noqa: BLE001 (whatever close() raised, stop the processes here)
         for process in getattr(envs, "processes", []):
             if process.is_alive():
                 process.terminate()

@@ -148,7 +148,8 @@ class ResumeMismatch(ValueError):
         super().__init__(f"{path}: {found}; {resume}, or pass --overwrite without --resume to start again")
 
     def found_as(self, flag: str) -> str:
-        return f"{self.what} {flag_text(flag, self.saved)}, not {flag_text(flag, self.now)}" if self.flag else self.found
+        return (f"{self.what} {flag_text(flag, self.saved)}, not {flag_text(flag, self.now)}" if self.flag
+                else self.found)
 
 
 def refuse_other_settings(path, stage: str, what: str, saved: dict, now: dict) -> None:
@@ -221,7 +222,8 @@ class WorldModelConfig:
         if problems:
             raise ValueError("invalid WorldModelConfig: " + "; ".join(problems))
         if self.image_size % self.latent_grid:
-            problems.append(f"image_size ({self.image_size}) must be a positive multiple of latent_grid ({self.latent_grid})")
+            problems.append(f"image_size ({self.image_size}) must be a positive multiple of latent_grid "
+                            f"({self.latent_grid})")
         else:
             factor = self.image_size // self.latent_grid
             if factor & (factor - 1) or 2 ** len(self.channels) != factor:
@@ -240,7 +242,8 @@ class WorldModelConfig:
             )
         if not problems and self.controller_params > self.max_controller_params:
             problems.append(
-                f"the controller would have {self.controller_params} parameters (z={self.z_size}, h={self.hidden_size}, "
+                f"the controller would have {self.controller_params} parameters "
+                f"(z={self.z_size}, h={self.hidden_size}, "
                 f"actions={self.action_dim}), over max_controller_params={self.max_controller_params}: "
                 f"CMA-ES cannot search that many; shrink latent_grid/latent_dim/hidden_size"
             )

@@ -364,7 +364,8 @@ def open_shard(
     for key, (shape, dtype) in expected.items():
         array = arrays[key]
         if array.shape != shape or array.dtype != dtype:
-            fail(key, f"expected {np.dtype(dtype)} shape {shape} (from lengths.npy), got {array.dtype} shape {array.shape}")
+            fail(key, f"expected {np.dtype(dtype)} shape {shape} (from lengths.npy), "
+                      f"got {array.dtype} shape {array.shape}")
     blob, offsets = arrays.pop(BLOB), arrays.pop(OFFSETS)
     if blob.ndim != 1 or blob.dtype != np.uint8:
         fail(BLOB, f"expected a 1-D uint8 array, got {blob.dtype} shape {blob.shape}")

@@ -160,7 +160,8 @@ def _run_demo(cfg: DemoConfig) -> dict:
         "random_dream_return": calibration["random_dream_return"],
         "real_env_steps_used": int(train.num_steps),  # the controller never touched the real env
         "controller_trained_in": "dream", "controller_generations": wm.train_state["cmaes"]["generation"],
-        "wall_time_s": time.perf_counter() - t_start, "stage_seconds": timings, "torch_threads": torch.get_num_threads(),
+        "wall_time_s": time.perf_counter() - t_start, "stage_seconds": timings,
+        "torch_threads": torch.get_num_threads(),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
     }
     save_json(summary, out / "summary.json")

@@ -241,7 +241,8 @@ class DreamEnv(gym.Env):
         self.done_threshold = _checked_threshold(done_threshold)
         self.action_space = action_space_of(wm)
         s = wm.config.image_size
-        self.observation_space = latent_space_of(wm) if observation == "latent" else spaces.Box(0, 255, (s, s, 3), np.uint8)
+        self.observation_space = (latent_space_of(wm) if observation == "latent"
+                                  else spaces.Box(0, 255, (s, s, 3), np.uint8))
         self._batch = DreamBatch(wm, 1, temperature)
         self._gen = torch.Generator()
         self._window = self._clock = None
@@ -268,7 +269,8 @@ class DreamEnv(gym.Env):
             frame = np.asarray(frame)
             s = self.world_model.config.image_size
             if frame.shape != (s, s, 3) or frame.dtype != np.uint8:
-                raise ValueError(f"options['frame'] must be uint8 of shape ({s}, {s}, 3), got {frame.dtype} {frame.shape}")
+                raise ValueError(f"options['frame'] must be uint8 of shape ({s}, {s}, 3), "
+                                 f"got {frame.dtype} {frame.shape}")
             frame = frame[None]
         with one_torch_thread():
             self._batch.reset(np.array([0]), self.np_random, frame)

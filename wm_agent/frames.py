@@ -20,8 +20,8 @@ from pathlib import Path
 import lz4.block
 import numpy as np
 
-__all__ = ["BLOB", "CODEC", "OFFSETS", "RECOLLECT", "CompressedFrames", "DiscardFrames", "FrameArray", "FrameWriter", "grown",
-           "npy_header"]
+__all__ = ["BLOB", "CODEC", "OFFSETS", "RECOLLECT", "CompressedFrames", "DiscardFrames", "FrameArray", "FrameWriter",
+           "grown", "npy_header"]
 
 CODEC = "lz4-block"
 BLOB = "obs_lz4"  # file stems inside a shard folder

@@ -811,7 +811,9 @@ KEY_ALIASES = {"up": "up", "right": "right", "down": "down", "left": "left", "r"
 DISCRETE_KEYS = {"up": 0, "right": 1, "down": 2, "left": 3}  # GridWorld: 0 up, 1 right, 2 down, 3 left
 # Envs whose discrete actions mean other things: the arrows keep the continuous layout (up gas, down brake).
 # They run in real time, so play steps them every frame, with "noop" (CarRacing's 0, do nothing) when no arrow is held.
-KEY_MAPS = {"WM-CarRacing-v0": {"up": 3, "right": 1, "down": 4, "left": 2, "noop": 0}}  # 1 right, 2 left, 3 gas, 4 brake
+KEY_MAPS = {
+    "WM-CarRacing-v0": {"up": 3, "right": 1, "down": 4, "left": 2, "noop": 0},  # 1 right, 2 left, 3 gas, 4 brake
+}
 
 
 def continuous_action(held: Iterable[str], low: np.ndarray, high: np.ndarray) -> np.ndarray:
@@ -880,7 +882,8 @@ def run_play(cfg: PlayConfig, events: Iterable[str | Sequence[str]] | None = Non
     check_settings((cfg.fps >= 0, f"--fps must be >= 0 (0: the env's), got {cfg.fps}"),
                    (cfg.scale >= 1, f"--scale must be >= 1, got {cfg.scale}"),
                    (cfg.max_steps >= 0, f"--max-steps must be >= 0 (0: the env's own limit), got {cfg.max_steps}"),
-                   (cfg.temperature is None or cfg.temperature >= 0, f"--temperature must be >= 0, got {cfg.temperature}"),
+                   (cfg.temperature is None or cfg.temperature >= 0,
+                    f"--temperature must be >= 0, got {cfg.temperature}"),
                    (cfg.dream or cfg.temperature is None,
                     "--temperature is the dream's: drop it with --no-dream (the real env has none)"))
     if events is None:  # no screen, no key would ever arrive: say so instead of waiting forever

@@ -95,7 +95,8 @@ def table(runs: list[dict]) -> str:
     head = ["kernels", "seed", *[title for _, title, _ in COLUMNS], "passes"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for run in runs:
-        cells = [f"{run['kernels']} ({run['summary'].get('cpu_capability', '?')})", str(run["seed"]), *[format(run["summary"][key], fmt) for key, _, fmt in COLUMNS],
+        cells = [f"{run['kernels']} ({run['summary'].get('cpu_capability', '?')})", str(run["seed"]),
+                 *[format(run["summary"][key], fmt) for key, _, fmt in COLUMNS],
                  "yes" if passes(run["summary"]) else "NO"]
         lines.append("| " + " | ".join(cells) + " |")
     for name, pick in (("min", min), ("median", statistics.median), ("max", max)):

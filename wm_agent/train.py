@@ -636,7 +636,8 @@ def run_train_rnn(cfg: TrainRNNConfig) -> dict:
         drop_metrics(str(path) + ".metrics.jsonl", "rnn")
     # The data identity also tells eval-dream which episodes M learnt from, to warn when shown them again.
     _same_run("rnn", path, wm.train_state.setdefault("rnn", {"epoch": 0}), ds, cfg.resume,
-              {"--batch-size": cfg.batch_size, "--seed": cfg.seed, "--seq-len": cfg.seq_len, "--lr-floor": cfg.lr_floor})
+              {"--batch-size": cfg.batch_size, "--seed": cfg.seed, "--seq-len": cfg.seq_len,
+               "--lr-floor": cfg.lr_floor})
     done = wm.train_state["rnn"]["epoch"]
     codes = encode_dataset(wm, ds, progress=cfg.progress)
     win_codes, arrays = sequence_windows(ds, codes, cfg.seq_len)

@@ -379,7 +379,8 @@ class WorldModel:
         if not isinstance(state, dict) or state.get("format") != FORMAT:
             raise ValueError(f"{path} is not a wm-agent world-model checkpoint (no '{FORMAT}' format tag)")
         if state.get("version") != VERSION:
-            raise ValueError(f"{path} has checkpoint version {state.get('version')}; this wm-agent reads version {VERSION}")
+            raise ValueError(f"{path} has checkpoint version {state.get('version')}; "
+                             f"this wm-agent reads version {VERSION}")
         try:
             config = WorldModelConfig.from_dict(state["config"])
         except (TypeError, ValueError) as exc:
