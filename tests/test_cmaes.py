@@ -88,7 +88,46 @@ def test_a_resumed_search_is_the_uninterrupted_one(tmp_path):
     assert torch.equal(sa["mean"], sb["mean"]) and torch.equal(sa["told"], sb["told"]) and sa["told"].shape == (4, 4)
 
 
+def test_the_controller_is_the_best_scoring_mean_on_the_selection_dreams(ckpt):
+    log = train_controller(_cfg(ckpt, generations=5, select_every=2, select_dreams=16, temperature=0.0))["log"]
+    scored = {e["generation"]: e["selection_score"] for e in log if "selection_score" in e}
+    assert sorted(scored) == [2, 4, 5]  # every 2nd generation and the last
+    state = WorldModel.load(ckpt).train_state["cmaes"]
+    assert state["selected_generation"] == max(scored, key=scored.get)
+    assert state["selected_score"] == max(scored.values())
+    np.testing.assert_allclose(WorldModel.load(ckpt).controller.get_flat(), state["selected_params"].numpy(),
+                               rtol=1e-6, atol=1e-6)
+    # The selection dreams are fixed: the mean scored again on them gets the score it was given.
+    wm = WorldModel.load(ckpt)
+    again = dream_fitness(wm, state["selected_params"].numpy()[None], 16, 0.0, 8, False,
+                          np.random.default_rng([0, 2**31]))[0]
+    assert again == pytest.approx(state["selected_score"], abs=1e-5)
+
+
+def test_without_selection_the_controller_is_the_last_mean(ckpt):
+    log = train_controller(_cfg(ckpt, generations=3, select_every=0))["log"]
+    assert not any("selection_score" in e for e in log)
+    wm = WorldModel.load(ckpt)
+    assert "selected_params" not in wm.train_state["cmaes"]
+    np.testing.assert_allclose(wm.controller.get_flat(), wm.train_state["cmaes"]["mean"].numpy(), rtol=1e-6, atol=1e-6)
+
+
+def test_a_resumed_search_selects_as_the_uninterrupted_one(tmp_path):
+    straight, halves = tmp_path / "a.pt", tmp_path / "b.pt"
+    tiny_world_model().save(straight)
+    tiny_world_model().save(halves)
+    kw = dict(select_every=1, select_dreams=8)
+    whole = train_controller(_cfg(straight, generations=4, **kw))["log"]
+    train_controller(_cfg(halves, generations=2, **kw))
+    resumed = train_controller(_cfg(halves, generations=4, resume=True, **kw))["log"]
+    assert [e["selection_score"] for e in whole] == [e["selection_score"] for e in resumed]
+    sa, sb = (WorldModel.load(p).train_state["cmaes"] for p in (straight, halves))
+    assert sa["selected_generation"] == sb["selected_generation"]
+    assert torch.equal(sa["selected_params"], sb["selected_params"])
+
+
 @pytest.mark.parametrize("kw, message", [
+    (dict(select_every=3), "used --select-every 10, not --select-every 3"),
     (dict(popsize=6), "used --popsize 4, not --popsize 6; resume with --popsize 4"),
     (dict(seed=3), "used --seed 0, not --seed 3; resume with --seed 0"),
     (dict(where="real"), "used --in dream, not --in real"),
@@ -174,7 +213,9 @@ def test_train_with_an_in_memory_model_and_hidden_layer(tmp_path):
 
 
 @pytest.mark.parametrize("kw, match", [(dict(where="moon"), "--in"), (dict(popsize=1), "popsize"),
-                                       (dict(rollouts=0), "rollouts"), (dict(generations=-1), "generations")])
+                                       (dict(rollouts=0), "rollouts"), (dict(generations=-1), "generations"),
+                                       (dict(select_every=-1), "--select-every must be >= 0"),
+                                       (dict(select_dreams=0), "--select-dreams must be >= 1")])
 def test_bad_settings(ckpt, kw, match):
     with pytest.raises(ValueError, match=match):
         train_controller(_cfg(ckpt, **kw))

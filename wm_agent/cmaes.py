@@ -5,10 +5,17 @@ A generation: ask CMA-ES for ``popsize`` parameter vectors, score each by its me
 batch of dreams (one MDN-RNN forward per step for the whole generation). In the real env they run in
 worker processes, each with a deadline, so a crashed or hung worker ends the run with a clear error
 instead of hanging it. Every generation the CMA-ES state is saved into the world-model checkpoint, so
-``--resume`` continues an interrupted run, and the controller saved is the search's MEAN: the best
+``--resume`` continues an interrupted run, and the controller saved is a search MEAN: the best
 candidate of a generation won a noisy contest (its fitness is the luckiest of ``popsize`` estimates),
 while the mean is what the whole population's ranking points to. The best candidate and its score are
 kept as well (``train_state["cmaes"]["best_params"]`` / ``["best_fitness"]``).
+
+Which mean: in the dream, every ``select_every`` generations (and after the last) the current mean is
+scored on one fixed set of ``select_dreams`` dreams (the same start frames and action draws each time),
+and the best-scoring mean so far is the controller. The mean of a search that has found the goal does
+not keep improving: scored on a few fresh dreams a generation, it drifts up and down, and the last one
+can be worse than one of twenty generations before (docs/benchmarks.md, "GridWorld over seeds and CPU
+kernels"). In the real env every episode costs real steps, so there the last mean is the controller.
 """
 
 from __future__ import annotations
@@ -59,6 +66,10 @@ class ControllerTrainConfig:
     workers: int = doc("worker processes for --in real", 2)
     timeout: float = doc("seconds a real-env worker may take for its episodes before the run stops", 300.0)
     max_steps: int = doc("episode step limit (0 = the env's own limit)", 0)
+    select_every: int = doc("in the dream: every this many generations (and after the last), score the search's "
+                            "mean on --select-dreams fixed dreams and keep the best-scoring mean as the controller "
+                            "(0: the last mean)", 10)
+    select_dreams: int = doc("dreams each mean is scored on for --select-every (the same dreams every time)", 512)
     resume: bool = doc("continue the CMA-ES run saved in the checkpoint", False)
     overwrite: bool = doc("start a new search even though the checkpoint holds one (its controller is replaced)", False)
     device: str = doc("torch device for the dream: auto, cpu or cuda", "auto")
@@ -101,7 +112,9 @@ def _new_es(x0: np.ndarray, sigma: float, cfg: ControllerTrainConfig, stds: np.n
 _RESUME_SETTINGS = (("popsize", "popsize", "--popsize"), ("seed", "seed", "--seed"), ("where", "where", "--in"),
                     ("sigma0", "sigma0", "--sigma0"),
                     ("rollouts", "rollouts", "--rollouts"), ("greedy", "greedy", "--greedy"),
-                    ("max_steps", "max_steps", "--max-steps"), ("temperature", "temperature", "--temperature"))
+                    ("max_steps", "max_steps", "--max-steps"), ("temperature", "temperature", "--temperature"),
+                    ("select_every", "select_every", "--select-every"),
+                    ("select_dreams", "select_dreams", "--select-dreams"))
 
 
 def _check_resume_settings(state: dict, cfg: ControllerTrainConfig, wm: WorldModel, path: Path) -> None:
@@ -162,6 +175,8 @@ def _search(cfg: ControllerTrainConfig, wm: WorldModel | None) -> dict:
                    (cfg.max_steps >= 0, f"--max-steps must be >= 0 (0: the env's own limit), got {cfg.max_steps}"),
                    (cfg.hidden >= -1, f"--hidden must be >= 0 (or -1: the checkpoint's), got {cfg.hidden}"),
                    (cfg.where == "dream" or cfg.workers >= 1, f"--workers must be >= 1, got {cfg.workers}"),
+                   (cfg.select_every >= 0, f"--select-every must be >= 0 (0: the last mean), got {cfg.select_every}"),
+                   (cfg.select_dreams >= 1, f"--select-dreams must be >= 1, got {cfg.select_dreams}"),
                    (cfg.where == "dream" or (cfg.timeout > 0 and math.isfinite(cfg.timeout)),
                     f"--timeout must be > 0 and finite, got {cfg.timeout}"))
     # Messages name the model as the caller knows it: a model given in memory is not (yet) the file.
@@ -190,6 +205,10 @@ def _search(cfg: ControllerTrainConfig, wm: WorldModel | None) -> dict:
         if state.get("env", env_id) != env_id:
             raise ResumeMismatch(path, f"the saved CMA-ES search ran in {state['env']}, not {env_id}",
                                  f"resume with --env {state['env']}")
+    selected = None  # (dream score, generation, params) of the best-scoring mean so far
+    if state and "selected_params" in state:
+        selected = (float(state["selected_score"]), int(state["selected_generation"]),
+                    state["selected_params"].double().numpy())
     if state and "told" in state:
         es, start = _replayed_es(state, cfg, path)
         generation, log = int(state["generation"]), list(state["log"])
@@ -236,18 +255,31 @@ def _search(cfg: ControllerTrainConfig, wm: WorldModel | None) -> dict:
             generation += 1
             if fit.max() > best_f:
                 best_f, best_x = float(fit.max()), xs[fit.argmax()].copy()
-            log.append({"generation": generation, "best": float(fit.max()), "mean": float(fit.mean()),
-                        "worst": float(fit.min()), "sigma": float(es.sigma), "seconds": time.perf_counter() - t0,
-                        "real_env_steps": evaluator.steps if evaluator else 0})  # cumulative, resumes counted
-            # Save every generation: mean/sigma/scales restore the search; the mean is the controller.
-            wm.controller.set_flat(es.mean)
+            row = {"generation": generation, "best": float(fit.max()), "mean": float(fit.mean()),
+                   "worst": float(fit.min()), "sigma": float(es.sigma),
+                   "real_env_steps": evaluator.steps if evaluator else 0}  # cumulative, resumes counted
+            selecting = cfg.where == "dream" and cfg.select_every > 0
+            if selecting and (generation % cfg.select_every == 0 or generation == cfg.generations):
+                score = _selection_score(wm, es.mean, cfg, max_steps)
+                row["selection_score"] = score
+                if selected is None or score > selected[0]:
+                    selected = (score, generation, np.array(es.mean))
+            row["seconds"] = time.perf_counter() - t0
+            log.append(row)
+            # Save every generation: mean/sigma/scales restore the search; the controller is the mean
+            # chosen by the selection, or the last one.
+            wm.controller.set_flat(selected[2] if selecting and selected is not None else es.mean)
             wm.train_state["cmaes"] = {
                 "generation": generation, "mean": torch.as_tensor(es.mean), "sigma": float(es.sigma),
                 "stds": torch.as_tensor(np.sqrt(np.maximum(es.sm.variances, 1e-20))),
                 "best_params": torch.as_tensor(best_x), "best_fitness": best_f, "log": log,
                 "where": cfg.where, "temperature": cfg.temperature, "greedy": cfg.greedy,
                 "rollouts": cfg.rollouts, "max_steps": cfg.max_steps, "env": env_id,
+                "select_every": cfg.select_every, "select_dreams": cfg.select_dreams,
             }
+            if selected is not None:
+                wm.train_state["cmaes"].update(selected_score=selected[0], selected_generation=selected[1],
+                                               selected_params=torch.as_tensor(selected[2]))
             if start is not None:  # what replays the search exactly on --resume (see _replayed_es)
                 wm.train_state["cmaes"].update(start, told=torch.stack(told))
             wm.metrics["controller"] = {"generations": generation, "where": cfg.where, "best_fitness": best_f,
@@ -261,6 +293,14 @@ def _search(cfg: ControllerTrainConfig, wm: WorldModel | None) -> dict:
         if evaluator:
             evaluator.close()
     return {"checkpoint": str(path), "generations": generation, "log": log}
+
+
+def _selection_score(wm: WorldModel, mean: np.ndarray, cfg: ControllerTrainConfig, max_steps: int) -> float:
+    """The mean return of the controller ``mean`` over the search's fixed selection dreams: the same start
+    frames and action draws at every call (its own seed stream, apart from the generations')."""
+    rng = np.random.default_rng([cfg.seed, 2**31])
+    return float(dream_fitness(wm, np.asarray(mean)[None], cfg.select_dreams, cfg.temperature, max_steps,
+                               cfg.greedy, rng)[0])
 
 
 def _set_architecture(wm: WorldModel, cfg: ControllerTrainConfig) -> None:
