@@ -202,7 +202,7 @@ class WorldModelConfig:
     reward_weight: float = doc("weight of the reward MSE in the MDN-RNN loss", 0.1, bounds=NON_NEGATIVE)
     done_weight: float = doc("weight of the done BCE in the MDN-RNN loss", 0.1, bounds=NON_NEGATIVE)
     controller: str = doc("controller architecture: 'linear' on concat(z, h) as in the paper, or 'keypoint' "
-                          "(spatial-softmax keypoints on the latent grid, see controller.py)", "linear")
+                          "(spatial-softmax keypoints on the latent grid z; it ignores h, see controller.py)", "linear")
     controller_hidden: int = doc("hidden units of the controller (0 = linear readout, as in the paper)", 0,
                                  bounds=NON_NEGATIVE)
     controller_keypoints: int = doc("keypoints of the 'keypoint' controller (>= 1)", 2, bounds=SIZE)

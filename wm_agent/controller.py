@@ -1,7 +1,8 @@
-"""C: the small policy on (z_t, h_t) that CMA-ES searches: linear like the paper, or spatial keypoints.
+"""C: the small policy that CMA-ES searches: linear on (z_t, h_t) like the paper, or spatial keypoints on z_t.
 
-``linear`` reads concat(z, h) with one matrix (optionally one hidden layer), exactly the paper's C.
-``keypoint`` reads the latent GRID the way a spatial-softmax layer does (Levine et al., 2016): each
+Both take the observation concat(z, h) that the dream and ``LatentObservation`` give.
+``linear`` reads all of it with one matrix (optionally one hidden layer), exactly the paper's C.
+``keypoint`` reads only z, the latent GRID, the way a spatial-softmax layer does (Levine et al., 2016): each
 cell is described by which codebook entry it holds (a soft membership per code, so near-duplicate
 codes read alike), each keypoint scores every cell with one weight per code, the same at every cell,
 a softmax over cells turns the scores into an attention map, and the keypoint's expected (row, col)
@@ -10,7 +11,7 @@ latent dimensions: see ``vqvae.code_memberships``). The readout then sees "where
 what" in a few numbers instead of a 256-dimensional absolute map: a navigation rule such as "towards
 the goal, around what blocks the next cell" is linear in these features but not in the raw latent.
 A last parameter is the log gain of the logits (how sharp the policy is). On GridWorld that is ~700
-parameters.
+parameters. It ignores h, the paper's "V only" variant: a GridWorld frame shows the whole state.
 """
 
 from __future__ import annotations
