@@ -30,9 +30,9 @@ class DemoConfig:
     train_episodes: int = doc("random-policy episodes to learn the world model from", 600)
     heldout_episodes: int = doc("episodes (other seeds) kept aside to measure the world model", 100)
     vae_epochs: int = doc("VQ-VAE epochs", 3)
-    # M trained to convergence: an M that still gets a few percent of next frames wrong (the agent vanishes
-    # or splits) dreams states no real episode has, whose rewards the heads make up and CMA-ES farms
-    # (docs/benchmarks.md, "GridWorld over seeds and CPU kernels").
+    # M trained to convergence (with train-rnn's learning-rate decay): an M that still draws some next
+    # frames wrong (the agent vanishes) dreams states no real episode has, whose rewards the heads make up
+    # and CMA-ES farms (docs/benchmarks.md, "GridWorld over seeds and CPU kernels").
     rnn_epochs: int = doc("MDN-RNN epochs", 30)
     rnn_batch_size: int = doc("MDN-RNN sequences per batch", 16)
     popsize: int = doc("CMA-ES population", 32)
