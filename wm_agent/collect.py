@@ -449,7 +449,7 @@ def _report_to_shared(index: int) -> Callable[[int, int], None]:
 def _open_shard(task: _ShardTask, frame_shape: tuple[int, ...]) -> tuple[Path, FrameWriter]:
     """A fresh temporary folder for shard ``task.index`` and the writer of its frames.
 
-    Frames are compressed into tmp/obs_lz4.npy while the episodes run. Not wm_agent.io.save_npy for
+    Frames are compressed into tmp/obs_lz4.npy while the episodes run. Not wm_agent.io.atomic_path for
     the files: the folder rename in ``_close_shard`` already makes the shard appear whole or not at
     all, and an fsync per file here would leave the worker waiting on the disk. The main process
     fsyncs the shard before listing it.

@@ -25,11 +25,12 @@ _LOCK = ".lock"
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; it replaces ``path`` only if the block finishes."""
+    """Yield a temporary path beside ``path``; it replaces ``path`` only if the block finishes. The
+    temporary name ends in ``path``'s own extension, for writers that pick the format from it (imageio)."""
     path = Path(path)
     make_parent(path)
     _remove_stale_temps(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=f".tmp{path.suffix}", dir=path.parent)
     os.close(fd)
     tmp = Path(tmp)
     os.chmod(tmp, 0o644)  # mkstemp makes 0600 files; datasets and checkpoints are meant to be shared
@@ -124,7 +125,7 @@ def make_parent(path: Path) -> None:
 
 def _remove_stale_temps(path: Path) -> None:
     """Delete temp files of earlier writes to ``path`` whose writer died (SIGKILL leaves them)."""
-    for tmp in path.parent.glob(f".{path.name}.*.tmp"):
+    for tmp in path.parent.glob(f".{path.name}.*.tmp{path.suffix}"):
         pid = tmp.name[len(path.name) + 2 :].split(".", 1)[0]
         if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
             tmp.unlink(missing_ok=True)
@@ -186,12 +187,6 @@ def load_torch(path: str | os.PathLike, what: str = "checkpoint") -> Any:
 def save_json(obj: Any, path: str | os.PathLike) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
-
-
-def save_npy(array: np.ndarray, path: str | os.PathLike) -> None:
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as f:
-            np.save(f, np.ascontiguousarray(array), allow_pickle=False)
 
 
 def load_npy(path: str | os.PathLike, mmap: bool = True) -> np.ndarray:

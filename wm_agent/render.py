@@ -20,7 +20,6 @@ import json
 import math
 import os
 import tempfile
-import uuid
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +29,7 @@ import numpy as np
 import torch
 
 from wm_agent.config import check_settings, doc
-from wm_agent.io import make_parent
+from wm_agent.io import atomic_path, make_parent
 from wm_agent.progress import progress_bar
 
 os.environ.setdefault("PYGAME_HIDE_SUPPORT_PROMPT", "1")
@@ -133,28 +132,15 @@ def _canvas(width: int, height: int, colour=PAPER):
     return surface
 
 
-def _atomic_write(path: str | os.PathLike, write) -> Path:
-    """Call ``write(tmp)`` on a temporary file beside ``path`` that keeps its extension (imageio picks
-    the format from it), then rename it onto ``path``: a crash never leaves a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.{uuid.uuid4().hex[:8]}.tmp{path.suffix}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
-
-
 def _save_png(surface, path: str | os.PathLike) -> Path:
     import imageio.v3 as iio
 
     if Path(path).suffix.lower() != ".png":  # the bytes are PNG whatever the name says
         raise ValueError(f"figures are written as PNG: give a name ending in .png, got {str(path)!r}")
     array = _surface_array(surface)
-    return _atomic_write(path, lambda tmp: iio.imwrite(tmp, array, extension=".png"))
+    with atomic_path(path) as tmp:
+        iio.imwrite(tmp, array, extension=".png")
+    return Path(path)
 
 
 def frame_mse(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -496,7 +482,9 @@ def write_video(frames, path: str | os.PathLike, fps: float = 8) -> Path:
             # then held an RGB image of each as well (the file is byte for byte the same).
             images = (Image.fromarray(frame) for frame in itertools.chain([first], stream))
             next(images).save(tmp, format="GIF", save_all=True, append_images=images, duration=1000.0 / fps, loop=0)
-    return _atomic_write(path, write)
+    with atomic_path(path) as tmp:
+        write(tmp)
+    return Path(path)
 
 
 def compose_frame(real, dream=None, step: int | None = None, reward: float | None = None, scale: int = 4,
