@@ -271,7 +271,7 @@ def describe(pids: list[int]) -> list[str]:
 
 
 def temp_leftovers(folder: Path) -> list[str]:
-    """Half-written files/folders of an interrupted write: ``.NAME.XXXX.tmp``, ``.tmp-*``, ``.trash-*``."""
+    """Half-written files/folders of an interrupted write: ``.NAME.XXXX.tmp.EXT``, ``.tmp-*``, ``.trash-*``."""
     return sorted(str(p.relative_to(folder)) for p in folder.rglob("*")
                   if ".tmp" in p.name or p.name.startswith(".trash-"))
 
@@ -555,7 +555,7 @@ def test_a_save_cut_by_sigkill_leaves_no_temp_file(tmp_path, commands):
     path = tmp_path / "wm.pt"
     save_torch({"old": torch.zeros(2)}, path)
     saver = commands([str(path)], tmp_path, "slow_save", code=_SLOW_SAVE)
-    assert saver.wait_until(lambda: any(p.stat().st_size for p in tmp_path.glob(".wm.pt.*.tmp"))), saver.stderr
+    assert saver.wait_until(lambda: any(p.stat().st_size for p in tmp_path.glob(".wm.pt.*.tmp.pt"))), saver.stderr
     assert saver.kill()
     # What matters most holds: the checkpoint on disk is the old one, whole.
     assert list(load_torch(path)) == ["old"]

@@ -125,7 +125,8 @@ def make_parent(path: Path) -> None:
 
 def _remove_stale_temps(path: Path) -> None:
     """Delete temp files of earlier writes to ``path`` whose writer died (SIGKILL leaves them)."""
-    for tmp in path.parent.glob(f".{path.name}.*.tmp{path.suffix}"):
+    # ".tmp" alone: the name earlier versions gave their temporary files
+    for tmp in [*path.parent.glob(f".{path.name}.*.tmp{path.suffix}"), *path.parent.glob(f".{path.name}.*.tmp")]:
         pid = tmp.name[len(path.name) + 2 :].split(".", 1)[0]
         if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
             tmp.unlink(missing_ok=True)
