@@ -241,6 +241,7 @@ def _search(cfg: ControllerTrainConfig, wm: WorldModel | None) -> dict:
     bar = progress_bar(total=cfg.generations, initial=generation,
                        desc=f"CMA-ES in the {'dream' if cfg.where == 'dream' else 'real env'}", unit="gen",
                        disable=not cfg.progress)
+    selecting = cfg.where == "dream" and cfg.select_every > 0
     try:
         while generation < cfg.generations:
             t0 = time.perf_counter()
@@ -258,7 +259,6 @@ def _search(cfg: ControllerTrainConfig, wm: WorldModel | None) -> dict:
             row = {"generation": generation, "best": float(fit.max()), "mean": float(fit.mean()),
                    "worst": float(fit.min()), "sigma": float(es.sigma),
                    "real_env_steps": evaluator.steps if evaluator else 0}  # cumulative, resumes counted
-            selecting = cfg.where == "dream" and cfg.select_every > 0
             if selecting and (generation % cfg.select_every == 0 or generation == cfg.generations):
                 score = _selection_score(wm, es.mean, cfg, max_steps)
                 row["selection_score"] = score
