@@ -16,19 +16,11 @@ import torch
 
 import wm_agent  # noqa: F401
 from wm_agent.config import WorldModelConfig
-from wm_agent.render import (
-    PlayConfig,
-    RenderConfig,
-    Visualizer,
-    compose_frame,
-    continuous_action,
-    record_dream_episode,
-    record_real_episode,
-    record_side_by_side,
-    run_play,
-    run_render,
-    write_video,
-)
+from wm_agent.commands.play import PlayConfig, continuous_action, run_play
+from wm_agent.commands.render import RenderConfig, run_render
+from wm_agent.render.episodes import record_dream_episode, record_real_episode, record_side_by_side
+from wm_agent.render.figures import Visualizer
+from wm_agent.render.video import compose_frame, write_video
 from wm_agent.world_model import WorldModel
 
 ENV = "WM-GridWorld-v0"
@@ -135,7 +127,7 @@ def test_training_curves_from_jsonl_and_list(tmp_path):
 
 
 def test_training_curves_count_values_that_are_not_finite_instead_of_dropping_them_unseen(tmp_path):
-    from wm_agent.render import _legend, _points, _series
+    from wm_agent.render.figures import _legend, _points, _series
 
     rows = [{"stage": "rnn", "epoch": 1, "loss": 2.0}, {"stage": "rnn", "epoch": 2, "loss": float("nan")},
             {"stage": "rnn", "epoch": 3, "loss": None}, {"stage": "rnn", "epoch": 4, "loss": 1.5},
@@ -293,7 +285,7 @@ def test_run_render_human_and_bad_args(tmp_path, tiny, monkeypatch):
     human = RenderConfig(checkpoint=str(ckpt), human=True, max_steps=2, fps=200, out="ignored.txt")
     with pytest.raises(ValueError, match="render --human needs a display.*'dummy'.*leave out --human"):
         run_render(human)  # headless: frames shown to no one would be a silent success
-    monkeypatch.setattr("wm_agent.render.require_screen", lambda *a: None)  # as if there were a screen
+    monkeypatch.setattr("wm_agent.commands.render.require_screen", lambda *a: None)  # as if there were a screen
     shown = run_render(human)
     assert shown["out"] is None and 2 <= shown["frames"] <= 3
     with pytest.raises(ValueError, match=".mp4 or .gif"):
@@ -434,12 +426,13 @@ def test_render_refuses_env_with_dream_and_warns_about_fast_gifs(tiny, tmp_path)
 def test_the_reconstruction_figure_is_wide_enough_for_its_title(tmp_path):
     import imageio.v3 as iio
 
-    from wm_agent.render import _fmt, _text_width
+    from wm_agent.render.drawing import text_width
+    from wm_agent.render.figures import _fmt
 
     frames = np.zeros((1, 64, 64, 3), np.uint8)
     path = Visualizer(tmp_path, scale=1).reconstruction(frames, frames)
     width = iio.imread(path).shape[1]
-    assert width >= _text_width(f"VQ-VAE reconstruction  (mean MSE {_fmt(0.0)})", 24)
+    assert width >= text_width(f"VQ-VAE reconstruction  (mean MSE {_fmt(0.0)})", 24)
 
 
 def test_render_makes_no_output_folder_for_a_checkpoint_that_does_not_load(tmp_path):
@@ -452,7 +445,7 @@ def test_videos_and_play_default_to_the_envs_own_pace():
     """As Gymnasium's RecordVideo does: CarRacing at 50 fps (8 was six times slow motion), GridWorld at 8."""
     from helpers import tiny_world_model
 
-    from wm_agent.render import DEFAULT_FPS, env_fps
+    from wm_agent.render.episodes import DEFAULT_FPS, env_fps
 
     grid = tiny_world_model()
     car = tiny_world_model(discrete_actions=False, action_dim=3, action_low=(-1, 0, 0), action_high=(1, 1, 1))

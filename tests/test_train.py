@@ -217,7 +217,7 @@ def test_a_stopped_epoch_on_data_that_has_grown_starts_again(frames, tmp_path):
 
 
 def test_metrics_rows_start_a_line_of_their_own_after_a_torn_write(tmp_path):
-    from wm_agent.render import _load_metrics
+    from wm_agent.render.figures import _load_metrics
     from wm_agent.train import append_metrics, drop_metrics
 
     path = tmp_path / "wm.pt.metrics.jsonl"

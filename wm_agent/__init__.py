@@ -36,7 +36,7 @@ _EXPORTS = {
     "LatentObservation": "latent_env",
     "DataCollector": "collect",
     "EpisodeDataset": "dataset",
-    "Visualizer": "render",
+    "Visualizer": "render.figures",
 }
 
 __all__ = [  # in the order of _EXPORTS, not sorted
