@@ -63,7 +63,7 @@ KINDS = ("dropped", "copy", "lz4")
 def _run(loop, kind: str, episodes: int, folder: str) -> tuple[int, float]:
     """The next ``episodes`` episodes of ``loop`` (a ``wm_agent.benchmark.RolloutLoop``), frames dropped,
     copied once (``_CopyOnce``) or written as a shard writes them: (frames, seconds)."""
-    from wm_agent.frames import FrameWriter
+    from wm_agent.data.frames import FrameWriter
 
     writer = (FrameWriter(folder, loop.frame_shape) if kind == "lz4"
               else _CopyOnce(loop.frame_shape) if kind == "copy" else None)

@@ -6,7 +6,7 @@ sustain (see docs/benchmarks.md), so frames are compressed; each worker pays for
 its env, so a 0.8 collector ratio leaves well under 20% of an env step for it. This times, per frame
 and on one core: the env step itself (``gym.make``, random actions), zlib level 1, an RGB ->
 palette-index pass (a 2^24-entry lookup table), and LZ4 block compression and decompression (the
-codec the shards use, ``wm_agent.frames``). Prints one JSON object.
+codec the shards use, ``wm_agent.data.frames``). Prints one JSON object.
 
 Usage::
 

@@ -4,7 +4,7 @@
 1. Writes N synthetic GridWorld-like frames (default 1,000,000 = 12.3 GB raw, ~0.2 GB as stored)
    straight into the collector's shard format (LZ4 frames in ``shard_XXXXX/obs_lz4.npy`` +
    ``obs_offsets.npy``, actions/rewards/terminated/truncated/lengths and a ``manifest.json``; see
-   ``wm_agent/collect.py``) with the collector's own ``FrameWriter``, one episode in memory at a time.
+   ``wm_agent/data/shards.py``) with the collector's own ``FrameWriter``, one episode in memory at a time.
    Free disk space is checked first.
 2. In a fresh child process: opens it as ``EpisodeDataset`` and trains the VQ-VAE (``fit_vae`` over
    ``iter_frame_batches``, random batches across all shards) for ``--batches`` batches. Another child
@@ -75,8 +75,8 @@ def _episode(rng: np.random.Generator, steps: int, out: np.ndarray) -> np.ndarra
 
 def generate(root: Path, frames: int, episode_steps: int, episodes_per_shard: int, seed: int) -> dict:
     """Write ``frames`` frames (episodes of ``episode_steps`` steps; the last may be shorter)."""
-    from wm_agent.collect import MANIFEST, MANIFEST_FORMAT, shard_name
-    from wm_agent.frames import CODEC, FrameWriter
+    from wm_agent.data.frames import CODEC, FrameWriter
+    from wm_agent.data.shards import MANIFEST, MANIFEST_FORMAT, shard_name
 
     per_episode = episode_steps + 1
     lengths_all = [episode_steps] * (frames // per_episode)
@@ -166,7 +166,7 @@ def child(args: argparse.Namespace) -> dict:
     import torch
 
     from wm_agent.config import WorldModelConfig
-    from wm_agent.dataset import EpisodeDataset
+    from wm_agent.data.dataset import EpisodeDataset
     from wm_agent.train import encode_dataset, fit_rnn, fit_vae, sequence_batches_from_arrays, sequence_windows
     from wm_agent.world_model import WorldModel
 

@@ -13,7 +13,7 @@ from typing import Literal
 import pytest
 
 from wm_agent.cli import add_dataclass_args, build_parser, dataclass_from_args, main
-from wm_agent.dataset import EpisodeDataset
+from wm_agent.data.dataset import EpisodeDataset
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["--episodes", "3", "--episodes-per-shard", "2", "--max-steps", "6", "--no-progress"]

@@ -17,9 +17,10 @@ from gymnasium import spaces
 from gymnasium.envs.registration import register, registry
 
 from envs import GridWorldEnv
-from wm_agent.collect import SHARD_FILES as FILES
-from wm_agent.collect import CollectConfig, CollectionError, DataCollector, shard_rngs
-from wm_agent.frames import BLOB, OFFSETS, CompressedFrames
+from wm_agent.data.collect import CollectConfig, DataCollector
+from wm_agent.data.frames import BLOB, OFFSETS, CompressedFrames
+from wm_agent.data.shard_writer import CollectionError, shard_rngs
+from wm_agent.data.shards import SHARD_FILES as FILES
 
 
 # -- toy envs (registered under this module's name so worker processes can import them) -----------
@@ -366,7 +367,7 @@ def test_pixels_collects_a_state_vector_envs_rendered_frames_that_later_stages_r
     from helpers import tiny_config
 
     from wm_agent.cli import main
-    from wm_agent.dataset import EpisodeDataset
+    from wm_agent.data.dataset import EpisodeDataset
     from wm_agent.latent_env import LatentObservation, check_data_fits
     from wm_agent.train import action_overrides
     from wm_agent.world_model import WorldModel
@@ -506,11 +507,11 @@ def test_a_folder_of_the_raw_frame_format_is_refused(tmp_path):
 def test_the_collector_adds_to_a_users_forkserver_preload_list_instead_of_replacing_it(monkeypatch):
     from multiprocessing import forkserver
 
-    from wm_agent.collect import _mp_context
+    from wm_agent.data.shard_writer import _mp_context
 
     monkeypatch.setattr(forkserver._forkserver, "_preload_modules", ["__main__", "json"])
     _mp_context()
     # "__main__" stays out: preloading a script without a main guard would run it again in the server.
-    assert forkserver._forkserver._preload_modules == ["json", "wm_agent.collect"]
+    assert forkserver._forkserver._preload_modules == ["json", "wm_agent.data.shard_writer"]
     _mp_context()  # a second collection does not list the collector twice
-    assert forkserver._forkserver._preload_modules == ["json", "wm_agent.collect"]
+    assert forkserver._forkserver._preload_modules == ["json", "wm_agent.data.shard_writer"]

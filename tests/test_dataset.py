@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from gymnasium import spaces
 
-from wm_agent.collect import DataCollector
-from wm_agent.dataset import EpisodeDataset
-from wm_agent.frames import BLOB, OFFSETS, CompressedFrames
+from wm_agent.data.collect import DataCollector
+from wm_agent.data.dataset import EpisodeDataset
+from wm_agent.data.frames import BLOB, OFFSETS, CompressedFrames
 
 KEYS = ("actions", "rewards", "terminated", "truncated")
 
@@ -255,7 +255,7 @@ def test_frame_indices_count_from_the_end_like_episode_indices(root):
 
 def test_identity_tells_apart_folders_whose_shards_split_the_episodes_otherwise(tmp_path):
     """Shard i's episodes are seeded from (seed, i): another episodes_per_shard gives other episodes."""
-    from wm_agent.dataset import same_episodes
+    from wm_agent.data.dataset import same_episodes
 
     a, b = tmp_path / "a", tmp_path / "b"
     DataCollector("WM-GridWorld-v0", a, seed=0, episodes_per_shard=4, max_steps=5).collect(4, progress=False)

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from wm_agent.dataset import EpisodeDataset
+from wm_agent.data.dataset import EpisodeDataset
 from wm_agent.demo import DemoConfig, run_demo
 
 OUTPUTS = ["reconstruction_gridworld.png", "training_curves_gridworld.png", "dream_sequence_gridworld.png",

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from wm_agent.frames import BLOB, OFFSETS, CompressedFrames, FrameArray, FrameWriter
+from wm_agent.data.frames import BLOB, OFFSETS, CompressedFrames, FrameArray, FrameWriter
 
 
 def _write(folder, frames: np.ndarray) -> CompressedFrames:

@@ -26,7 +26,7 @@ from helpers import CodeRunningPayload, unpickling_calls_os_system
 
 from envs import ImageObservation
 from wm_agent.cli import main
-from wm_agent.collect import DataCollector
+from wm_agent.data.collect import DataCollector
 from wm_agent.config import WorldModelConfig
 from wm_agent.vqvae import VQVAE
 from wm_agent.world_model import FORMAT, VERSION, WorldModel

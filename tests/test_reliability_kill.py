@@ -29,9 +29,10 @@ import numpy as np
 import pytest
 import torch
 
-from wm_agent.collect import SHARD_FILES, DataCollector
+from wm_agent.data.collect import DataCollector
 from wm_agent.config import WorldModelConfig
-from wm_agent.dataset import EpisodeDataset
+from wm_agent.data.dataset import EpisodeDataset
+from wm_agent.data.shards import SHARD_FILES
 from wm_agent.world_model import WorldModel
 
 REPO = Path(__file__).resolve().parents[1]

@@ -78,7 +78,7 @@ def test_no_main_file_is_not_blamed(monkeypatch):
 
 SCRIPT = """
 import sys
-from wm_agent.collect import DataCollector
+from wm_agent.data.collect import DataCollector
 DataCollector("WM-GridWorld-v0", sys.argv[1], workers=2, episodes_per_shard=1).collect(2, progress=False)
 print("collected")
 """
@@ -100,7 +100,8 @@ def test_a_script_without_main_guard_is_told_what_to_change(tmp_path, guarded):
     else:
         assert proc.returncode != 0
         # The error's line (resource_tracker warnings about the dead workers' semaphores may follow it).
-        [last] = [line for line in proc.stderr.splitlines() if line.startswith("wm_agent.collect.CollectionError")]
+        error = "wm_agent.data.shard_writer.CollectionError"
+        [last] = [line for line in proc.stderr.splitlines() if line.startswith(error)]
         assert "a worker process died while collecting shard_0000" in last
         assert f"{script} starts workers outside `if __name__ == \"__main__\":`" in last
         assert "out of memory" not in last

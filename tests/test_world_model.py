@@ -22,7 +22,7 @@ from helpers import (
 )
 
 import wm_agent.train as train
-from wm_agent.collect import DataCollector
+from wm_agent.data.collect import DataCollector
 from wm_agent.config import WorldModelConfig
 from wm_agent.dream_env import DreamEnv
 from wm_agent.mdnrnn import MDNRNN
@@ -423,7 +423,7 @@ def test_run_train_rnn_fresh_start_is_reproducible_and_drops_the_old_controller_
 
 
 def test_run_train_vae_start_codes_are_the_trained_encoders(dataset, tiny_preset, tmp_path, monkeypatch):
-    from wm_agent.dataset import EpisodeDataset
+    from wm_agent.data.dataset import EpisodeDataset
 
     fit = train.fit_vae
 

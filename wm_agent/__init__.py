@@ -34,8 +34,8 @@ _EXPORTS = {
     "DreamEnv": "dream_env",
     "DreamVectorEnv": "dream_env",
     "LatentObservation": "latent_env",
-    "DataCollector": "collect",
-    "EpisodeDataset": "dataset",
+    "DataCollector": "data.collect",
+    "EpisodeDataset": "data.dataset",
     "Visualizer": "render.figures",
 }
 

@@ -10,9 +10,11 @@ from pathlib import Path
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-from wm_agent.collect import (DataCollector, EpisodeBuffer, Policy, Vectorization, make_env, make_policy, run_episodes,
-                              shard_rngs)
-from wm_agent.frames import DiscardFrames
+from wm_agent.data.collect import DataCollector, Vectorization
+from wm_agent.data.episodes import EpisodeBuffer, make_env, run_episodes
+from wm_agent.data.frames import DiscardFrames
+from wm_agent.data.policies import Policy, make_policy
+from wm_agent.data.shard_writer import shard_rngs
 from wm_agent.io import temporary_folder
 
 __all__ = ["BenchmarkCollectConfig", "BenchmarkDreamConfig", "BenchmarkTrainConfig", "RolloutLoop", "benchmark_collect",
@@ -217,7 +219,7 @@ def benchmark_train(cfg: BenchmarkTrainConfig, verbose: bool = True) -> dict:
     import torch
 
     from wm_agent.config import WorldModelConfig, check_settings
-    from wm_agent.dataset import EpisodeDataset
+    from wm_agent.data.dataset import EpisodeDataset
     from wm_agent.train import _autocast, fit_vae, resolve_device
     from wm_agent.vqvae import frames_to_tensor
     from wm_agent.world_model import WorldModel

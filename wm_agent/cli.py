@@ -133,7 +133,7 @@ def dataclass_from_args(cls: type, args: argparse.Namespace, **overrides: Any):
 # Subcommands
 # ----------------------------------------------------------------------------------------------
 def _cmd_collect(args: argparse.Namespace) -> int:
-    from wm_agent.collect import CollectConfig, DataCollector
+    from wm_agent.data.collect import CollectConfig, DataCollector
 
     config = dataclass_from_args(CollectConfig, args)
     collector = DataCollector.from_config(config)
@@ -234,7 +234,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     import importlib
 
     from wm_agent.benchmark import BenchmarkCollectConfig
-    from wm_agent.collect import CollectConfig
+    from wm_agent.data.collect import CollectConfig
 
     parser = argparse.ArgumentParser(
         prog="wm-agent", description="World Models for Gymnasium: collect, train V/M/C, evaluate, render.")
@@ -318,7 +318,7 @@ def main(argv: list[str] | None = None) -> int:
         _chosen_parser(parser, args).error(f"unrecognized arguments: {' '.join(unknown)}")
     import gymnasium as gym
 
-    from wm_agent.collect import CollectionError
+    from wm_agent.data.shard_writer import CollectionError
 
     # SIGTERM (`kill`, `timeout`, a job scheduler) stops a command as Ctrl-C does: the same saves on the
     # way out, worker processes stopped, temporary folders removed, one line said (the default action

@@ -71,8 +71,8 @@ def run_demo(cfg: DemoConfig) -> dict:
 
 def _run_demo(cfg: DemoConfig) -> dict:
     from wm_agent.cmaes import ControllerTrainConfig, train_controller
-    from wm_agent.collect import DataCollector
-    from wm_agent.dataset import EpisodeDataset
+    from wm_agent.data.collect import DataCollector
+    from wm_agent.data.dataset import EpisodeDataset
     from wm_agent.evaluate import EvaluateConfig, evaluate, dream_fidelity, dream_vs_real, vae_quality
     from wm_agent.render.episodes import record_dream_episode, record_side_by_side
     from wm_agent.render.figures import Visualizer

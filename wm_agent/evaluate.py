@@ -363,7 +363,7 @@ def _one_step_predictions(wm: WorldModel, episode: dict) -> tuple[np.ndarray, np
 
 
 def eval_dream(cfg: EvalDreamConfig, wm: WorldModel | None = None) -> dict:
-    from wm_agent.dataset import EpisodeDataset, same_episodes
+    from wm_agent.data.dataset import EpisodeDataset, same_episodes
 
     check_settings((cfg.episodes >= 0, f"--episodes must be >= 0 (0: all), got {cfg.episodes}"),
                    (cfg.max_frames >= 1, f"--max-frames must be >= 1, got {cfg.max_frames}"),

@@ -514,7 +514,7 @@ def save_on_interrupt(save: Callable[[], None], what: str):
 
 
 def run_train_vae(cfg: TrainVAEConfig) -> dict:
-    from wm_agent.dataset import EpisodeDataset
+    from wm_agent.data.dataset import EpisodeDataset
 
     check_settings((cfg.batch_size >= 1, f"--batch-size must be >= 1, got {cfg.batch_size}"),
                    (cfg.epochs >= 0, f"--epochs must be >= 0, got {cfg.epochs}"))
@@ -573,7 +573,7 @@ def _same_run(stage: str, path, state: dict | None, ds, resume: bool, settings: 
     if resume and state:
         refuse_other_settings(path, stage, f"its {STAGES[stage][0]} was trained with", state.get("settings", {}),
                               settings)
-        from wm_agent.dataset import same_episodes
+        from wm_agent.data.dataset import same_episodes
 
         if state.get("data") is not None and not same_episodes(state["data"], ds.identity):
             def said(identity: dict) -> str:
@@ -612,7 +612,7 @@ def action_overrides(space) -> dict:
 
 
 def run_train_rnn(cfg: TrainRNNConfig) -> dict:
-    from wm_agent.dataset import EpisodeDataset
+    from wm_agent.data.dataset import EpisodeDataset
 
     check_settings((cfg.seq_len >= 1, f"--seq-len must be >= 1, got {cfg.seq_len}"),
                    (cfg.batch_size >= 1, f"--batch-size must be >= 1, got {cfg.batch_size}"),

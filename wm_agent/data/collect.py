@@ -1,0 +1,441 @@
+"""Roll out a data policy in a real env and store the episodes as memory-mappable shards (their format:
+``wm_agent.data.shards``).
+
+Speed: GridWorld steps at tens of thousands of frames per second, so nothing crosses a process
+boundary per step. Each worker process builds its env once and turns one task (a whole shard) into
+files on its own (``wm_agent.data.shard_writer``); the main process only sees a small summary per shard.
+Raw frames are ~12 KB, so two GridWorld workers would produce ~800 MB/s, twice what this project's disks
+sustain; compressed as they are produced (~200 bytes, ~3 us each) they are a few MB/s.
+``vectorization="async"|"sync"`` drives one Gymnasium vector env instead (``wm_agent.data.vector``:
+per-step messages, slower for fast envs, same shards).
+
+Determinism: shard ``i`` draws its reset seeds and its policy's random numbers from
+``SeedSequence([seed, i])``, so a command produces byte-identical shards whatever the worker count,
+and a resumed run continues exactly where the interrupted one stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import warnings
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, get_args
+
+from wm_agent.config import is_int
+from wm_agent.data.episodes import _episode_limit, _observes_frames, make_env, pixel_env
+from wm_agent.data.frames import CODEC
+from wm_agent.data.policies import POLICIES, Policy, _check_action_space
+from wm_agent.data.shard_sync import _ShardSyncer
+from wm_agent.data.shard_writer import (CollectionError, _close_cached_envs, _collect_shard, _init_worker, _mp_context,
+                                        _remove_temporary, _shard_failed, _ShardTask)
+from wm_agent.data.shards import (_SHARD_RE, _TMP_PREFIX, _TRASH_PREFIX, IDENTITY_KEYS, MANIFEST, MANIFEST_FORMAT,
+                                  _set_shards, _shard_entry, describe_space, open_shard, shard_name)
+from wm_agent.data.vector import run_vector
+from wm_agent.progress import progress_bar
+from wm_agent.workers import death_reason, starting_workers
+
+# wm_agent.io is imported where it is used, by the main process only: workers never write a manifest,
+# and every import delays each worker's start.
+
+__all__ = ["VECTORIZATIONS", "CollectConfig", "DataCollector", "Vectorization", "default_episodes_per_shard"]
+
+# The choices, once: the config's Literal type (and so the CLI's choices) and the checks both read these.
+Vectorization = Literal["processes", "async", "sync"]
+VECTORIZATIONS: tuple[str, ...] = get_args(Vectorization)
+
+# Shard size when none is given: at least MIN_EPISODES_PER_SHARD episodes, and enough to hold about
+# SHARD_FRAMES frames if every episode ran to the env's limit. Each shard costs milliseconds of file
+# creation (seven files and a folder) whatever it holds: shards of 10 GridWorld episodes (~440 frames)
+# halved the collector's rate. CarRacing (1000-step episodes) keeps 10.
+MIN_EPISODES_PER_SHARD = 10
+SHARD_FRAMES = 5_000
+
+
+def default_episodes_per_shard(episode_limit: int | None) -> int:
+    """Episodes per shard when none is given, from the longest an episode can run (None: unknown)."""
+    if episode_limit is None:
+        return MIN_EPISODES_PER_SHARD
+    return max(MIN_EPISODES_PER_SHARD, round(SHARD_FRAMES / (int(episode_limit) + 1)))
+
+
+def _named(argument: str) -> str:
+    """``episodes_per_shard (--episodes-per-shard)``: an argument as the API and the CLI spell it."""
+    return f"{argument} (--{argument.replace('_', '-')})"
+
+
+class DataCollector:
+    """Collect episodes of a data policy into resumable shards (see the module docstring).
+
+    Args:
+        env_id: a registered Gymnasium id (``"WM-GridWorld-v0"``, ``"WM-CarRacing-v0"``, or
+            ``"module:Id"``); the env must emit ``(H, W, 3)`` uint8 observations, unless ``pixels``.
+        out_dir: output folder; re-running into it resumes, a different configuration is refused.
+        policy: ``"random"`` (uniform actions) or ``"brownian"`` (clipped random walk for Box actions,
+            actions held 1..8 steps for Discrete ones).
+        seed: base seed; shard ``i`` is seeded from ``(seed, i)``.
+        workers: parallel envs: worker processes, or sub-envs of the vector env (see ``vectorization``).
+        episodes_per_shard: episodes per shard (memory per worker grows with it). None (the default):
+            at least 10, more for short episodes (about 5,000 frames' worth at the env's episode limit:
+            98 for GridWorld, 10 for CarRacing); a folder being resumed keeps the size it was made with.
+        env_kwargs: keyword arguments of ``gym.make`` (JSON-serialisable; stored in the manifest).
+        max_steps: optional cap on episode length, on top of the env's own time limit.
+        vectorization: how the ``workers`` envs run in parallel. ``"processes"`` (the default and the
+            fastest): worker processes that each roll out whole shards, so nothing crosses a process
+            boundary per step (``workers=1`` collects in this process). ``"async"`` / ``"sync"``: one
+            Gymnasium vector env (``gym.make_vec`` with that ``vectorization_mode``) of ``workers``
+            sub-envs, stepped in lockstep by this process; per-step messages make it slower for fast
+            envs like GridWorld, but any env ``gym.make_vec`` can build works. All three write the same
+            shards for the same seed.
+        pixels: collect ``env_id``'s ``rgb_array`` render as 64x64 frames, for an env whose observations
+            are not images (``CartPole-v1``). The data is then recorded as ``WM-Pixels-v0`` with ``env_id``
+            in its keyword arguments (``env_id`` and ``env_kwargs`` as ``pixel_env`` gives them).
+    """
+
+    def __init__(
+        self,
+        env_id: str,
+        out_dir: str | os.PathLike,
+        policy: str = "random",
+        seed: int = 0,
+        workers: int = 1,
+        episodes_per_shard: int | None = None,
+        env_kwargs: dict | None = None,
+        max_steps: int | None = None,
+        vectorization: str = "processes",
+        pixels: bool = False,
+    ):
+        if policy not in POLICIES:
+            raise ValueError(f"policy must be one of {POLICIES}, got {policy!r}")
+        if vectorization not in VECTORIZATIONS:
+            raise ValueError(f"vectorization must be one of {VECTORIZATIONS}, got {vectorization!r}")
+        # Each message names the argument and its command-line option, read by users of either.
+        if not is_int(workers) or workers < 1:
+            raise ValueError(f"{_named('workers')} must be a positive int, got {workers!r}")
+        if episodes_per_shard is not None and (not is_int(episodes_per_shard) or episodes_per_shard < 1):
+            raise ValueError(f"{_named('episodes_per_shard')} must be a positive int (or None / 0 on the command "
+                             f"line: sized by the env's episode limit), got {episodes_per_shard!r}")
+        if not is_int(seed) or seed < 0:
+            raise ValueError(f"{_named('seed')} must be a non-negative int, got {seed!r}")
+        if max_steps is not None and (not is_int(max_steps) or max_steps < 1):
+            raise ValueError(f"{_named('max_steps')} must be a positive int (or None / 0 on the command line: "
+                             f"the env's own limit), got {max_steps!r}")
+        workers, seed = int(workers), int(seed)  # JSON takes no np.int64
+        max_steps = None if max_steps is None else int(max_steps)
+        env_kwargs = dict(env_kwargs or {})
+        try:
+            env_kwargs = json.loads(json.dumps(env_kwargs))  # the manifest stores them as JSON
+        except TypeError as exc:
+            raise ValueError(f"env_kwargs must be JSON-serialisable: {exc}") from None
+        if pixels:
+            env_id, env_kwargs = pixel_env(env_id, env_kwargs)
+
+        env = make_env(env_id, env_kwargs)
+        try:
+            obs_space, action_space, spec = env.observation_space, env.action_space, env.spec
+        finally:
+            env.close()
+        if not _observes_frames(obs_space):
+            raise ValueError(
+                f"{env_id} must observe (H, W, 3) uint8 images, got {obs_space}; set {_named('pixels')} to "
+                "collect its rgb_array render as 64x64 frames, or wrap it in envs.ImageObservation"
+            )
+        _check_action_space(action_space)
+
+        self.env_id = env_id
+        self.out_dir = Path(out_dir)
+        self.policy = policy
+        self.seed = seed
+        self.workers = workers
+        # Fixed by the caller, or by an existing folder when collect() reads its manifest; until then an
+        # unset size is the default a new folder gets.
+        self._shard_size_fixed = episodes_per_shard is not None
+        self._episode_limit = _episode_limit(spec, max_steps)
+        self.episodes_per_shard = (int(episodes_per_shard) if self._shard_size_fixed
+                                   else default_episodes_per_shard(self._episode_limit))
+        self.env_kwargs = env_kwargs
+        self.max_steps = max_steps
+        self.vectorization = vectorization
+        self.observation_shape = tuple(obs_space.shape)
+        self.action_space = action_space
+        # Filled by collect(): shards written and the CPU seconds workers spent on them.
+        self.stats: dict[str, float] = {"shards": 0, "worker_cpu_seconds": 0.0}
+
+    @classmethod
+    def from_config(cls, config: "CollectConfig") -> "DataCollector":
+        return cls(config.env, config.out, policy=config.policy, seed=config.seed, workers=config.workers,
+                   episodes_per_shard=config.episodes_per_shard or None,  # 0: sized by the env's limit
+                   env_kwargs=config.env_kwargs,
+                   max_steps=config.max_steps or None,  # as everywhere on the command line: 0 = the env's limit
+                   vectorization=config.vectorization, pixels=config.pixels)
+
+    # -- manifest ---------------------------------------------------------------------------------
+    def _identity(self) -> dict:
+        return {"frame_codec": CODEC, "env_id": self.env_id, "env_kwargs": self.env_kwargs, "policy": self.policy,
+                "seed": self.seed, "episodes_per_shard": self.episodes_per_shard, "max_steps": self.max_steps}
+
+    def _new_manifest(self, shards: list[dict]) -> dict:
+        manifest = {"format": MANIFEST_FORMAT, **self._identity(),
+                    "observation_shape": list(self.observation_shape), "observation_dtype": "uint8",
+                    "action_space": describe_space(self.action_space), "shards": []}
+        _set_shards(manifest, shards)
+        return manifest
+
+    def _check_existing_manifest(self) -> None:
+        """Refuse to mix data: an existing manifest must agree on everything that shapes the shards."""
+        path = self.out_dir / MANIFEST
+        if not path.exists():
+            if any(_SHARD_RE.match(p.name) for p in self.out_dir.iterdir()):
+                raise ValueError(
+                    f"{self.out_dir} holds shard folders but no {MANIFEST}, so their settings are unknown; "
+                    "collect into an empty folder"
+                )
+            return
+        try:
+            old = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ValueError(f"cannot read {path}: {exc}") from exc
+        if not isinstance(old, dict):
+            raise ValueError(f"{path} is not a wm-agent manifest")  # noqa: TRY004 (every bad manifest is a ValueError)
+        if not self._shard_size_fixed and is_int(old.get("episodes_per_shard")) and old["episodes_per_shard"] >= 1:
+            self.episodes_per_shard = int(old["episodes_per_shard"])  # e.g. made before the default changed
+            self._shard_size_fixed = True
+        mine = self._identity()
+        diffs = [f"{k}: {old.get(k)!r} there, {mine[k]!r} now" for k in IDENTITY_KEYS if old.get(k) != mine[k]]
+        if diffs:
+            raise ValueError(
+                f"{self.out_dir} already holds data collected with different settings ({'; '.join(diffs)}); "
+                "use another --out folder, or delete this one to start over"
+            )
+
+    def _scan(self) -> dict[int, dict]:
+        """Finished shards on disk by index, after deleting a crashed run's temporary folders."""
+        found = {}
+        for path in self.out_dir.iterdir():
+            if path.name.startswith((_TMP_PREFIX, _TRASH_PREFIX)) and path.is_dir():
+                shutil.rmtree(path)
+                continue
+            match = _SHARD_RE.match(path.name)
+            if match and path.is_dir():
+                entry = self._finished_shard(path)
+                if entry is not None:
+                    found[int(match.group(1))] = entry
+        return found
+
+    def _finished_shard(self, folder: Path) -> dict | None:
+        """The manifest entry of a valid shard folder, or None if it must be collected again (its
+        files were cut short, e.g. by a machine crash before the main process synced them)."""
+        try:
+            arrays = open_shard(folder, self.observation_shape, self.action_space)
+        except (FileNotFoundError, ValueError):
+            return None
+        lengths = arrays["lengths"]
+        return _shard_entry(folder.name, len(lengths), int(lengths.sum()))
+
+    # -- running --------------------------------------------------------------------------------
+    def collect(self, episodes: int, progress: bool = True) -> dict:
+        """Make sure the folder holds the first ``episodes`` episodes; returns the manifest.
+
+        Shards already on disk with (at least) their planned episodes are skipped, so re-running an
+        interrupted command resumes it. Shards beyond the plan are kept and listed.
+        """
+        if not is_int(episodes) or episodes < 1:
+            raise ValueError(f"{_named('episodes')} must be a positive int, got {episodes!r}")
+        episodes = int(episodes)
+        from wm_agent.io import make_folder, save_json
+
+        self.stats = {"shards": 0, "worker_cpu_seconds": 0.0}
+        make_folder(self.out_dir)
+        self._check_existing_manifest()
+        finished = self._scan()
+        manifest = self._new_manifest(list(finished.values()))
+        save_json(manifest, self.out_dir / MANIFEST)
+
+        plan = [(i, min(self.episodes_per_shard, episodes - i * self.episodes_per_shard))
+                for i in range(math.ceil(episodes / self.episodes_per_shard))]
+        tasks = [
+            _ShardTask(i, n, str(self.out_dir), self.env_id, self.env_kwargs, self.policy, self.seed,
+                       self.episodes_per_shard, self.max_steps)
+            for i, n in plan
+            if finished.get(i, {}).get("episodes", 0) < n
+        ]
+        if not tasks:
+            return manifest
+        if len(plan) < self.workers:
+            # A shard is one worker's unit of work: fewer shards than workers leaves workers idle.
+            why = "" if self._shard_size_fixed else (
+                f" (the default for episodes of up to {self._episode_limit} steps: few shard files, but little "
+                "parallelism for a small collection)")
+            warnings.warn(
+                f"{episodes} episodes make {len(plan)} shard{'s' * (len(plan) != 1)} of up to "
+                f"{self.episodes_per_shard} episodes{why}, so only {len(plan)} of {self.workers} workers can run; "
+                "fewer episodes per shard (episodes_per_shard, "
+                "--episodes-per-shard) would use them all", stacklevel=2)
+
+        def record(entries: list[dict]) -> None:
+            for entry in entries:
+                self.stats["shards"] += 1
+                self.stats["worker_cpu_seconds"] += entry.pop("cpu_seconds", 0.0)  # worker processes report it
+                finished[int(_SHARD_RE.match(entry["name"]).group(1))] = entry
+            _set_shards(manifest, list(finished.values()))
+            save_json(manifest, self.out_dir / MANIFEST)
+
+        bar = progress_bar(desc=f"collect {self.env_id}", unit="frame", unit_scale=True, disable=not progress,
+                           dynamic_ncols=True)
+        syncer = _ShardSyncer(self.out_dir, record)
+        try:
+            if self.vectorization != "processes":
+                self._run_vector(tasks, syncer.submit, bar)
+            elif self.workers == 1 or len(tasks) == 1:
+                self._run_here(tasks, syncer.submit, bar)
+            else:
+                self._run_pool(tasks, syncer.submit, bar)
+        finally:
+            bar.close()
+            sync_error = syncer.close()  # finished shards still reach the manifest if a worker failed
+        if sync_error is not None:
+            raise sync_error
+        return manifest
+
+    def _run_here(self, tasks: list[_ShardTask], record, bar) -> None:
+        total_episodes = sum(t.episodes for t in tasks)
+        done_frames = done_episodes = 0
+
+        def on_progress(frames: int, eps: int) -> None:  # totals within the current shard
+            bar.update(done_frames + frames - bar.n)
+            bar.set_postfix_str(f"episodes {done_episodes + eps}/{total_episodes}", refresh=False)
+
+        try:
+            for task in tasks:
+                try:
+                    entry = _collect_shard(task, on_progress)
+                except Exception as exc:
+                    raise _shard_failed(task, exc) from exc
+                record(entry)
+                done_frames += entry["frames"]
+                done_episodes += entry["episodes"]
+        finally:
+            _close_cached_envs()
+
+    def _run_pool(self, tasks: list[_ShardTask], record, bar) -> None:
+        ctx = _mp_context()
+        total_episodes = sum(t.episodes for t in tasks)
+        progress = ctx.RawArray("q", 2 * (max(t.index for t in tasks) + 1))
+        pool = ProcessPoolExecutor(max_workers=min(self.workers, len(tasks)), mp_context=ctx,
+                                   initializer=_init_worker, initargs=(progress,))
+        # Two tasks per worker in flight, the next submitted as one finishes: with every task submitted
+        # at once, each wait() below walked all of them, and with hundreds of small shards that main-
+        # process work took CPU from the workers.
+        backlog = iter(tasks)
+        futures: dict[Future, _ShardTask] = {}
+
+        pending: set[Future] = set()
+
+        def submit_next() -> None:
+            task = next(backlog, None)
+            if task is not None:
+                future = pool.submit(_collect_shard, task)
+                futures[future] = task
+                pending.add(future)
+
+        # The workers start here; Ctrl-C reaches them through _terminate.
+        with starting_workers():
+            for _ in range(2 * self.workers):
+                submit_next()
+        # Private, but the executor has no public way to stop running tasks, and a broken pool
+        # forgets its processes: take them now (all are started by the submits above).
+        processes = list((getattr(pool, "_processes", None) or {}).values())
+        done_frames = done_episodes = 0
+        try:
+            while pending:
+                done, still = wait(pending, timeout=0.25, return_when=FIRST_COMPLETED)
+                pending.clear()
+                pending.update(still)
+                for future in done:
+                    task = futures[future]
+                    name = shard_name(task.index)
+                    try:
+                        entry = future.result()
+                    except BrokenProcessPool as exc:
+                        raise CollectionError(
+                            f"a worker process died while collecting {name} ({death_reason(processes)}); "
+                            f"finished shards are kept in {self.out_dir}: re-run the same command to resume"
+                        ) from exc
+                    except Exception as exc:
+                        raise _shard_failed(task, exc, " in a worker") from exc
+                    record(entry)
+                    done_frames += entry["frames"]
+                    done_episodes += entry["episodes"]
+                    del futures[future]
+                    submit_next()
+                # In-flight shards report running totals through shared memory: no per-step messages.
+                running = [futures[f].index for f in pending]
+                frames = done_frames + sum(progress[2 * i] for i in running)
+                eps = done_episodes + sum(progress[2 * i + 1] for i in running)
+                bar.update(frames - bar.n)
+                bar.set_postfix_str(f"episodes {eps}/{total_episodes}")
+        except BaseException:
+            _terminate(pool, processes)
+            _remove_temporary(self.out_dir)
+            raise
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+    def _run_vector(self, tasks: list[_ShardTask], record, bar) -> None:
+        """The ``async``/``sync`` vectorizations: one vector env of ``workers`` sub-envs (``run_vector``)."""
+        run_vector(tasks, record, bar, env_id=self.env_id, env_kwargs=self.env_kwargs, workers=self.workers,
+                   vectorization=self.vectorization, observation_shape=self.observation_shape,
+                   action_space=self.action_space)
+
+
+def _terminate(pool: ProcessPoolExecutor, processes: list) -> None:
+    """Stop the workers now instead of letting them finish shards nobody will wait for."""
+    processes = [*processes, *(getattr(pool, "_processes", None) or {}).values()]
+    for process in processes:
+        if process.is_alive():
+            process.terminate()
+    pool.shutdown(wait=False, cancel_futures=True)
+    for process in processes:
+        process.join(timeout=10)
+        if process.is_alive():  # it ignored SIGTERM; the caller's pool.shutdown(wait=True) would wait for it
+            process.kill()
+            process.join(timeout=10)
+
+
+# ----------------------------------------------------------------------------------------------
+# Typed configuration (the CLI's `wm-agent collect` is generated from it)
+# ----------------------------------------------------------------------------------------------
+@dataclass
+class CollectConfig:
+    out: str = field(metadata={"help": "output folder (re-running the same command resumes into it)"})
+    env: str = field(default="WM-GridWorld-v0", metadata={"help": "Gymnasium env id with 64x64x3 uint8 frames "
+                                                                  "(any env that renders rgb_array with --pixels)"})
+    episodes: int = field(default=100, metadata={"help": "episodes the folder should hold"})
+    workers: int = field(default=1, metadata={"help": "parallel envs: worker processes (1 = collect in this "
+                                                        "process), or sub-envs with --vectorization async|sync"})
+    vectorization: Vectorization = field(
+        default="processes",
+        metadata={"help": "processes: workers roll out whole shards on their own (fastest); async|sync: one "
+                          "Gymnasium vector env (gym.make_vec) stepped in lockstep. Same shards either way"})
+    policy: Policy = field(
+        default="random", metadata={"help": "data policy: uniform random, or brownian (correlated) actions"})
+    seed: int = field(default=0, metadata={"help": "base seed; shard i is seeded from (seed, i)"})
+    episodes_per_shard: int | None = field(
+        default=None, metadata={"help": "episodes per shard file set (0 or unset: at least 10, more for short "
+                                        "episodes: about 5,000 frames' worth at the env's episode limit, 98 for "
+                                        "GridWorld; a folder being resumed keeps its own)"})
+    max_steps: int | None = field(
+        default=None, metadata={"help": "optional cap on the collected episodes' length (0 or unset: the env's own "
+                                              "limit); dreams and evaluation keep the env's own limit: to change "
+                                              "that, pass max_episode_steps in --env-kwargs"})
+    env_kwargs: dict = field(default_factory=dict, metadata={"help": "JSON object of gym.make keyword arguments"})
+    pixels: bool = field(
+        default=False, metadata={"help": "collect the env's rgb_array render as 64x64 frames, for envs whose "
+                                         "observations are not images (CartPole-v1); the data then names env "
+                                         "WM-Pixels-v0 with env_id ENV in its env_kwargs: the env later stages "
+                                         "rebuild"})
