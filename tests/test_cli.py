@@ -267,7 +267,7 @@ def test_scripts_are_runnable_wrappers_from_anywhere(script, tmp_path):
 
 def test_frame_codec_script_times_every_codec(tmp_path):
     root = Path(__file__).resolve().parents[1]
-    out = subprocess.run([sys.executable, str(root / "scripts" / "measure_frame_codecs.py"), "--steps", "300",
+    out = subprocess.run([sys.executable, str(root / "benchmarks" / "measure_frame_codecs.py"), "--steps", "300",
                           "--frames", "40"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout)
@@ -277,13 +277,13 @@ def test_frame_codec_script_times_every_codec(tmp_path):
     assert 0 < result["zlib1_bytes"] < result["frame_bytes"]  # GridWorld frames are mostly flat colour
     assert 0 < result["lz4_bytes"] < result["frame_bytes"] / 10
     assert 3 <= result["palette_colours"] <= 255
-    bad = subprocess.run([sys.executable, str(root / "scripts" / "measure_frame_codecs.py"), "--frames", "0"],
+    bad = subprocess.run([sys.executable, str(root / "benchmarks" / "measure_frame_codecs.py"), "--frames", "0"],
                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "frames" in bad.stderr
 
 
 def test_collector_overhead_script_times_every_loop(tmp_path):
-    script = Path(__file__).resolve().parents[1] / "scripts" / "measure_collector_overhead.py"
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "measure_collector_overhead.py"
     out = subprocess.run([sys.executable, str(script), "--pairs", "2", "--pair-episodes", "3", "--scaling", "1",
                           "--scaling-episodes", "3"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
@@ -299,7 +299,7 @@ def test_collector_overhead_script_times_every_loop(tmp_path):
 
 
 def test_shard_size_script_compares_the_default_with_a_given_size(tmp_path):
-    script = Path(__file__).resolve().parents[1] / "scripts" / "measure_shard_size.py"
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "measure_shard_size.py"
     out = subprocess.run([sys.executable, str(script), "--episodes", "12", "--workers", "1", "--runs", "2",
                           "--sizes", "0", "5"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr

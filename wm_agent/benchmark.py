@@ -43,7 +43,7 @@ class BenchmarkCollectConfig:
 class RolloutLoop:
     """One env and the data policy in this process, rolled out through the collector's own loop
     (``run_episodes`` into one reused ``EpisodeBuffer``, as each collector worker does) without
-    processes or shard files: the single-env baseline here and in ``scripts/measure_collector_overhead.py``.
+    processes or shard files: the single-env baseline here and in ``benchmarks/measure_collector_overhead.py``.
     Episode k is reset with the k-th seed of shard 0 of ``seed``."""
 
     def __init__(self, env_id: str, env_kwargs: dict | None = None, policy: str = "random", seed: int = 0,

@@ -9,7 +9,7 @@ least 10, ~5,000 frames' worth at the env's episode limit).
 
 Usage::
 
-    python scripts/measure_shard_size.py --episodes 8000 --workers 2 --runs 6 --sizes 0 10
+    python benchmarks/measure_shard_size.py --episodes 8000 --workers 2 --runs 6 --sizes 0 10
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import json
 import statistics
 import time
 
-import _run as _on_path  # noqa: F401  (puts this clone's root first on sys.path: its wm_agent and envs are measured)
+import _root  # noqa: F401  (this clone's wm_agent and envs are the ones measured)
 
 
 def main() -> None:

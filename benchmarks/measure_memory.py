@@ -22,8 +22,8 @@
 
 Usage::
 
-    python scripts/measure_memory.py                      # 1M frames, 200 VAE batches, 20k RNN frames
-    python scripts/measure_memory.py --frames 50000 --batches 20 --json-out mem.json
+    python benchmarks/measure_memory.py                      # 1M frames, 200 VAE batches, 20k RNN frames
+    python benchmarks/measure_memory.py --frames 50000 --batches 20 --json-out mem.json
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ codec the shards use, ``wm_agent.data.frames``). Prints one JSON object.
 
 Usage::
 
-    python scripts/measure_frame_codecs.py --steps 20000 --frames 2000
+    python benchmarks/measure_frame_codecs.py --steps 20000 --frames 2000
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import json
 import time
 import zlib
 
-import _run as _on_path  # noqa: F401  (puts this clone's root first on sys.path: its wm_agent and envs are measured)
+import _root  # noqa: F401  (this clone's wm_agent and envs are the ones measured)
 import gymnasium as gym
 import numpy as np
 

@@ -23,7 +23,7 @@ process pool, shard files or start-up.
 
 Usage::
 
-    python scripts/measure_collector_overhead.py --pairs 100 --instructions --scaling 10
+    python benchmarks/measure_collector_overhead.py --pairs 100 --instructions --scaling 10
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ import sys
 import tempfile
 import time
 
-import _run as _on_path  # noqa: F401  (puts this clone's root first on sys.path: its wm_agent and envs are measured)
+import _root  # noqa: F401  (this clone's wm_agent and envs are the ones measured)
 
 
 class _CopyOnce:
