@@ -337,6 +337,37 @@ def test_car_racing_discrete_variant():
     env.close()
 
 
+def _drive(env, action, seed=3):
+    env.reset(seed=seed)
+    total, decisions = 0.0, 0
+    while True:
+        obs, reward, terminated, truncated, info = env.step(action)
+        total, decisions = total + reward, decisions + 1
+        if terminated or truncated:
+            return obs, total, decisions, terminated, truncated, info
+
+
+def test_car_racing_action_repeat_keeps_every_frames_reward_and_the_last_frame():
+    """Held gas drives off the playfield: k=4 ends on the same frame with the same return and picture as k=1."""
+    gas = np.array([0.0, 0.3, 0.0])
+    obs1, ret1, n1, term1, _, _ = _drive(gym.make("WM-CarRacing-v0"), gas)
+    obs4, ret4, n4, term4, _, info = _drive(gym.make("WM-CarRacing-v0", action_repeat=4), gas)
+    assert term1 and term4 and info["frames"] == n1 and n4 == -(-n1 // 4)
+    assert ret4 == pytest.approx(ret1) and np.array_equal(obs4, obs1)
+
+
+def test_car_racing_action_repeat_truncates_after_the_envs_1000_frames():
+    env = gym.make("WM-CarRacing-v0", action_repeat=3)
+    _, _, decisions, terminated, truncated, info = _drive(env, np.zeros(3))
+    assert (decisions, info["frames"], terminated, truncated) == (334, 1000, False, True)
+
+
+@pytest.mark.parametrize("bad", [0, -1, 2.0, True, 101, "4"])
+def test_car_racing_refuses_a_bad_action_repeat(bad):
+    with pytest.raises(ValueError, match="action_repeat must be a whole number"):
+        gym.make("WM-CarRacing-v0", action_repeat=bad)
+
+
 @pytest.mark.parametrize("action", [
     1, True, 5, -1, np.int8(1), np.int64(3), np.uint32(2), np.uint64(1), np.array(2), np.array(2, np.uint64),
     np.array([1]), np.float64(1), 1.0, "1", None, np.bool_(True), np.array(True)])
