@@ -26,10 +26,10 @@ __version__ = "0.1.0"
 # name -> the module (under wm_agent) that defines it
 _EXPORTS = {
     "WorldModelConfig": "config",
-    "VectorQuantizer": "vqvae",
-    "VQVAE": "vqvae",
-    "MDNRNN": "mdnrnn",
-    "Controller": "controller",
+    "VectorQuantizer": "models.vqvae",
+    "VQVAE": "models.vqvae",
+    "MDNRNN": "models.mdnrnn",
+    "Controller": "models.controller",
     "WorldModel": "world_model",
     "DreamEnv": "dream_env",
     "DreamVectorEnv": "dream_env",

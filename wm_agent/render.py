@@ -528,7 +528,7 @@ def compose_frame(real, dream=None, step: int | None = None, reward: float | Non
 # Episodes
 # ----------------------------------------------------------------------------------------------
 def _env_action(out: torch.Tensor, wm, greedy: bool, gen: torch.Generator):
-    from wm_agent.controller import env_action
+    from wm_agent.models.controller import env_action
 
     return env_action(out, wm.config.discrete_actions, greedy, gen)
 
