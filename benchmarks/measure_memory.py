@@ -166,8 +166,9 @@ def child(args: argparse.Namespace) -> dict:
     import torch
 
     from wm_agent.config import WorldModelConfig
+    from wm_agent.commands.train import encode_dataset
     from wm_agent.data.dataset import EpisodeDataset
-    from wm_agent.train import encode_dataset, fit_rnn, fit_vae, sequence_batches_from_arrays, sequence_windows
+    from wm_agent.training.fit import sequence_batches_from_arrays, sequence_windows
     from wm_agent.world_model import WorldModel
 
     if args.threads:
@@ -191,8 +192,8 @@ def child(args: argparse.Namespace) -> dict:
                           rss_after_read_mb=_mb(_status_kb("VmRSS")))
         elif args.child == "vae":
             t0 = time.perf_counter()
-            history = fit_vae(
-                wm, lambda rng: itertools.islice(ds.iter_frame_batches(args.batch_size, rng), args.batches),
+            history = wm.fit_vae(
+                lambda rng: itertools.islice(ds.iter_frame_batches(args.batch_size, rng), args.batches),
                 epochs=1, progress=False)
             seconds = time.perf_counter() - t0
             report.update(vae_batches=args.batches, batch_size=args.batch_size, vae_images=history[0]["images"],
@@ -224,7 +225,7 @@ def child(args: argparse.Namespace) -> dict:
                           rss_after_windows_mb=_mb(_status_kb("VmRSS")))
             wm.train_state["vae"] = {"epoch": 1}
             t0 = time.perf_counter()
-            fit_rnn(wm, lambda rng: itertools.islice(
+            wm.fit_rnn(lambda rng: itertools.islice(
                 sequence_batches_from_arrays(win_codes, arrays, args.rnn_batch_size, rng), args.rnn_batches),
                 epochs=1, progress=False)
             report.update(rnn_batches=args.rnn_batches, rnn_seconds=round(time.perf_counter() - t0, 1))

@@ -4,20 +4,20 @@ from __future__ import annotations
 
 import pytest
 
-import wm_agent.train
 from wm_agent.benchmark import (
     BenchmarkDreamConfig,
     BenchmarkTrainConfig,
     benchmark_dream,
     benchmark_train,
 )
+from wm_agent.world_model import WorldModel
 
 
 def test_benchmark_train_times_every_batch_it_counts_even_past_one_epoch(monkeypatch):
     """With fewer frames than --images, wm-agent's loop must go round the data again, not stop after one
     pass while the images/s divides all of --images by that shorter time (a ratio of 1.4 came from that)."""
     consumed = []
-    real_fit_vae = wm_agent.train.fit_vae
+    real_fit_vae = WorldModel.fit_vae
 
     def counting_fit_vae(wm, batches, *args, **kwargs):
         def counted(rng):
@@ -26,7 +26,7 @@ def test_benchmark_train_times_every_batch_it_counts_even_past_one_epoch(monkeyp
                 yield batch
         return real_fit_vae(wm, counted, *args, **kwargs)
 
-    monkeypatch.setattr(wm_agent.train, "fit_vae", counting_fit_vae)
+    monkeypatch.setattr(WorldModel, "fit_vae", counting_fit_vae)
     cfg = BenchmarkTrainConfig(batch_size=16, images=16 * 12, episodes=2)  # ~60 frames: 3 batches a pass
     result = benchmark_train(cfg, verbose=False)
     assert result["images"] == 16 * 12

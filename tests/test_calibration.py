@@ -7,7 +7,7 @@ import torch
 from helpers import gridworld_frames_random_walk, gridworld_sequences, tiny_world_model
 
 from wm_agent.dream_env import dream_fitness
-from wm_agent.train import cosine_rate
+from wm_agent.training.fit import cosine_rate
 
 
 def test_cosine_rate_runs_from_the_rate_down_to_its_floor():

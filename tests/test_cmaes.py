@@ -13,8 +13,8 @@ import torch
 from helpers import gridworld_frames, tiny_world_model
 
 from wm_agent.cmaes import ControllerTrainConfig, RealEvaluator, dream_fitness, train_controller
-from wm_agent.controller import choose_actions
 from wm_agent.dream_env import DreamEnv
+from wm_agent.models.controller import choose_actions
 from wm_agent.world_model import WorldModel
 
 

@@ -369,7 +369,7 @@ def test_pixels_collects_a_state_vector_envs_rendered_frames_that_later_stages_r
     from wm_agent.cli import main
     from wm_agent.data.dataset import EpisodeDataset
     from wm_agent.latent_env import LatentObservation, check_data_fits
-    from wm_agent.train import action_overrides
+    from wm_agent.commands.train import action_overrides
     from wm_agent.world_model import WorldModel
 
     out = tmp_path / "cartpole"

@@ -7,7 +7,7 @@ import pytest
 import torch
 from helpers import tiny_config
 
-from wm_agent.controller import Controller, choose_actions
+from wm_agent.models.controller import Controller, choose_actions
 
 CONTINUOUS = dict(discrete_actions=False, action_dim=3, action_low=(-1.0, 0.0, 0.0), action_high=(1.0, 1.0, 1.0))
 

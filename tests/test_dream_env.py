@@ -198,7 +198,7 @@ def test_latent_observation_steps_only_after_reset(wm):
 
 
 def test_single_env_steps_run_on_one_torch_thread_and_restore_the_count(wm):
-    from wm_agent.world_model import one_torch_thread
+    from wm_agent.torch_utils import one_torch_thread
 
     threads = torch.get_num_threads()
     torch.set_num_threads(2)

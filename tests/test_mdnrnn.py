@@ -9,7 +9,7 @@ import torch
 from helpers import tiny_config
 from torch import distributions as D
 
-from wm_agent.mdnrnn import MDNRNN
+from wm_agent.models.mdnrnn import MDNRNN
 
 B, T = 2, 3
 

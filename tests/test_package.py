@@ -38,6 +38,21 @@ def test_import_wm_agent_registers_envs_but_does_not_import_torch():
     assert result.stdout.split() == ["False", "True", "True"]
 
 
+def test_envs_stands_alone_and_wm_agent_registers_its_own_dream():
+    """`import envs` registers the envs it holds and names no wm_agent module; `import wm_agent` adds the dream."""
+    code = ("import sys, gymnasium as gym, envs\n"
+            "print(sorted(i for i in gym.registry if i.startswith('WM-')), 'wm_agent' in sys.modules)\n"
+            "import wm_agent\n"
+            "wm_agent._register_dream()  # idempotent\n"
+            "print(gym.spec('WM-Dream-v0').entry_point, gym.spec('WM-Dream-v0').vector_entry_point)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=False)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        "['WM-CarRacing-v0', 'WM-GridWorld-v0', 'WM-Pixels-v0'] False",
+        "wm_agent.dream_env:DreamEnv wm_agent.dream_env:DreamVectorEnv",
+    ]
+
+
 def test_a_users_own_envs_package_is_named_when_it_hides_ours(tmp_path):
     """RL projects often have an envs/ folder; run from there, `import envs` would be theirs and nothing registered."""
     (tmp_path / "envs").mkdir()

@@ -28,7 +28,7 @@ from envs import ImageObservation
 from wm_agent.cli import main
 from wm_agent.data.collect import DataCollector
 from wm_agent.config import WorldModelConfig
-from wm_agent.vqvae import VQVAE
+from wm_agent.models.vqvae import VQVAE
 from wm_agent.world_model import FORMAT, VERSION, WorldModel
 
 REPO = Path(__file__).resolve().parents[1]
@@ -786,7 +786,7 @@ def _nan_after(monkeypatch, good_batches: int) -> None:
 
 def test_a_nan_mid_epoch_leaves_the_last_good_checkpoint_untouched_and_resumable(vae_after_one_epoch, data,
                                                                                  monkeypatch, capsys):
-    from wm_agent.train import NonFiniteLoss
+    from wm_agent.training.fit import NonFiniteLoss
 
     path, good = vae_after_one_epoch
     metrics = Path(str(path) + ".metrics.jsonl")

@@ -430,7 +430,7 @@ def test_kill_train_vae_then_resume_finishes_all_epochs(small_data, tmp_path, co
 # train-rnn (tiny model), killed after its first epoch; the resumed weights equal an uninterrupted run's
 # ------------------------------------------------------------------------------------------------
 def test_kill_train_rnn_then_resume_matches_an_uninterrupted_run(small_data, tmp_path, commands, one_torch_thread):
-    from wm_agent.train import TrainRNNConfig, run_train_rnn
+    from wm_agent.commands.train import TrainRNNConfig, run_train_rnn
 
     epochs = 15
     ckpt = tmp_path / "wm.pt"

@@ -14,15 +14,13 @@ import pytest
 import torch
 from helpers import gridworld_frames_random_walk, gridworld_sequences, tiny_world_model
 
-from wm_agent.train import (
-    TrainingStopped,
-    fit_rnn,
-    fit_vae,
-    frame_batches_from_array,
-    save_on_interrupt,
-    sequence_batches_from_arrays,
-)
+import wm_agent.training.fit as fit
+from wm_agent.commands.train import save_on_interrupt
+from wm_agent.training.fit import TrainingStopped, frame_batches_from_array, sequence_batches_from_arrays
 from wm_agent.world_model import WorldModel
+
+# The fit loops on a world model's V and M, with its bookkeeping, called as fit_vae(wm, make_batches, ...).
+fit_vae, fit_rnn = WorldModel.fit_vae, WorldModel.fit_rnn
 
 EPOCHS = 2
 TIMING = {"seconds", "images_per_s"}
@@ -130,7 +128,7 @@ def test_rnn_sigterm_mid_epoch_resumes_exactly(sequences, tmp_path):
 
 def test_training_randomness_continues_the_same_torch_stream(frames, tmp_path, monkeypatch):
     """Training that draws from torch's RNG (dropout, noise) draws the same numbers after a resume."""
-    from wm_agent.vqvae import VQVAE
+    from wm_agent.models.vqvae import VQVAE
 
     forward = VQVAE.forward
 
@@ -216,9 +214,28 @@ def test_a_stopped_epoch_on_data_that_has_grown_starts_again(frames, tmp_path):
     assert stopped.train_state["vae"]["epoch"] == 1 and "partial" not in stopped.train_state["vae"]
 
 
+def test_the_fit_loops_train_bare_modules_as_the_world_model_does(frames, sequences):
+    """``training.fit`` takes the modules it trains and a plain state dict: no WorldModel needed, the
+    same weights and metrics as ``WorldModel.fit_vae``/``fit_rnn``, and the first update reported once."""
+    expected = tiny_world_model(trained=False)
+    expected_vae = fit_vae(expected, vae_batches(frames), 1, 0, False)
+    expected_rnn = fit_rnn(expected, rnn_batches(sequences), 1, 0, False)
+    bare, updates = tiny_world_model(trained=False), []
+    vae_state, rnn_state = {}, {}
+    vae_history = fit.fit_vae(bare.vae, vae_state, vae_batches(frames), 1, 0, False,
+                              on_first_update=lambda: updates.append("vae"))
+    rnn_history = fit.fit_rnn(bare.rnn, bare.vae, rnn_state, rnn_batches(sequences), 1, 0, False,
+                              on_first_update=lambda: updates.append("rnn"))
+    assert updates == ["vae", "rnn"] and vae_state["epoch"] == rnn_state["epoch"] == 1
+    for module in ("vae", "rnn"):
+        assert_same(getattr(expected, module).state_dict(), getattr(bare, module).state_dict(), module)
+    untimed = [{k: v for k, v in m.items() if k not in TIMING} for m in (*vae_history, *rnn_history)]
+    assert untimed == [{k: v for k, v in m.items() if k not in TIMING} for m in (*expected_vae, *expected_rnn)]
+
+
 def test_metrics_rows_start_a_line_of_their_own_after_a_torn_write(tmp_path):
+    from wm_agent.commands.train import append_metrics, drop_metrics
     from wm_agent.render.figures import _load_metrics
-    from wm_agent.train import append_metrics, drop_metrics
 
     path = tmp_path / "wm.pt.metrics.jsonl"
     for row in ({"stage": "vae", "epoch": 1}, {"stage": "rnn", "epoch": 1}, {"stage": "rnn", "epoch": 2}):

@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from wm_agent.vqvae import VQVAE, VectorQuantizer, frames_to_tensor, tensor_to_frames
+from wm_agent.models.vqvae import VQVAE, VectorQuantizer, frames_to_tensor, tensor_to_frames
 from wm_agent.world_model import WorldModel
 
 
@@ -227,7 +227,7 @@ def test_dead_code_restart_revives_an_unused_code(restart):
 
 
 def test_the_quantiser_computes_in_float32_inside_a_bf16_autocast():
-    """Training on a GPU runs V under a bf16 autocast (train._autocast); the same autocast on the CPU
+    """Training on a GPU runs V under a bf16 autocast (torch_utils.autocast); the same autocast on the CPU
     shows what it did to the quantiser: a dead-code restart wrote bf16 rows into the float32 codebook
     (an error on the GPU machine), and bf16 code counts and EMA sums are not exact (289 is not a bf16)."""
     torch.manual_seed(0)
@@ -253,7 +253,7 @@ def test_the_quantiser_computes_in_float32_inside_a_bf16_autocast():
 def test_code_memberships_pick_the_nearest_code_inside_a_bf16_autocast():
     """M reads its input cells through code_memberships inside training's bf16 autocast: in bf16,
     ||e||^2 of codes near 100 is rounded to a multiple of 64, and the nearer of two codes was lost."""
-    from wm_agent.vqvae import code_memberships
+    from wm_agent.models.vqvae import code_memberships
 
     codebook = torch.tensor([[100.0, 0.0], [100.5, 0.0], [-50.0, 3.0]])
     z = torch.tensor([[[100.4, 0.0], [100.1, 0.0], [-50.0, 2.0]]])  # nearest: codes 1, 0, 2

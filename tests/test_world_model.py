@@ -21,19 +21,19 @@ from helpers import (
     unpickling_calls_os_system,
 )
 
-import wm_agent.train as train
+import wm_agent.commands.train as train
 from wm_agent.data.collect import DataCollector
-from wm_agent.config import WorldModelConfig
-from wm_agent.dream_env import DreamEnv
-from wm_agent.mdnrnn import MDNRNN
-from wm_agent.train import (
-    NonFiniteLoss,
+from wm_agent.commands.train import (
     TrainRNNConfig,
     TrainVAEConfig,
     run_train_rnn,
     run_train_vae,
 )
-from wm_agent.vqvae import VQVAE
+from wm_agent.config import WorldModelConfig
+from wm_agent.dream_env import DreamEnv
+from wm_agent.models.mdnrnn import MDNRNN
+from wm_agent.models.vqvae import VQVAE
+from wm_agent.training.fit import NonFiniteLoss
 from wm_agent.world_model import FORMAT, VERSION, WorldModel
 
 
@@ -425,7 +425,7 @@ def test_run_train_rnn_fresh_start_is_reproducible_and_drops_the_old_controller_
 def test_run_train_vae_start_codes_are_the_trained_encoders(dataset, tiny_preset, tmp_path, monkeypatch):
     from wm_agent.data.dataset import EpisodeDataset
 
-    fit = train.fit_vae
+    fit = WorldModel.fit_vae
 
     def fit_that_reassigns_codes(wm, make_batches, epochs, seed=0, progress=True, on_epoch_end=None, **kw):
         """Real training, plus a sure change of code assignments each epoch (tiny models barely move):
@@ -439,7 +439,7 @@ def test_run_train_vae_start_codes_are_the_trained_encoders(dataset, tiny_preset
                 on_epoch_end(epoch, metrics)
         return fit(wm, make_batches, epochs, seed, progress, end_epoch, **kw)
 
-    monkeypatch.setattr(train, "fit_vae", fit_that_reassigns_codes)
+    monkeypatch.setattr(WorldModel, "fit_vae", fit_that_reassigns_codes)
     ckpt = tmp_path / "wm.pt"
     run_train_vae(_vae_cfg(dataset, ckpt, epochs=2))
     wm = WorldModel.load(ckpt)
@@ -604,7 +604,7 @@ def test_a_box_env_with_other_bounds_or_a_discrete_one_from_1_is_refused():
     from gymnasium import spaces
 
     from wm_agent.latent_env import check_env_fits
-    from wm_agent.train import action_overrides
+    from wm_agent.commands.train import action_overrides
 
     wm = tiny_world_model(discrete_actions=False, action_dim=1, action_low=(-2.0,), action_high=(2.0,))
 

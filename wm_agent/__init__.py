@@ -1,15 +1,18 @@
 """wm-agent: World Models (VQ-VAE + MDN-RNN + CMA-ES controller) for Gymnasium.
 
-Importing the package registers the ``WM-*`` environments. The main classes are reachable from the
-top level (``wm_agent.WorldModel.load(path)``, ``from wm_agent import DataCollector``); each is
-imported on first use, so ``import wm_agent`` (and the ``wm-agent`` command's start-up) does not pay
-for importing torch until a class that needs it is asked for.
+Importing the package registers the ``WM-*`` environments: those of ``envs`` and its own dream,
+``WM-Dream-v0``. The main classes are reachable from the top level (``wm_agent.WorldModel.load(path)``,
+``from wm_agent import DataCollector``); each is imported on first use, so ``import wm_agent`` (and the
+``wm-agent`` command's start-up) does not pay for importing torch until a class that needs it is asked for.
 """
 
 import importlib as _importlib
 from pathlib import Path as _Path
 
-import envs as _envs  # registers WM-GridWorld-v0, WM-CarRacing-v0, WM-Pixels-v0, WM-Dream-v0
+from gymnasium.envs.registration import register as _register
+from gymnasium.envs.registration import registry as _registry
+
+import envs as _envs  # registers WM-GridWorld-v0, WM-CarRacing-v0, WM-Pixels-v0
 
 # A project's own envs/ package (a common folder name in RL code) found first on sys.path would take the
 # place of ours: nothing would be registered, and gym.make("WM-GridWorld-v0") would fail far from the cause.
@@ -21,15 +24,28 @@ if _Path(getattr(_envs, "__file__", None) or "").resolve().parent.parent != _Pat
         "folder, hides it. Rename that package, or run from another folder"
     )
 
+
+def _register_dream() -> None:
+    """Register WM-Dream-v0, the world model's dream (idempotent, as ``envs.register_envs`` is)."""
+    if "WM-Dream-v0" not in _registry:
+        _register(
+            id="WM-Dream-v0",
+            entry_point="wm_agent.dream_env:DreamEnv",
+            vector_entry_point="wm_agent.dream_env:DreamVectorEnv",
+        )
+
+
+_register_dream()
+
 __version__ = "0.1.0"
 
 # name -> the module (under wm_agent) that defines it
 _EXPORTS = {
     "WorldModelConfig": "config",
-    "VectorQuantizer": "vqvae",
-    "VQVAE": "vqvae",
-    "MDNRNN": "mdnrnn",
-    "Controller": "controller",
+    "VectorQuantizer": "models.vqvae",
+    "VQVAE": "models.vqvae",
+    "MDNRNN": "models.mdnrnn",
+    "Controller": "models.controller",
     "WorldModel": "world_model",
     "DreamEnv": "dream_env",
     "DreamVectorEnv": "dream_env",

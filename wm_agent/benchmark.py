@@ -220,8 +220,8 @@ def benchmark_train(cfg: BenchmarkTrainConfig, verbose: bool = True) -> dict:
 
     from wm_agent.config import WorldModelConfig, check_settings
     from wm_agent.data.dataset import EpisodeDataset
-    from wm_agent.train import _autocast, fit_vae, resolve_device
-    from wm_agent.vqvae import frames_to_tensor
+    from wm_agent.models.vqvae import frames_to_tensor
+    from wm_agent.torch_utils import autocast, resolve_device
     from wm_agent.world_model import WorldModel
 
     check_settings((cfg.batch_size >= 1, f"--batch-size must be >= 1, got {cfg.batch_size}"),
@@ -248,7 +248,7 @@ def benchmark_train(cfg: BenchmarkTrainConfig, verbose: bool = True) -> dict:
                     _wait_for(device)
                     start = time.perf_counter()
                 j = (i * cfg.batch_size) % max(len(data) - cfg.batch_size, 1)
-                with _autocast(device):  # the precision fit_vae trains in (bf16 on a GPU)
+                with autocast(device):  # the precision fit_vae trains in (bf16 on a GPU)
                     _, recon, vq = wm.vae(data[j : j + cfg.batch_size])
                 opt.zero_grad(set_to_none=True)
                 (recon + vq).backward()
@@ -274,7 +274,7 @@ def benchmark_train(cfg: BenchmarkTrainConfig, verbose: bool = True) -> dict:
                         yield batch
                         k += 1
 
-            fit_vae(wm, batches, epochs=1, seed=cfg.seed, progress=False)
+            wm.fit_vae(batches, epochs=1, seed=cfg.seed, progress=False)
             _wait_for(device)
             return n_batches * cfg.batch_size / (time.perf_counter() - timer["start"])
 
@@ -362,7 +362,7 @@ def benchmark_dream(cfg: BenchmarkDreamConfig, verbose: bool = True) -> dict:
     import torch
 
     from wm_agent.config import WorldModelConfig, check_settings
-    from wm_agent.train import resolve_device
+    from wm_agent.torch_utils import resolve_device
 
     check_settings((cfg.num_envs >= 1, f"--num-envs must be >= 1, got {cfg.num_envs}"),
                    (cfg.dream_steps >= 1, f"--dream-steps must be >= 1, got {cfg.dream_steps}"),

@@ -188,9 +188,9 @@ def _job(module: str, config: str, func: str, emit_json: bool = False, summary: 
 
 # (name, module, config class, function, print JSON?, help) — the pipeline's stages in order.
 JOBS = [
-    ("train-vae", "train", "TrainVAEConfig", "run_train_vae", False,
+    ("train-vae", "commands.train", "TrainVAEConfig", "run_train_vae", False,
      "train the VQ-VAE (V) on collected frames; checkpoint and metrics each epoch, --resume"),
-    ("train-rnn", "train", "TrainRNNConfig", "run_train_rnn", False,
+    ("train-rnn", "commands.train", "TrainRNNConfig", "run_train_rnn", False,
      "train the MDN-RNN (M) on the VQ-VAE's codes of collected episodes, --resume"),
     ("train-controller", "cmaes", "ControllerTrainConfig", "train_controller", False,
      "train the controller (C) with CMA-ES in the dream or the real env, --resume"),

@@ -161,7 +161,7 @@ def train_controller(cfg: ControllerTrainConfig, wm: WorldModel | None = None) -
 
 
 def _search(cfg: ControllerTrainConfig, wm: WorldModel | None) -> dict:
-    from wm_agent.train import resolve_device
+    from wm_agent.torch_utils import resolve_device
 
     path = Path(cfg.world_model)
     if cfg.where not in ("dream", "real"):

@@ -18,8 +18,9 @@ from gymnasium import spaces
 from gymnasium.vector import AutoresetMode, VectorEnv
 
 from wm_agent.config import is_int
-from wm_agent.controller import choose_actions
-from wm_agent.world_model import WorldModel, checked_temperature, one_torch_thread
+from wm_agent.models.controller import choose_actions
+from wm_agent.torch_utils import one_torch_thread
+from wm_agent.world_model import WorldModel, checked_temperature
 
 
 def as_world_model(world_model: WorldModel | str | os.PathLike, device=None, dreams: bool = True) -> WorldModel:

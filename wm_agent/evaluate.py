@@ -11,9 +11,9 @@ import numpy as np
 import torch
 
 from wm_agent.config import check_settings, doc
-from wm_agent.controller import choose_actions, env_action
 from wm_agent.dream_env import dream_fitness
 from wm_agent.latent_env import LatentObservation, check_data_fits, check_env_fits
+from wm_agent.models.controller import choose_actions, env_action
 from wm_agent.progress import progress_bar
 from wm_agent.sampling import EpisodeUniforms
 from wm_agent.world_model import WorldModel
@@ -282,7 +282,7 @@ class EvalDreamConfig:
 @torch.no_grad()
 def vae_quality(wm: WorldModel, frames: np.ndarray) -> dict:
     """Per-pixel reconstruction MSE on [0, 1] images, codebook perplexity and usage over ``frames``."""
-    from wm_agent.vqvae import frames_to_tensor
+    from wm_agent.models.vqvae import frames_to_tensor
 
     wm.vae.eval()
     se, counts = 0.0, torch.zeros(wm.config.num_embeddings)

@@ -15,7 +15,8 @@ from wm_agent.dream_env import (
     checked_action,
     latent_space_of,
 )
-from wm_agent.world_model import WorldModel, one_torch_thread
+from wm_agent.torch_utils import one_torch_thread
+from wm_agent.world_model import WorldModel
 
 
 def check_env_fits(env: gym.Env, wm: WorldModel) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -12,40 +13,15 @@ import numpy as np
 import torch
 
 from wm_agent.config import WorldModelConfig, is_int
-from wm_agent.controller import Controller
 from wm_agent.io import load_torch, save_torch
-from wm_agent.mdnrnn import MDNRNN
-from wm_agent.vqvae import VQVAE, frames_to_tensor, tensor_to_frames
+from wm_agent.models.controller import Controller
+from wm_agent.models.mdnrnn import MDNRNN
+from wm_agent.models.vqvae import VQVAE, frames_to_tensor, tensor_to_frames
+from wm_agent.torch_utils import usable_device
+from wm_agent.training import fit
 
 if TYPE_CHECKING:
     import gymnasium as gym
-
-
-def _one_torch_thread_after_fork() -> None:
-    # A process forked after torch ran a parallel op (Gymnasium's AsyncVectorEnv forks by default) inherits
-    # OpenMP's thread-team state but not its threads, and its first parallel op waits for them forever.
-    # One thread per forked process, as PyTorch's own DataLoader workers do, never waits on the team.
-    torch.set_num_threads(1)
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_one_torch_thread_after_fork)
-
-
-@contextlib.contextmanager
-def one_torch_thread():
-    """Run a batch-of-one step on one torch thread. Its ops are too small to gain from more, and on a busy
-    CPU each parallel op waits for a thread that is not scheduled: a single DreamEnv step ran 2x-30x
-    slower with two threads than with one while another process held a core."""
-    threads = torch.get_num_threads()
-    if threads == 1:
-        yield
-        return
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 FORMAT = "wm-agent/world-model"
@@ -58,6 +34,9 @@ VERSION = 3  # 2: M reads cells as codes, the keypoint controller; 3: its logit 
 
 # train_state keys: what each trains and the command that does it
 STAGES = {"vae": ("VQ-VAE", "train-vae"), "rnn": ("MDN-RNN", "train-rnn"), "cmaes": ("controller", "train-controller")}
+# The stages that learnt from V and from M (with the letter warnings call each), so go stale when it trains
+# further: M learnt the old V's codes, C reads them and M's hidden state.
+_LEARNT_FROM = {"vae": ("V", ("rnn", "cmaes")), "rnn": ("M", ("cmaes",))}
 
 
 @contextlib.contextmanager
@@ -71,19 +50,6 @@ def evaluating(module: torch.nn.Module):
         yield module
     finally:
         module.train(was_training)
-
-
-def _usable_device(device: str | torch.device) -> torch.device:
-    """``device`` as a torch.device, with one clear line where torch has none to give ("gpu") or would
-    fail later with a bare AssertionError (CUDA asked for without it)."""
-    try:
-        resolved = torch.device(device)
-    except (RuntimeError, TypeError) as exc:
-        raise ValueError(f"device {device!r} is not a torch device ('cpu', 'cuda', 'cuda:1', ...): {exc}") from None
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {str(device)!r} asked for, but this torch cannot use CUDA here "
-                         "(torch.cuda.is_available() is False): use 'cpu'")
-    return resolved
 
 
 def checked_temperature(temperature: float) -> float:
@@ -141,7 +107,7 @@ class WorldModel:
         self.config = config
         self.env_id = env_id
         self.env_kwargs = dict(env_kwargs or {})  # gym.make keyword arguments its data was collected with
-        self.device = _usable_device(device)
+        self.device = usable_device(device)
         self.vae = VQVAE(config).to(self.device)
         self.rnn = self.new_rnn()
         self.controller = self.new_controller(config)
@@ -151,7 +117,7 @@ class WorldModel:
 
     def to(self, device: str | torch.device) -> WorldModel:
         """Move V, M and C to ``device``, in place (as ``nn.Module.to`` does); returns the model."""
-        self.device = _usable_device(device)
+        self.device = usable_device(device)
         for module in (self.vae, self.rnn, self.controller):
             module.to(self.device)
         return self
@@ -285,8 +251,6 @@ class WorldModel:
         (M, H, W, 3), say the episodes' first frames, as the CLI keeps) or else from the first
         ``MAX_START_FRAMES`` of ``observations``.
         """
-        from wm_agent.train import fit_vae, frame_batches_from_array
-
         s = self.config.image_size
         frames = np.asarray(observations)
         start = frames if start_frames is None else np.asarray(start_frames)
@@ -298,7 +262,8 @@ class WorldModel:
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
         if not (is_int(epochs) and epochs >= 0):
             raise ValueError(f"epochs must be a non-negative int, got {epochs!r}")
-        history = fit_vae(self, lambda rng: frame_batches_from_array(frames, batch_size, rng), epochs, seed, progress)
+        history = self.fit_vae(lambda rng: fit.frame_batches_from_array(frames, batch_size, rng), epochs, seed,
+                               progress)
         if history:
             self.set_start_frames(start)
         return history
@@ -307,9 +272,7 @@ class WorldModel:
                   progress: bool = False, lr_floor: float = 1.0):
         """Fit M on episodes: ``sequences`` has ``obs`` (B, T+1, H, W, 3) uint8, ``actions`` (B, T[, A]),
         ``rewards`` (B, T), ``dones`` (B, T) and optionally ``mask`` (B, T). ``lr_floor`` < 1 decays the
-        learning rate over these ``epochs`` (see ``train.fit_rnn``), as ``wm-agent train-rnn`` does."""
-        from wm_agent.train import fit_rnn, sequence_batches_from_arrays
-
+        learning rate over these ``epochs`` (see ``training.fit.fit_rnn``), as ``wm-agent train-rnn`` does."""
         missing = {"obs", "actions", "rewards", "dones"} - set(sequences)
         if missing or not (is_int(batch_size) and batch_size >= 1):
             raise ValueError(f"train_rnn needs sequences with obs, actions, rewards and dones (missing: "
@@ -324,8 +287,66 @@ class WorldModel:
         codes = self.encode_indices(obs.reshape(b * t1, *obs.shape[2:])).view(b, t1, *self.start_codes.shape[1:])
         arrays = {k: np.asarray(v) for k, v in sequences.items() if k != "obs"}
         start = self.train_state.get("rnn", {}).get("epoch", 0)
-        return fit_rnn(self, lambda rng: sequence_batches_from_arrays(codes, arrays, batch_size, rng), epochs, seed,
-                       progress, lr_floor=lr_floor, total_epochs=start + epochs)
+        return self.fit_rnn(lambda rng: fit.sequence_batches_from_arrays(codes, arrays, batch_size, rng), epochs,
+                            seed, progress, lr_floor=lr_floor, total_epochs=start + epochs)
+
+    def fit_vae(self, make_batches: fit.Batches, epochs: int, seed: int = 0, progress: bool = True,
+                on_epoch_end: Callable[[int, dict], None] | None = None, batches_per_epoch: int | None = None,
+                where: str = "this world model", samples: int | None = None) -> list[dict]:
+        """Train V for ``epochs`` more epochs on batches of uint8 frames (``training.fit.fit_vae``), continuing
+        ``train_state['vae']``; at V's first update, a trained M and C are marked untrained (with a warning).
+
+        Args:
+            make_batches: ``make_batches(rng)`` yields one epoch of frame batches (N, H, W, 3).
+            epochs, seed, progress, on_epoch_end, batches_per_epoch, where, samples: as ``training.fit.fit_vae``'s.
+
+        Returns:
+            The metrics of each epoch trained.
+        """
+        state = self.train_state.setdefault("vae", {"epoch": 0})
+        return fit.fit_vae(self.vae, state, make_batches, epochs, seed, progress, on_epoch_end, batches_per_epoch,
+                           where, samples, lr=self.config.learning_rate,
+                           on_first_update=self._stale_after("vae", where))
+
+    def fit_rnn(self, make_batches: fit.Batches, epochs: int, seed: int = 0, progress: bool = True,
+                on_epoch_end: Callable[[int, dict], None] | None = None, clip: float = 1.0, events: float = 1.0,
+                batches_per_epoch: int | None = None, samples: int | None = None, where: str = "this world model",
+                lr_floor: float = 1.0, total_epochs: int | None = None) -> list[dict]:
+        """Train M for ``epochs`` more epochs on batches of V's code sequences (``training.fit.fit_rnn``),
+        continuing ``train_state['rnn']``; at M's first update, a trained C is marked untrained (with a warning).
+
+        Args:
+            make_batches: ``make_batches(rng)`` yields one epoch of ``sequence_batches_from_arrays``'s batches.
+            epochs, seed, progress, on_epoch_end, clip, events, batches_per_epoch, samples, where, lr_floor,
+                total_epochs: as ``training.fit.fit_rnn``'s.
+
+        Returns:
+            The metrics of each epoch trained.
+        """
+        state = self.train_state.setdefault("rnn", {"epoch": 0})
+        return fit.fit_rnn(self.rnn, self.vae, state, make_batches, epochs, seed, progress, on_epoch_end, clip, events,
+                           batches_per_epoch, samples, where, lr_floor, total_epochs, lr=self.config.learning_rate,
+                           on_first_update=self._stale_after("rnn", where))
+
+    def _stale_after(self, trained: str, where: str) -> Callable[[], None]:
+        """What the fit loop of ``trained`` (``"vae"``, ``"rnn"``) calls at its first update: it forgets the
+        training of the stages that learnt from it (see ``_LEARNT_FROM``), with a warning. Marked then, not
+        before: a call that fails on its first batch changes nothing."""
+        letter, later = _LEARNT_FROM[trained]
+        stages = [stage for stage in later if stage in self.train_state]
+
+        def mark_untrained() -> None:
+            if not stages:
+                return
+            for stage in stages:
+                del self.train_state[stage]
+            names = " and ".join(STAGES[s][0] for s in stages)
+            commands = " and ".join(f"`wm-agent {STAGES[s][1]}`" for s in stages)
+            # stacklevel: the caller of train_vae/train_rnn or of run_train_* (through the fit loop and its wrapper)
+            warnings.warn(f"{where}: training {letter} further makes its trained {names} stale, now marked untrained "
+                          f"(run {commands} again)", stacklevel=6)
+
+        return mark_untrained
 
     # -- M ----------------------------------------------------------------------------------------
     @torch.no_grad()

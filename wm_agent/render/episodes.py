@@ -21,7 +21,7 @@ __all__ = ["DEFAULT_FPS", "annotate", "env_fps", "record_dream_episode", "record
 
 
 def _env_action(out: torch.Tensor, wm, greedy: bool, gen: torch.Generator):
-    from wm_agent.controller import env_action
+    from wm_agent.models.controller import env_action
 
     return env_action(out, wm.config.discrete_actions, greedy, gen)
 

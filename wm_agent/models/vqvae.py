@@ -157,7 +157,7 @@ class VQVAE(nn.Module):
             raise ValueError(f"expected frames of shape (B, 3, {s}, {s}), got {tuple(obs.shape)}")
         if not obs.is_floating_point():
             raise ValueError(f"expected float frames in [0, 1], got dtype {obs.dtype}; "
-                             "use wm_agent.vqvae.frames_to_tensor")
+                             "use wm_agent.models.vqvae.frames_to_tensor")
         if not torch.isfinite(obs).all():
             raise ValueError("pixel values contain NaN or infinity")
         lo, hi = float(obs.min()), float(obs.max())

@@ -22,8 +22,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from wm_agent.config import WorldModelConfig
+from wm_agent.models.vqvae import code_memberships
 from wm_agent.sampling import multinomial
-from wm_agent.vqvae import code_memberships
 
 
 ATTENTION_SCALE = 10.0  # keypoint scores = ATTENTION_SCALE * (memberships . weights), see keypoint_features

@@ -9,8 +9,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from wm_agent.config import WorldModelConfig
+from wm_agent.models.vqvae import code_memberships, membership_table
 from wm_agent.sampling import multinomial, randn
-from wm_agent.vqvae import code_memberships, membership_table
 
 Hidden = tuple[torch.Tensor, torch.Tensor]
 LOG_2PI = math.log(2 * math.pi)
@@ -233,7 +233,7 @@ class MDNRNN(nn.Module):
 
         ``event_weight`` up-weights the reward and done terms of terminal transitions. The training
         commands leave it at 1: a weight w inflates the predicted odds of the event by w wherever the
-        model is unsure, and a controller search farms exactly those states (see ``train.fit_rnn``).
+        model is unsure, and a controller search farms exactly those states (see ``training.fit.fit_rnn``).
         """
         cfg = self.config
         nll = self.mixture_nll(params, next_z) / cfg.z_size
