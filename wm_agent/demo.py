@@ -72,8 +72,9 @@ def run_demo(cfg: DemoConfig) -> dict:
 def _run_demo(cfg: DemoConfig) -> dict:
     from wm_agent.cmaes import ControllerTrainConfig, train_controller
     from wm_agent.collect import DataCollector
+    from wm_agent.commands.evaluate import EvaluateConfig, evaluate
     from wm_agent.dataset import EpisodeDataset
-    from wm_agent.evaluate import EvaluateConfig, evaluate, dream_fidelity, dream_vs_real, vae_quality
+    from wm_agent.evaluate import dream_fidelity, dream_vs_real, vae_quality
     from wm_agent.render import (Visualizer, record_dream_episode, record_side_by_side, write_video)
     from wm_agent.train import TrainRNNConfig, TrainVAEConfig, run_train_rnn, run_train_vae
     from wm_agent.world_model import WorldModel
