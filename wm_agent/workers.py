@@ -188,9 +188,10 @@ class WorkerPool:
     a ``timeout`` raises ``WorkerTimeout`` when it runs out. A worker keeps what a task leaves in its
     module globals for the next tasks (a loaded model, envs).
 
-    Workers start on the submits that need them (one per submit while fewer than ``workers`` run), inside
-    ``starting_workers``: they ignore Ctrl-C for life, and a start method the program had not chosen stays
-    unchosen. Each runs ``watch_parent`` (it exits when the parent is gone) and then ``initializer``.
+    Workers start on the submits that need them (one per submit while fewer than ``workers`` run); every
+    submit runs inside ``starting_workers``: workers ignore Ctrl-C for life, and a start method the program
+    had not chosen stays unchosen. Each worker runs ``watch_parent`` (it exits when the parent is gone), then
+    ``initializer``.
 
     End every pool with ``close()`` (running tasks finish) or, after a failure or on an interrupt, with
     ``kill()``: the workers ignore SIGINT, so a Ctrl-C stops them only through ``kill()``.
@@ -231,8 +232,9 @@ class WorkerPool:
         return self.submit_all(fn, [args])[0]
 
     def submit_all(self, fn: Callable, calls: Iterable[Sequence]) -> list[cf.Future]:
-        """Run ``fn(*args)`` in the workers for each ``args`` of ``calls``, submitted together (a Ctrl-C
-        that lands while workers start is dropped; it cannot leave the batch half submitted).
+        """Run ``fn(*args)`` in the workers for each ``args`` of ``calls``, submitted together inside
+        ``starting_workers`` (a Ctrl-C that lands meanwhile is dropped: it cannot leave workers half started
+        or the batch half submitted).
 
         Returns:
             The tasks' handles, in the order of ``calls``.
