@@ -147,7 +147,7 @@ def test_resume_refuses_a_different_search(ckpt, kw, message):
 
 
 def test_the_env_comes_from_the_checkpoint(tmp_path):
-    from wm_agent.evaluate import EvaluateConfig, evaluate
+    from wm_agent.commands.evaluate import EvaluateConfig, evaluate
 
     wm = tiny_world_model()
     path = tmp_path / "wm.pt"
@@ -168,7 +168,7 @@ def test_the_env_comes_from_the_checkpoint(tmp_path):
 @pytest.mark.parametrize("greedy", [False, True])
 def test_evaluate_in_worker_processes_gives_the_in_process_results(tmp_path, greedy):
     """Each episode samples from a stream of its own, so splitting the episodes over processes changes nothing."""
-    from wm_agent.evaluate import EvaluateConfig, evaluate
+    from wm_agent.commands.evaluate import EvaluateConfig, evaluate
 
     wm = tiny_world_model()
     path = tmp_path / "wm.pt"
@@ -180,7 +180,7 @@ def test_evaluate_in_worker_processes_gives_the_in_process_results(tmp_path, gre
     # Episode by episode, in seed order (the summary's means would not notice a shuffle).
     import gymnasium as gym
 
-    from wm_agent.evaluate import RolloutWorkers, rollout_batch
+    from wm_agent.rollouts import RolloutWorkers, rollout_batch
 
     seeds = [7 + i for i in range(5)]
     params = WorldModel.load(path).controller.params.detach()[None]
@@ -196,7 +196,7 @@ def test_evaluate_in_worker_processes_gives_the_in_process_results(tmp_path, gre
 
 
 def test_an_untrained_controller_is_named(tmp_path):
-    from wm_agent.evaluate import EvaluateConfig, evaluate
+    from wm_agent.commands.evaluate import EvaluateConfig, evaluate
 
     path = tmp_path / "wm.pt"
     tiny_world_model().save(path)
@@ -390,7 +390,7 @@ def test_real_evaluator_reports_a_worker_that_dies(ckpt):
     ev = RealEvaluator(str(ckpt), "WM-GridWorld-v0", workers=1, timeout=60)
 
     def kill_workers():
-        for proc in list((ev.pool._processes or {}).values()):
+        for proc in mp.active_children():  # the test's only child processes: the evaluator's workers
             proc.kill()
 
     timer = threading.Timer(0.5, kill_workers)  # the worker is still starting (importing torch) by then
@@ -412,7 +412,7 @@ def test_batched_real_rollouts_match_one_episode_at_a_time(greedy):
     since an episode draws them from its own seed's stream."""
     import gymnasium as gym
 
-    from wm_agent.evaluate import make_latent_env, rollout_batch, run_episode
+    from wm_agent.rollouts import make_latent_env, rollout_batch, run_episode
 
     wm = tiny_world_model(seed=3)
     wm.controller.fit_normalizer(torch.randn(64, wm.controller.in_dim))
@@ -447,7 +447,7 @@ def test_the_search_leaves_numpys_global_random_stream_as_it_was(ckpt):
 
 
 def test_evaluate_in_workers_scores_the_model_given_in_memory_not_the_file(tmp_path):
-    from wm_agent.evaluate import EvaluateConfig, evaluate
+    from wm_agent.commands.evaluate import EvaluateConfig, evaluate
 
     path = tmp_path / "wm.pt"
     tiny_world_model().save(path)

@@ -52,7 +52,7 @@ def test_killed_rollout_workers_leave_no_semaphore_behind(tmp_path):
         sys.path.insert(0, {str(REPO / "tests")!r})
         import numpy as np
         from helpers import tiny_world_model
-        from wm_agent.evaluate import RolloutWorkers
+        from wm_agent.rollouts import RolloutWorkers
 
         if __name__ == "__main__":
             wm = tiny_world_model()

@@ -1,7 +1,9 @@
-"""Why a worker died, as the user reads it: signals, errors, and the script without a main guard."""
+"""Worker processes: why one died, as the user reads it (signals, errors, the script without a main guard),
+and the modes of the one worker pool, WorkerPool."""
 
 from __future__ import annotations
 
+import multiprocessing as mp
 import os
 import signal
 import subprocess
@@ -11,9 +13,11 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
+import pool_tasks
 import pytest
 
-from wm_agent.workers import children_ignore_sigint, death_reason, unguarded_main_script
+from wm_agent.workers import (WorkerDied, WorkerPool, WorkerTimeout, children_ignore_sigint, death_reason,
+                              unguarded_main_script)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -156,3 +160,80 @@ def test_a_worker_exits_when_its_parent_is_killed(tmp_path):
             pytest.fail("the worker outlived its killed parent by 30 s")
     finally:
         parent.kill()
+
+
+# -- WorkerPool: the modes its users need, with trivial tasks ----------------------------------------------
+def _no_children_left(deadline: float = 10.0) -> bool:
+    end = time.monotonic() + deadline
+    while mp.active_children() and time.monotonic() < end:
+        time.sleep(0.05)
+    return not mp.active_children()
+
+
+def test_a_pool_returns_results_in_order_and_as_they_finish_with_progress_through_shared_memory():
+    """RolloutWorkers' mode (every result in submission order, a callback as each finishes) and the
+    collector's (a few tasks in flight, the next submitted as one finishes, running totals read from a
+    shared array between waits)."""
+    context = mp.get_context("spawn")
+    progress = context.RawArray("q", 4)
+    start_method = mp.get_start_method(allow_none=True)
+    pool = WorkerPool(2, context, initializer=pool_tasks.share_progress, initargs=(progress,))
+    try:
+        tasks = pool.submit_all(pool_tasks.sleep_then_return, [(0.3, "slow"), (0.0, "fast"), (0.0, "third")])
+        finished = []
+        assert pool.results(tasks, timeout=120, on_result=lambda task, result: finished.append(result)) == [
+            "slow", "fast", "third"]
+        assert sorted(finished) == ["fast", "slow", "third"]
+        assert mp.get_start_method(allow_none=True) == start_method  # starting workers chose none
+
+        backlog = iter(range(4))
+        pending = set(pool.submit_all(pool_tasks.count_up, [(next(backlog), 5, 0.02) for _ in range(2)]))
+        done_indices, totals = [], []
+        while pending:
+            done, pending = pool.wait(pending, timeout=0.05)
+            for task in done:
+                done_indices.append(pool.result(task))
+                index = next(backlog, None)
+                if index is not None:
+                    pending.add(pool.submit(pool_tasks.count_up, index, 5, 0.02))
+            totals.append(sum(progress))
+        assert sorted(done_indices) == [0, 1, 2, 3]
+        assert list(progress) == [5] * 4 and totals == sorted(totals)
+    finally:
+        pool.close()
+    assert _no_children_left()
+
+
+def test_a_failing_task_stops_the_wait_and_kill_stops_workers_that_ignore_sigint_and_sigterm():
+    pool = WorkerPool(2)
+    try:
+        [disposition] = pool.results([pool.submit(pool_tasks.sigint_disposition)], timeout=120)
+        assert disposition == repr(signal.SIG_IGN)  # a terminal's Ctrl-C stops the parent, which kills them
+        stuck = pool.submit(pool_tasks.sleep_ignoring_sigterm, 600)
+        with pytest.raises(ValueError, match="boom"):
+            pool.results([stuck, pool.submit(pool_tasks.fail, "boom")], timeout=120)
+    except BaseException:
+        pool.kill()
+        raise
+    t0 = time.monotonic()
+    pool.kill(grace=0.5)  # SIGTERM, then SIGKILL for the worker that ignores it
+    assert time.monotonic() - t0 < 10
+    assert _no_children_left()
+
+
+def test_a_wait_that_runs_out_and_a_worker_that_dies_are_told_apart():
+    pool = WorkerPool(1)
+    try:
+        task = pool.submit(pool_tasks.sleep_then_return, 600, None)
+        with pytest.raises(WorkerTimeout):
+            list(pool.as_completed([task], timeout=0.5))
+        for process in mp.active_children():  # the pool's worker
+            process.kill()
+        with pytest.raises(WorkerDied, match=r"^a worker process died \(killed by SIGKILL \(out of memory\?\)\)$"):
+            pool.result(task)
+        with pytest.raises(WorkerDied) as died:  # a broken pool takes no more tasks
+            pool.submit(pool_tasks.die)
+        assert died.value.reason == "killed by SIGKILL (out of memory?)"
+    finally:
+        pool.kill()
+    assert _no_children_left()

@@ -476,7 +476,7 @@ def test_run_train_rnn_needs_a_trained_vae(dataset, tmp_path):
 def test_the_real_env_is_made_with_the_datas_env_kwargs(tiny_preset, tmp_path):
     """collect --env-kwargs (a 4x4 grid here, a discrete CarRacing in the README) carries on to every
     command that makes the real env: evaluate, render, play, train-controller --in real."""
-    from wm_agent.evaluate import EvaluateConfig, evaluate
+    from wm_agent.commands.evaluate import EvaluateConfig, evaluate
 
     data = tmp_path / "small"
     DataCollector("WM-GridWorld-v0", data, episodes_per_shard=2, max_steps=8,

@@ -32,7 +32,7 @@ import torch
 
 from wm_agent.config import ResumeMismatch, check_settings, doc, refuse_other_settings
 from wm_agent.dream_env import DreamBatch, dream_fitness
-from wm_agent.evaluate import RolloutWorkers
+from wm_agent.rollouts import RolloutWorkers
 from wm_agent.latent_env import check_env_fits
 from wm_agent.progress import progress_bar
 from wm_agent.sampling import rand

@@ -71,10 +71,11 @@ def run_demo(cfg: DemoConfig) -> dict:
 
 def _run_demo(cfg: DemoConfig) -> dict:
     from wm_agent.cmaes import ControllerTrainConfig, train_controller
+    from wm_agent.commands.evaluate import EvaluateConfig, evaluate
+    from wm_agent.commands.train import TrainRNNConfig, TrainVAEConfig, run_train_rnn, run_train_vae
     from wm_agent.data.collect import DataCollector
     from wm_agent.data.dataset import EpisodeDataset
-    from wm_agent.evaluate import EvaluateConfig, evaluate, dream_fidelity, dream_vs_real, vae_quality
-    from wm_agent.commands.train import TrainRNNConfig, TrainVAEConfig, run_train_rnn, run_train_vae
+    from wm_agent.evaluate import dream_fidelity, dream_vs_real, vae_quality
     from wm_agent.render.episodes import record_dream_episode, record_side_by_side
     from wm_agent.render.figures import Visualizer
     from wm_agent.render.video import write_video

@@ -1,5 +1,6 @@
-"""Worker processes: how they start and stop with their parent, and why one ended, in words for the
-error a user reads.
+"""Worker processes: ``WorkerPool``, the one process pool of wm-agent (data collection, real-env
+rollouts for CMA-ES and evaluation), and the helpers it starts and stops its workers with: how they start
+and stop with their parent, and why one ended, in words for the error a user reads.
 
 A pool only says that a worker is gone. Its exit code tells more: a signal (the OOM killer's
 SIGKILL, a SIGTERM) or an error of its own, and the commonest error of all is a script that starts
@@ -10,6 +11,7 @@ one imports the main script; unguarded, that import starts workers again and Pyt
 from __future__ import annotations
 
 import ast
+import concurrent.futures as cf
 import multiprocessing as mp
 import multiprocessing.connection
 import os
@@ -17,11 +19,13 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
-__all__ = ["children_ignore_sigint", "death_reason", "starting_workers", "unguarded_main_script", "watch_parent"]
+__all__ = ["WorkerDied", "WorkerPool", "WorkerTimeout", "children_ignore_sigint", "death_reason", "starting_workers",
+           "unguarded_main_script", "watch_parent"]
 
 
 def watch_parent() -> None:
@@ -131,3 +135,213 @@ def death_reason(processes: Iterable) -> str:
     if script is not None:  # the status was lost, and an unguarded script is what ends workers unsignalled
         return f"ended, its exit status lost (an error it printed is above){advice}"
     return "killed, or out of memory?"
+
+
+# -- the pool ------------------------------------------------------------------------------------------
+class WorkerDied(RuntimeError):
+    """A worker process of a ``WorkerPool`` ended before its task did; ``reason`` says why in words
+    (``death_reason``), e.g. ``"killed by SIGKILL (out of memory?)"``."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+    def __str__(self) -> str:
+        return f"a worker process died ({self.reason})"
+
+
+class WorkerTimeout(TimeoutError):
+    """Tasks of a ``WorkerPool`` were still unfinished when the ``timeout`` of the wait for them ran out."""
+
+
+def _start_worker(initializer: Callable[..., None] | None, initargs: tuple) -> None:
+    watch_parent()
+    if initializer is not None:
+        initializer(*initargs)
+
+
+class _RecordingContext:
+    """A ``multiprocessing`` context that keeps every process made through it. A broken executor forgets
+    its processes, and their exit statuses say why it broke; an executor has no public way to stop
+    running tasks either: the pool stops the processes themselves."""
+
+    def __init__(self, context, processes: list):
+        self._context, self._processes = context, processes
+
+    def __getattr__(self, name: str):
+        return getattr(self._context, name)
+
+    def Process(self, *args, **kwargs):  # the name the executor calls
+        process = self._context.Process(*args, **kwargs)
+        self._processes.append(process)
+        return process
+
+
+class WorkerPool:
+    """Worker processes that run picklable tasks: the one process pool of wm-agent (data collection,
+    real-env rollouts for CMA-ES and evaluation).
+
+    A task is a module-level function and its arguments, pickled for the worker. ``submit`` returns an
+    opaque, hashable handle; ``wait``, ``as_completed`` and ``results`` wait on handles and ``result`` reads
+    one: the task's return value, or its own exception raised again, or ``WorkerDied`` naming why a worker
+    ended (a pool that lost a worker is broken: each of its unfinished tasks then fails so). A wait given
+    a ``timeout`` raises ``WorkerTimeout`` when it runs out. A worker keeps what a task leaves in its
+    module globals for the next tasks (a loaded model, envs).
+
+    Workers start on the submits that need them (one per submit while fewer than ``workers`` run); every
+    submit runs inside ``starting_workers``: workers ignore Ctrl-C for life, and a start method the program
+    had not chosen stays unchosen. Each worker runs ``watch_parent`` (it exits when the parent is gone), then
+    ``initializer``.
+
+    End every pool with ``close()`` (running tasks finish) or, after a failure or on an interrupt, with
+    ``kill()``: the workers ignore SIGINT, so a Ctrl-C stops them only through ``kill()``.
+
+    These workers are local processes (``concurrent.futures.ProcessPoolExecutor``); another backend (Ray,
+    say) can implement the same methods.
+
+    Args:
+        workers: the most worker processes that run at once.
+        context: the ``multiprocessing`` context the workers start from (None: ``spawn``).
+        initializer: a picklable function each worker calls once, when it starts, or None.
+        initargs: ``initializer``'s arguments; shared memory (``context.RawArray``) may go here, to follow
+            running tasks without messages.
+    """
+
+    def __init__(self, workers: int, context=None, initializer: Callable[..., None] | None = None,
+                 initargs: tuple = ()):
+        self.workers = workers
+        self._processes: list = []  # every worker started, also after the executor forgot them
+        context = context if context is not None else mp.get_context("spawn")
+        self._executor = cf.ProcessPoolExecutor(
+            max_workers=workers, mp_context=_RecordingContext(context, self._processes), initializer=_start_worker,
+            initargs=(initializer, initargs))
+
+    def submit(self, fn: Callable, *args) -> cf.Future:
+        """Run ``fn(*args)`` in a worker.
+
+        Args:
+            fn: a module-level function (pickled by name).
+            *args: its arguments (pickled).
+
+        Returns:
+            The task's handle.
+
+        Raises:
+            WorkerDied: the pool had lost a worker before.
+        """
+        return self.submit_all(fn, [args])[0]
+
+    def submit_all(self, fn: Callable, calls: Iterable[Sequence]) -> list[cf.Future]:
+        """Run ``fn(*args)`` in the workers for each ``args`` of ``calls``, submitted together inside
+        ``starting_workers`` (a Ctrl-C that lands meanwhile is dropped: it cannot leave workers half started
+        or the batch half submitted).
+
+        Returns:
+            The tasks' handles, in the order of ``calls``.
+        """
+        try:
+            with starting_workers():
+                return [self._executor.submit(fn, *args) for args in calls]
+        except cf.process.BrokenProcessPool as exc:
+            raise WorkerDied(death_reason(self._started())) from exc
+
+    def wait(self, tasks: Iterable[cf.Future], timeout: float | None = None) -> tuple[set, set]:
+        """Wait until one of ``tasks`` has finished (or failed), or ``timeout`` seconds have passed.
+
+        Returns:
+            The finished tasks and the unfinished ones, as two sets (the first empty after a timeout).
+        """
+        done, pending = cf.wait(tasks, timeout=timeout, return_when=cf.FIRST_COMPLETED)
+        return done, pending
+
+    def result(self, task: cf.Future) -> Any:
+        """The return value of ``task``, waited for if it is still running.
+
+        Raises:
+            WorkerDied: a worker ended (killed, out of memory, ...) before the task did; ``reason`` says why.
+            Exception: the task's own exception, raised again here (its traceback in the worker is the
+                ``__cause__``).
+        """
+        try:
+            return task.result()
+        except cf.process.BrokenProcessPool as exc:
+            raise WorkerDied(death_reason(self._started())) from exc
+
+    def as_completed(self, tasks: Iterable[cf.Future], timeout: float | None = None) -> Iterator[tuple[cf.Future, Any]]:
+        """Each of ``tasks`` with its result, as it finishes; the first one that failed raises (as
+        ``result`` does) instead.
+
+        Args:
+            tasks: handles from ``submit``.
+            timeout: seconds, counted from the first step of the iteration, for all of them (None: no limit).
+
+        Yields:
+            ``(task, result)`` pairs in the order the tasks finish.
+
+        Raises:
+            WorkerTimeout: some were unfinished after ``timeout`` seconds.
+        """
+        finished = cf.as_completed(tasks, timeout=timeout)
+        while True:
+            try:
+                task = next(finished)
+            except StopIteration:
+                return
+            except cf.TimeoutError:
+                raise WorkerTimeout(f"a worker did not finish within {timeout:g} s") from None
+            yield task, self.result(task)
+
+    def results(self, tasks: Sequence[cf.Future], timeout: float | None = None,
+                on_result: Callable[[cf.Future, Any], None] | None = None) -> list:
+        """Every result of ``tasks``, in their order; the first task to fail stops the wait (its error is
+        raised, as ``as_completed`` raises it).
+
+        Args:
+            tasks: handles from ``submit``.
+            timeout: seconds for all of them, as in ``as_completed``.
+            on_result: called with each task and its result as the task finishes (a progress bar's update).
+
+        Returns:
+            The tasks' results, in the order of ``tasks``.
+        """
+        results = {}
+        for task, result in self.as_completed(tasks, timeout):
+            results[task] = result
+            if on_result is not None:
+                on_result(task, result)
+        return [results[task] for task in tasks]
+
+    def close(self) -> None:
+        """Let the running tasks finish, drop the queued ones and wait for the workers to exit. Closing a
+        closed pool does nothing."""
+        # Waited for also after a kill (the killed workers end at once): a pool's manager thread still
+        # tearing down when the interpreter exits made its exit hook write to a closed pipe ("Exception
+        # ignored ... Bad file descriptor" with a traceback after a clean error message, now and then).
+        self._executor.shutdown(wait=True, cancel_futures=True)
+
+    def kill(self, grace: float = 0.0) -> None:
+        """Stop the workers now, abandoning their tasks, and close the pool.
+
+        Args:
+            grace: 0: SIGKILL every worker at once. More: SIGTERM them (a worker may clean up), and SIGKILL
+                any that has not ended ``grace`` seconds after (one that ignores SIGTERM would keep
+                ``close()`` waiting for it forever).
+        """
+        processes = self._started()
+        if grace > 0:
+            for process in processes:
+                if process.is_alive():
+                    process.terminate()
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            for process in processes:
+                process.join(timeout=grace)
+                if process.is_alive():
+                    process.kill()
+                    process.join(timeout=grace)
+        else:
+            for process in processes:
+                process.kill()
+        self.close()
+
+    def _started(self) -> list:
+        return [process for process in self._processes if process.pid is not None]

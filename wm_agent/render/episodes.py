@@ -35,7 +35,7 @@ def record_real_episode(wm, env_id: str | None = None, seed: int = 0, greedy: bo
     Returns ``frames`` uint8 (T+1, H, W, 3), ``rewards`` (T,), ``actions`` (T[, A]), ``return``, ``steps``,
     ``success``. ``max_steps`` = 0: until the env ends the episode.
     """
-    from wm_agent.evaluate import make_latent_env, run_episode
+    from wm_agent.rollouts import make_latent_env, run_episode
 
     env = make_latent_env(wm.real_env_id(env_id), wm)
     try:

@@ -1,0 +1,46 @@
+"""Trivial tasks for the WorkerPool tests, in a module of their own: a worker imports it (by name, to unpickle
+a task) and nothing more."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+_PROGRESS = None  # in a worker: the shared array its tasks report to
+
+
+def share_progress(progress) -> None:
+    """The pool's initializer: keep the shared array, as the collector's workers do."""
+    global _PROGRESS
+    _PROGRESS = progress
+
+
+def count_up(index: int, steps: int, pause: float) -> int:
+    """Report steps 1..steps into slot ``index`` of the shared array, one per ``pause`` seconds."""
+    for step in range(1, steps + 1):
+        time.sleep(pause)
+        _PROGRESS[index] = step
+    return index
+
+
+def sleep_then_return(seconds: float, value):
+    time.sleep(seconds)
+    return value
+
+
+def fail(message: str):
+    raise ValueError(message)
+
+
+def die() -> None:
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def sigint_disposition() -> str:
+    return repr(signal.getsignal(signal.SIGINT))
+
+
+def sleep_ignoring_sigterm(seconds: float) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    time.sleep(seconds)
