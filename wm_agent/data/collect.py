@@ -16,13 +16,12 @@ and a resumed run continues exactly where the interrupted one stopped.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
 import shutil
 import warnings
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, get_args
@@ -38,7 +37,7 @@ from wm_agent.data.shards import (_SHARD_RE, _TMP_PREFIX, _TRASH_PREFIX, IDENTIT
                                   _set_shards, _shard_entry, describe_space, open_shard, shard_name)
 from wm_agent.data.vector import run_vector
 from wm_agent.progress import progress_bar
-from wm_agent.workers import death_reason, starting_workers
+from wm_agent.workers import WorkerDied, WorkerPool
 
 # wm_agent.io is imported where it is used, by the main process only: workers never write a manifest,
 # and every import delays each worker's start.
@@ -326,44 +325,29 @@ class DataCollector:
         ctx = _mp_context()
         total_episodes = sum(t.episodes for t in tasks)
         progress = ctx.RawArray("q", 2 * (max(t.index for t in tasks) + 1))
-        pool = ProcessPoolExecutor(max_workers=min(self.workers, len(tasks)), mp_context=ctx,
-                                   initializer=_init_worker, initargs=(progress,))
+        pool = WorkerPool(min(self.workers, len(tasks)), ctx, initializer=_init_worker, initargs=(progress,))
         # Two tasks per worker in flight, the next submitted as one finishes: with every task submitted
         # at once, each wait() below walked all of them, and with hundreds of small shards that main-
         # process work took CPU from the workers.
         backlog = iter(tasks)
-        futures: dict[Future, _ShardTask] = {}
+        running: dict = {}  # a submitted task's handle -> its shard
 
-        pending: set[Future] = set()
+        def submit(count: int) -> None:
+            shards = list(itertools.islice(backlog, count))
+            running.update(zip(pool.submit_all(_collect_shard, [(task,) for task in shards]), shards))
 
-        def submit_next() -> None:
-            task = next(backlog, None)
-            if task is not None:
-                future = pool.submit(_collect_shard, task)
-                futures[future] = task
-                pending.add(future)
-
-        # The workers start here; Ctrl-C reaches them through _terminate.
-        with starting_workers():
-            for _ in range(2 * self.workers):
-                submit_next()
-        # Private, but the executor has no public way to stop running tasks, and a broken pool
-        # forgets its processes: take them now (all are started by the submits above).
-        processes = list((getattr(pool, "_processes", None) or {}).values())
         done_frames = done_episodes = 0
         try:
-            while pending:
-                done, still = wait(pending, timeout=0.25, return_when=FIRST_COMPLETED)
-                pending.clear()
-                pending.update(still)
-                for future in done:
-                    task = futures[future]
-                    name = shard_name(task.index)
+            submit(2 * self.workers)  # the workers start here; Ctrl-C reaches them through pool.kill
+            while running:
+                done, _ = pool.wait(running, timeout=0.25)
+                for handle in done:
+                    task = running.pop(handle)
                     try:
-                        entry = future.result()
-                    except BrokenProcessPool as exc:
+                        entry = pool.result(handle)
+                    except WorkerDied as exc:
                         raise CollectionError(
-                            f"a worker process died while collecting {name} ({death_reason(processes)}); "
+                            f"a worker process died while collecting {shard_name(task.index)} ({exc.reason}); "
                             f"finished shards are kept in {self.out_dir}: re-run the same command to resume"
                         ) from exc
                     except Exception as exc:
@@ -371,40 +355,24 @@ class DataCollector:
                     record(entry)
                     done_frames += entry["frames"]
                     done_episodes += entry["episodes"]
-                    del futures[future]
-                    submit_next()
+                    submit(1)
                 # In-flight shards report running totals through shared memory: no per-step messages.
-                running = [futures[f].index for f in pending]
-                frames = done_frames + sum(progress[2 * i] for i in running)
-                eps = done_episodes + sum(progress[2 * i + 1] for i in running)
+                frames = done_frames + sum(progress[2 * t.index] for t in running.values())
+                eps = done_episodes + sum(progress[2 * t.index + 1] for t in running.values())
                 bar.update(frames - bar.n)
                 bar.set_postfix_str(f"episodes {eps}/{total_episodes}")
         except BaseException:
-            _terminate(pool, processes)
+            pool.kill(grace=10)  # SIGTERM, then SIGKILL for a worker that ignores it for 10 s
             _remove_temporary(self.out_dir)
             raise
         finally:
-            pool.shutdown(wait=True, cancel_futures=True)
+            pool.close()
 
     def _run_vector(self, tasks: list[_ShardTask], record, bar) -> None:
         """The ``async``/``sync`` vectorizations: one vector env of ``workers`` sub-envs (``run_vector``)."""
         run_vector(tasks, record, bar, env_id=self.env_id, env_kwargs=self.env_kwargs, workers=self.workers,
                    vectorization=self.vectorization, observation_shape=self.observation_shape,
                    action_space=self.action_space)
-
-
-def _terminate(pool: ProcessPoolExecutor, processes: list) -> None:
-    """Stop the workers now instead of letting them finish shards nobody will wait for."""
-    processes = [*processes, *(getattr(pool, "_processes", None) or {}).values()]
-    for process in processes:
-        if process.is_alive():
-            process.terminate()
-    pool.shutdown(wait=False, cancel_futures=True)
-    for process in processes:
-        process.join(timeout=10)
-        if process.is_alive():  # it ignored SIGTERM; the caller's pool.shutdown(wait=True) would wait for it
-            process.kill()
-            process.join(timeout=10)
 
 
 # ----------------------------------------------------------------------------------------------

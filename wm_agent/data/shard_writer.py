@@ -23,7 +23,6 @@ from wm_agent.data.episodes import EpisodeBuffer, _episode_limit, make_env, run_
 from wm_agent.data.frames import DiscardFrames, FrameWriter
 from wm_agent.data.policies import make_policy
 from wm_agent.data.shards import _TMP_PREFIX, _TRASH_PREFIX, _shard_entry, shard_name
-from wm_agent.workers import watch_parent
 
 # wm_agent.io is imported by the main process only: workers never write a manifest, and every import
 # delays each worker's start.
@@ -194,8 +193,7 @@ def _mp_context():
 
 def _init_worker(progress) -> None:
     global _PROGRESS
-    _PROGRESS = progress
-    watch_parent()
+    _PROGRESS = progress  # the pool has its workers watch their parent already
 
 
 def _report_to_shared(index: int) -> Callable[[int, int], None]:
