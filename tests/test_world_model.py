@@ -619,7 +619,7 @@ def test_a_box_env_with_other_bounds_or_a_discrete_one_from_1_is_refused():
 
 
 def test_auto_preset_and_key_maps_see_an_env_however_it_is_spelled():
-    from wm_agent.world_model import registered_id
+    from wm_agent.env_ids import registered_id
 
     assert registered_id("envs:WM-CarRacing-v0") == registered_id("WM-CarRacing-v0") == "WM-CarRacing-v0"
     assert registered_id("no_such_module:Nothing-v0") == "no_such_module:Nothing-v0"

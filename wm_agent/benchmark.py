@@ -13,6 +13,7 @@ from typing import NamedTuple
 from wm_agent.data.collect import DataCollector, Vectorization
 from wm_agent.data.episodes import EpisodeBuffer, make_env, run_episodes
 from wm_agent.data.frames import DiscardFrames
+from wm_agent.env_ids import episode_limit
 from wm_agent.data.policies import Policy, make_policy
 from wm_agent.data.shard_writer import shard_rngs
 from wm_agent.io import temporary_folder
@@ -49,8 +50,7 @@ class RolloutLoop:
     def __init__(self, env_id: str, env_kwargs: dict | None = None, policy: str = "random", seed: int = 0,
                  buffer_episodes: int = 64):
         self.env = make_env(env_id, dict(env_kwargs or {}))
-        spec = self.env.spec
-        limit = spec.max_episode_steps if spec is not None and spec.max_episode_steps else 1000
+        limit = episode_limit(self.env.spec) or 1000
         self.frame_shape = tuple(self.env.observation_space.shape)
         self.reset_seeds, rng = shard_rngs(seed, 0, 1 << 20)
         self.policy = make_policy(policy, self.env.action_space, rng)

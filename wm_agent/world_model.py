@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from wm_agent.config import WorldModelConfig, is_int
+from wm_agent.env_ids import env_spec, registered_episode_limit, registered_id
 from wm_agent.io import load_torch, save_torch
 from wm_agent.models.controller import Controller
 from wm_agent.models.mdnrnn import MDNRNN
@@ -58,41 +59,6 @@ def checked_temperature(temperature: float) -> float:
     if not temperature >= 0:
         raise ValueError(f"temperature must be >= 0, got {temperature}")
     return temperature
-
-
-def env_spec(env_id: str):
-    """The ``EnvSpec`` ``gym.make(env_id)`` would use, without making the env; a ``"module:Id"`` imports
-    its module first, as ``gym.make`` does. Raises ``ImportError`` or ``gymnasium.error.Error``."""
-    import importlib
-
-    import gymnasium as gym
-
-    module, _, name = env_id.rpartition(":")
-    if module:
-        importlib.import_module(module)
-    return gym.spec(name)
-
-
-def registered_id(env_id: str) -> str:
-    """``env_id`` as Gymnasium registered it (``envs:WM-CarRacing-v0`` -> ``WM-CarRacing-v0``); itself when
-    it cannot be looked up here."""
-    import gymnasium as gym
-
-    try:
-        return env_spec(env_id).id
-    except (ImportError, gym.error.Error):
-        return env_id
-
-
-def episode_limit(env_id: str | None, default: int = 1000) -> int:
-    """The env's registered ``max_episode_steps`` (the cap of its real episodes, so of its dreams too), or
-    ``default`` for an env without one or that cannot be found here."""
-    import gymnasium as gym
-
-    try:
-        return int(env_spec(env_id).max_episode_steps or default) if env_id else default
-    except (ImportError, gym.error.Error):
-        return default
 
 
 class WorldModel:
@@ -154,7 +120,7 @@ class WorldModel:
         env_id = env_id or self.env_id
         if self._is_own(env_id) and self.env_kwargs.get("max_episode_steps"):
             return int(self.env_kwargs["max_episode_steps"])
-        return episode_limit(env_id)
+        return registered_episode_limit(env_id, default=1000)
 
     def _is_own(self, env_id: str | None) -> bool:
         """Whether ``env_id`` names this model's env, however spelled (``envs:WM-GridWorld-v0``); an id that

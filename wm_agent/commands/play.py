@@ -121,7 +121,7 @@ def _play_env(cfg: PlayConfig, wm):
 
 def _key_map(cfg: PlayConfig, wm) -> dict[str, int]:
     """Arrows (and "noop") -> the discrete actions of the env played: its ``KEY_MAPS`` entry, else GridWorld's."""
-    from wm_agent.world_model import registered_id
+    from wm_agent.env_ids import registered_id
 
     played = cfg.env if cfg.env and not cfg.dream else wm.env_id
     return KEY_MAPS.get(registered_id(played) if played else "", DISCRETE_KEYS)

@@ -27,7 +27,8 @@ from wm_agent.latent_env import check_data_fits
 from wm_agent.progress import progress_bar
 from wm_agent.torch_utils import resolve_device
 from wm_agent.training.fit import TrainingStopped, sequence_batches_from_arrays, sequence_windows, stop_requests
-from wm_agent.world_model import MAX_START_FRAMES, STAGES, WorldModel, registered_id
+from wm_agent.env_ids import registered_id
+from wm_agent.world_model import MAX_START_FRAMES, STAGES, WorldModel
 
 
 @dataclass

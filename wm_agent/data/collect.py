@@ -27,7 +27,8 @@ from pathlib import Path
 from typing import Literal, get_args
 
 from wm_agent.config import is_int
-from wm_agent.data.episodes import _episode_limit, _observes_frames, make_env, pixel_env
+from wm_agent.env_ids import episode_limit
+from wm_agent.data.episodes import _observes_frames, make_env, pixel_env
 from wm_agent.data.frames import CODEC
 from wm_agent.data.policies import POLICIES, Policy, _check_action_space
 from wm_agent.data.shard_sync import _ShardSyncer
@@ -154,7 +155,7 @@ class DataCollector:
         # Fixed by the caller, or by an existing folder when collect() reads its manifest; until then an
         # unset size is the default a new folder gets.
         self._shard_size_fixed = episodes_per_shard is not None
-        self._episode_limit = _episode_limit(spec, max_steps)
+        self._episode_limit = episode_limit(spec, max_steps)
         self.episodes_per_shard = (int(episodes_per_shard) if self._shard_size_fixed
                                    else default_episodes_per_shard(self._episode_limit))
         self.env_kwargs = env_kwargs

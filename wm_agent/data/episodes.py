@@ -208,11 +208,3 @@ def pixel_env(env_id: str, env_kwargs: dict) -> tuple[str, dict]:
     if "max_episode_steps" not in kwargs and spec is not None and spec.max_episode_steps:
         kwargs["max_episode_steps"] = int(spec.max_episode_steps)
     return PIXELS_ID, kwargs
-
-
-def _episode_limit(spec, max_steps: int | None) -> int | None:
-    """The most steps an episode can take: the env's own limit and ``max_steps``, whichever is smaller."""
-    limit = spec.max_episode_steps if spec is not None else None
-    if max_steps is not None:
-        limit = max_steps if limit is None else min(limit, max_steps)
-    return limit

@@ -19,7 +19,8 @@ from typing import Callable
 import gymnasium as gym
 import numpy as np
 
-from wm_agent.data.episodes import EpisodeBuffer, _episode_limit, make_env, run_episodes
+from wm_agent.env_ids import episode_limit
+from wm_agent.data.episodes import EpisodeBuffer, make_env, run_episodes
 from wm_agent.data.frames import DiscardFrames, FrameWriter
 from wm_agent.data.policies import make_policy
 from wm_agent.data.shards import _TMP_PREFIX, _TRASH_PREFIX, _shard_entry, shard_name
@@ -82,7 +83,7 @@ def _collect_shard(task: _ShardTask, on_progress: Callable[[int, int], None] | N
 def _capacity(spec, task: _ShardTask) -> int:
     """Frames a shard can need, from the env's spec. With a known episode cap the buffer never grows
     (and untouched np.empty pages cost no memory); otherwise it starts small and doubles."""
-    limit = _episode_limit(spec, task.max_steps)
+    limit = episode_limit(spec, task.max_steps)
     return task.episodes_per_shard * (limit + 1) if limit is not None else 4096
 
 
