@@ -61,7 +61,7 @@ KINDS = ("dropped", "copy", "lz4")
 
 
 def _run(loop, kind: str, episodes: int, folder: str) -> tuple[int, float]:
-    """The next ``episodes`` episodes of ``loop`` (a ``wm_agent.benchmark.RolloutLoop``), frames dropped,
+    """The next ``episodes`` episodes of ``loop`` (a ``wm_agent.commands.benchmark.RolloutLoop``), frames dropped,
     copied once (``_CopyOnce``) or written as a shard writes them: (frames, seconds)."""
     from wm_agent.data.frames import FrameWriter
 
@@ -76,7 +76,7 @@ def _run(loop, kind: str, episodes: int, folder: str) -> tuple[int, float]:
 
 
 def _loop(env_id: str, first_episode: int = 0, episodes_per_run: int = 100):
-    from wm_agent.benchmark import RolloutLoop
+    from wm_agent.commands.benchmark import RolloutLoop
 
     loop = RolloutLoop(env_id, buffer_episodes=episodes_per_run)
     loop.episodes = first_episode  # a process of --scaling starts at its own episodes

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from wm_agent.benchmark import (
+from wm_agent.commands.benchmark import (
     BenchmarkDreamConfig,
     BenchmarkTrainConfig,
     benchmark_dream,

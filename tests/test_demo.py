@@ -7,7 +7,7 @@ import math
 import pytest
 
 from wm_agent.data.dataset import EpisodeDataset
-from wm_agent.demo import DemoConfig, run_demo
+from wm_agent.commands.demo import DemoConfig, run_demo
 
 OUTPUTS = ["reconstruction_gridworld.png", "training_curves_gridworld.png", "dream_sequence_gridworld.png",
            "real_vs_dream_gridworld.png", "world_model_gridworld.pt", "episode_real_vs_dream_gridworld.mp4",

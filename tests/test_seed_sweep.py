@@ -5,7 +5,8 @@ import json
 import pytest
 
 from wm_agent.cli import main
-from wm_agent.seed_sweep import COLUMNS, BenchmarkSeedsConfig, benchmark_seeds, parse_kernels, parse_seeds, passes
+from wm_agent.commands.seed_sweep import (COLUMNS, BenchmarkSeedsConfig, benchmark_seeds, parse_kernels, parse_seeds,
+                                         passes)
 
 
 def _summary(success: float, vs_oracle: float) -> dict:

@@ -150,7 +150,7 @@ def _cmd_collect(args: argparse.Namespace) -> int:
 
 
 def _cmd_benchmark_collect(args: argparse.Namespace) -> int:
-    from wm_agent.benchmark import BenchmarkCollectConfig, benchmark_collect
+    from wm_agent.commands.benchmark import BenchmarkCollectConfig, benchmark_collect
 
     config = dataclass_from_args(BenchmarkCollectConfig, args)
     benchmark_collect(config.env, steps=config.steps, workers=config.workers, seed=config.seed,
@@ -202,16 +202,16 @@ JOBS = [
      "write an episode (real, dream, or side by side) to .mp4/.gif, or show it with --human"),
     ("play", "commands.play", "PlayConfig", "run_play", True,
      "drive the agent yourself inside the dream (arrow keys, R resets, Q quits)"),
-    ("demo", "demo", "DemoConfig", "run_demo", False,
+    ("demo", "commands.demo", "DemoConfig", "run_demo", False,
      "the whole GridWorld pipeline: collect, V, M, C in the dream, evaluate, figures and videos"),
 ]
 # (name, module, config class, function, help)
 BENCHMARKS = [
-    ("train", "benchmark", "BenchmarkTrainConfig", "benchmark_train",
+    ("train", "commands.benchmark", "BenchmarkTrainConfig", "benchmark_train",
      "VQ-VAE images/s of wm-agent's pipeline vs a bare PyTorch loop"),
-    ("dream", "benchmark", "BenchmarkDreamConfig", "benchmark_dream",
+    ("dream", "commands.benchmark", "BenchmarkDreamConfig", "benchmark_dream",
      "batched dream steps/s vs the real GridWorld and CarRacing"),
-    ("seeds", "seed_sweep", "BenchmarkSeedsConfig", "benchmark_seeds",
+    ("seeds", "commands.seed_sweep", "BenchmarkSeedsConfig", "benchmark_seeds",
      "the GridWorld demo for each seed under two CPU kernel paths: the per-run table with min / median / max"),
 ]
 
@@ -233,7 +233,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     ``wm-agent --help`` and ``wm-agent collect`` start in a fraction of the time."""
     import importlib
 
-    from wm_agent.benchmark import BenchmarkCollectConfig
+    from wm_agent.commands.benchmark import BenchmarkCollectConfig
     from wm_agent.data.collect import CollectConfig
 
     parser = argparse.ArgumentParser(
