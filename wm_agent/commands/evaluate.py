@@ -21,7 +21,7 @@ class EvaluateConfig:
     """wm-agent evaluate: run the checkpoint's controller in the real env and print one JSON object."""
 
     checkpoint: str = doc("world-model checkpoint with a trained controller")
-    env: str = doc("real env id (empty: the env the checkpoint was trained on)", "")
+    env: str | None = doc("real env id (default: the env the checkpoint was trained on)", None)
     episodes: int = doc("episodes to run", 100)
     seed: int = doc("reset seed of the first episode; episode i resets with seed + i and samples its actions "
                     "from a stream of its own seeded by seed + i", 0)

@@ -26,7 +26,7 @@ class PlayConfig:
 
     checkpoint: str = doc("world-model checkpoint")
     dream: bool = doc("play inside the dream (--no-dream plays the real env, for comparison)", True)
-    env: str = doc("real env id for --no-dream (empty: the checkpoint's env)", "")
+    env: str | None = doc("real env id for --no-dream (default: the checkpoint's env)", None)
     temperature: float | None = doc("dream temperature (0 = the most likely component's mean; default: 1.0)", None)
     done_threshold: float = doc("the dream ends when its done head's probability exceeds this (above 1: never)", 0.5)
     seed: int = doc("seed of the first start frame / layout (each R reset moves on by one)", 0)

@@ -33,7 +33,7 @@ class RenderConfig:
     """wm-agent render: film the checkpoint's controller in the real env, in the dream, or both side by side."""
 
     checkpoint: str = doc("world-model checkpoint with a controller")
-    env: str = doc("real env id (empty: the env the checkpoint was trained on)", "")
+    env: str | None = doc("real env id (default: the env the checkpoint was trained on)", None)
     out: str = doc("video file to write: .mp4 or .gif (ignored with --human)", "episode.mp4")
     dream: bool = doc("film the controller inside the dream instead of the real env", False)
     side_by_side: bool = doc("real env and the dream of the same actions, side by side", False)
