@@ -90,3 +90,16 @@ def test_models_import_no_layer_above_them():
 
 def test_the_cycle_finder_finds_a_cycle():
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+MAX_LINES = 500
+
+
+def test_modules_stay_short_or_say_why():
+    """One job per file: a module past MAX_LINES lines says in its docstring why it is long ("long because")."""
+    for package in PACKAGES:
+        for path in sorted((ROOT / package).rglob("*.py")):
+            text = path.read_text(encoding="utf-8")
+            if text.count("\n") > MAX_LINES:
+                docstring = ast.get_docstring(ast.parse(text)) or ""
+                assert "long because" in docstring, f"{path.relative_to(ROOT)} has {text.count(chr(10))} lines"
