@@ -192,7 +192,7 @@ JOBS = [
      "train the VQ-VAE (V) on collected frames; checkpoint and metrics each epoch, --resume"),
     ("train-rnn", "train", "TrainRNNConfig", "run_train_rnn", False,
      "train the MDN-RNN (M) on the VQ-VAE's codes of collected episodes, --resume"),
-    ("train-controller", "cmaes", "ControllerTrainConfig", "train_controller", False,
+    ("train-controller", "commands.train_controller", "ControllerTrainConfig", "train_controller", False,
      "train the controller (C) with CMA-ES in the dream or the real env, --resume"),
     ("evaluate", "evaluate", "EvaluateConfig", "evaluate", True,
      "run the controller in the real env; prints mean/std return (and success, oracle for GridWorld)"),

@@ -70,7 +70,7 @@ def run_demo(cfg: DemoConfig) -> dict:
 
 
 def _run_demo(cfg: DemoConfig) -> dict:
-    from wm_agent.cmaes import ControllerTrainConfig, train_controller
+    from wm_agent.commands.train_controller import ControllerTrainConfig, train_controller
     from wm_agent.collect import DataCollector
     from wm_agent.dataset import EpisodeDataset
     from wm_agent.evaluate import EvaluateConfig, evaluate, dream_fidelity, dream_vs_real, vae_quality
