@@ -37,11 +37,14 @@ _EXPORTS = {
     "DataCollector": "collect",
     "EpisodeDataset": "dataset",
     "Visualizer": "render",
+    "ControllerTrainConfig": "commands.train_controller",
+    "train_controller": "commands.train_controller",
 }
 
 __all__ = [  # in the order of _EXPORTS, not sorted
     "__version__", "WorldModelConfig", "VectorQuantizer", "VQVAE", "MDNRNN", "Controller", "WorldModel", "DreamEnv",
-    "DreamVectorEnv", "LatentObservation", "DataCollector", "EpisodeDataset", "Visualizer",
+    "DreamVectorEnv", "LatentObservation", "DataCollector", "EpisodeDataset", "Visualizer", "ControllerTrainConfig",
+    "train_controller",
 ]
 
 
