@@ -181,7 +181,8 @@ class _RealEnvs:
         self.real_steps += len(self.envs)
         self.z = self.wm.encode(np.stack(frames))
         device = self.wm.device
-        return torch.as_tensor(rewards, dtype=torch.float32, device=device), torch.as_tensor(done, device=device)
+        return (torch.as_tensor(rewards, dtype=torch.float32, device=device),
+                torch.as_tensor(done, dtype=torch.float32, device=device))
 
     def close(self) -> None:
         for env in self.envs:
@@ -207,6 +208,10 @@ class _Batch:
 @torch.no_grad()
 def _collect(policy: Policy, critic: Critic, where: _Dreams | _RealEnvs, cfg, max_steps: int,
              rng: np.random.Generator, generator: torch.Generator) -> _Batch:
+    """``cfg.envs`` fresh episodes run ``cfg.horizon`` steps under the policy; an episode that ends (survival
+    below ENDED, or ``max_steps``) is replaced by a new one. ``mean_return`` in the log is the mean of
+    ``episode_returns``: the episodes that ended within the update (those still running are not counted,
+    so early on, when few episodes end, it reads high)."""
     n, device = cfg.envs, policy.scales.device
     where.reset(np.arange(n), rng)
     survival, returns = torch.ones(n, device=device), torch.zeros(n, device=device)
