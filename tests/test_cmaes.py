@@ -12,9 +12,10 @@ import pytest
 import torch
 from helpers import gridworld_frames, tiny_world_model
 
-from wm_agent.cmaes import ControllerTrainConfig, RealEvaluator, dream_fitness, train_controller
-from wm_agent.dream_env import DreamEnv
+from wm_agent.commands.train_controller import ControllerTrainConfig, train_controller
+from wm_agent.dream_env import DreamEnv, dream_fitness
 from wm_agent.models.controller import choose_actions
+from wm_agent.training.cmaes import RealEvaluator
 from wm_agent.world_model import WorldModel
 
 

@@ -53,11 +53,14 @@ _EXPORTS = {
     "DataCollector": "data.collect",
     "EpisodeDataset": "data.dataset",
     "Visualizer": "render.figures",
+    "ControllerTrainConfig": "commands.train_controller",
+    "train_controller": "commands.train_controller",
 }
 
 __all__ = [  # in the order of _EXPORTS, not sorted
     "__version__", "WorldModelConfig", "VectorQuantizer", "VQVAE", "MDNRNN", "Controller", "WorldModel", "DreamEnv",
-    "DreamVectorEnv", "LatentObservation", "DataCollector", "EpisodeDataset", "Visualizer",
+    "DreamVectorEnv", "LatentObservation", "DataCollector", "EpisodeDataset", "Visualizer", "ControllerTrainConfig",
+    "train_controller",
 ]
 
 

@@ -192,7 +192,7 @@ JOBS = [
      "train the VQ-VAE (V) on collected frames; checkpoint and metrics each epoch, --resume"),
     ("train-rnn", "commands.train", "TrainRNNConfig", "run_train_rnn", False,
      "train the MDN-RNN (M) on the VQ-VAE's codes of collected episodes, --resume"),
-    ("train-controller", "cmaes", "ControllerTrainConfig", "train_controller", False,
+    ("train-controller", "commands.train_controller", "ControllerTrainConfig", "train_controller", False,
      "train the controller (C) with CMA-ES in the dream or the real env, --resume"),
     ("evaluate", "commands.evaluate", "EvaluateConfig", "evaluate", True,
      "run the controller in the real env; prints mean/std return (and success, oracle for GridWorld)"),
@@ -222,8 +222,9 @@ RESUME_HINTS = {
     "demo": " (re-run the same command to resume)",
     **dict.fromkeys(("train-vae", "train-rnn"),
                     " (re-run the same command with --resume to continue from the last save)"),
-    "train-controller": " (re-run the same command with --resume to continue from the last finished generation; "
-                        "a search stopped before its first one saved nothing and left the checkpoint as it was)",
+    "train-controller": " (re-run the same command with --resume to continue from the last finished generation, or "
+                        "update with --algo pg; a run stopped before its first one saved nothing and left the "
+                        "checkpoint as it was)",
 }
 
 

@@ -34,10 +34,12 @@ VERSION = 3  # 2: M reads cells as codes, the keypoint controller; 3: its logit 
 
 
 # train_state keys: what each trains and the command that does it
-STAGES = {"vae": ("VQ-VAE", "train-vae"), "rnn": ("MDN-RNN", "train-rnn"), "cmaes": ("controller", "train-controller")}
+STAGES = {"vae": ("VQ-VAE", "train-vae"), "rnn": ("MDN-RNN", "train-rnn"), "cmaes": ("controller", "train-controller"),
+          "pg": ("controller", "train-controller")}
+CONTROLLER_STAGES = ("cmaes", "pg")  # one of them trains C (train-controller --algo)
 # The stages that learnt from V and from M (with the letter warnings call each), so go stale when it trains
 # further: M learnt the old V's codes, C reads them and M's hidden state.
-_LEARNT_FROM = {"vae": ("V", ("rnn", "cmaes")), "rnn": ("M", ("cmaes",))}
+_LEARNT_FROM = {"vae": ("V", ("rnn", *CONTROLLER_STAGES)), "rnn": ("M", CONTROLLER_STAGES)}
 
 
 @contextlib.contextmanager
@@ -130,7 +132,7 @@ class WorldModel:
         return env_id == self.env_id or registered_id(env_id) == registered_id(self.env_id)
 
     def is_trained(self, stage: str) -> bool:
-        """Whether a stage (``"vae"``, ``"rnn"``, ``"cmaes"``) finished at least one epoch or generation."""
+        """Whether a stage (``"vae"``, ``"rnn"``, ``"cmaes"``, ``"pg"``) finished at least one epoch or generation."""
         state = self.train_state.get(stage)
         return state is not None and bool(state.get("epoch", state.get("generation", 1)))
 
@@ -145,10 +147,10 @@ class WorldModel:
                              "with --resume to finish a stopped first epoch)")
 
     def warn_if_untrained(self, where: str = "this world model") -> None:
-        """Warn when the controller about to act was never trained by CMA-ES: its initial parameters would
+        """Warn when the controller about to act was never trained (by CMA-ES or pg): its initial parameters would
         otherwise run without a word (a warning, not an error: watching or scoring an untrained agent is
         a fair baseline)."""
-        if "cmaes" not in self.train_state:
+        if not any(stage in self.train_state for stage in CONTROLLER_STAGES):
             warnings.warn(f"{where} has no trained controller: its actions come from untrained initial "
                           "parameters (run `wm-agent train-controller` first)", stacklevel=2)
 

@@ -153,7 +153,7 @@ def _measure_world_model(cfg: DemoConfig, wm, heldout) -> tuple[np.ndarray, dict
 
 
 def _train_controller(cfg: DemoConfig, wm, ckpt: Path) -> None:
-    from wm_agent.cmaes import ControllerTrainConfig, train_controller
+    from wm_agent.commands.train_controller import ControllerTrainConfig, train_controller
 
     train_controller(ControllerTrainConfig(world_model=str(ckpt), env=ENV_ID, where="dream", popsize=cfg.popsize,
                                            rollouts=cfg.rollouts, generations=cfg.generations,

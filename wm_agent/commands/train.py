@@ -28,7 +28,7 @@ from wm_agent.progress import progress_bar
 from wm_agent.torch_utils import resolve_device
 from wm_agent.training.fit import TrainingStopped, sequence_batches_from_arrays, sequence_windows, stop_requests
 from wm_agent.env_ids import registered_id
-from wm_agent.world_model import MAX_START_FRAMES, STAGES, WorldModel
+from wm_agent.world_model import CONTROLLER_STAGES, MAX_START_FRAMES, STAGES, WorldModel
 
 
 @dataclass
@@ -274,8 +274,8 @@ def run_train_rnn(cfg: TrainRNNConfig) -> dict:
     else:  # a fresh M; an old dream's controller no longer applies
         torch.manual_seed(cfg.seed)
         wm.rnn = wm.new_rnn()
-        wm.train_state.pop("rnn", None)
-        wm.train_state.pop("cmaes", None)
+        for stage in ("rnn", *CONTROLLER_STAGES):
+            wm.train_state.pop(stage, None)
         drop_metrics(str(path) + ".metrics.jsonl", "rnn")
     # The data identity also tells eval-dream which episodes M learnt from, to warn when shown them again.
     _same_run("rnn", path, wm.train_state.setdefault("rnn", {"epoch": 0}), ds, cfg.resume,

@@ -1,0 +1,251 @@
+"""wm-agent train-controller: its settings (``ControllerTrainConfig``) and the job, which loads the world model,
+checks the settings (and a resumed run's against the saved one), and hands the model to the training
+algorithm (``wm_agent.training.cmaes`` or ``wm_agent.training.pg``), which saves the checkpoint after every
+generation or update."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+from wm_agent.config import ResumeMismatch, check_settings, doc, refuse_other_settings
+from wm_agent.latent_env import check_env_fits
+from wm_agent.training import cmaes, pg
+from wm_agent.world_model import WorldModel
+
+
+@dataclass
+class ControllerTrainConfig:
+    """wm-agent train-controller: train the controller by CMA-ES (--algo cmaes, the paper's evolution strategy) or
+    policy gradient (--algo pg: PPO with a learned value baseline), in the dream or the real env. Options marked
+    "cmaes only" or "pg only" are refused with the other --algo unless left at their defaults."""
+
+    world_model: str = doc("world-model checkpoint (trained V and M); the controller is saved into it")
+    env: str = doc("real env id, used by --in real and for the episode limit (empty: the checkpoint's env)", "")
+    where: str = doc("where the controller is trained: dream (batched, cheap) or real (cmaes: candidates scored in "
+                     "worker processes; pg: real envs in this process)", "dream", flag="--in")
+    algo: str = doc("training algorithm: cmaes (evolution strategy over whole episodes) or pg (policy gradient: "
+                    "PPO actor-critic on single steps)", "cmaes")
+    popsize: int = doc("cmaes only: CMA-ES population size", 64)
+    rollouts: int = doc("cmaes only: episodes per candidate (their mean return is its fitness)", 16)
+    generations: int = doc("cmaes only: CMA-ES generations to run (in total, counting resumed ones)", 100)
+    temperature: float = doc("dream temperature tau (pi ~ softmax(log pi / tau), sigma * sqrt(tau))", 1.0)
+    controller: str = doc("controller architecture to train: linear or keypoint (empty: the checkpoint's)", "")
+    hidden: int = doc("hidden units of the controller's readout (-1: the checkpoint's)", -1)
+    sigma0: float = doc("cmaes only: initial CMA-ES step size", 0.5)
+    greedy: bool = doc("take the argmax action instead of sampling from the controller's softmax (pg: only in "
+                       "the selection dreams; training samples)", False)
+    seed: int = doc("seed of the search (CMA-ES or pg), start frames and action sampling", 0)
+    workers: int = doc("cmaes only: worker processes for --in real (pg runs its real envs in this process)", 2)
+    timeout: float = doc("cmaes only: seconds a real-env worker may take for its episodes before the run stops",
+                         300.0)
+    max_steps: int = doc("episode step limit (0 = the env's own limit)", 0)
+    select_every: int = doc("in the dream: every this many generations (pg: updates), and after the last, score the "
+                            "search's mean (pg: the policy) on --select-dreams fixed dreams and keep the best-scoring "
+                            "one as the controller (0: the last one)", 10)
+    select_dreams: int = doc("dreams each mean (pg: policy) is scored on for --select-every (the same dreams every "
+                             "time)", 512)
+    updates: int = doc("pg only: PPO updates to run (in total, counting resumed ones); each collects --envs x "
+                       "--horizon steps", 150)
+    envs: int = doc("pg only: episodes run side by side (dreams in one batch, or real envs in lockstep)", 128)
+    horizon: int = doc("pg only: steps each of the --envs episodes runs per update (ended episodes start again; "
+                       "every update starts fresh episodes)", 32)
+    epochs: int = doc("pg only: passes over each update's steps", 4)
+    minibatches: int = doc("pg only: minibatches each pass is split into", 4)
+    lr: float = doc("pg only: Adam learning rate of the policy (its parameters in units of the controller's "
+                    "param_scales)", 0.01)
+    critic_lr: float = doc("pg only: Adam learning rate of the critic", 0.001)
+    gamma: float = doc("pg only: discount factor; a dream state that pays r every step is worth r / (1 - gamma), so "
+                       "at 0.9 a reward under 0.1 a step that M's reward head makes up somewhere is worth less than "
+                       "the goal's 1 (at 0.99 PPO farmed one on GridWorld)", 0.9)
+    gae_lambda: float = doc("pg only: GAE lambda (0: one-step TD advantages, 1: Monte-Carlo returns)", 0.95)
+    clip: float = doc("pg only: PPO clip range of the probability ratio", 0.2)
+    entropy: float = doc("pg only: weight of the policy's entropy bonus", 0.01)
+    critic_hidden: int = doc("pg only: hidden units of each of the critic's two layers", 64)
+    max_grad_norm: float = doc("pg only: gradient norm clip, of the policy's and the critic's each", 0.5)
+    init_std: float = doc("pg only, continuous actions: initial std of the Gaussian policy around the controller's "
+                          "action, as a fraction of each action's range (learned from there)", 0.25)
+    resume: bool = doc("continue the run (of --algo) saved in the checkpoint", False)
+    overwrite: bool = doc("start a new run even though the checkpoint holds one (its controller is replaced)", False)
+    device: str = doc("torch device for the dream: auto, cpu or cuda", "auto")
+    progress: bool = doc("show a progress bar and per-generation log", True)
+
+
+def train_controller(cfg: ControllerTrainConfig, wm: WorldModel | None = None) -> dict:
+    """Run (or resume) the controller's training by ``cfg.algo``: the CMA-ES search (``training.cmaes``) or
+    policy gradient (``training.pg``). The checkpoint is saved after every generation or update.
+
+    From Python::
+
+        from wm_agent import ControllerTrainConfig, train_controller
+        train_controller(ControllerTrainConfig(world_model="runs/grid.pt", algo="pg", temperature=0.0))
+
+    Args:
+        cfg: the settings; ``cfg.world_model`` is the checkpoint the controller is saved into.
+        wm: the world model to train, if already in memory (else it is loaded from ``cfg.world_model``).
+
+    Returns:
+        ``{"checkpoint": path, "generations": int, "log": [per-generation rows]}`` (cmaes), or
+        ``{"checkpoint": path, "updates": int, "dream_return": float or None, "log": [per-update rows]}`` (pg;
+        ``dream_return``: the kept controller's score on the selection dreams).
+    """
+    from wm_agent.torch_utils import resolve_device
+
+    path = Path(cfg.world_model)
+    _check_settings(cfg)
+    # Messages name the model as the caller knows it: a model given in memory is not (yet) the file.
+    model_name = str(path) if wm is None else f"the world model given (saved to {path})"
+    wm = wm or WorldModel.load(path, resolve_device(cfg.device))
+    wm.require_trained("rnn", model_name)
+    env_id = _checked_env(wm, cfg)
+    limit = wm.episode_limit(env_id)
+    check_settings((cfg.max_steps <= limit, (f"--max-steps {cfg.max_steps} is past {env_id}'s episode limit {limit}: "
+                                             "no real episode runs that long (0: the limit itself)")))
+    max_steps = cfg.max_steps or limit
+    state = _saved_run(wm, cfg, path, model_name, env_id)
+    if not state:
+        _set_architecture(wm, cfg)
+
+    def save() -> None:
+        # One controller run per checkpoint: the other algorithm's saved run no longer made this controller.
+        wm.train_state.pop(OTHER[cfg.algo], None)
+        wm.save(path)
+
+    result = ALGOS[cfg.algo].search(wm, cfg, env_id, max_steps, state, save)
+    return {"checkpoint": str(path), **result}
+
+
+# --algo -> the module whose search(wm, cfg, env_id, max_steps, state, save) trains; its train_state key is --algo.
+ALGOS = {"cmaes": cmaes, "pg": pg}
+OTHER = {"cmaes": "pg", "pg": "cmaes"}
+NAMES = {"cmaes": "CMA-ES search", "pg": "policy-gradient run"}  # what the saved state is called in messages
+# The settings of one algorithm only (refused with the other unless left at their defaults).
+ONLY = {"cmaes": ("popsize", "rollouts", "generations", "sigma0", "workers", "timeout"),
+        "pg": ("updates", "envs", "horizon", "epochs", "minibatches", "lr", "critic_lr", "gamma", "gae_lambda", "clip",
+               "entropy", "critic_hidden", "max_grad_norm", "init_std")}
+
+
+def _flag(field: dataclasses.Field) -> str:
+    return field.metadata.get("flag") or "--" + field.name.replace("_", "-")
+
+
+def _check_settings(cfg: ControllerTrainConfig) -> None:
+    """Refuse settings that would break the training, before anything is loaded."""
+    if cfg.algo not in ALGOS:
+        raise ValueError(f"--algo must be 'cmaes' or 'pg', got {cfg.algo!r}")
+    if cfg.where not in ("dream", "real"):
+        raise ValueError(f"--in must be 'dream' or 'real', got {cfg.where!r}")
+    for field in dataclasses.fields(cfg):
+        if field.name in ONLY[OTHER[cfg.algo]] and getattr(cfg, field.name) != field.default:
+            raise ValueError(f"{_flag(field)} is a setting of --algo {OTHER[cfg.algo]}, which --algo {cfg.algo} does "
+                             f"not use: leave it out (at its default {field.default})")
+    if cfg.algo == "cmaes":
+        check_settings((cfg.popsize >= 2, f"--popsize must be >= 2, got {cfg.popsize}"),
+                       (cfg.rollouts >= 1, f"--rollouts must be >= 1, got {cfg.rollouts}"),
+                       (cfg.generations >= 0, f"--generations must be >= 0, got {cfg.generations}"),
+                       (math.isfinite(cfg.sigma0) and cfg.sigma0 > 0,
+                        f"--sigma0 must be > 0 and finite, got {cfg.sigma0}"),
+                       (cfg.seed <= cmaes.MAX_SEED,
+                        f"--seed must be <= {cmaes.MAX_SEED} (pycma's seeds are 32-bit), got {cfg.seed}"))
+    check_settings((cfg.temperature >= 0, f"--temperature must be >= 0, got {cfg.temperature}"),
+                   (cfg.max_steps >= 0, f"--max-steps must be >= 0 (0: the env's own limit), got {cfg.max_steps}"),
+                   (cfg.hidden >= -1, f"--hidden must be >= 0 (or -1: the checkpoint's), got {cfg.hidden}"),
+                   (cfg.where == "dream" or cfg.workers >= 1, f"--workers must be >= 1, got {cfg.workers}"),
+                   (cfg.select_every >= 0, f"--select-every must be >= 0 (0: the last mean), got {cfg.select_every}"),
+                   (cfg.select_dreams >= 1, f"--select-dreams must be >= 1, got {cfg.select_dreams}"),
+                   (cfg.where == "dream" or (cfg.timeout > 0 and math.isfinite(cfg.timeout)),
+                    f"--timeout must be > 0 and finite, got {cfg.timeout}"))
+    if cfg.algo == "pg":
+        _check_pg_settings(cfg)
+
+
+def _check_pg_settings(cfg: ControllerTrainConfig) -> None:
+    def positive(value: float) -> bool:
+        return math.isfinite(value) and value > 0
+
+    check_settings((cfg.seed < 2**64, f"--seed must be < 2**64 (torch's seeds are 64-bit), got {cfg.seed}"),
+                   (cfg.updates >= 0, f"--updates must be >= 0, got {cfg.updates}"),
+                   (cfg.envs >= 1, f"--envs must be >= 1, got {cfg.envs}"),
+                   (cfg.horizon >= 1, f"--horizon must be >= 1, got {cfg.horizon}"),
+                   (cfg.epochs >= 1, f"--epochs must be >= 1, got {cfg.epochs}"),
+                   (1 <= cfg.minibatches <= cfg.envs * cfg.horizon,
+                    f"--minibatches must be >= 1 and at most --envs x --horizon = {cfg.envs * cfg.horizon}, got "
+                    f"{cfg.minibatches}"),
+                   (positive(cfg.lr), f"--lr must be > 0 and finite, got {cfg.lr}"),
+                   (positive(cfg.critic_lr), f"--critic-lr must be > 0 and finite, got {cfg.critic_lr}"),
+                   (0 < cfg.gamma <= 1, f"--gamma must be in (0, 1], got {cfg.gamma}"),
+                   (0 <= cfg.gae_lambda <= 1, f"--gae-lambda must be in [0, 1], got {cfg.gae_lambda}"),
+                   (positive(cfg.clip), f"--clip must be > 0 and finite, got {cfg.clip}"),
+                   (math.isfinite(cfg.entropy) and cfg.entropy >= 0, f"--entropy must be >= 0, got {cfg.entropy}"),
+                   (cfg.critic_hidden >= 1, f"--critic-hidden must be >= 1, got {cfg.critic_hidden}"),
+                   (positive(cfg.max_grad_norm), f"--max-grad-norm must be > 0 and finite, got {cfg.max_grad_norm}"),
+                   (positive(cfg.init_std), f"--init-std must be > 0 and finite, got {cfg.init_std}"))
+
+
+def _checked_env(wm: WorldModel, cfg: ControllerTrainConfig) -> str:
+    """The real env's id (``--env``, or the checkpoint's); another env than the checkpoint's must fit the model."""
+    env_id = wm.real_env_id(cfg.env)
+    if cfg.env and not wm._is_own(env_id):  # in the dream too: there it sets the episode limit
+        env = wm.make_env(env_id)
+        try:
+            check_env_fits(env, wm)
+        finally:
+            env.close()
+    return env_id
+
+
+def _saved_run(wm: WorldModel, cfg: ControllerTrainConfig, path: Path, model_name: str, env_id: str) -> dict | None:
+    """The saved run to continue (with --resume), checked against the settings asked for; None to start one."""
+    if "cmaes" in wm.train_state and not (cfg.resume or cfg.overwrite):
+        raise FileExistsError(f"{model_name} already holds a controller search "
+                              f"({wm.train_state['cmaes'].get('generation', 0)} "
+                              "generations done): pass --resume to continue it or --overwrite to start a new one")
+    if "pg" in wm.train_state and not (cfg.resume or cfg.overwrite):
+        raise FileExistsError(f"{model_name} already holds a policy-gradient run of the controller "
+                              f"({wm.train_state['pg'].get('update', 0)} updates done): pass --resume --algo pg to "
+                              "continue it or --overwrite to start a new one")
+    other = OTHER[cfg.algo]
+    if cfg.resume and other in wm.train_state and cfg.algo not in wm.train_state:
+        raise ResumeMismatch(path, f"the saved controller run used --algo {other}, not --algo {cfg.algo}",
+                             f"resume with --algo {other}", cfg.algo, "--algo", "the saved controller run used",
+                             other, cfg.algo)
+    state = wm.train_state.get(cfg.algo) if cfg.resume else None
+    if state:
+        _check_resume_settings(state, cfg, wm, path)
+        # In the dream too: the env sets the dreams' episode limit (and the env a real search runs in).
+        if state.get("env", env_id) != env_id:
+            raise ResumeMismatch(path, f"the saved {NAMES[cfg.algo]} ran in {state['env']}, not {env_id}",
+                                 f"resume with --env {state['env']}")
+    return state
+
+
+def _check_resume_settings(state: dict, cfg: ControllerTrainConfig, wm: WorldModel, path: Path) -> None:
+    """Refuse a --resume whose settings differ from the saved run's (one search scored half in the
+    dream and half in the real env, say, or with another temperature because a flag was left out)."""
+    saved, now = {}, {}
+    for key, field, flag in ALGOS[cfg.algo].RESUME_SETTINGS:
+        if key in state and not (key == "temperature" and cfg.where != "dream"):
+            now[flag] = getattr(cfg, field)
+            value = state[key]
+            saved[flag] = type(now[flag])(value.item() if hasattr(value, "item") else value)
+    refuse_other_settings(path, cfg.algo, f"the saved {NAMES[cfg.algo]} used", saved, now)
+    for field, flag, current in (("controller", "--controller", wm.config.controller),
+                                 ("hidden", "--hidden", wm.config.controller_hidden)):
+        asked = getattr(cfg, field)
+        if asked not in ("", -1) and asked != current:
+            raise ResumeMismatch(path, f"the saved search trains the checkpoint's controller ({flag} {current}), not "
+                                       f"{flag} {asked}", f"resume without {flag}")
+
+
+def _set_architecture(wm: WorldModel, cfg: ControllerTrainConfig) -> None:
+    """A fresh controller of the requested architecture (only when starting a search, never on resume)."""
+    changes = {}
+    if cfg.controller and cfg.controller != wm.config.controller:
+        changes["controller"] = cfg.controller
+    if cfg.hidden >= 0 and cfg.hidden != wm.config.controller_hidden:
+        changes["controller_hidden"] = cfg.hidden
+    if changes:
+        wm.config = dataclasses.replace(wm.config, **changes)  # validates, with a clear error
+        wm.controller = wm.new_controller(wm.config)
