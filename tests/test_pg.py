@@ -44,7 +44,7 @@ def _same(a, b) -> bool:
 
 # -- in the dream ------------------------------------------------------------------------------------
 def test_pg_trains_in_the_dream_and_saves_a_controller_evaluate_runs(ckpt):
-    from wm_agent.evaluate import EvaluateConfig, evaluate
+    from wm_agent.commands.evaluate import EvaluateConfig, evaluate
 
     result = train_controller(_cfg(ckpt, updates=3, select_every=2))
     assert result["checkpoint"] == str(ckpt) and result["updates"] == 3
