@@ -23,7 +23,8 @@ class ControllerTrainConfig:
     "cmaes only" or "pg only" are refused with the other --algo unless left at their defaults."""
 
     world_model: str = doc("world-model checkpoint (trained V and M); the controller is saved into it")
-    env: str = doc("real env id, used by --in real and for the episode limit (empty: the checkpoint's env)", "")
+    env: str | None = doc("real env id, used by --in real and for the episode limit (default: the checkpoint's env)",
+                          None)
     where: str = doc("where the controller is trained: dream (batched, cheap) or real (cmaes: candidates scored in "
                      "worker processes; pg: real envs in this process)", "dream", flag="--in")
     algo: str = doc("training algorithm: cmaes (evolution strategy over whole episodes) or pg (policy gradient: "
@@ -32,8 +33,9 @@ class ControllerTrainConfig:
     rollouts: int = doc("cmaes only: episodes per candidate (their mean return is its fitness)", 16)
     generations: int = doc("cmaes only: CMA-ES generations to run (in total, counting resumed ones)", 100)
     temperature: float = doc("dream temperature tau (pi ~ softmax(log pi / tau), sigma * sqrt(tau))", 1.0)
-    controller: str = doc("controller architecture to train: linear or keypoint (empty: the checkpoint's)", "")
-    hidden: int = doc("hidden units of the controller's readout (-1: the checkpoint's)", -1)
+    controller: str | None = doc("controller architecture to train: linear or keypoint (default: the checkpoint's)",
+                                 None)
+    hidden: int | None = doc("hidden units of the controller's readout (default: the checkpoint's)", None)
     sigma0: float = doc("cmaes only: initial CMA-ES step size", 0.5)
     greedy: bool = doc("take the argmax action instead of sampling from the controller's softmax (pg: only in "
                        "the selection dreams; training samples)", False)
@@ -151,7 +153,7 @@ def _check_settings(cfg: ControllerTrainConfig) -> None:
                         f"--seed must be <= {cmaes.MAX_SEED} (pycma's seeds are 32-bit), got {cfg.seed}"))
     check_settings((cfg.temperature >= 0, f"--temperature must be >= 0, got {cfg.temperature}"),
                    (cfg.max_steps >= 0, f"--max-steps must be >= 0 (0: the env's own limit), got {cfg.max_steps}"),
-                   (cfg.hidden >= -1, f"--hidden must be >= 0 (or -1: the checkpoint's), got {cfg.hidden}"),
+                   (cfg.hidden is None or cfg.hidden >= 0, f"--hidden must be >= 0, got {cfg.hidden}"),
                    (cfg.where == "dream" or cfg.workers >= 1, f"--workers must be >= 1, got {cfg.workers}"),
                    (cfg.select_every >= 0, f"--select-every must be >= 0 (0: the last mean), got {cfg.select_every}"),
                    (cfg.select_dreams >= 1, f"--select-dreams must be >= 1, got {cfg.select_dreams}"),
@@ -234,7 +236,7 @@ def _check_resume_settings(state: dict, cfg: ControllerTrainConfig, wm: WorldMod
     for field, flag, current in (("controller", "--controller", wm.config.controller),
                                  ("hidden", "--hidden", wm.config.controller_hidden)):
         asked = getattr(cfg, field)
-        if asked not in ("", -1) and asked != current:
+        if asked is not None and asked != current:
             raise ResumeMismatch(path, f"the saved search trains the checkpoint's controller ({flag} {current}), not "
                                        f"{flag} {asked}", f"resume without {flag}")
 
@@ -242,9 +244,9 @@ def _check_resume_settings(state: dict, cfg: ControllerTrainConfig, wm: WorldMod
 def _set_architecture(wm: WorldModel, cfg: ControllerTrainConfig) -> None:
     """A fresh controller of the requested architecture (only when starting a search, never on resume)."""
     changes = {}
-    if cfg.controller and cfg.controller != wm.config.controller:
+    if cfg.controller is not None and cfg.controller != wm.config.controller:
         changes["controller"] = cfg.controller
-    if cfg.hidden >= 0 and cfg.hidden != wm.config.controller_hidden:
+    if cfg.hidden is not None and cfg.hidden != wm.config.controller_hidden:
         changes["controller_hidden"] = cfg.hidden
     if changes:
         wm.config = dataclasses.replace(wm.config, **changes)  # validates, with a clear error
