@@ -44,3 +44,21 @@ def sigint_disposition() -> str:
 def sleep_ignoring_sigterm(seconds: float) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     time.sleep(seconds)
+
+
+def die_once(marker: str, value):
+    """Kill this worker process the first time (``marker`` does not exist yet: made first), return ``value``
+    on a later attempt: a worker lost mid-run, for a pool that runs the task again."""
+    if not os.path.exists(marker):
+        open(marker, "w").close()
+        os.kill(os.getpid(), signal.SIGKILL)
+    return value
+
+
+def report_counters(slot: int, values: list[int], seconds: float) -> int:
+    """Write ``values`` into the pool's counters from ``slot`` on, then stay running ``seconds``."""
+    from wm_agent.workers import set_counters
+
+    set_counters(slot, values)
+    time.sleep(seconds)
+    return os.getpid()

@@ -2,8 +2,9 @@
 
 ``run_episode`` plays one episode in a ``LatentObservation`` env (recorded for a video if asked);
 ``rollout_batch`` plays many controllers x reset seeds at once in lockstep, with one batched network
-call per step; ``RolloutWorkers`` splits a batch over worker processes (a ``WorkerPool``). CMA-ES in the
-real env, ``wm-agent evaluate`` and the recorded episodes of ``wm-agent render`` all run here.
+call per step; ``RolloutWorkers`` splits a batch over worker processes (a pool of ``wm_agent.backends``: local
+processes or a Ray cluster). CMA-ES in the real env, ``wm-agent evaluate`` and the recorded episodes of
+``wm-agent render`` all run here.
 """
 
 from __future__ import annotations
@@ -15,11 +16,12 @@ import gymnasium as gym
 import numpy as np
 import torch
 
+from wm_agent.backends import make_pool
 from wm_agent.models.controller import choose_actions, env_action
 from wm_agent.latent_env import LatentObservation, check_env_fits
 from wm_agent.progress import progress_bar
 from wm_agent.sampling import EpisodeUniforms
-from wm_agent.workers import WorkerDied, WorkerPool, WorkerTimeout
+from wm_agent.workers import WorkerDied, WorkerTimeout, worker_file
 from wm_agent.world_model import WorldModel
 
 
@@ -120,17 +122,19 @@ def rollout_batch(wm: WorldModel, envs: list[gym.Env], params: torch.Tensor, see
     return result
 
 
-_worker_state = None  # in a worker process: (checkpoint, env id), the model and the envs, kept between calls
+_worker_state = None  # in a worker process: (model, env id), the model and the envs, kept between calls
 
 
-def rollouts_in_worker(checkpoint: str, env_id: str, params: np.ndarray, seeds: list[int], greedy: bool,
+def rollouts_in_worker(model, env_id: str, params: np.ndarray, seeds: list[int], greedy: bool,
                        max_steps: int) -> dict[str, np.ndarray]:
     """Runs in a worker process: ``rollout_batch`` of the controllers ``params`` (P, n) over ``seeds``.
-    The model and envs stay loaded for the next call (CMA-ES sends one per generation)."""
+    ``model`` is the checkpoint as the pool shared it (``share_file``: its path, or a Ray object); the model
+    and envs stay loaded for the next call (CMA-ES sends one per generation)."""
     global _worker_state
     torch.set_num_threads(1)
-    if _worker_state is None or _worker_state[0] != (checkpoint, env_id):
-        _worker_state = ((checkpoint, env_id), WorldModel.load(checkpoint), [])
+    if _worker_state is None or _worker_state[0] != (model, env_id):
+        with worker_file(model) as path:
+            _worker_state = ((model, env_id), WorldModel.load(path), [])
     _, wm, envs = _worker_state
     envs.extend(wm.make_env(env_id) for _ in range(len(params) * len(seeds) - len(envs)))
     return rollout_batch(wm, envs, torch.as_tensor(params), seeds, greedy, max_steps)
@@ -143,9 +147,15 @@ class RolloutWorkers:
 
     Workers load the model from a file: ``checkpoint`` is its path, or a ``WorldModel`` in memory, which
     is saved for them into a temporary folder that ``close()`` removes (so they score exactly that
-    model, also one that was changed or never saved, and a checkpoint on disk is left as it is)."""
+    model, also one that was changed or never saved, and a checkpoint on disk is left as it is).
 
-    def __init__(self, checkpoint: str | WorldModel, env_id: str, workers: int, timeout: float | None = None):
+    ``backend`` picks the pool (``wm_agent.backends.make_pool``): ``"local"`` worker processes, or ``"ray"``:
+    Ray tasks on the cluster at ``address``, the file put into Ray's object store once (``share_file``) for
+    every worker on any machine to load once, and a task whose worker was lost run again (Ray's retries).
+    The results are the same either way."""
+
+    def __init__(self, checkpoint: str | WorldModel, env_id: str, workers: int, timeout: float | None = None,
+                 backend: str = "local", address: str | None = None):
         from wm_agent.io import temporary_folder
 
         self._snapshot = None
@@ -155,8 +165,17 @@ class RolloutWorkers:
             checkpoint.save(path)
             checkpoint = path
         self.checkpoint, self.env_id, self.workers, self.timeout = checkpoint, env_id, workers, timeout
-
-        self.pool = WorkerPool(workers, mp.get_context("spawn"))
+        try:
+            self.pool = make_pool(backend, workers, address=address, context=mp.get_context("spawn"))
+        except BaseException:
+            if self._snapshot is not None:
+                self._snapshot.cleanup()
+            raise
+        try:
+            self.model = self.pool.share_file(checkpoint)  # a path, or Ray's one copy of the file
+        except BaseException:
+            self.close(kill=True)
+            raise
 
     def run(self, params: np.ndarray, seeds: list[int], greedy: bool, max_steps: int,
             on_chunk: Callable[[int], None] | None = None) -> dict[str, np.ndarray]:
@@ -170,7 +189,7 @@ class RolloutWorkers:
                 [(params, [int(s) for s in chunk]) for chunk in np.array_split(np.asarray(seeds), n)])
         # The first call starts the workers; Ctrl-C reaches them through close().
         tasks = self.pool.submit_all(rollouts_in_worker,
-                                     [(self.checkpoint, self.env_id, p, s, greedy, max_steps) for p, s in jobs])
+                                     [(self.model, self.env_id, p, s, greedy, max_steps) for p, s in jobs])
         episodes = {task: len(p) * len(s) for task, (p, s) in zip(tasks, jobs)}
         on_result = None if on_chunk is None else (lambda task, _: on_chunk(episodes[task]))
         try:

@@ -24,8 +24,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-__all__ = ["WorkerDied", "WorkerPool", "WorkerTimeout", "children_ignore_sigint", "death_reason", "starting_workers",
-           "unguarded_main_script", "watch_parent"]
+__all__ = ["Pool", "WorkerDied", "WorkerPool", "WorkerTimeout", "children_ignore_sigint", "death_reason",
+           "set_counters", "starting_workers", "unguarded_main_script", "watch_parent", "worker_file"]
 
 
 def watch_parent() -> None:
@@ -154,8 +154,54 @@ class WorkerTimeout(TimeoutError):
     """Tasks of a ``WorkerPool`` were still unfinished when the ``timeout`` of the wait for them ran out."""
 
 
-def _start_worker(initializer: Callable[..., None] | None, initargs: tuple) -> None:
+# -- what tasks see in a worker, whatever the pool ----------------------------------------------------
+_COUNTERS = None  # in a worker: its pool's counters (an object with ``set(slot, values)``), or None
+
+
+def set_counters(slot: int, values: Sequence[int]) -> None:
+    """In a worker: write ``values`` into its pool's counters from ``slot`` on (a running task's progress,
+    which the pool's owner reads with ``pool.counters()``). Does nothing in a pool made without counters, or
+    outside a worker. A local pool's counters are shared memory; a Ray pool's may arrive a moment late."""
+    if _COUNTERS is not None:
+        _COUNTERS.set(slot, values)
+
+
+@contextmanager
+def worker_file(handle) -> Iterator[str]:
+    """In a worker: the path of a file that the pool's owner shared with ``pool.share_file`` (a local pool's
+    handle is the path itself; a Ray pool's brings the file's bytes and writes them into a temporary file,
+    removed when the block ends).
+
+    Args:
+        handle: what ``share_file`` returned.
+
+    Yields:
+        A path to read the file from, inside the block.
+    """
+    if isinstance(handle, (str, os.PathLike)):
+        yield str(handle)
+    else:
+        with handle.local_copy() as path:
+            yield path
+
+
+class _SharedCounters:
+    """A local pool's counters: int64 slots in shared memory, inherited by the workers when they start."""
+
+    def __init__(self, context, size: int):
+        self.array = context.RawArray("q", size)
+
+    def set(self, slot: int, values: Sequence[int]) -> None:
+        self.array[slot:slot + len(values)] = list(values)
+
+    def read(self) -> list[int]:
+        return list(self.array)
+
+
+def _start_worker(initializer: Callable[..., None] | None, initargs: tuple, counters: _SharedCounters | None) -> None:
+    global _COUNTERS
     watch_parent()
+    _COUNTERS = counters
     if initializer is not None:
         initializer(*initargs)
 
@@ -177,7 +223,75 @@ class _RecordingContext:
         return process
 
 
-class WorkerPool:
+class Pool:
+    """What every worker pool of wm-agent offers (``WorkerPool``: local processes; ``wm_agent.ray_pool.RayPool``:
+    a Ray cluster; ``wm_agent.backends.make_pool`` picks one). ``WorkerPool`` documents the methods; ``submit``
+    and ``results`` are written once here, on top of the others."""
+
+    workers: int
+    same_filesystem: bool  # whether the workers read and write this machine's files
+
+    def submit_all(self, fn: Callable, calls: Iterable[Sequence]) -> list:
+        raise NotImplementedError
+
+    def wait(self, tasks: Iterable, timeout: float | None = None) -> tuple[set, set]:
+        raise NotImplementedError
+
+    def result(self, task) -> Any:
+        raise NotImplementedError
+
+    def as_completed(self, tasks: Iterable, timeout: float | None = None) -> Iterator[tuple[Any, Any]]:
+        raise NotImplementedError
+
+    def share_file(self, path: str | os.PathLike) -> Any:
+        raise NotImplementedError
+
+    def counters(self) -> list[int]:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def kill(self, grace: float = 0.0) -> None:
+        raise NotImplementedError
+
+    def submit(self, fn: Callable, *args) -> Any:
+        """Run ``fn(*args)`` in a worker.
+
+        Args:
+            fn: a module-level function (pickled by name).
+            *args: its arguments (pickled).
+
+        Returns:
+            The task's handle.
+
+        Raises:
+            WorkerDied: a local pool had lost a worker before.
+        """
+        return self.submit_all(fn, [args])[0]
+
+    def results(self, tasks: Sequence, timeout: float | None = None,
+                on_result: Callable[[Any, Any], None] | None = None) -> list:
+        """Every result of ``tasks``, in their order; the first task to fail stops the wait (its error is
+        raised, as ``as_completed`` raises it).
+
+        Args:
+            tasks: handles from ``submit``.
+            timeout: seconds for all of them, as in ``as_completed``.
+            on_result: called with each task and its result as the task finishes (a progress bar's update).
+
+        Returns:
+            The tasks' results, in the order of ``tasks``.
+        """
+        results = {}
+        for task, result in self.as_completed(tasks, timeout):
+            results[task] = result
+            if on_result is not None:
+                on_result(task, result)
+        return [results[task] for task in tasks]
+
+
+class WorkerPool(Pool):
     """Worker processes that run picklable tasks: the one process pool of wm-agent (data collection,
     real-env rollouts for CMA-ES and evaluation).
 
@@ -196,40 +310,42 @@ class WorkerPool:
     End every pool with ``close()`` (running tasks finish) or, after a failure or on an interrupt, with
     ``kill()``: the workers ignore SIGINT, so a Ctrl-C stops them only through ``kill()``.
 
-    These workers are local processes (``concurrent.futures.ProcessPoolExecutor``); another backend (Ray,
-    say) can implement the same methods.
+    Running tasks report progress without messages through ``counters`` int64 slots (``set_counters`` in
+    the worker, ``counters()`` here), and a file the workers need (a model) reaches them through
+    ``share_file`` and ``worker_file``: in this pool the file's path itself, as the workers share this
+    machine's files (``same_filesystem``).
+
+    These workers are local processes (``concurrent.futures.ProcessPoolExecutor``); ``wm_agent.ray_pool.RayPool``
+    implements the same methods on a Ray cluster (``wm_agent.backends.make_pool`` picks one).
 
     Args:
         workers: the most worker processes that run at once.
         context: the ``multiprocessing`` context the workers start from (None: ``spawn``).
         initializer: a picklable function each worker calls once, when it starts, or None.
-        initargs: ``initializer``'s arguments; shared memory (``context.RawArray``) may go here, to follow
-            running tasks without messages.
+        initargs: ``initializer``'s arguments; shared memory (``context.RawArray``) may go here.
+        counters: how many counter slots the tasks share with this process (0: none).
     """
 
+    same_filesystem = True  # the workers read and write this machine's files
+
     def __init__(self, workers: int, context=None, initializer: Callable[..., None] | None = None,
-                 initargs: tuple = ()):
+                 initargs: tuple = (), counters: int = 0):
         self.workers = workers
         self._processes: list = []  # every worker started, also after the executor forgot them
         context = context if context is not None else mp.get_context("spawn")
+        self._counters = _SharedCounters(context, counters) if counters else None
         self._executor = cf.ProcessPoolExecutor(
             max_workers=workers, mp_context=_RecordingContext(context, self._processes), initializer=_start_worker,
-            initargs=(initializer, initargs))
+            initargs=(initializer, initargs, self._counters))
 
-    def submit(self, fn: Callable, *args) -> cf.Future:
-        """Run ``fn(*args)`` in a worker.
+    def share_file(self, path: str | os.PathLike) -> str:
+        """A handle for ``worker_file`` to open ``path`` by in a worker: here the path itself (the workers
+        run on this machine)."""
+        return str(path)
 
-        Args:
-            fn: a module-level function (pickled by name).
-            *args: its arguments (pickled).
-
-        Returns:
-            The task's handle.
-
-        Raises:
-            WorkerDied: the pool had lost a worker before.
-        """
-        return self.submit_all(fn, [args])[0]
+    def counters(self) -> list[int]:
+        """What the tasks last wrote into the counters (``set_counters``), slot by slot."""
+        return self._counters.read() if self._counters is not None else []
 
     def submit_all(self, fn: Callable, calls: Iterable[Sequence]) -> list[cf.Future]:
         """Run ``fn(*args)`` in the workers for each ``args`` of ``calls``, submitted together inside
@@ -290,26 +406,6 @@ class WorkerPool:
             except cf.TimeoutError:
                 raise WorkerTimeout(f"a worker did not finish within {timeout:g} s") from None
             yield task, self.result(task)
-
-    def results(self, tasks: Sequence[cf.Future], timeout: float | None = None,
-                on_result: Callable[[cf.Future, Any], None] | None = None) -> list:
-        """Every result of ``tasks``, in their order; the first task to fail stops the wait (its error is
-        raised, as ``as_completed`` raises it).
-
-        Args:
-            tasks: handles from ``submit``.
-            timeout: seconds for all of them, as in ``as_completed``.
-            on_result: called with each task and its result as the task finishes (a progress bar's update).
-
-        Returns:
-            The tasks' results, in the order of ``tasks``.
-        """
-        results = {}
-        for task, result in self.as_completed(tasks, timeout):
-            results[task] = result
-            if on_result is not None:
-                on_result(task, result)
-        return [results[task] for task in tasks]
 
     def close(self) -> None:
         """Let the running tasks finish, drop the queued ones and wait for the workers to exit. Closing a

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from wm_agent.backends import BACKEND_HELP, RAY_ADDRESS_HELP, Backend
 from wm_agent.config import check_settings, doc
 from wm_agent.evaluate import dream_fidelity, vae_quality
 from wm_agent.latent_env import check_data_fits, check_env_fits
@@ -29,11 +30,13 @@ class EvaluateConfig:
     max_steps: int = doc("stop each episode after this many steps (0 = the env's own limit)", 0)
     workers: int = doc("processes the episodes are split over (the results do not depend on it)", 1)
     progress: bool = doc("show a progress bar", True)
+    backend: Backend = doc(BACKEND_HELP + " (ray: every episode runs on the cluster, even with --workers 1)", "local")
+    ray_address: str | None = doc(RAY_ADDRESS_HELP, None)
 
 
 def evaluate(cfg: EvaluateConfig, wm: WorldModel | None = None) -> dict:
     """Run the controller for ``cfg.episodes`` episodes in the real env (in this process, or split over
-    ``cfg.workers`` worker processes with the same results).
+    ``cfg.workers`` worker processes, local or Ray tasks (``cfg.backend``), with the same results).
 
     Args:
         cfg: the settings.
@@ -50,7 +53,7 @@ def evaluate(cfg: EvaluateConfig, wm: WorldModel | None = None) -> dict:
     wm = wm or WorldModel.load(cfg.checkpoint)
     env_id = wm.real_env_id(cfg.env)
     seeds = [cfg.seed + i for i in range(cfg.episodes)]
-    in_process = cfg.workers == 1 or cfg.episodes == 1
+    in_process = cfg.backend == "local" and (cfg.workers == 1 or cfg.episodes == 1)
     envs = [wm.make_env(env_id) for _ in range(cfg.episodes if in_process else 1)]
     try:
         check_env_fits(envs[0], wm)  # an error that stops the run comes before advice about it
@@ -60,7 +63,8 @@ def evaluate(cfg: EvaluateConfig, wm: WorldModel | None = None) -> dict:
             res = rollout_batch(wm, envs, params, seeds, cfg.greedy, max_steps=cfg.max_steps, progress=cfg.progress)
         else:
             # A model given in memory is the one scored (the file at cfg.checkpoint may differ or not exist).
-            workers = RolloutWorkers(wm if given else cfg.checkpoint, env_id, cfg.workers)
+            workers = RolloutWorkers(wm if given else cfg.checkpoint, env_id, cfg.workers, backend=cfg.backend,
+                                     address=cfg.ray_address)
             with progress_bar(total=len(seeds), desc="evaluate", unit="ep", disable=not cfg.progress) as bar:
                 try:
                     res = workers.run(params.cpu().numpy(), seeds, cfg.greedy, cfg.max_steps, on_chunk=bar.update)

@@ -26,19 +26,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, get_args
 
+from wm_agent.backends import BACKEND_HELP, BACKENDS, RAY_ADDRESS_HELP, Backend, make_pool
 from wm_agent.config import is_int
 from wm_agent.env_ids import episode_limit
 from wm_agent.data.episodes import _observes_frames, make_env, pixel_env
 from wm_agent.data.frames import CODEC
 from wm_agent.data.policies import POLICIES, Policy, _check_action_space
 from wm_agent.data.shard_sync import _ShardSyncer
-from wm_agent.data.shard_writer import (CollectionError, _close_cached_envs, _collect_shard, _init_worker, _mp_context,
-                                        _remove_temporary, _shard_failed, _ShardTask)
+from wm_agent.data.shard_writer import (CollectionError, _close_cached_envs, _collect_shard, _collect_shard_for_driver,
+                                        _mp_context, _place_shard, _remove_temporary, _shard_failed, _ShardTask)
 from wm_agent.data.shards import (_SHARD_RE, _TMP_PREFIX, _TRASH_PREFIX, IDENTITY_KEYS, MANIFEST, MANIFEST_FORMAT,
                                   _set_shards, _shard_entry, describe_space, open_shard, shard_name)
 from wm_agent.data.vector import run_vector
 from wm_agent.progress import progress_bar
-from wm_agent.workers import WorkerDied, WorkerPool
+from wm_agent.workers import WorkerDied
 
 # wm_agent.io is imported where it is used, by the main process only: workers never write a manifest,
 # and every import delays each worker's start.
@@ -95,6 +96,11 @@ class DataCollector:
         pixels: collect ``env_id``'s ``rgb_array`` render as 64x64 frames, for an env whose observations
             are not images (``CartPole-v1``). The data is then recorded as ``WM-Pixels-v0`` with ``env_id``
             in its keyword arguments (``env_id`` and ``env_kwargs`` as ``pixel_env`` gives them).
+        backend: where the worker processes run (``wm_agent.backends``): ``"local"``, or ``"ray"``: Ray tasks
+            (on the cluster at ``ray_address``), always, even for one worker. Ray's workers may be other
+            machines, so each sends its shard's files back and this process writes them into ``out_dir``:
+            the same shards, with no shared filesystem needed. ``vectorization`` must be ``"processes"``.
+        ray_address: the Ray cluster to join (``wm_agent.ray_pool.RayPool``; None: start or join a local one).
     """
 
     def __init__(
@@ -109,11 +115,22 @@ class DataCollector:
         max_steps: int | None = None,
         vectorization: str = "processes",
         pixels: bool = False,
+        backend: str = "local",
+        ray_address: str | None = None,
     ):
         if policy not in POLICIES:
             raise ValueError(f"policy must be one of {POLICIES}, got {policy!r}")
         if vectorization not in VECTORIZATIONS:
             raise ValueError(f"vectorization must be one of {VECTORIZATIONS}, got {vectorization!r}")
+        if backend not in BACKENDS:
+            raise ValueError(f"{_named('backend')} must be one of {BACKENDS}, got {backend!r}")
+        if backend != "local" and vectorization != "processes":
+            raise ValueError(f"{_named('backend')} {backend} runs whole shards in its workers (vectorization "
+                             f"'processes'); vectorization {vectorization!r} steps one vector env in this process")
+        if backend == "ray":  # a missing Ray is said before any folder is made
+            from wm_agent.ray_pool import import_ray
+
+            import_ray()
         # Each message names the argument and its command-line option, read by users of either.
         if not is_int(workers) or workers < 1:
             raise ValueError(f"{_named('workers')} must be a positive int, got {workers!r}")
@@ -161,6 +178,7 @@ class DataCollector:
         self.env_kwargs = env_kwargs
         self.max_steps = max_steps
         self.vectorization = vectorization
+        self.backend, self.ray_address = backend, ray_address
         self.observation_shape = tuple(obs_space.shape)
         self.action_space = action_space
         # Filled by collect(): shards written and the CPU seconds workers spent on them.
@@ -172,7 +190,8 @@ class DataCollector:
                    episodes_per_shard=config.episodes_per_shard or None,  # 0: sized by the env's limit
                    env_kwargs=config.env_kwargs,
                    max_steps=config.max_steps or None,  # as everywhere on the command line: 0 = the env's limit
-                   vectorization=config.vectorization, pixels=config.pixels)
+                   vectorization=config.vectorization, pixels=config.pixels, backend=config.backend,
+                   ray_address=config.ray_address)
 
     # -- manifest ---------------------------------------------------------------------------------
     def _identity(self) -> dict:
@@ -291,7 +310,7 @@ class DataCollector:
         try:
             if self.vectorization != "processes":
                 self._run_vector(tasks, syncer.submit, bar)
-            elif self.workers == 1 or len(tasks) == 1:
+            elif self.backend == "local" and (self.workers == 1 or len(tasks) == 1):
                 self._run_here(tasks, syncer.submit, bar)
             else:
                 self._run_pool(tasks, syncer.submit, bar)
@@ -323,10 +342,13 @@ class DataCollector:
             _close_cached_envs()
 
     def _run_pool(self, tasks: list[_ShardTask], record, bar) -> None:
-        ctx = _mp_context()
         total_episodes = sum(t.episodes for t in tasks)
-        progress = ctx.RawArray("q", 2 * (max(t.index for t in tasks) + 1))
-        pool = WorkerPool(min(self.workers, len(tasks)), ctx, initializer=_init_worker, initargs=(progress,))
+        # Shard i's running frames and episodes go to counters 2i and 2i+1.
+        pool = make_pool(self.backend, min(self.workers, len(tasks)), address=self.ray_address,
+                         context=_mp_context() if self.backend == "local" else None,
+                         counters=2 * (max(t.index for t in tasks) + 1))
+        # Workers that may not see this machine's files (a Ray cluster's) send each shard back instead.
+        collect_shard = _collect_shard if pool.same_filesystem else _collect_shard_for_driver
         # Two tasks per worker in flight, the next submitted as one finishes: with every task submitted
         # at once, each wait() below walked all of them, and with hundreds of small shards that main-
         # process work took CPU from the workers.
@@ -335,7 +357,7 @@ class DataCollector:
 
         def submit(count: int) -> None:
             shards = list(itertools.islice(backlog, count))
-            running.update(zip(pool.submit_all(_collect_shard, [(task,) for task in shards]), shards))
+            running.update(zip(pool.submit_all(collect_shard, [(task,) for task in shards]), shards))
 
         done_frames = done_episodes = 0
         try:
@@ -353,13 +375,16 @@ class DataCollector:
                         ) from exc
                     except Exception as exc:
                         raise _shard_failed(task, exc, " in a worker") from exc
+                    if "files" in entry:  # sent back by a worker that may not see this folder
+                        entry = _place_shard(self.out_dir, entry)
                     record(entry)
                     done_frames += entry["frames"]
                     done_episodes += entry["episodes"]
                     submit(1)
-                # In-flight shards report running totals through shared memory: no per-step messages.
-                frames = done_frames + sum(progress[2 * t.index] for t in running.values())
-                eps = done_episodes + sum(progress[2 * t.index + 1] for t in running.values())
+                # In-flight shards report running totals through the counters: no per-step messages.
+                counts = pool.counters()
+                frames = done_frames + sum(counts[2 * t.index] for t in running.values())
+                eps = done_episodes + sum(counts[2 * t.index + 1] for t in running.values())
                 bar.update(frames - bar.n)
                 bar.set_postfix_str(f"episodes {eps}/{total_episodes}")
         except BaseException:
@@ -408,3 +433,6 @@ class CollectConfig:
                                          "observations are not images (CartPole-v1); the data then names env "
                                          "WM-Pixels-v0 with env_id ENV in its env_kwargs: the env later stages "
                                          "rebuild"})
+    backend: Backend = field(default="local", metadata={"help": BACKEND_HELP + " (ray: shards are sent back to "
+                                                                               "this machine's --out)"})
+    ray_address: str | None = field(default=None, metadata={"help": RAY_ADDRESS_HELP})

@@ -1,5 +1,7 @@
 """One shard = one task: roll out a ``_ShardTask``'s episodes and write them as a shard folder that
-appears whole or not at all, in a worker process (or in-process when ``workers == 1``).
+appears whole or not at all, in a worker process (or in-process when ``workers == 1``). Workers that may
+not see the main process's files (a Ray cluster) write the shard on their own machine and send its files
+back (``_collect_shard_for_driver``), and the main process puts them in place (``_place_shard``).
 
 A shard's reset seeds and policy random numbers come from ``SeedSequence([seed, index])`` (``shard_rngs``),
 so its bytes depend neither on the worker that writes it nor on the shards written before it.
@@ -7,6 +9,7 @@ so its bytes depend neither on the worker that writes it nor on the shards writt
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import multiprocessing as mp
 import os
@@ -24,6 +27,7 @@ from wm_agent.data.episodes import EpisodeBuffer, make_env, run_episodes
 from wm_agent.data.frames import DiscardFrames, FrameWriter
 from wm_agent.data.policies import make_policy
 from wm_agent.data.shards import _TMP_PREFIX, _TRASH_PREFIX, _shard_entry, shard_name
+from wm_agent.workers import set_counters
 
 # wm_agent.io is imported by the main process only: workers never write a manifest, and every import
 # delays each worker's start.
@@ -78,6 +82,42 @@ def _collect_shard(task: _ShardTask, on_progress: Callable[[int, int], None] | N
     entry = _close_shard(task, tmp, writer, buffer)
     # CPU time lets the benchmark tell the collector's own overhead from a busy machine.
     return {**entry, "cpu_seconds": time.process_time() - cpu_start}
+
+
+def _collect_shard_for_driver(task: _ShardTask) -> dict:
+    """``_collect_shard`` for a worker that may not see the main process's files (a Ray cluster's): the
+    shard is written into a temporary folder of the worker's machine, and its entry comes back with the
+    files' bytes under ``"files"`` (``_place_shard`` writes them into ``task.out_dir``). The bytes are those
+    ``_collect_shard`` writes, compressed frames included: a GridWorld shard of 98 episodes is ~1 MB."""
+    from wm_agent.io import temporary_folder  # only here: local workers never import it
+
+    with temporary_folder("wm-agent-shard-") as root:  # a killed worker's folder is swept by the next one
+        entry = _collect_shard(dataclasses.replace(task, out_dir=root))
+        folder = Path(root) / entry["name"]
+        entry["files"] = {path.name: path.read_bytes() for path in sorted(folder.iterdir())}
+    return entry
+
+
+def _place_shard(out_dir: Path, entry: dict) -> dict:
+    """In the main process: write the files of a shard sent back by ``_collect_shard_for_driver`` into
+    ``out_dir``, appearing whole or not at all (a temporary folder renamed into place, as a local worker
+    does); returns the entry without the files."""
+    entry = dict(entry)
+    files, name = entry.pop("files"), entry["name"]
+    if any(Path(file).name != file or file.startswith(".") for file in files):
+        raise ValueError(f"a worker sent back {name} with unexpected file names: {sorted(files)}")
+    tmp = Path(out_dir) / f"{_TMP_PREFIX}{name}-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    try:
+        for file, data in files.items():
+            (tmp / file).write_bytes(data)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    _move_into_place(tmp, Path(out_dir) / name)
+    return entry
 
 
 def _capacity(spec, task: _ShardTask) -> int:
@@ -151,7 +191,7 @@ def _remove_temporary(out_dir: Path) -> None:
 
 
 # ----------------------------------------------------------------------------------------------
-# Worker side: one env per process, progress through shared memory
+# Worker side: one env per process, progress through the pool's counters
 # ----------------------------------------------------------------------------------------------
 _ENV_CACHE: dict[str, tuple[gym.Env, EpisodeBuffer]] = {}
 
@@ -174,9 +214,6 @@ def _close_cached_envs() -> None:
         _ENV_CACHE.popitem()[1][0].close()
 
 
-_PROGRESS = None  # worker side: shared int64 array, slots 2*i and 2*i+1 = shard i's frames, episodes
-
-
 def _mp_context():
     # forkserver: workers fork from a clean, single-threaded server that has already imported this
     # module, so they start in milliseconds and never inherit a parent's torch threads or locks.
@@ -192,15 +229,11 @@ def _mp_context():
     return mp.get_context("spawn")
 
 
-def _init_worker(progress) -> None:
-    global _PROGRESS
-    _PROGRESS = progress  # the pool has its workers watch their parent already
-
-
 def _report_to_shared(index: int) -> Callable[[int, int], None]:
+    """Shard ``index``'s running totals into its pool's counters: slots 2i and 2i+1 hold its frames and
+    episodes (shared memory in a local pool: no per-step messages)."""
+
     def report(frames: int, episodes: int) -> None:
-        if _PROGRESS is not None:
-            _PROGRESS[2 * index] = frames
-            _PROGRESS[2 * index + 1] = episodes
+        set_counters(2 * index, (frames, episodes))
 
     return report

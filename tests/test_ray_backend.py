@@ -1,0 +1,168 @@
+"""The ray backend (``--backend ray``): the same results as the local pool for a seed (shards, evaluation, a
+real-env CMA-ES search), a lost worker's task run again, progress counters, stopping, and the error a missing
+Ray gives.
+
+One local Ray session (2 CPUs, loopback only) serves the whole module. Without Ray installed the tests that
+need it are skipped (the ``ray_session`` fixture), and the missing-Ray error is still checked."""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from helpers import tiny_world_model
+from wm_agent.backends import make_pool
+from wm_agent.data.collect import DataCollector
+from wm_agent.ray_pool import INSTALL_RAY, RayNotInstalled
+from wm_agent.workers import WorkerDied, WorkerTimeout
+
+import pool_tasks
+
+TESTS = Path(__file__).resolve().parent
+
+
+@pytest.fixture(scope="module")
+def ray_session():
+    # Ray's processes inherit this environment: its workers import the test modules (pool_tasks, dying_env) by
+    # name, and every Ray process listens on loopback only (Ray's own switch for single-machine use).
+    env = {"PYTHONPATH": os.pathsep.join([str(TESTS), *filter(None, [os.environ.get("PYTHONPATH")])]),
+           "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+    old = {key: os.environ.get(key) for key in env}
+    os.environ.update(env)
+    try:
+        ray = pytest.importorskip("ray")  # read by ray's constants when it is first imported, here
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    finally:
+        for key, value in old.items():
+            if value is None:
+                del os.environ[key]
+            else:
+                os.environ[key] = value
+    yield ray
+    ray.shutdown()
+
+
+# -- the same results as the local backend -------------------------------------------------------------
+def _collect(out: Path, backend: str, env: str = "WM-GridWorld-v0", env_kwargs: dict | None = None) -> dict:
+    collector = DataCollector(env, out, seed=7, workers=2, episodes_per_shard=4, env_kwargs=env_kwargs,
+                              backend=backend)
+    return collector.collect(10, progress=False)
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_ray_collects_the_local_backends_shards(ray_session, tmp_path):
+    manifest = _collect(tmp_path / "ray", "ray")
+    assert manifest == _collect(tmp_path / "local", "local") and len(manifest["shards"]) == 3
+    assert _files(tmp_path / "ray") == _files(tmp_path / "local")  # the manifest and every shard file, byte for byte
+
+
+def test_a_worker_lost_mid_shard_is_retried_and_the_shards_stay_the_same(ray_session, tmp_path):
+    # The env kills its process mid-episode the first time it is stepped anywhere (the marker records it).
+    marker = tmp_path / "died"
+    kwargs = {"marker": str(marker)}
+    manifest = _collect(tmp_path / "ray", "ray", "dying_env:DieOnceGridWorld-v0", kwargs)
+    assert marker.exists()  # a worker did die, and its shard was collected again
+    assert not [p for p in (tmp_path / "ray").iterdir() if p.name.startswith(".")]  # no half-written shard
+    assert manifest == _collect(tmp_path / "local", "local", "dying_env:DieOnceGridWorld-v0", kwargs)
+    assert _files(tmp_path / "ray") == _files(tmp_path / "local")
+
+
+def test_ray_evaluates_as_the_local_backend(ray_session, tmp_path):
+    from wm_agent.commands.evaluate import EvaluateConfig, evaluate
+
+    path = tmp_path / "wm.pt"
+    tiny_world_model().save(path)
+    cfg = dict(checkpoint=str(path), episodes=4, workers=2, max_steps=10, progress=False)
+    assert evaluate(EvaluateConfig(**cfg, backend="ray")) == evaluate(EvaluateConfig(**cfg))
+
+
+def _tiny_real_search(wm, backend: str, generations: int = 2) -> list[tuple[np.ndarray, np.ndarray]]:
+    """A real-env CMA-ES search as train-controller runs it (ask, score with RolloutWorkers, tell)."""
+    import cma
+
+    from wm_agent.rollouts import RolloutWorkers
+
+    es = cma.CMAEvolutionStrategy(np.zeros(wm.controller.num_params), 0.5, {"popsize": 4, "seed": 1, "verbose": -9})
+    workers = RolloutWorkers(wm, "WM-GridWorld-v0", 2, timeout=120, backend=backend)
+    trajectory = []
+    try:
+        for generation in range(generations):
+            xs = np.asarray(es.ask())
+            seeds = [int(s) for s in np.random.default_rng([0, generation]).integers(2**31, size=2)]
+            fit = workers.run(xs, seeds, greedy=False, max_steps=10)["return"].mean(1)
+            es.tell(list(xs), list(-fit))
+            trajectory.append((xs, fit))
+    finally:
+        workers.close()
+    return trajectory
+
+
+def test_a_real_env_search_on_ray_follows_the_local_trajectory(ray_session):
+    wm = tiny_world_model()
+    ray_run, local_run = _tiny_real_search(wm, "ray"), _tiny_real_search(wm, "local")
+    for (xs, fit), (local_xs, local_fit) in zip(ray_run, local_run):
+        np.testing.assert_array_equal(xs, local_xs)
+        np.testing.assert_array_equal(fit, local_fit)
+
+
+# -- the pool itself -----------------------------------------------------------------------------------
+def test_a_task_whose_worker_dies_runs_again_within_the_retry_bound(ray_session, tmp_path):
+    pool = make_pool("ray", 2)
+    try:
+        marker = tmp_path / "died"
+        tasks = pool.submit_all(pool_tasks.die_once, [(str(marker), "retried"), (str(tmp_path / "x"), "other")])
+        assert pool.results(tasks, timeout=120) == ["retried", "other"]  # in submission order
+        assert marker.exists()
+    finally:
+        pool.close()
+    from wm_agent.ray_pool import RayPool
+
+    pool = RayPool(1, max_retries=0)
+    try:
+        with pytest.raises(WorkerDied, match="WorkerCrashedError"):
+            pool.result(pool.submit(pool_tasks.die_once, str(tmp_path / "again"), None))
+        with pytest.raises(ValueError, match="boom"):  # a task's own error is raised again, not retried
+            pool.result(pool.submit(pool_tasks.fail, "boom"))
+    finally:
+        pool.close()
+
+
+def test_counters_timeout_and_kill(ray_session):
+    pool = make_pool("ray", 2, counters=4)
+    try:
+        task = pool.submit(pool_tasks.report_counters, 1, [5, 6], 600)
+        deadline = time.monotonic() + 60
+        while pool.counters() != [0, 5, 6, 0] and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert pool.counters() == [0, 5, 6, 0]
+        with pytest.raises(WorkerTimeout):
+            list(pool.as_completed([task], timeout=0.2))
+        started = time.monotonic()
+        pool.kill()
+        assert time.monotonic() - started < 30
+    finally:
+        pool.close()
+
+
+# -- without Ray ---------------------------------------------------------------------------------------
+def test_a_missing_ray_names_the_extra_to_install(monkeypatch, tmp_path, capsys):
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` now fails as if it were not installed
+    with pytest.raises(RayNotInstalled, match=f"not installed.*{re.escape(INSTALL_RAY)}") as info:
+        make_pool("ray", 2)
+    assert isinstance(info.value, ImportError)
+    from wm_agent.cli import main
+
+    assert main(["collect", "--out", str(tmp_path / "data"), "--episodes", "2", "--backend", "ray",
+                 "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert INSTALL_RAY in err and "Traceback" not in err
+    assert not (tmp_path / "data").exists()  # said before anything was written
