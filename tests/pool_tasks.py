@@ -55,10 +55,16 @@ def die_once(marker: str, value):
     return value
 
 
-def report_counters(slot: int, values: list[int], seconds: float) -> int:
-    """Write ``values`` into the pool's counters from ``slot`` on, then stay running ``seconds``."""
+def report_then_spin(slot: int, values: list[int], marker: str, seconds: float = 600) -> None:
+    """Write ``values`` into the pool's counters from ``slot`` on, then keep the CPU busy for ``seconds``; an
+    interrupt (KeyboardInterrupt) on the way leaves ``marker`` behind."""
     from wm_agent.workers import set_counters
 
     set_counters(slot, values)
-    time.sleep(seconds)
-    return os.getpid()
+    end = time.monotonic() + seconds
+    try:
+        while time.monotonic() < end:
+            pass
+    except KeyboardInterrupt:
+        open(marker, "w").close()
+        raise

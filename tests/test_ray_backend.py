@@ -136,21 +136,38 @@ def test_a_task_whose_worker_dies_runs_again_within_the_retry_bound(ray_session,
         pool.close()
 
 
-def test_counters_timeout_and_kill(ray_session):
+def _wait_for_counters(pool, expected: list[int]) -> list[int]:
+    deadline = time.monotonic() + 60
+    while pool.counters() != expected and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return pool.counters()
+
+
+def test_counters_a_timeout_and_a_kill_that_interrupts_the_running_task(ray_session, tmp_path):
     pool = make_pool("ray", 2, counters=4)
+    marker = tmp_path / "interrupted"
     try:
-        task = pool.submit(pool_tasks.report_counters, 1, [5, 6], 600)
-        deadline = time.monotonic() + 60
-        while pool.counters() != [0, 5, 6, 0] and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert pool.counters() == [0, 5, 6, 0]
+        task = pool.submit(pool_tasks.report_then_spin, 1, [5, 6], str(marker))
+        assert _wait_for_counters(pool, [0, 5, 6, 0]) == [0, 5, 6, 0]  # the task runs, and said so
         with pytest.raises(WorkerTimeout):
             list(pool.as_completed([task], timeout=0.2))
         started = time.monotonic()
-        pool.kill()
-        assert time.monotonic() - started < 30
+        pool.kill(grace=30)
+        # Interrupted as Ctrl-C would (so a shard's temporary files are removed), not killed after the grace.
+        assert marker.exists() and time.monotonic() - started < 30
+        with pytest.raises(WorkerDied, match="cancelled"):
+            pool.result(task)
     finally:
         pool.close()
+
+
+def test_the_local_pool_shares_its_counters_too(tmp_path):
+    pool = make_pool("local", 1, counters=3)
+    try:
+        pool.submit(pool_tasks.report_then_spin, 0, [7], str(tmp_path / "unused"), 600)
+        assert _wait_for_counters(pool, [7, 0, 0]) == [7, 0, 0]
+    finally:
+        pool.kill()
 
 
 # -- without Ray ---------------------------------------------------------------------------------------

@@ -23,7 +23,9 @@ What the local pool does with processes, this one does with Ray's means:
 from __future__ import annotations
 
 import os
+import signal
 import tempfile
+import threading
 import time
 import uuid
 import warnings
@@ -69,6 +71,11 @@ def _run_task(pool_id: str, initializer: Callable[..., None] | None, initargs: t
               counters: _CounterWriter | None, fn: Callable, args: tuple) -> Any:
     """The Ray task behind every ``submit``: the pool's initializer (once per process), then ``fn(*args)``
     with ``set_counters`` writing to the pool's counters."""
+    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        # Inherited from a Ray started inside children_ignore_sigint. Ray stops a task (cancel, kill with a grace)
+        # by interrupting it as SIGINT would, which an ignored SIGINT turns into nothing; Ray's workers run in
+        # process groups of their own, which a terminal's Ctrl-C does not reach.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     if initializer is not None and pool_id not in _INITIALIZED:
         initializer(*initargs)
         _INITIALIZED.add(pool_id)
@@ -148,6 +155,25 @@ class RayFile:
 
 
 # -- the pool ------------------------------------------------------------------------------------------
+@contextmanager
+def _sigterm_kept() -> Iterator[None]:
+    """Keep the program's SIGTERM handler through ``ray.init``. Ray installs its own: a Python one, then its core's
+    crash handler, which aborts the process (leaving the Ray processes it started running) instead of stopping
+    it in order. Afterwards the handler the program had is back (wm-agent's command line turns SIGTERM into
+    Ctrl-C's orderly stop, which stops the tasks and Ray), or else Ray's Python one, which stops Ray's processes."""
+    if threading.current_thread() is not threading.main_thread():  # only the main thread sets handlers
+        yield
+        return
+    previous = signal.getsignal(signal.SIGTERM)
+    try:
+        yield
+    finally:
+        current = signal.getsignal(signal.SIGTERM)
+        kept = current if previous in (signal.SIG_DFL, None) else previous
+        if kept is not None:
+            signal.signal(signal.SIGTERM, kept)
+
+
 class RayPool(Pool):
     """Tasks on a Ray cluster, with ``WorkerPool``'s methods (see the module docstring for how each is done).
 
@@ -179,7 +205,7 @@ class RayPool(Pool):
         if self._connected_here:
             # A local Ray's processes started here ignore a terminal's Ctrl-C, as local workers do: this process
             # stops them (close, kill).
-            with children_ignore_sigint():
+            with children_ignore_sigint(), _sigterm_kept():
                 ray.init(address=address)
         cpus = ray.cluster_resources().get("CPU", 0)
         if cpus < workers:
@@ -227,12 +253,12 @@ class RayPool(Pool):
         self._submitted.discard(task)
         try:
             return ray.get(task)
+        except ray.exceptions.TaskCancelledError as exc:  # also raised as a RayTaskError: caught first
+            raise WorkerDied("its task was cancelled: the pool was stopped") from exc
         except ray.exceptions.RayTaskError as exc:
             if isinstance(exc.cause, Exception) and not isinstance(exc.cause, ray.exceptions.RayError):
                 raise exc.cause from exc
             raise WorkerDied(f"its task failed in Ray: {type(exc.cause).__name__}: {exc.cause}") from exc
-        except ray.exceptions.TaskCancelledError as exc:
-            raise WorkerDied("its task was cancelled: the pool was stopped") from exc
         except ray.exceptions.RayError as exc:
             raise WorkerDied(self._lost(exc)) from exc
 
