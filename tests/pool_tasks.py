@@ -68,3 +68,23 @@ def report_then_spin(slot: int, values: list[int], marker: str, seconds: float =
     except KeyboardInterrupt:
         open(marker, "w").close()
         raise
+
+
+def make_temporary_folders(root: str, count: int) -> int:
+    """``count`` of wm_agent.io's temporary folders in ``root``, made, written and removed one after the other
+    (while other processes do the same, and sweep them); returns how many failed (a folder swept while in use)."""
+    import tempfile
+
+    from wm_agent.io import temporary_folder
+
+    tempfile.tempdir = root
+    failures = 0
+    for _ in range(count):
+        try:
+            with temporary_folder("wm-agent-race-") as name:
+                for k in range(3):
+                    with open(os.path.join(name, f"file{k}"), "wb") as f:
+                        f.write(b"x" * 1000)
+        except OSError:
+            failures += 1
+    return failures

@@ -58,3 +58,15 @@ def test_temporary_folders_whose_owner_is_gone_are_removed_and_live_ones_kept(tm
     finally:
         os.close(held)
     assert not os.path.exists(name)
+
+
+def test_processes_making_temporary_folders_at_once_never_sweep_a_live_one(tmp_path):
+    # Each folder's sweep met the others' folders between their creation and their lock (1 in ~200 here, when
+    # collection on Ray made one per shard); three processes x 400 folders found it every time before the fix.
+    pytest.importorskip("fcntl")
+    import multiprocessing as mp
+
+    import pool_tasks
+
+    with mp.get_context("spawn").Pool(3) as pool:
+        assert pool.starmap(pool_tasks.make_temporary_folders, [(str(tmp_path), 400)] * 3) == [0, 0, 0]

@@ -53,14 +53,22 @@ class _HeldFolder(tempfile.TemporaryDirectory):
         super().__init__(prefix=prefix)
         self._lock_fd = None
         if fcntl is not None:
-            self._lock_fd = os.open(os.path.join(self.name, _LOCK), os.O_CREAT | os.O_RDWR, 0o600)
+            # Locked before it takes its name, so a sweep never finds an unlocked .lock in a live folder (one
+            # between the folder's creation and the rename finds no .lock and leaves a young folder alone).
+            # Many processes making folders at once (collection on Ray: one per shard) met that window.
+            unnamed = os.path.join(self.name, f"{_LOCK}.{os.getpid()}")
+            self._lock_fd = os.open(unnamed, os.O_CREAT | os.O_RDWR, 0o600)
             fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+            os.rename(unnamed, os.path.join(self.name, _LOCK))
 
     def cleanup(self) -> None:
-        if self._lock_fd is not None:
-            os.close(self._lock_fd)
-            self._lock_fd = None
-        super().cleanup()
+        # Removed while still locked: a sweep meanwhile finds the folder in use instead of removing it too.
+        try:
+            super().cleanup()
+        finally:
+            if self._lock_fd is not None:
+                os.close(self._lock_fd)
+                self._lock_fd = None
 
 
 def _abandoned(folder: Path, prefix: str) -> bool:
