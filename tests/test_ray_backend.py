@@ -13,14 +13,15 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
+import torch
 
 from helpers import tiny_world_model
 from wm_agent.backends import make_pool
 from wm_agent.data.collect import DataCollector
 from wm_agent.ray_pool import INSTALL_RAY, RayNotInstalled
 from wm_agent.workers import WorkerDied, WorkerTimeout
+from wm_agent.world_model import WorldModel
 
 import pool_tasks
 
@@ -37,7 +38,8 @@ def ray_session():
     os.environ.update(env)
     try:
         ray = pytest.importorskip("ray")  # read by ray's constants when it is first imported, here
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+        # "local": a Ray of its own, even where a `ray start` cluster runs on this machine.
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     finally:
         for key, value in old.items():
             if value is None:
@@ -85,33 +87,24 @@ def test_ray_evaluates_as_the_local_backend(ray_session, tmp_path):
     assert evaluate(EvaluateConfig(**cfg, backend="ray")) == evaluate(EvaluateConfig(**cfg))
 
 
-def _tiny_real_search(wm, backend: str, generations: int = 2) -> list[tuple[np.ndarray, np.ndarray]]:
-    """A real-env CMA-ES search as train-controller runs it (ask, score with RolloutWorkers, tell)."""
-    import cma
+def _real_search(path: Path, backend: str) -> tuple[dict, dict]:
+    """A tiny real-env CMA-ES search from the checkpoint at ``path`` (changed in place): its log and saved state."""
+    from wm_agent.commands.train_controller import ControllerTrainConfig, train_controller
 
-    from wm_agent.rollouts import RolloutWorkers
-
-    es = cma.CMAEvolutionStrategy(np.zeros(wm.controller.num_params), 0.5, {"popsize": 4, "seed": 1, "verbose": -9})
-    workers = RolloutWorkers(wm, "WM-GridWorld-v0", 2, timeout=120, backend=backend)
-    trajectory = []
-    try:
-        for generation in range(generations):
-            xs = np.asarray(es.ask())
-            seeds = [int(s) for s in np.random.default_rng([0, generation]).integers(2**31, size=2)]
-            fit = workers.run(xs, seeds, greedy=False, max_steps=10)["return"].mean(1)
-            es.tell(list(xs), list(-fit))
-            trajectory.append((xs, fit))
-    finally:
-        workers.close()
-    return trajectory
+    cfg = ControllerTrainConfig(world_model=str(path), where="real", popsize=4, rollouts=2, generations=2, workers=2,
+                                max_steps=10, progress=False, device="cpu", backend=backend)
+    log = train_controller(cfg)["log"]
+    return [{k: v for k, v in row.items() if k != "seconds"} for row in log], WorldModel.load(path).train_state["cmaes"]
 
 
-def test_a_real_env_search_on_ray_follows_the_local_trajectory(ray_session):
-    wm = tiny_world_model()
-    ray_run, local_run = _tiny_real_search(wm, "ray"), _tiny_real_search(wm, "local")
-    for (xs, fit), (local_xs, local_fit) in zip(ray_run, local_run):
-        np.testing.assert_array_equal(xs, local_xs)
-        np.testing.assert_array_equal(fit, local_fit)
+def test_a_real_env_search_on_ray_follows_the_local_trajectory(ray_session, tmp_path):
+    for backend in ("ray", "local"):
+        tiny_world_model().save(tmp_path / f"{backend}.pt")
+    ray_log, ray_state = _real_search(tmp_path / "ray.pt", "ray")
+    local_log, local_state = _real_search(tmp_path / "local.pt", "local")
+    assert ray_log == local_log and len(ray_log) == 2
+    for key in ("told", "mean", "best_params"):  # every fitness told to CMA-ES, and where the search went
+        assert torch.equal(ray_state[key], local_state[key]), key
 
 
 # -- the pool itself -----------------------------------------------------------------------------------
@@ -183,3 +176,18 @@ def test_a_missing_ray_names_the_extra_to_install(monkeypatch, tmp_path, capsys)
     err = capsys.readouterr().err
     assert INSTALL_RAY in err and "Traceback" not in err
     assert not (tmp_path / "data").exists()  # said before anything was written
+    tiny_world_model().save(tmp_path / "wm.pt")
+    before = (tmp_path / "wm.pt").read_bytes()
+    assert main(["train-controller", "--world-model", str(tmp_path / "wm.pt"), "--in", "real", "--backend", "ray",
+                 "--no-progress"]) == 1
+    assert INSTALL_RAY in capsys.readouterr().err and (tmp_path / "wm.pt").read_bytes() == before
+
+
+def test_train_controller_takes_the_ray_backend_only_where_it_has_workers(tmp_path):
+    from wm_agent.commands.train_controller import ControllerTrainConfig, train_controller
+
+    path = str(tmp_path / "wm.pt")
+    with pytest.raises(ValueError, match="needs --in real"):
+        train_controller(ControllerTrainConfig(world_model=path, backend="ray"))
+    with pytest.raises(ValueError, match="--backend is a setting of --algo cmaes"):
+        train_controller(ControllerTrainConfig(world_model=path, where="real", algo="pg", backend="ray"))

@@ -17,8 +17,9 @@ BACKENDS: tuple[str, ...] = get_args(Backend)
 # The command-line help of the --backend and --ray-address options, the same in every command that has them.
 BACKEND_HELP = ("where the worker tasks run: local (processes on this machine) or ray (a Ray cluster; needs "
                 'pip install "wm-agent[ray]"). Same results either way')
-RAY_ADDRESS_HELP = ("with --backend ray: the cluster to join: auto, HOST:6379 or ray://HOST:10001 (default: "
-                    "RAY_ADDRESS, or a `ray start` cluster on this machine, else a local Ray started for this run)")
+RAY_ADDRESS_HELP = ("with --backend ray: the cluster to join: auto, HOST:6379 or ray://HOST:10001, or local for a "
+                    "new local Ray (default: RAY_ADDRESS, or a `ray start` cluster on this machine, else a local Ray "
+                    "started for this run)")
 
 
 def make_pool(backend: str, workers: int, *, address: str | None = None, context=None,

@@ -10,6 +10,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+from wm_agent.backends import BACKEND_HELP, BACKENDS, RAY_ADDRESS_HELP, Backend
 from wm_agent.config import ResumeMismatch, check_settings, doc, refuse_other_settings
 from wm_agent.latent_env import check_env_fits
 from wm_agent.training import cmaes, pg
@@ -43,6 +44,8 @@ class ControllerTrainConfig:
     workers: int = doc("cmaes only: worker processes for --in real (pg runs its real envs in this process)", 2)
     timeout: float = doc("cmaes only: seconds a real-env worker may take for its episodes before the run stops",
                          300.0)
+    backend: Backend = doc("cmaes only, --in real: " + BACKEND_HELP, "local")
+    ray_address: str | None = doc("cmaes only: " + RAY_ADDRESS_HELP, None)
     max_steps: int = doc("episode step limit (0 = the env's own limit)", 0)
     select_every: int = doc("in the dream: every this many generations (pg: updates), and after the last, score the "
                             "search's mean (pg: the policy) on --select-dreams fixed dreams and keep the best-scoring "
@@ -124,7 +127,7 @@ ALGOS = {"cmaes": cmaes, "pg": pg}
 OTHER = {"cmaes": "pg", "pg": "cmaes"}
 NAMES = {"cmaes": "CMA-ES search", "pg": "policy-gradient run"}  # what the saved state is called in messages
 # The settings of one algorithm only (refused with the other unless left at their defaults).
-ONLY = {"cmaes": ("popsize", "rollouts", "generations", "sigma0", "workers", "timeout"),
+ONLY = {"cmaes": ("popsize", "rollouts", "generations", "sigma0", "workers", "timeout", "backend", "ray_address"),
         "pg": ("updates", "envs", "horizon", "epochs", "minibatches", "lr", "critic_lr", "gamma", "gae_lambda", "clip",
                "entropy", "critic_hidden", "max_grad_norm", "init_std")}
 
@@ -158,9 +161,17 @@ def _check_settings(cfg: ControllerTrainConfig) -> None:
                    (cfg.select_every >= 0, f"--select-every must be >= 0 (0: the last mean), got {cfg.select_every}"),
                    (cfg.select_dreams >= 1, f"--select-dreams must be >= 1, got {cfg.select_dreams}"),
                    (cfg.where == "dream" or (cfg.timeout > 0 and math.isfinite(cfg.timeout)),
-                    f"--timeout must be > 0 and finite, got {cfg.timeout}"))
+                    f"--timeout must be > 0 and finite, got {cfg.timeout}"),
+                   (cfg.backend in BACKENDS, f"--backend must be one of {BACKENDS}, got {cfg.backend!r}"),
+                   (cfg.backend == "local" or cfg.where == "real",
+                    f"--backend {cfg.backend} runs the workers that score candidates in the real env: it needs --in "
+                    "real (in the dream, all candidates run as one batch in this process)"))
     if cfg.algo == "pg":
         _check_pg_settings(cfg)
+    if cfg.backend == "ray":  # a missing Ray is said before anything is loaded
+        from wm_agent.ray_pool import import_ray
+
+        import_ray()
 
 
 def _check_pg_settings(cfg: ControllerTrainConfig) -> None:

@@ -56,11 +56,13 @@ RESUME_SETTINGS = (("popsize", "popsize", "--popsize"), ("seed", "seed", "--seed
 
 # -- scoring in the real env (worker processes) --------------------------------------------------------
 class RealEvaluator(RolloutWorkers):
-    """Scores candidates in worker processes (``RolloutWorkers``): each candidate's mean return over the
-    generation's seeds, all candidates meeting the same seeds (common random numbers)."""
+    """Scores candidates in worker processes (``RolloutWorkers``: local, or Ray tasks with ``backend="ray"``): each
+    candidate's mean return over the generation's seeds, all candidates meeting the same seeds (common random
+    numbers)."""
 
-    def __init__(self, checkpoint: str | WorldModel, env_id: str, workers: int, timeout: float):
-        super().__init__(checkpoint, env_id, workers, timeout)
+    def __init__(self, checkpoint: str | WorldModel, env_id: str, workers: int, timeout: float,
+                 backend: str = "local", address: str | None = None):
+        super().__init__(checkpoint, env_id, workers, timeout, backend, address)
         self.steps = 0  # real env steps taken so far
 
     def __call__(self, params: np.ndarray, rollouts: int, greedy: bool, max_steps: int,
@@ -194,7 +196,8 @@ def _real_evaluator(wm: WorldModel, cfg, env_id: str, log: list[dict]) -> RealEv
     # The workers get a copy of the model (with the new controller's normaliser), not the checkpoint:
     # the checkpoint changes only when a generation is done, so a search that fails or is stopped
     # before then leaves the saved controller and its search as they were.
-    evaluator = RealEvaluator(wm, env_id, cfg.workers, cfg.timeout)
+    # On Ray the copy goes into the object store once, for the whole search.
+    evaluator = RealEvaluator(wm, env_id, cfg.workers, cfg.timeout, cfg.backend, cfg.ray_address)
     evaluator.steps = int(log[-1].get("real_env_steps", 0)) if log else 0
     return evaluator
 
