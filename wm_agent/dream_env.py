@@ -25,7 +25,21 @@ from wm_agent.world_model import WorldModel, checked_temperature
 
 def as_world_model(world_model: WorldModel | str | os.PathLike, device=None, dreams: bool = True) -> WorldModel:
     """The model itself, or the checkpoint loaded, with a trained V, and a trained M if it ``dreams``
-    (frames or dreams of an untrained one would be noise, given without a word)."""
+    (frames or dreams of an untrained one would be noise, given without a word).
+
+    Args:
+        world_model: a ``WorldModel``, or the path of its checkpoint.
+        device: where a checkpoint path is loaded (default CPU); it applies to a path only.
+        dreams: whether a trained M is required (else only a warning when M is untrained: the h part of
+            the observations is then noise).
+
+    Returns:
+        The world model.
+
+    Raises:
+        ValueError: for a ``device`` other than a given ``WorldModel``'s, or an untrained V (or M if it ``dreams``).
+        TypeError: for a ``world_model`` that is neither a ``WorldModel`` nor a path.
+    """
     if isinstance(world_model, WorldModel):
         wm = world_model
         asked = torch.device(device) if device is not None else None
@@ -68,6 +82,16 @@ def checked_action(space: spaces.Space, action):
     theirs (Pendulum, LunarLander; CarRacing's physics caps gas and steering): a policy that runs on
     the real env runs on the dream and through ``LatentObservation`` too, and M, which learnt only
     actions inside the box, sees the action the env acts on. NaN and a wrong shape are refused.
+
+    Args:
+        space: the action space.
+        action: the action to check.
+
+    Returns:
+        The action, a Box one as a clipped array of the space's dtype.
+
+    Raises:
+        ValueError: naming the action when it does not fit ``space`` (NaN and a wrong shape included).
     """
     if isinstance(space, spaces.Box):
         try:
@@ -92,7 +116,14 @@ def action_space_of(wm: WorldModel) -> spaces.Space:
 
 
 def latent_space_of(wm: WorldModel) -> spaces.Box:
-    """concat(z, h): codebook values in z, LSTM outputs in (-1, 1) in h."""
+    """The latent observation space of a world model: concat(z, h).
+
+    Args:
+        wm: the world model.
+
+    Returns:
+        An unbounded Box of concat(z, h): codebook values in z, LSTM outputs in (-1, 1) in h.
+    """
     return spaces.Box(-np.inf, np.inf, (wm.config.z_size + wm.config.hidden_size,), np.float32)
 
 
@@ -109,7 +140,16 @@ class DreamBatch:
 
     @torch.no_grad()
     def reset(self, index: np.ndarray, rng: np.random.Generator, frames: np.ndarray | None = None) -> None:
-        """Start the dreams at ``index`` from random banked start frames (or the given frames)."""
+        """Start the dreams at ``index`` from random banked start frames (or the given frames).
+
+        Args:
+            index: the rows of the dreams to start.
+            rng: picks the banked start frames.
+            frames: uint8 frames to start from, one per row of ``index``; None for banked ones.
+
+        Raises:
+            ValueError: without ``frames`` when the world model has no start frames.
+        """
         if frames is not None:
             codes = self.wm.encode_indices(np.asarray(frames))
         elif len(self.wm.start_codes) == 0:
@@ -124,7 +164,12 @@ class DreamBatch:
         self.steps[index] = 0
 
     def set_codes(self, codes: torch.Tensor, rows: torch.Tensor | slice = slice(None)) -> None:
-        """Put the dreams at ``rows`` on the code grids ``codes`` (len(rows), G, G)."""
+        """Put the dreams at ``rows`` on the code grids ``codes``.
+
+        Args:
+            codes: code grids (len(rows), G, G).
+            rows: the dreams to set (default: all).
+        """
         codes = codes.to(self.wm.device)
         self.codes[rows] = codes
         self.z[rows] = self.wm.vae.indices_to_latent(codes)
@@ -133,7 +178,11 @@ class DreamBatch:
         return torch.cat([self.z, self.hidden[0][0]], -1)
 
     def keep(self, rows: torch.Tensor) -> None:
-        """Go on with only the dreams at ``rows`` (indices into the current batch), e.g. the unfinished ones."""
+        """Go on with only the dreams at ``rows``, e.g. the unfinished ones.
+
+        Args:
+            rows: indices into the current batch.
+        """
         self.z, self.codes = self.z[rows], self.codes[rows]
         self.hidden = (self.hidden[0][:, rows], self.hidden[1][:, rows])
         self.steps = self.steps[rows.cpu().numpy()]
@@ -141,7 +190,15 @@ class DreamBatch:
 
     @torch.no_grad()
     def step(self, actions: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        """Advance every dream one step; returns (reward (N,), done probability (N,))."""
+        """Advance every dream one step.
+
+        Args:
+            actions: one action per dream.
+            generator: the random stream of the dream's draws.
+
+        Returns:
+            (reward (N,), done probability (N,)).
+        """
         # Snapping back onto the codebook keeps the dream on latents V can decode.
         self.z, self.codes, reward, done_p, self.hidden = self.rnn.dream_step(
             self.z, self.codes, actions, self.hidden, self.temperature, generator, self.wm.snap)
@@ -164,6 +221,18 @@ def dream_fitness(wm: WorldModel, params: np.ndarray, rollouts: int, temperature
     not from luckier starts or luckier action samples, and CMA-ES ranks them with far less noise. That
     holds exactly at temperature 0; above it the dream's own next-frame draws come from one stream for
     the whole batch, so two like candidates meet different dreams and score close, not equal.
+
+    Args:
+        wm: the world model that dreams.
+        params: (P, n) controller parameters, one candidate a row.
+        rollouts: episodes per candidate.
+        temperature: the dream temperature.
+        max_steps: steps per episode, at most.
+        greedy: whether the controllers act greedily instead of sampling.
+        rng: picks the start frames and the uniform numbers of the action draws.
+
+    Returns:
+        The mean dream return of each candidate, (P,).
     """
     p = len(params)
     n = p * rollouts
@@ -353,9 +422,20 @@ class DreamVectorEnv(VectorEnv):
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         """Start every dream again, or with ``options={"reset_mask": bool array (num_envs,)}`` only those
         marked (as Gymnasium's vector envs do; the others go on, and their observations are returned as
-        they are). All dreams share one generator, so one int ``seed`` seeds them all, also together with a
-        mask (the dreams that go on then draw from the new stream too); a partial reset without a seed
-        leaves the stream as it was."""
+        they are).
+
+        Args:
+            seed: one int; all dreams share one generator, so it seeds them all, also together with a
+                mask (the dreams that go on then draw from the new stream too); a partial reset without a
+                seed leaves the stream as it was.
+            options: ``{"reset_mask": bool array (num_envs,)}`` or None.
+
+        Returns:
+            The observations and the info dict, as Gymnasium's ``VectorEnv.reset``.
+
+        Raises:
+            ValueError: for a seed that is not one int, or other options.
+        """
         if seed is not None and not is_int(seed):  # the package's one whole-number check (no bools)
             raise ValueError(f"DreamVectorEnv.reset takes one int seed for all its dreams, got {seed!r}")
         unknown = set(options or {}) - {"reset_mask"}

@@ -18,7 +18,15 @@ from wm_agent.world_model import WorldModel
 # -- world-model quality -----------------------------------------------------------------------------
 @torch.no_grad()
 def vae_quality(wm: WorldModel, frames: np.ndarray) -> dict:
-    """Per-pixel reconstruction MSE on [0, 1] images, codebook perplexity and usage over ``frames``."""
+    """Per-pixel reconstruction MSE on [0, 1] images, codebook perplexity and usage over ``frames``.
+
+    Args:
+        wm: the world model whose V is measured.
+        frames: uint8 frames (N, H, W, 3).
+
+    Returns:
+        ``vae_mse``, ``codebook_perplexity``, ``codebook_usage``, ``codes_in_use`` and ``num_embeddings``.
+    """
     from wm_agent.models.vqvae import frames_to_tensor
 
     wm.vae.eval()
@@ -36,7 +44,15 @@ def vae_quality(wm: WorldModel, frames: np.ndarray) -> dict:
 
 
 def faithful_steps(errors: np.ndarray, threshold: float) -> int:
-    """Steps (after the first frame) before the first dreamed frame whose error reaches ``threshold``."""
+    """Steps (after the first frame) before the first dreamed frame whose error reaches ``threshold``.
+
+    Args:
+        errors: per-frame errors, the first frame's first.
+        threshold: the error that ends faithfulness.
+
+    Returns:
+        The number of faithful steps.
+    """
     bad = np.nonzero(errors[1:] >= threshold)[0]
     return int(bad[0]) if len(bad) else len(errors) - 1
 
@@ -48,6 +64,19 @@ def dream_fidelity(wm: WorldModel, dataset, episodes: int, temperature: float, t
 
     Also scores a 'frozen' baseline that predicts the first frame forever: a metric the baseline
     passes says little about the dynamics.
+
+    Args:
+        wm: the world model.
+        dataset: the real episodes (an ``EpisodeDataset``).
+        episodes: how many to dream (<= 0: all).
+        temperature: the dream temperature.
+        thresholds: a frame error threshold by name.
+        seed: episode i dreams with seed ``seed + i``.
+        progress: whether to show progress.
+
+    Returns:
+        The metrics: episode count and length, one-step error rate, reward bias and MAE, and per threshold
+        its faithful steps (mean, median), full-episode rate and the frozen baseline's steps.
     """
     n = dataset.num_episodes if episodes <= 0 else min(episodes, dataset.num_episodes)
     scores = {name: [] for name in thresholds}
@@ -109,6 +138,20 @@ def dream_vs_real(wm: WorldModel, env_id: str, episodes: int, seed: int, tempera
 
     The random policy is the controller with all parameters zero (every logit 0: uniform over the
     discrete actions), so both policies run through the same code paths in the dream and the real env.
+
+    Args:
+        wm: the world model.
+        env_id: the real env.
+        episodes: dreams and real episodes per policy.
+        seed: the real episodes reset with ``seed .. seed + episodes - 1``.
+        temperature: the dream temperature.
+        dream_seed: seed of the dreams.
+
+    Returns:
+        ``dream_return``, ``random_dream_return``, ``random_return`` and ``random_success_rate``.
+
+    Raises:
+        ValueError: for a model of continuous actions.
     """
     if not wm.config.discrete_actions:
         raise ValueError("dream_vs_real's random policy is uniform over discrete actions; this model's are continuous")

@@ -20,7 +20,15 @@ from wm_agent.world_model import WorldModel
 
 
 def check_env_fits(env: gym.Env, wm: WorldModel) -> None:
-    """Refuse an env whose frames or actions are not the ones the world model was trained on."""
+    """Refuse an env whose frames or actions are not the ones the world model was trained on.
+
+    Args:
+        env: the real env.
+        wm: the world model.
+
+    Raises:
+        ValueError: when its frames are not uint8 ``image_size x image_size x 3``, or its action space differs.
+    """
     s = wm.config.image_size
     space = env.observation_space
     if not (isinstance(space, gym.spaces.Box) and space.shape == (s, s, 3) and space.dtype == np.uint8):
@@ -33,8 +41,17 @@ def check_env_fits(env: gym.Env, wm: WorldModel) -> None:
 
 
 def check_data_fits(ds, wm: WorldModel, where: str) -> None:
-    """Refuse training or evaluating ``wm`` (from ``where``) on an ``EpisodeDataset`` whose frames or
-    actions are not the ones it was built for, e.g. CarRacing data with a GridWorld model."""
+    """Refuse training or evaluating ``wm`` on an ``EpisodeDataset`` whose frames or actions are not the
+    ones it was built for, e.g. CarRacing data with a GridWorld model.
+
+    Args:
+        ds: the ``EpisodeDataset``.
+        wm: the world model.
+        where: what the error message calls the model.
+
+    Raises:
+        ValueError: for data of other frames, actions, env or ``--env-kwargs``.
+    """
     s = wm.config.image_size
     expected = action_space_of(wm)
     if tuple(ds.observation_shape) != (s, s, 3) or not _same_kind(ds.action_space, expected):

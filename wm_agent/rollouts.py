@@ -26,17 +26,36 @@ from wm_agent.world_model import WorldModel
 
 
 def make_latent_env(env_id: str, wm: WorldModel, **kwargs) -> LatentObservation:
-    """The real env ``env_id`` (made by ``wm.make_env(env_id, **kwargs)``) seen through ``wm``: a
-    ``LatentObservation`` whose observations are the controller's inputs."""
+    """The real env ``env_id`` seen through ``wm``.
+
+    Args:
+        env_id: the real env.
+        wm: the world model.
+        **kwargs: passed on to ``wm.make_env(env_id, **kwargs)``, which makes the env.
+
+    Returns:
+        A ``LatentObservation`` whose observations are the controller's inputs.
+    """
     return LatentObservation(wm.make_env(env_id, **kwargs), wm)
 
 
 @torch.no_grad()
 def run_episode(env: LatentObservation, wm: WorldModel, seed: int, greedy: bool, max_steps: int = 0,
                 record: bool = False) -> dict:
-    """One episode of the controller in a LatentObservation env, reset with ``seed`` (sampled actions
-    from that episode's own stream, as in ``rollout_batch``). With ``record``: also ``frames`` uint8
-    (T+1, H, W, 3), ``rewards`` (T,) and ``actions`` (T[, A])."""
+    """One episode of the controller in a LatentObservation env.
+
+    Args:
+        env: the ``LatentObservation`` env.
+        wm: the world model whose controller acts.
+        seed: the reset seed (sampled actions come from that episode's own stream, as in ``rollout_batch``).
+        greedy: whether the controller acts greedily instead of sampling.
+        max_steps: steps at most (0: no cap but the env's).
+        record: whether to record the episode.
+
+    Returns:
+        ``return``, ``steps``, ``success`` and ``oracle_return``; with ``record``: also ``frames`` uint8
+        (T+1, H, W, 3), ``rewards`` (T,) and ``actions`` (T[, A]).
+    """
     obs, info = env.reset(seed=seed)
     uniforms = EpisodeUniforms([seed])
     frames, rewards, actions = [info["frame"]], [], []
@@ -69,8 +88,23 @@ def rollout_batch(wm: WorldModel, envs: list[gym.Env], params: torch.Tensor, see
 
     ``envs`` holds at least P x len(seeds) envs, stepped in lockstep: each step encodes all frames with
     V, runs C and M's LSTM once for the whole batch, so the networks cost one batched call per step
-    instead of one call per env. Returns per-episode arrays of shape (P, len(seeds)): ``return``,
-    ``steps``, ``success`` and, where the env reports it, ``oracle_return``.
+    instead of one call per env.
+
+    Args:
+        wm: the world model.
+        envs: at least P x len(seeds) real envs, stepped in lockstep.
+        params: (P, n) controller parameters, one controller a row.
+        seeds: the reset seeds.
+        greedy: whether the controllers act greedily instead of sampling.
+        max_steps: steps per episode at most (0: no cap but the env's).
+        progress: whether to show progress.
+
+    Returns:
+        Per-episode arrays of shape (P, len(seeds)): ``return``, ``steps``, ``success`` and, where the env
+        reports it, ``oracle_return``.
+
+    Raises:
+        ValueError: for too few envs, or envs that do not fit the world model.
     """
     rollouts = len(seeds)
     n = len(params) * rollouts
@@ -128,8 +162,19 @@ _worker_state = None  # in a worker process: (model, env id), the model and the 
 def rollouts_in_worker(model, env_id: str, params: np.ndarray, seeds: list[int], greedy: bool,
                        max_steps: int) -> dict[str, np.ndarray]:
     """Runs in a worker process: ``rollout_batch`` of the controllers ``params`` (P, n) over ``seeds``.
-    ``model`` is the checkpoint as the pool shared it (``share_file``: its path, or a Ray object); the model
-    and envs stay loaded for the next call (CMA-ES sends one per generation)."""
+
+    The model and envs stay loaded for the next call (CMA-ES sends one per generation).
+
+    Args:
+        model: the checkpoint as the pool shared it (``share_file``: its path, or a Ray object).
+        env_id: the real env.
+        params: (P, n) controller parameters.
+        seeds: the reset seeds.
+        greedy, max_steps: as ``rollout_batch``'s.
+
+    Returns:
+        What ``rollout_batch`` returns.
+    """
     global _worker_state
     torch.set_num_threads(1)
     if _worker_state is None or _worker_state[0] != (model, env_id):
@@ -181,8 +226,20 @@ class RolloutWorkers:
             on_chunk: Callable[[int], None] | None = None) -> dict[str, np.ndarray]:
         """Every controller in ``params`` (P, n) for an episode from each seed, as ``rollout_batch`` returns
         them. The episodes are split over the workers by controller (when P > 1) or else by seed; each
-        episode draws from its own action stream, so the split changes no result. ``on_chunk(episodes)``
-        follows each finished worker's share."""
+        episode draws from its own action stream, so the split changes no result.
+
+        Args:
+            params: (P, n) controller parameters.
+            seeds: the reset seeds.
+            greedy, max_steps: as ``rollout_batch``'s.
+            on_chunk: ``on_chunk(episodes)`` follows each finished worker's share.
+
+        Returns:
+            Per-episode arrays of shape (P, len(seeds)), as ``rollout_batch`` returns them.
+
+        Raises:
+            RuntimeError: when a worker raises, dies or overruns ``timeout`` (the workers are then stopped).
+        """
         by_params = len(params) > 1
         n = min(self.workers, len(params) if by_params else len(seeds))
         jobs = ([(chunk, list(seeds)) for chunk in np.array_split(params, n)] if by_params else
@@ -209,8 +266,11 @@ class RolloutWorkers:
         return {key: np.concatenate([r[key] for r in results], axis=0 if by_params else 1) for key in results[0]}
 
     def close(self, kill: bool = False) -> None:
-        """Stop the workers (at once with ``kill``, else after their running tasks) and remove the
-        temporary copy of an in-memory model."""
+        """Stop the workers and remove the temporary copy of an in-memory model.
+
+        Args:
+            kill: stop them at once, else after their running tasks.
+        """
         if kill:
             self.pool.kill()
         else:

@@ -44,9 +44,17 @@ _LEARNT_FROM = {"vae": ("V", ("rnn", *CONTROLLER_STAGES)), "rnn": ("M", CONTROLL
 
 @contextlib.contextmanager
 def evaluating(module: torch.nn.Module):
-    """``module`` in eval mode for the block, then back in the mode it was in: V's quantiser updates its
-    EMA codebook on every forward pass in train mode, and a caller's own training loop that encodes a
-    validation batch now and then must not find its codebook frozen afterwards."""
+    """``module`` in eval mode for the block, then back in the mode it was in.
+
+    V's quantiser updates its EMA codebook on every forward pass in train mode, and a caller's own training
+    loop that encodes a validation batch now and then must not find its codebook frozen afterwards.
+
+    Args:
+        module: the module to hold in eval mode for the block.
+
+    Returns:
+        A context manager that yields ``module``.
+    """
     was_training = module.training
     module.eval()
     try:
@@ -56,8 +64,17 @@ def evaluating(module: torch.nn.Module):
 
 
 def checked_temperature(temperature: float) -> float:
-    """A dream temperature: >= 0 (0 = each component's most likely mean); NaN fails here, not later inside
-    torch's sampling."""
+    """A dream temperature, checked.
+
+    Args:
+        temperature: >= 0 (0 = each component's most likely mean).
+
+    Returns:
+        ``temperature`` itself.
+
+    Raises:
+        ValueError: when it is below 0 or NaN (NaN fails here, not later inside torch's sampling).
+    """
     if not temperature >= 0:
         raise ValueError(f"temperature must be >= 0, got {temperature}")
     return temperature
@@ -84,15 +101,31 @@ class WorldModel:
         self.train_state: dict[str, Any] = {}  # optimiser / CMA-ES state so interrupted runs resume
 
     def to(self, device: str | torch.device) -> WorldModel:
-        """Move V, M and C to ``device``, in place (as ``nn.Module.to`` does); returns the model."""
+        """Move V, M and C to ``device``, in place (as ``nn.Module.to`` does).
+
+        Args:
+            device: where V, M and C go.
+
+        Returns:
+            The model itself.
+        """
         self.device = usable_device(device)
         for module in (self.vae, self.rnn, self.controller):
             module.to(self.device)
         return self
 
     def real_env_id(self, env_id: str | None = None) -> str:
-        """The registered id of ``env_id`` when given, else the env this model was trained on (as it
-        was named); a clear error for an env ``gym.make`` could not make here, or when neither names one."""
+        """The registered id of ``env_id`` when given, else the env this model was trained on (as it was named).
+
+        Args:
+            env_id: an env id; None for this model's env.
+
+        Returns:
+            The registered id of ``env_id``, or this model's env id as it was named.
+
+        Raises:
+            ValueError: a clear error for an env ``gym.make`` could not make here, or when neither names one.
+        """
         import gymnasium as gym
 
         if not (env_id or self.env_id):
@@ -107,18 +140,34 @@ class WorldModel:
         return spec.id if env_id else self.env_id
 
     def make_env(self, env_id: str | None = None, **kwargs) -> gym.Env:
-        """``gym.make`` of the real env: ``env_id`` (default: the one this model was trained on), with the
-        keyword arguments its data was collected with when it is that env (``collect --env-kwargs``: a
-        discrete CarRacing, say), and ``kwargs`` on top."""
+        """``gym.make`` of the real env.
+
+        Args:
+            env_id: the env (default: the one this model was trained on); when it is that env, it is made with
+                the keyword arguments its data was collected with (``collect --env-kwargs``: a discrete
+                CarRacing, say).
+            **kwargs: ``gym.make`` keyword arguments, on top of those.
+
+        Returns:
+            The env.
+
+        Raises:
+            ValueError: as ``real_env_id``.
+        """
         import gymnasium as gym
 
         env_id = self.real_env_id(env_id)
         return gym.make(env_id, **{**(self.env_kwargs if self._is_own(env_id) else {}), **kwargs})
 
     def episode_limit(self, env_id: str | None = None) -> int:
-        """Steps in an episode of ``env_id`` (default: this model's env) as ``make_env`` makes it: the data's
-        ``max_episode_steps`` keyword, else the env's registered limit (1000 without one); a dream of
-        the env ends there too."""
+        """Steps in an episode of an env as ``make_env`` makes it; a dream of the env ends there too.
+
+        Args:
+            env_id: the env (default: this model's env).
+
+        Returns:
+            The data's ``max_episode_steps`` keyword, else the env's registered limit (1000 without one).
+        """
         env_id = env_id or self.env_id
         if self._is_own(env_id) and self.env_kwargs.get("max_episode_steps"):
             return int(self.env_kwargs["max_episode_steps"])
@@ -132,13 +181,28 @@ class WorldModel:
         return env_id == self.env_id or registered_id(env_id) == registered_id(self.env_id)
 
     def is_trained(self, stage: str) -> bool:
-        """Whether a stage (``"vae"``, ``"rnn"``, ``"cmaes"``, ``"pg"``) finished at least one epoch or generation."""
+        """Whether a stage finished at least one epoch or generation.
+
+        Args:
+            stage: ``"vae"``, ``"rnn"``, ``"cmaes"`` or ``"pg"``.
+
+        Returns:
+            True when it did.
+        """
         state = self.train_state.get(stage)
         return state is not None and bool(state.get("epoch", state.get("generation", 1)))
 
     def require_trained(self, stage: str, where: str = "this world model") -> None:
-        """Refuse to go on without a trained V (``"vae"``) or M (``"rnn"``): an untrained one would
-        give frames or dreams of noise without a word."""
+        """Refuse to go on without a trained V or M: an untrained one would give frames or dreams of noise
+        without a word.
+
+        Args:
+            stage: ``"vae"`` (V) or ``"rnn"`` (M).
+            where: what the error message calls the model.
+
+        Raises:
+            ValueError: when the stage never trained, or not one epoch of it finished.
+        """
         name, command = STAGES[stage]
         if stage not in self.train_state:
             raise ValueError(f"{where} has no trained {name}: run `wm-agent {command}` first")
@@ -149,7 +213,11 @@ class WorldModel:
     def warn_if_untrained(self, where: str = "this world model") -> None:
         """Warn when the controller about to act was never trained (by CMA-ES or pg): its initial parameters would
         otherwise run without a word (a warning, not an error: watching or scoring an untrained agent is
-        a fair baseline)."""
+        a fair baseline).
+
+        Args:
+            where: what the warning calls the model.
+        """
         if not any(stage in self.train_state for stage in CONTROLLER_STAGES):
             warnings.warn(f"{where} has no trained controller: its actions come from untrained initial "
                           "parameters (run `wm-agent train-controller` first)", stacklevel=2)
@@ -169,12 +237,27 @@ class WorldModel:
         return MDNRNN(self.config, self.vae.quantizer.codebook).to(self.device)
 
     def new_controller(self, config: WorldModelConfig) -> Controller:
-        """A fresh controller for ``config`` on this model's device, reading cells through V's codebook."""
+        """A fresh controller on this model's device, reading cells through V's codebook.
+
+        Args:
+            config: the controller's config.
+
+        Returns:
+            The controller.
+        """
         return Controller(config, self.vae.quantizer.codebook).to(self.device)
 
     @torch.no_grad()
     def encode(self, frames, batch_size: int = 1024) -> torch.Tensor:
-        """uint8 frames (B, H, W, 3) or float (B, 3, H, W) -> flattened quantised latents (B, Z)."""
+        """Frames -> flattened quantised latents.
+
+        Args:
+            frames: uint8 frames (B, H, W, 3) or float (B, 3, H, W).
+            batch_size: frames V encodes at a time.
+
+        Returns:
+            Flattened quantised latents (B, Z).
+        """
         return self.vae.indices_to_latent(self.encode_indices(frames, batch_size))
 
     @torch.no_grad()
@@ -188,7 +271,17 @@ class WorldModel:
 
     @torch.no_grad()
     def decode(self, z: torch.Tensor) -> np.ndarray:
-        """Flattened latents (B, Z) -> uint8 frames (B, H, W, 3), snapping to the codebook first."""
+        """Flattened latents -> frames, snapping to the codebook first.
+
+        Args:
+            z: flattened float latents (B, Z) (one latent: ``z[None]``).
+
+        Returns:
+            uint8 frames (B, H, W, 3).
+
+        Raises:
+            ValueError: for latents of another shape or dtype, or with NaN or infinite values.
+        """
         z = torch.as_tensor(z)
         size = self.config.z_size
         if z.dim() != 2 or z.shape[1] != size or not z.is_floating_point():
@@ -200,13 +293,24 @@ class WorldModel:
             return tensor_to_frames(self.vae.decode_latent(z.to(self.device, torch.float32)))
 
     def snap(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Latents (..., Z) -> (their nearest code indices (..., G, G), those codes' latents (..., Z):
-        what V can decode)."""
+        """Latents -> their nearest codes.
+
+        Args:
+            z: latents (..., Z).
+
+        Returns:
+            Their nearest code indices (..., G, G) and those codes' latents (..., Z): what V can decode.
+        """
         codes = self.vae.latent_to_indices(z)
         return codes, self.vae.indices_to_latent(codes)
 
     def set_start_frames(self, frames, max_frames: int = MAX_START_FRAMES) -> None:
-        """Keep up to ``max_frames`` real first frames (as code grids) for dreams to start from."""
+        """Keep up to ``max_frames`` real first frames (as code grids) for dreams to start from.
+
+        Args:
+            frames: real first frames, as ``encode`` takes them.
+            max_frames: how many of them to keep, at most.
+        """
         self.start_codes = self.encode_indices(frames[:max_frames]).cpu()
 
     # -- training (in memory; the CLI streams from memory-mapped shards through the same loops) ---
@@ -215,9 +319,22 @@ class WorldModel:
         """Fit V on uint8 frames (N, H, W, 3); returns the per-epoch metrics.
 
         Dreams start from code grids of real frames, which mean something only to the V that encoded
-        them, so afterwards they are encoded again (``set_start_frames``) from ``start_frames`` (uint8
-        (M, H, W, 3), say the episodes' first frames, as the CLI keeps) or else from the first
-        ``MAX_START_FRAMES`` of ``observations``.
+        them, so afterwards they are encoded again (``set_start_frames``).
+
+        Args:
+            observations: uint8 frames (N, H, W, 3).
+            epochs: epochs to train (>= 0).
+            batch_size: frames per batch (a positive int).
+            seed: seed of the batch order.
+            progress: whether to show progress.
+            start_frames: uint8 (M, H, W, 3), say the episodes' first frames, as the CLI keeps, to encode the
+                start frames from; None for the first ``MAX_START_FRAMES`` of ``observations``.
+
+        Returns:
+            The per-epoch metrics.
+
+        Raises:
+            ValueError: for frames of another shape or dtype, or none, or a bad ``batch_size`` or ``epochs``.
         """
         s = self.config.image_size
         frames = np.asarray(observations)
@@ -238,9 +355,25 @@ class WorldModel:
 
     def train_rnn(self, sequences: dict[str, np.ndarray], epochs: int = 1, batch_size: int = 16, seed: int = 0,
                   progress: bool = False, lr_floor: float = 1.0):
-        """Fit M on episodes: ``sequences`` has ``obs`` (B, T+1, H, W, 3) uint8, ``actions`` (B, T[, A]),
-        ``rewards`` (B, T), ``dones`` (B, T) and optionally ``mask`` (B, T). ``lr_floor`` < 1 decays the
-        learning rate over these ``epochs`` (see ``training.fit.fit_rnn``), as ``wm-agent train-rnn`` does."""
+        """Fit M on episodes.
+
+        Args:
+            sequences: ``obs`` (B, T+1, H, W, 3) uint8, ``actions`` (B, T[, A]), ``rewards`` (B, T),
+                ``dones`` (B, T) and optionally ``mask`` (B, T).
+            epochs: epochs to train (>= 0).
+            batch_size: sequences per batch (a positive int).
+            seed: seed of the batch order.
+            progress: whether to show progress.
+            lr_floor: in (0, 1]; < 1 decays the learning rate over these ``epochs`` (see
+                ``training.fit.fit_rnn``), as ``wm-agent train-rnn`` does.
+
+        Returns:
+            The per-epoch metrics.
+
+        Raises:
+            ValueError: for missing sequences or a bad ``batch_size``, ``epochs`` or ``lr_floor``, or without a
+                trained V.
+        """
         missing = {"obs", "actions", "rewards", "dones"} - set(sequences)
         if missing or not (is_int(batch_size) and batch_size >= 1):
             raise ValueError(f"train_rnn needs sequences with obs, actions, rewards and dones (missing: "
@@ -321,8 +454,18 @@ class WorldModel:
     def dream(self, initial_obs, actions, temperature: float = 0.0, seed: int | None = None) -> dict[str, np.ndarray]:
         """Imagine the frames that follow ``initial_obs`` (H, W, 3) uint8 under ``actions`` (T[, A]).
 
-        Returns ``frames`` (T+1, H, W, 3) uint8 (the decoded first frame, then each imagined one),
-        ``rewards`` (T,), ``dones`` (T,) (probabilities) and ``latents`` (T+1, Z).
+        Args:
+            initial_obs: the first frame, (H, W, 3) uint8.
+            actions: (T[, A]) actions.
+            temperature: the dream temperature (see ``checked_temperature``).
+            seed: seed of the sampling; None for torch's global generator.
+
+        Returns:
+            ``frames`` (T+1, H, W, 3) uint8 (the decoded first frame, then each imagined one),
+            ``rewards`` (T,), ``dones`` (T,) (probabilities) and ``latents`` (T+1, Z).
+
+        Raises:
+            ValueError: for a bad temperature, or actions of another shape.
         """
         checked_temperature(temperature)
         self.rnn.eval()
@@ -355,14 +498,34 @@ class WorldModel:
         }
 
     def save(self, path: str | os.PathLike) -> None:
-        """Write the whole model atomically (a crash mid-write leaves the previous file intact)."""
+        """Write the whole model atomically (a crash mid-write leaves the previous file intact).
+
+        Args:
+            path: the file to write.
+
+        Raises:
+            TypeError: for a value a weights-only load would not read back.
+        """
         state = self.state_dict()
         save_torch({k: _to_cpu(v, f"{type(self).__name__}.{k}") for k, v in state.items()}, path)
 
     @classmethod
     def load(cls, path: str | os.PathLike, device: str | torch.device = "cpu",
              expect_config: WorldModelConfig | None = None) -> "WorldModel":
-        """Load a checkpoint with ``weights_only=True``; clear errors for foreign, corrupt or mismatched files."""
+        """Load a checkpoint with ``weights_only=True``.
+
+        Args:
+            path: the checkpoint file.
+            device: where V, M and C go.
+            expect_config: when given, the config the checkpoint must have been trained with.
+
+        Returns:
+            The world model.
+
+        Raises:
+            ValueError: clear errors for foreign, corrupt or mismatched files.
+            TypeError: for unusable ``env_kwargs``.
+        """
         path = Path(path)
         state = load_torch(path, "world-model checkpoint")
         if not isinstance(state, dict) or state.get("format") != FORMAT:

@@ -64,7 +64,11 @@ class Controller(nn.Module):
         self.register_buffer("coords", (coords - (g - 1) / 2) / g, persistent=False)  # cell centres in (-1/2, 1/2)
 
     def fit_normalizer(self, observations: torch.Tensor) -> None:
-        """Set the input standardisation from a batch of observations (N, in_dim)."""
+        """Set the input standardisation from a batch of observations.
+
+        Args:
+            observations: (N, in_dim).
+        """
         mean, std = observations.mean(0), observations.std(0).clamp_min(1e-2)
         if self.kind == "keypoint":
             zs = self.config.z_size  # z is read as codes, which needs it as it is
@@ -81,6 +85,12 @@ class Controller(nn.Module):
         here. So keypoint k starts on the k-th rarest kind of cell in ``observations`` (a kind: a code
         and its near-duplicates), e.g. the goal and the agent rather than the background, and the
         search starts where the readout already sees where things are.
+
+        Args:
+            observations: (N, in_dim) observations whose cells the kinds are counted in.
+
+        Returns:
+            The flat initial parameters (num_params,).
         """
         flat = np.zeros(self.num_params)
         if self.kind != "keypoint" or not len(observations):
@@ -132,7 +142,15 @@ class Controller(nn.Module):
             self.params.copy_(flat)
 
     def batched(self, params: torch.Tensor, obs: torch.Tensor) -> torch.Tensor:
-        """``params`` (N, num_params), ``obs`` (N, in_dim) -> outputs (N, action_dim); row i uses params i."""
+        """Outputs of N controllers; row i uses params i.
+
+        Args:
+            params: (N, num_params).
+            obs: (N, in_dim).
+
+        Returns:
+            Outputs (N, action_dim).
+        """
         n = params.shape[0]
         chunks, at = [], 0
         for shape in self.shapes:
@@ -160,14 +178,32 @@ class Controller(nn.Module):
         return self.squash(out)
 
     def code_memberships(self, z: torch.Tensor) -> torch.Tensor:
-        """Latent cells (N, cells, latent_dim) -> (N, cells, num_embeddings), see ``vqvae.code_memberships``."""
+        """Latent cells -> code memberships, see ``vqvae.code_memberships``.
+
+        Args:
+            z: latent cells (N, cells, latent_dim).
+
+        Returns:
+            (N, cells, num_embeddings).
+
+        Raises:
+            ValueError: for a controller built without the VQ-VAE's codebook.
+        """
         if self.codebook is None:
             raise ValueError("the keypoint controller reads cells as codes: build it with the VQ-VAE's codebook "
                              "(WorldModel does this)")
         return code_memberships(z, self.codebook)
 
     def keypoint_features(self, score_w: torch.Tensor, obs: torch.Tensor) -> torch.Tensor:
-        """(N, K, num_embeddings) score weights and (N, in_dim) observations -> (N, features)."""
+        """Score weights and observations -> keypoint features.
+
+        Args:
+            score_w: (N, K, num_embeddings) score weights.
+            obs: (N, in_dim) observations.
+
+        Returns:
+            (N, features).
+        """
         cfg = self.config
         n, g = obs.shape[0], cfg.latent_grid
         cells = self.code_memberships(obs[:, : cfg.z_size].reshape(n, g * g, cfg.latent_dim))
@@ -202,7 +238,17 @@ class Controller(nn.Module):
         return self.from_obs(torch.cat([z, h], -1))
 
     def from_obs(self, obs: torch.Tensor) -> torch.Tensor:
-        """Outputs for observations concat(z, h) of shape (..., in_dim)."""
+        """Outputs for observations concat(z, h).
+
+        Args:
+            obs: (..., in_dim).
+
+        Returns:
+            Outputs (..., out_dim).
+
+        Raises:
+            ValueError: for observations of another size.
+        """
         if obs.shape[-1] != self.in_dim:
             raise ValueError(f"controller expects z+h of total size {self.in_dim}, got {obs.shape[-1]}")
         flat = self.normalize(obs.reshape(-1, self.in_dim).float())
@@ -217,6 +263,16 @@ def choose_actions(outputs: torch.Tensor, discrete: bool, greedy: bool, generato
     ``uniforms`` (N,) in [0, 1) draws the samples by inverse CDF from those numbers instead of the
     generator: rows given the same number pick the same action wherever their policies agree (common
     random numbers, see ``cmaes.dream_fitness``).
+
+    Args:
+        outputs: controller outputs (N, ...).
+        discrete: whether they are logits of discrete actions.
+        greedy: argmax instead of a softmax sample.
+        generator: the random stream of the samples.
+        uniforms: (N,) in [0, 1): draws the samples by inverse CDF from those numbers instead of the generator.
+
+    Returns:
+        The actions (N[, A]).
     """
     if not discrete:
         return outputs
@@ -231,6 +287,13 @@ def choose_actions(outputs: torch.Tensor, discrete: bool, greedy: bool, generato
 
 def env_action(outputs: torch.Tensor, discrete: bool, greedy: bool, generator: torch.Generator | None = None,
                uniforms: torch.Tensor | None = None):
-    """The first row of controller outputs as an action a Gymnasium env accepts (int, or float32 array)."""
+    """The first row of controller outputs as an action a Gymnasium env accepts.
+
+    Args:
+        outputs, discrete, greedy, generator, uniforms: as ``choose_actions``'s.
+
+    Returns:
+        An int, or a float32 array.
+    """
     action = choose_actions(outputs, discrete, greedy, generator, uniforms)[0]
     return int(action) if discrete else action.detach().cpu().numpy().astype(np.float32)

@@ -37,15 +37,36 @@ class VectorQuantizer(nn.Module):
         self.stats: dict[str, float] = {}
 
     def nearest(self, flat: torch.Tensor) -> torch.Tensor:
-        """Indices of the nearest code for each row of ``flat`` (N, dim)."""
+        """Indices of the nearest code for each row of ``flat``.
+
+        Args:
+            flat: (N, dim).
+
+        Returns:
+            Indices (N,).
+        """
         return nearest_code(flat, self.codebook)
 
     def lookup(self, indices: torch.Tensor) -> torch.Tensor:
-        """Code vectors for integer ``indices`` of any shape -> shape + (dim,)."""
+        """Code vectors for integer ``indices``.
+
+        Args:
+            indices: integer indices of any shape.
+
+        Returns:
+            Code vectors of shape + (dim,).
+        """
         return F.embedding(indices, self.codebook)
 
     def snap(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Nearest codes for vectors ``z`` (..., dim): returns (quantised z, indices)."""
+        """Nearest codes for vectors ``z``.
+
+        Args:
+            z: (..., dim).
+
+        Returns:
+            (quantised z, indices).
+        """
         idx = self.nearest(z.reshape(-1, self.dim)).view(z.shape[:-1])
         return self.lookup(idx), idx
 
@@ -55,6 +76,12 @@ class VectorQuantizer(nn.Module):
         Always in float32, also inside a bf16 autocast (training on a GPU): bf16 counts stop being exact
         past 256 (a batch's code counts), its 8-bit mantissa blurs the nearest-code distances and the
         EMA statistics, and the codebook (float32) cannot take bf16 rows in place.
+
+        Args:
+            z_e: (B, dim, G, G) encoder outputs.
+
+        Returns:
+            (z_q with straight-through gradient, vq_loss, indices (B, G, G)).
         """
         with torch.autocast(z_e.device.type, enabled=False):
             return self._quantize(z_e.float())
@@ -172,32 +199,75 @@ class VQVAE(nn.Module):
 
     @torch.no_grad()
     def encode(self, obs: torch.Tensor) -> torch.Tensor:
-        """Frames (B, 3, H, W) in [0, 1] -> code indices (B, G, G)."""
+        """Frames -> code indices.
+
+        Args:
+            obs: frames (B, 3, H, W) in [0, 1].
+
+        Returns:
+            Code indices (B, G, G).
+        """
         self.check_input(obs)
         z_e = self.encoder(obs).permute(0, 2, 3, 1)
         return self.quantizer.snap(z_e)[1]
 
     def indices_to_latent(self, indices: torch.Tensor) -> torch.Tensor:
-        """Code indices (..., G, G) -> flattened latent (..., G*G*dim)."""
+        """Code indices -> flattened latent.
+
+        Args:
+            indices: code indices (..., G, G).
+
+        Returns:
+            Flattened latent (..., G*G*dim).
+        """
         z = self.quantizer.lookup(indices)
         return z.flatten(-3)
 
     def latent_to_indices(self, z: torch.Tensor) -> torch.Tensor:
-        """Flattened latents (..., G*G*dim), e.g. sampled by the MDN, -> nearest code indices (..., G, G)."""
+        """Flattened latents -> nearest code indices.
+
+        Args:
+            z: flattened latents (..., G*G*dim), e.g. sampled by the MDN.
+
+        Returns:
+            Nearest code indices (..., G, G).
+        """
         g, d = self.config.latent_grid, self.config.latent_dim
         return self.quantizer.snap(z.reshape(*z.shape[:-1], g, g, d))[1]
 
     def decode(self, indices: torch.Tensor) -> torch.Tensor:
-        """Code indices (B, G, G) -> frames (B, 3, H, W) in [0, 1]."""
+        """Code indices -> frames.
+
+        Args:
+            indices: code indices (B, G, G).
+
+        Returns:
+            Frames (B, 3, H, W) in [0, 1].
+        """
         return self.decoder(self.quantizer.lookup(indices).permute(0, 3, 1, 2))
 
     def decode_latent(self, z: torch.Tensor) -> torch.Tensor:
-        """Flattened latents (B, G*G*dim) -> frames, after snapping to the codebook."""
+        """Flattened latents -> frames, after snapping to the codebook.
+
+        Args:
+            z: flattened latents (B, G*G*dim).
+
+        Returns:
+            Frames (B, 3, H, W) in [0, 1].
+        """
         return self.decode(self.latent_to_indices(z))
 
 
 def nearest_code(flat: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
-    """Indices of the nearest row of ``codebook`` (K, dim) for each row of ``flat`` (N, dim)."""
+    """Indices of the nearest row of ``codebook`` for each row of ``flat``.
+
+    Args:
+        flat: (N, dim).
+        codebook: (K, dim).
+
+    Returns:
+        Indices (N,).
+    """
     # ||x||^2 is the same for every code, so the argmin needs only ||e||^2 - 2 x.e (one addmm):
     # this runs on every dream step for every cell of every env.
     return torch.addmm(codebook.pow(2).sum(1)[None], flat, codebook.t(), alpha=-2).argmin(1)
@@ -213,6 +283,13 @@ def code_memberships(z: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
     read the latent grid (M's conv heads, the keypoint controller) read it this way because a learnt
     codebook can put a rare code (the agent) between two common ones on a line, where no single ReLU
     or linear score over raw latent dimensions can single it out.
+
+    Args:
+        z: latent cells (..., dim).
+        codebook: (num_embeddings, dim).
+
+    Returns:
+        (..., num_embeddings): how much each cell holds each code.
     """
     # Autocast off: M reads this inside training's bf16 autocast, where addmm's ||e||^2 - 2 x.e in bf16
     # (8 significant bits) picks the wrong one of two nearby codes.
@@ -223,7 +300,14 @@ def code_memberships(z: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
 
 
 def membership_table(codebook: torch.Tensor) -> torch.Tensor:
-    """(K, K): row k is the memberships of a cell that holds code k (see ``code_memberships``)."""
+    """The memberships of a cell that holds each code (see ``code_memberships``).
+
+    Args:
+        codebook: (K, dim).
+
+    Returns:
+        (K, K): row k is the memberships of a cell that holds code k.
+    """
     dist = torch.cdist(codebook, codebook)
     spacing = dist[~torch.eye(len(codebook), dtype=torch.bool, device=codebook.device)].median().clamp_min(1e-6)
     similar = torch.exp(-0.5 * (dist / (0.1 * spacing)).pow(2))
@@ -231,7 +315,18 @@ def membership_table(codebook: torch.Tensor) -> torch.Tensor:
 
 
 def frames_to_tensor(frames, device: torch.device | str = "cpu") -> torch.Tensor:
-    """uint8 frames (B, H, W, 3) (numpy or torch) -> float (B, 3, H, W) in [0, 1]."""
+    """uint8 frames -> float frames.
+
+    Args:
+        frames: uint8 (B, H, W, 3), numpy or torch.
+        device: where the tensor goes.
+
+    Returns:
+        float (B, 3, H, W) in [0, 1].
+
+    Raises:
+        ValueError: for frames of another dtype or shape.
+    """
     t = torch.as_tensor(frames, device=device)
     if t.dtype != torch.uint8:
         raise ValueError(f"expected uint8 frames, got {t.dtype}")
@@ -241,5 +336,12 @@ def frames_to_tensor(frames, device: torch.device | str = "cpu") -> torch.Tensor
 
 
 def tensor_to_frames(x: torch.Tensor):
-    """float (B, 3, H, W) in [0, 1] -> uint8 numpy (B, H, W, 3)."""
+    """float frames -> uint8 frames.
+
+    Args:
+        x: float (B, 3, H, W) in [0, 1].
+
+    Returns:
+        uint8 numpy (B, H, W, 3).
+    """
     return (x.detach().clamp(0, 1) * 255 + 0.5).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
