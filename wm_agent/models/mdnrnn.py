@@ -108,8 +108,17 @@ class MDNRNN(nn.Module):
 
     @torch.no_grad()
     def advance(self, z: torch.Tensor, actions: torch.Tensor, hidden: Hidden | None) -> Hidden:
-        """Only the LSTM state after (z, actions) of shape (B, T, ...): what a controller in the REAL env
-        needs, without the mixture and event heads that predict the next frame."""
+        """Only the LSTM state after (z, actions): what a controller in the REAL env needs, without the
+        mixture and event heads that predict the next frame.
+
+        Args:
+            z: latents (B, T, Z).
+            actions: actions (B, T[, A]).
+            hidden: the LSTM state before them; None for the initial one.
+
+        Returns:
+            The LSTM state after them.
+        """
         return self._recur(z, actions, hidden)[2]
 
     def _recur(self, z: torch.Tensor, actions: torch.Tensor, hidden: Hidden | None):
@@ -201,9 +210,20 @@ class MDNRNN(nn.Module):
     def dream_step(self, z: torch.Tensor, codes: torch.Tensor, actions: torch.Tensor, hidden: Hidden | None,
                    temperature: float, generator: torch.Generator | None, snap
                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, Hidden]:
-        """One imagined step for a batch: z (N, Z) on the codebook with its code indices ``codes``
-        (N, G, G), actions (N[, A]) -> (z_next, codes_next, reward, done probability, hidden). ``snap``
-        maps the sampled latents onto the codebook: latents -> (code indices, their latents)."""
+        """One imagined step for a batch.
+
+        Args:
+            z: (N, Z) on the codebook.
+            codes: its code indices (N, G, G).
+            actions: (N[, A]).
+            hidden: the LSTM state; None for the initial one.
+            temperature: the sampling temperature (see ``sample``).
+            generator: the random stream of the draws.
+            snap: maps the sampled latents onto the codebook: latents -> (code indices, their latents).
+
+        Returns:
+            (z_next, codes_next, reward, done probability, hidden).
+        """
         z1, a1 = z[:, None], actions[:, None]
         a, out, hidden = self._recur(z1, a1, hidden)
         # Dream latents are codes, so the conv nets' first layer reads the indices (factored).
@@ -219,6 +239,14 @@ class MDNRNN(nn.Module):
         ``beta > 0`` weights each dimension's term by ``sg[sigma^(2 beta)]`` (beta-NLL, Seitzer et al.
         2022). Without it, dimensions the model already predicts with tiny sigma dominate the gradient
         by 1/sigma^2, and the few cells that move (the very dynamics) are learnt hundreds of times slower.
+
+        Args:
+            params: the mixture's ``log_pi``, ``mu`` and ``log_sigma``.
+            target: the next latents (B, T, Z).
+            beta: ``beta > 0`` weights each dimension's term as above.
+
+        Returns:
+            -log p(target) per (B, T).
         """
         log_sigma = params["log_sigma"]
         zscore = (target.unsqueeze(-2) - params["mu"]) * torch.exp(-log_sigma)
@@ -234,6 +262,17 @@ class MDNRNN(nn.Module):
         ``event_weight`` up-weights the reward and done terms of terminal transitions. The training
         commands leave it at 1: a weight w inflates the predicted odds of the event by w wherever the
         model is unsure, and a controller search farms exactly those states (see ``training.fit.fit_rnn``).
+
+        Args:
+            params: the heads' outputs (``forward``'s).
+            next_z: the next latents (B, T, Z).
+            rewards: (B, T).
+            dones: (B, T).
+            mask: (B, T) the transitions that count; None for all.
+            event_weight: up-weights the reward and done terms of terminal transitions.
+
+        Returns:
+            The total loss, and each term's value by name.
         """
         cfg = self.config
         nll = self.mixture_nll(params, next_z) / cfg.z_size
@@ -257,8 +296,15 @@ class MDNRNN(nn.Module):
                generator: torch.Generator | None = None) -> torch.Tensor:
         """Draw z ~ mixture, with the paper's temperature: pi ~ softmax(log pi / tau), sigma * sqrt(tau).
 
-        ``temperature <= 0`` is the deterministic limit: the most likely component's mean.
-        ``pi`` (..., K), ``mu``/``sigma`` (..., K, Z) -> (..., Z).
+        Args:
+            pi: (..., K).
+            mu: (..., K, Z).
+            sigma: (..., K, Z).
+            temperature: ``temperature <= 0`` is the deterministic limit: the most likely component's mean.
+            generator: the random stream of the draws.
+
+        Returns:
+            z (..., Z).
         """
         if temperature <= 0:
             comp = pi.argmax(-1)
