@@ -1,4 +1,8 @@
-"""The world model as one object: V + M (+ C), a bank of start frames, one checkpoint file."""
+"""The world model as one object: V + M (+ C), a bank of start frames, one checkpoint file.
+
+It is long because its many public methods each document their arguments in Args:/Returns:/Raises: sections
+(the one docstring convention, issue 21); the code itself is one job.
+"""
 
 from __future__ import annotations
 
