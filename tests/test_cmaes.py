@@ -460,3 +460,35 @@ def test_evaluate_in_workers_scores_the_model_given_in_memory_not_the_file(tmp_p
     spread = evaluate(EvaluateConfig(**base, workers=2), wm)
     assert here == spread
     assert evaluate(EvaluateConfig(**{**base, "checkpoint": str(path)}, workers=2)) != here  # the file's differs
+
+
+def test_stop_after_negative_ends_an_episode_after_that_many_negative_rewards_in_a_row():
+    """GridWorld pays -0.01 a step until the goal: cutting after 3 negative steps in a row is a 3-step cap."""
+    import gymnasium as gym
+
+    from wm_agent.rollouts import rollout_batch
+
+    wm = tiny_world_model(seed=3)
+    wm.controller.fit_normalizer(torch.randn(64, wm.controller.in_dim))
+    params = torch.as_tensor(np.random.default_rng(0).normal(size=(2, wm.controller.num_params)), dtype=torch.float32)
+    envs = [gym.make("WM-GridWorld-v0") for _ in range(4)]
+    cut = rollout_batch(wm, envs, params, [5, 6], greedy=True, stop_after_negative=3)
+    capped = rollout_batch(wm, envs, params, [5, 6], greedy=True, max_steps=3)
+    assert cut["steps"].max() <= 3
+    np.testing.assert_array_equal(cut["steps"], capped["steps"])
+    np.testing.assert_allclose(cut["return"], capped["return"])
+
+
+def test_a_real_search_with_stop_after_negative_saves_it_and_resumes_only_with_it(ckpt):
+    train_controller(_cfg(ckpt, where="real", workers=1, popsize=2, rollouts=1, generations=1, max_steps=8,
+                          timeout=120, stop_after_negative=2))
+    state = WorldModel.load(ckpt).train_state["cmaes"]
+    assert state["stop_after_negative"] == 2 and max(row["real_env_steps"] for row in state["log"]) <= 2 * 2
+    with pytest.raises(ValueError, match="--stop-after-negative 2"):
+        train_controller(_cfg(ckpt, where="real", workers=1, popsize=2, rollouts=1, generations=2, max_steps=8,
+                              timeout=120, resume=True))
+    with pytest.raises(ValueError, match="it needs --in real"):
+        train_controller(_cfg(ckpt, stop_after_negative=2, overwrite=True))
+    with pytest.raises(ValueError, match="--stop-after-negative is a setting of --algo cmaes"):
+        train_controller(ControllerTrainConfig(world_model=str(ckpt), algo="pg", where="real", stop_after_negative=2,
+                                               overwrite=True, progress=False))

@@ -79,7 +79,8 @@ def run_episode(env: LatentObservation, wm: WorldModel, seed: int, greedy: bool,
 
 @torch.no_grad()
 def rollout_batch(wm: WorldModel, envs: list[gym.Env], params: torch.Tensor, seeds: list[int], greedy: bool,
-                  max_steps: int = 0, progress: bool = False) -> dict[str, np.ndarray]:
+                  max_steps: int = 0, progress: bool = False, stop_after_negative: int | None = None
+                  ) -> dict[str, np.ndarray]:
     """Every controller in ``params`` (P, n) for an episode from each reset seed, all at once in the REAL env.
 
     Sampled actions come from each episode's own stream (``EpisodeUniforms``, seeded by its reset seed),
@@ -97,6 +98,9 @@ def rollout_batch(wm: WorldModel, envs: list[gym.Env], params: torch.Tensor, see
         seeds: the reset seeds.
         greedy: whether the controllers act greedily instead of sampling.
         max_steps: steps per episode at most (0: no cap but the env's).
+        stop_after_negative: end an episode after this many steps in a row with a negative reward (None:
+            never). For training only: the paper's successors cut hopeless CarRacing episodes this way, while
+            an evaluation runs whole episodes.
         progress: whether to show progress.
 
     Returns:
@@ -121,6 +125,7 @@ def rollout_batch(wm: WorldModel, envs: list[gym.Env], params: torch.Tensor, see
     h, c = rnn.initial_state(n, device)
     theta = torch.as_tensor(params, dtype=torch.float32, device=device).repeat_interleave(rollouts, 0)
     returns, steps, success = np.zeros(n), np.zeros(n, dtype=np.int64), np.zeros(n, dtype=bool)
+    negative_run = np.zeros(n, dtype=np.int64)  # steps in a row with a negative reward
     running = np.arange(n)
     uniforms = EpisodeUniforms(seeds)
     bar = progress_bar(total=n, desc="evaluate", unit="ep", disable=not progress)
@@ -138,8 +143,10 @@ def rollout_batch(wm: WorldModel, envs: list[gym.Env], params: torch.Tensor, see
             frame, reward, terminated, truncated, info = envs[i].step(host[j] if host.ndim > 1 else int(host[j]))
             returns[i] += float(reward)
             steps[i] += 1
+            negative_run[i] = negative_run[i] + 1 if reward < 0 else 0
             frames.append(frame)
-            if terminated or truncated or (max_steps and steps[i] >= max_steps):
+            if (terminated or truncated or (max_steps and steps[i] >= max_steps)
+                    or (stop_after_negative and negative_run[i] >= stop_after_negative)):
                 success[i] = bool(info.get("success", terminated))
                 finished.append(j)
         z[idx] = wm.encode(np.stack(frames))
@@ -160,7 +167,7 @@ _worker_state = None  # in a worker process: (model, env id), the model and the 
 
 
 def rollouts_in_worker(model, env_id: str, params: np.ndarray, seeds: list[int], greedy: bool,
-                       max_steps: int) -> dict[str, np.ndarray]:
+                       max_steps: int, stop_after_negative: int | None = None) -> dict[str, np.ndarray]:
     """Runs in a worker process: ``rollout_batch`` of the controllers ``params`` (P, n) over ``seeds``.
 
     The model and envs stay loaded for the next call (CMA-ES sends one per generation).
@@ -170,7 +177,7 @@ def rollouts_in_worker(model, env_id: str, params: np.ndarray, seeds: list[int],
         env_id: the real env.
         params: (P, n) controller parameters.
         seeds: the reset seeds.
-        greedy, max_steps: as ``rollout_batch``'s.
+        greedy, max_steps, stop_after_negative: as ``rollout_batch``'s.
 
     Returns:
         What ``rollout_batch`` returns.
@@ -182,7 +189,8 @@ def rollouts_in_worker(model, env_id: str, params: np.ndarray, seeds: list[int],
             _worker_state = ((model, env_id), WorldModel.load(path), [])
     _, wm, envs = _worker_state
     envs.extend(wm.make_env(env_id) for _ in range(len(params) * len(seeds) - len(envs)))
-    return rollout_batch(wm, envs, torch.as_tensor(params), seeds, greedy, max_steps)
+    return rollout_batch(wm, envs, torch.as_tensor(params), seeds, greedy, max_steps,
+                         stop_after_negative=stop_after_negative)
 
 
 class RolloutWorkers:
@@ -223,7 +231,8 @@ class RolloutWorkers:
             raise
 
     def run(self, params: np.ndarray, seeds: list[int], greedy: bool, max_steps: int,
-            on_chunk: Callable[[int], None] | None = None) -> dict[str, np.ndarray]:
+            on_chunk: Callable[[int], None] | None = None, stop_after_negative: int | None = None
+            ) -> dict[str, np.ndarray]:
         """Every controller in ``params`` (P, n) for an episode from each seed, as ``rollout_batch`` returns
         them. The episodes are split over the workers by controller (when P > 1) or else by seed; each
         episode draws from its own action stream, so the split changes no result.
@@ -231,7 +240,7 @@ class RolloutWorkers:
         Args:
             params: (P, n) controller parameters.
             seeds: the reset seeds.
-            greedy, max_steps: as ``rollout_batch``'s.
+            greedy, max_steps, stop_after_negative: as ``rollout_batch``'s.
             on_chunk: ``on_chunk(episodes)`` follows each finished worker's share.
 
         Returns:
@@ -246,7 +255,8 @@ class RolloutWorkers:
                 [(params, [int(s) for s in chunk]) for chunk in np.array_split(np.asarray(seeds), n)])
         # The first call starts the workers; Ctrl-C reaches them through close().
         tasks = self.pool.submit_all(rollouts_in_worker,
-                                     [(self.model, self.env_id, p, s, greedy, max_steps) for p, s in jobs])
+                                     [(self.model, self.env_id, p, s, greedy, max_steps, stop_after_negative)
+                                      for p, s in jobs])
         episodes = {task: len(p) * len(s) for task, (p, s) in zip(tasks, jobs)}
         on_result = None if on_chunk is None else (lambda task, _: on_chunk(episodes[task]))
         try:

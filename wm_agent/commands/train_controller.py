@@ -47,6 +47,9 @@ class ControllerTrainConfig:
     backend: Backend = doc("cmaes only, --in real: " + BACKEND_HELP, "local")
     ray_address: str | None = doc("cmaes only: " + RAY_ADDRESS_HELP, None)
     max_steps: int = doc("episode step limit (0 = the env's own limit)", 0)
+    stop_after_negative: int = doc("cmaes only, --in real: end a TRAINING episode after this many steps in a row "
+                                   "with a negative reward, as CarRacing agents after the paper did (evaluate always "
+                                   "runs whole episodes; 0: never)", 0)
     select_every: int = doc("in the dream: every this many generations (pg: updates), and after the last, score the "
                             "search's mean (pg: the policy) on --select-dreams fixed dreams and keep the best-scoring "
                             "one as the controller (0: the last one)", 10)
@@ -127,7 +130,8 @@ ALGOS = {"cmaes": cmaes, "pg": pg}
 OTHER = {"cmaes": "pg", "pg": "cmaes"}
 NAMES = {"cmaes": "CMA-ES search", "pg": "policy-gradient run"}  # what the saved state is called in messages
 # The settings of one algorithm only (refused with the other unless left at their defaults).
-ONLY = {"cmaes": ("popsize", "rollouts", "generations", "sigma0", "workers", "timeout", "backend", "ray_address"),
+ONLY = {"cmaes": ("popsize", "rollouts", "generations", "sigma0", "workers", "timeout", "backend", "ray_address",
+                  "stop_after_negative"),
         "pg": ("updates", "envs", "horizon", "epochs", "minibatches", "lr", "critic_lr", "gamma", "gae_lambda", "clip",
                "entropy", "critic_hidden", "max_grad_norm", "init_std")}
 
@@ -160,6 +164,9 @@ def _check_settings(cfg: ControllerTrainConfig) -> None:
                    (cfg.where == "dream" or cfg.workers >= 1, f"--workers must be >= 1, got {cfg.workers}"),
                    (cfg.select_every >= 0, f"--select-every must be >= 0 (0: the last mean), got {cfg.select_every}"),
                    (cfg.select_dreams >= 1, f"--select-dreams must be >= 1, got {cfg.select_dreams}"),
+                   (cfg.stop_after_negative >= 0, f"--stop-after-negative must be >= 0, got {cfg.stop_after_negative}"),
+                   (cfg.stop_after_negative == 0 or cfg.where == "real",
+                    "--stop-after-negative cuts real-env training episodes: it needs --in real"),
                    (cfg.where == "dream" or (cfg.timeout > 0 and math.isfinite(cfg.timeout)),
                     f"--timeout must be > 0 and finite, got {cfg.timeout}"),
                    (cfg.backend in BACKENDS, f"--backend must be one of {BACKENDS}, got {cfg.backend!r}"),

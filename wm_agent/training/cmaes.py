@@ -51,7 +51,8 @@ RESUME_SETTINGS = (("popsize", "popsize", "--popsize"), ("seed", "seed", "--seed
                    ("rollouts", "rollouts", "--rollouts"), ("greedy", "greedy", "--greedy"),
                    ("max_steps", "max_steps", "--max-steps"), ("temperature", "temperature", "--temperature"),
                    ("select_every", "select_every", "--select-every"),
-                   ("select_dreams", "select_dreams", "--select-dreams"))
+                   ("select_dreams", "select_dreams", "--select-dreams"),
+                   ("stop_after_negative", "stop_after_negative", "--stop-after-negative"))
 
 
 # -- scoring in the real env (worker processes) --------------------------------------------------------
@@ -61,15 +62,16 @@ class RealEvaluator(RolloutWorkers):
     numbers)."""
 
     def __init__(self, checkpoint: str | WorldModel, env_id: str, workers: int, timeout: float,
-                 backend: str = "local", address: str | None = None):
+                 backend: str = "local", address: str | None = None, stop_after_negative: int | None = None):
         super().__init__(checkpoint, env_id, workers, timeout, backend, address)
         self.steps = 0  # real env steps taken so far
+        self.stop_after_negative = stop_after_negative
 
     def __call__(self, params: np.ndarray, rollouts: int, greedy: bool, max_steps: int,
                  rng: np.random.Generator) -> np.ndarray:
         seeds = [int(s) for s in rng.integers(2**31, size=rollouts)]
         try:
-            result = self.run(params, seeds, greedy, max_steps)
+            result = self.run(params, seeds, greedy, max_steps, stop_after_negative=self.stop_after_negative)
         except RuntimeError as exc:
             raise RuntimeError(f"real-env scoring: {exc}; stopped the run (the checkpoint holds the last "
                                "finished generation, or is unchanged if none finished)") from exc.__cause__
@@ -197,7 +199,8 @@ def _real_evaluator(wm: WorldModel, cfg, env_id: str, log: list[dict]) -> RealEv
     # the checkpoint changes only when a generation is done, so a search that fails or is stopped
     # before then leaves the saved controller and its search as they were.
     # On Ray the copy goes into the object store once, for the whole search.
-    evaluator = RealEvaluator(wm, env_id, cfg.workers, cfg.timeout, cfg.backend, cfg.ray_address)
+    evaluator = RealEvaluator(wm, env_id, cfg.workers, cfg.timeout, cfg.backend, cfg.ray_address,
+                              cfg.stop_after_negative or None)
     evaluator.steps = int(log[-1].get("real_env_steps", 0)) if log else 0
     return evaluator
 
@@ -242,6 +245,7 @@ def _record(run: _Search, wm: WorldModel, cfg, env_id: str, selecting: bool) -> 
         "where": cfg.where, "temperature": cfg.temperature, "greedy": cfg.greedy,
         "rollouts": cfg.rollouts, "max_steps": cfg.max_steps, "env": env_id,
         "select_every": cfg.select_every, "select_dreams": cfg.select_dreams,
+        "stop_after_negative": cfg.stop_after_negative,
     }
     if run.selected is not None:
         wm.train_state["cmaes"].update(selected_score=run.selected[0], selected_generation=run.selected[1],
