@@ -546,7 +546,6 @@ def test_a_data_file_carrying_code_is_refused_and_runs_nothing(data_copy, tmp_pa
     ["train-controller", "--world-model", "w.pt", "--popsize", "lots"],
     ["train-controller", "--world-model", "w.pt", "--temperature", "warm"],
     ["train-controller"],
-    ["evaluate"],
     ["evaluate", "--checkpoint", "w.pt", "--episodes", "1e3"],
     ["render", "--frobnicate"],
     ["train-everything"],

@@ -4,11 +4,13 @@ the command prints)."""
 from __future__ import annotations
 
 import warnings
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
 
 from wm_agent.backends import BACKEND_HELP, RAY_ADDRESS_HELP, Backend
+from wm_agent.pretrained import checkpoint_path
 from wm_agent.config import check_settings, doc
 from wm_agent.evaluate import dream_fidelity, vae_quality
 from wm_agent.latent_env import check_data_fits, check_env_fits
@@ -21,7 +23,9 @@ from wm_agent.world_model import WorldModel
 class EvaluateConfig:
     """wm-agent evaluate: run the checkpoint's controller in the real env and print one JSON object."""
 
-    checkpoint: str = doc("world-model checkpoint with a trained controller")
+    checkpoint: str | None = doc("world-model checkpoint with a trained controller", None)
+    pretrained: str | None = doc("instead of --checkpoint: a checkpoint that ships with wm-agent, by name "
+                                 "(gridworld)", None)
     env: str | None = doc("real env id (default: the env the checkpoint was trained on)", None)
     episodes: int = doc("episodes to run", 100)
     seed: int = doc("reset seed of the first episode; episode i resets with seed + i and samples its actions "
@@ -46,6 +50,8 @@ def evaluate(cfg: EvaluateConfig, wm: WorldModel | None = None) -> dict:
         The summary ``wm-agent evaluate`` prints: env, episodes, mean/std return, mean steps, and where the
         env reports them success rate and oracle return.
     """
+    if wm is None:
+        cfg = dataclasses.replace(cfg, checkpoint=checkpoint_path(cfg.checkpoint, cfg.pretrained))
     check_settings((cfg.episodes >= 1, f"--episodes must be >= 1, got {cfg.episodes}"),
                    (cfg.max_steps >= 0, f"--max-steps must be >= 0 (0: the env's own limit), got {cfg.max_steps}"),
                    (cfg.workers >= 1, f"--workers must be >= 1, got {cfg.workers}"))

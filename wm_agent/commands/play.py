@@ -7,11 +7,13 @@ show up); from Python, ``run_play(cfg, events=[...])`` plays scripted keys headl
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
 import numpy as np
 
+from wm_agent.pretrained import checkpoint_path
 from wm_agent.config import check_settings, doc
 from wm_agent.render.drawing import BLACK, WHITE, draw_text, pygame_module, require_screen, surface_array
 from wm_agent.render.episodes import env_fps, render_fps
@@ -24,7 +26,9 @@ __all__ = ["PlayConfig", "continuous_action", "run_play"]
 class PlayConfig:
     """wm-agent play: drive the agent yourself with the arrow keys inside the world model's dream."""
 
-    checkpoint: str = doc("world-model checkpoint")
+    checkpoint: str | None = doc("world-model checkpoint", None)
+    pretrained: str | None = doc("instead of --checkpoint: a checkpoint that ships with wm-agent, by name "
+                                 "(gridworld)", None)
     dream: bool = doc("play inside the dream (--no-dream plays the real env, for comparison)", True)
     env: str | None = doc("real env id for --no-dream (default: the checkpoint's env)", None)
     temperature: float | None = doc("dream temperature (0 = the most likely component's mean; default: 1.0)", None)
@@ -188,6 +192,8 @@ def run_play(cfg: PlayConfig, events: Iterable[str | Sequence[str]] | None = Non
     """
     from wm_agent.world_model import WorldModel
 
+    if wm is None:
+        cfg = dataclasses.replace(cfg, checkpoint=checkpoint_path(cfg.checkpoint, cfg.pretrained))
     _validate_play(cfg)
     if events is None:  # no screen, no key would ever arrive: say so instead of waiting forever
         require_screen("play", "`wm-agent render` writes a video instead")

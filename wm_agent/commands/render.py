@@ -7,11 +7,13 @@ where frames shown to no one would be a silent success.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any, Iterator
 
 import numpy as np
 
+from wm_agent.pretrained import checkpoint_path
 from wm_agent.config import doc
 from wm_agent.progress import progress_bar
 from wm_agent.render.drawing import require_screen
@@ -32,7 +34,9 @@ __all__ = ["RenderConfig", "run_render"]
 class RenderConfig:
     """wm-agent render: film the checkpoint's controller in the real env, in the dream, or both side by side."""
 
-    checkpoint: str = doc("world-model checkpoint with a controller")
+    checkpoint: str | None = doc("world-model checkpoint with a controller", None)
+    pretrained: str | None = doc("instead of --checkpoint: a checkpoint that ships with wm-agent, by name "
+                                 "(gridworld)", None)
     env: str | None = doc("real env id (default: the env the checkpoint was trained on)", None)
     out: str = doc("video file to write: .mp4 or .gif (ignored with --human)", "episode.mp4")
     dream: bool = doc("film the controller inside the dream instead of the real env", False)
@@ -78,6 +82,8 @@ def run_render(cfg: RenderConfig, wm=None) -> dict[str, Any]:
     """
     from wm_agent.world_model import WorldModel
 
+    if wm is None:
+        cfg = dataclasses.replace(cfg, checkpoint=checkpoint_path(cfg.checkpoint, cfg.pretrained))
     _validate_render(cfg)
     if cfg.human:
         require_screen("render --human", "leave out --human to write a video file")
