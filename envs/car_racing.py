@@ -86,4 +86,8 @@ def make_car_racing(
     else:
         env = _repeating_car_racing(action_repeat, EPISODE_FRAMES, render_mode=render_mode, continuous=continuous,
                                     **kwargs)
+        # The registered limit (1000) counts decisions, which never binds first here: this one says how
+        # many decisions an episode has (the episode still ends on its 1000th frame), for whoever asks the
+        # env rather than the registry (a world model's dreams end there too).
+        env = gym.wrappers.TimeLimit(env, max_episode_steps=-(-EPISODE_FRAMES // action_repeat))
     return ImageObservation(env, size=size, crop=DASHBOARD_FREE_ROWS if crop_dashboard else None)

@@ -381,3 +381,18 @@ def test_gridworld_takes_exactly_the_actions_its_action_space_contains(action):
     else:
         with pytest.raises(ValueError, match="action must be an int in"):
             env.step(action)
+
+
+def test_car_racing_with_action_repeat_says_its_decision_limit():
+    """The registry's 1000 counts decisions; the made env knows an episode has 1000 / k of them, and so does a
+    world model trained on it (its dreams end there)."""
+    from wm_agent.env_ids import time_limit_of
+    from wm_agent.world_model import WorldModel
+
+    assert time_limit_of(gym.make("WM-CarRacing-v0", action_repeat=4)) == 250
+    assert time_limit_of(gym.make("WM-CarRacing-v0", action_repeat=3)) == 334
+    assert time_limit_of(gym.make("WM-CarRacing-v0")) == 1000
+    from wm_agent.config import WorldModelConfig
+    wm = WorldModel(WorldModelConfig(action_dim=3, discrete_actions=False), "WM-CarRacing-v0",
+                    env_kwargs={"action_repeat": 4})
+    assert wm.episode_limit() == 250 and WorldModel(wm.config, "WM-CarRacing-v0").episode_limit() == 1000

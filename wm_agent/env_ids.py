@@ -42,6 +42,17 @@ def episode_limit(spec, max_steps: int | None = None) -> int | None:
     return limit
 
 
+def time_limit_of(env) -> int | None:
+    """The smallest ``TimeLimit`` among ``env``'s wrappers (None without one): the episode limit of an env
+    as made, which its keyword arguments may have set below the registered one."""
+    limits = []
+    while env is not None:
+        if isinstance(env, gym.wrappers.TimeLimit):
+            limits.append(int(env._max_episode_steps))
+        env = getattr(env, "env", None)
+    return min(limits, default=None)
+
+
 def registered_episode_limit(env_id: str | None, default: int) -> int:
     """The registered ``max_episode_steps`` of ``env_id``, or ``default`` for an env without one or that
     cannot be found here."""

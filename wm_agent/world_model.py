@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from wm_agent.config import WorldModelConfig, is_int
-from wm_agent.env_ids import env_spec, registered_episode_limit, registered_id
+from wm_agent.env_ids import env_spec, registered_episode_limit, registered_id, time_limit_of
 from wm_agent.io import load_torch, save_torch
 from wm_agent.models.controller import Controller
 from wm_agent.models.mdnrnn import MDNRNN
@@ -170,11 +170,21 @@ class WorldModel:
             env_id: the env (default: this model's env).
 
         Returns:
-            The data's ``max_episode_steps`` keyword, else the env's registered limit (1000 without one).
+            The data's ``max_episode_steps`` keyword; else, when the data's other keywords may have set a
+            limit of their own (``WM-CarRacing-v0``'s ``action_repeat``), the made env's smallest time limit;
+            else the env's registered limit (1000 without one).
         """
         env_id = env_id or self.env_id
         if self._is_own(env_id) and self.env_kwargs.get("max_episode_steps"):
             return int(self.env_kwargs["max_episode_steps"])
+        if self._is_own(env_id) and self.env_kwargs:
+            env = self.make_env(env_id)
+            try:
+                limit = time_limit_of(env)
+            finally:
+                env.close()
+            if limit:
+                return limit
         return registered_episode_limit(env_id, default=1000)
 
     def _is_own(self, env_id: str | None) -> bool:
