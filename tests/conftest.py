@@ -19,6 +19,7 @@ if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
 from typing import Callable
 
 import gymnasium as gym
+import pytest
 
 import wm_agent  # noqa: F401  (registers the WM-* envs)
 
@@ -56,3 +57,13 @@ def make_wm_env(env_id: str, **kwargs) -> gym.Env:
 def pytest_configure(config):
     # Box2D's SWIG bindings (CarRacing) warn about themselves on import; nothing we can act on.
     config.addinivalue_line("filterwarnings", "ignore:builtin type .* has no __module__ attribute:DeprecationWarning")
+
+
+@pytest.fixture
+def ckpt(tmp_path):
+    """A tiny trained world model saved to a file (the controller trainers' tests start from it)."""
+    from helpers import tiny_world_model
+
+    path = tmp_path / "wm.pt"
+    tiny_world_model().save(path)
+    return path

@@ -19,13 +19,6 @@ from wm_agent.training.cmaes import RealEvaluator
 from wm_agent.world_model import WorldModel
 
 
-@pytest.fixture
-def ckpt(tmp_path):
-    path = tmp_path / "wm.pt"
-    tiny_world_model().save(path)
-    return path
-
-
 def _cfg(path, **kw) -> ControllerTrainConfig:
     base = dict(world_model=str(path), popsize=4, rollouts=2, generations=2, max_steps=8, progress=False,
                 device="cpu")

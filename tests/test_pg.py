@@ -14,13 +14,6 @@ from wm_agent.dream_env import dream_fitness
 from wm_agent.world_model import WorldModel
 
 
-@pytest.fixture
-def ckpt(tmp_path):
-    path = tmp_path / "wm.pt"
-    tiny_world_model().save(path)
-    return path
-
-
 def _cfg(path, **kw) -> ControllerTrainConfig:
     base = dict(world_model=str(path), algo="pg", updates=2, envs=6, horizon=6, epochs=2, minibatches=2, max_steps=8,
                 select_every=1, select_dreams=8, temperature=0.0, progress=False, device="cpu")
