@@ -25,8 +25,15 @@ _LOCK = ".lock"
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; it replaces ``path`` only if the block finishes. The
-    temporary name ends in ``path``'s own extension, for writers that pick the format from it (imageio)."""
+    """Yield a temporary path beside ``path``; it replaces ``path`` only if the block finishes.
+
+    Args:
+        path: the file to write.
+
+    Returns:
+        A context manager yielding the temporary path, whose name ends in ``path``'s own extension, for
+        writers that pick the format from it (imageio).
+    """
     path = Path(path)
     make_parent(path)
     _remove_stale_temps(path)
@@ -100,9 +107,17 @@ def _abandoned(folder: Path, prefix: str) -> bool:
 
 
 def temporary_folder(prefix: str) -> tempfile.TemporaryDirectory:
-    """A ``TemporaryDirectory`` in the system's temp folder named ``<prefix><pid>-...``; this user's
-    folders of the same prefix whose owner died without cleaning up (SIGKILL, a power cut) are removed
-    first, so killed runs do not pile up copies of models or shards in /tmp."""
+    """A ``TemporaryDirectory`` in the system's temp folder named ``<prefix><pid>-...``.
+
+    This user's folders of the same prefix whose owner died without cleaning up (SIGKILL, a power cut) are
+    removed first, so killed runs do not pile up copies of models or shards in /tmp.
+
+    Args:
+        prefix: the start of the folder's name.
+
+    Returns:
+        The temporary folder; its owner holds a lock in it while it lives.
+    """
     base = Path(tempfile.gettempdir())
     for old in base.glob(f"{prefix}*"):
         if _abandoned(old, prefix):
@@ -111,7 +126,14 @@ def temporary_folder(prefix: str) -> tempfile.TemporaryDirectory:
 
 
 def make_folder(folder: Path) -> None:
-    """Create ``folder`` (and its parents); a clear error when a file stands where a folder goes."""
+    """Create ``folder`` (and its parents).
+
+    Args:
+        folder: the folder to create; it may exist already.
+
+    Raises:
+        NotADirectoryError: a clear error when a file stands where a folder goes.
+    """
     if folder.exists() and not folder.is_dir():
         raise NotADirectoryError(f"{folder} is a file, not a folder")
     try:
@@ -121,8 +143,15 @@ def make_folder(folder: Path) -> None:
 
 
 def make_parent(path: Path) -> None:
-    """Create the folder ``path`` goes in; a clear error when ``path`` is a folder or a file stands in
-    the way of its folders."""
+    """Create the folder ``path`` goes in.
+
+    Args:
+        path: a file path.
+
+    Raises:
+        IsADirectoryError: when ``path`` is a folder.
+        NotADirectoryError: when a file stands in the way of its folders.
+    """
     if path.is_dir():
         raise IsADirectoryError(f"{path} is a folder; give a file path")
     try:
@@ -159,7 +188,15 @@ _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
 def load_error_reason(exc: BaseException) -> str:
-    """What went wrong reading a file, in one line, without the libraries' advice to load it unsafely."""
+    """What went wrong reading a file, in one line.
+
+    Args:
+        exc: the error torch's or numpy's loading raised.
+
+    Returns:
+        The error's type and message (at most 400 characters of it), without the libraries' advice to
+        load the file unsafely.
+    """
     text = _ANSI.sub("", str(exc))
     sentences = (part.strip() for line in text.splitlines() for part in re.split(r"(?<=\.)\s+", line))
     kept = [s for s in sentences if s and not any(advice in s.lower() for advice in _UNSAFE_ADVICE)]
@@ -168,7 +205,12 @@ def load_error_reason(exc: BaseException) -> str:
 
 
 def save_torch(obj: Any, path: str | os.PathLike) -> None:
-    """``torch.save`` through a temporary file and a rename."""
+    """``torch.save`` through a temporary file and a rename.
+
+    Args:
+        obj: what to save.
+        path: the file to write.
+    """
     import torch  # lazily: collector workers import this module and must not pay torch's import time
 
     with atomic_path(path) as tmp:
@@ -176,7 +218,20 @@ def save_torch(obj: Any, path: str | os.PathLike) -> None:
 
 
 def load_torch(path: str | os.PathLike, what: str = "checkpoint") -> Any:
-    """``torch.load(weights_only=True)`` with errors that name the file and the problem."""
+    """``torch.load(weights_only=True)`` with errors that name the file and the problem.
+
+    Args:
+        path: the file to read (loaded onto the CPU).
+        what: what the file is, as the errors name it.
+
+    Returns:
+        The loaded object.
+
+    Raises:
+        IsADirectoryError: when ``path`` is a folder.
+        FileNotFoundError: when it does not exist.
+        ValueError: when it is truncated, corrupt, or needs code to run to load.
+    """
     import torch
 
     path = Path(path)
@@ -194,12 +249,30 @@ def load_torch(path: str | os.PathLike, what: str = "checkpoint") -> Any:
 
 
 def save_json(obj: Any, path: str | os.PathLike) -> None:
+    """Write JSON (indented, keys sorted) through a temporary file and a rename.
+
+    Args:
+        obj: what to save (JSON-serialisable).
+        path: the file to write.
+    """
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
 def load_npy(path: str | os.PathLike, mmap: bool = True) -> np.ndarray:
-    """Load a ``.npy`` (memory-mapped by default) with an error that names the file."""
+    """Load a ``.npy`` with an error that names the file.
+
+    Args:
+        path: the ``.npy`` file.
+        mmap: memory-map it (read-only) instead of reading it into memory.
+
+    Returns:
+        The array.
+
+    Raises:
+        FileNotFoundError: when the file is missing.
+        ValueError: when it is corrupt or truncated, or holds pickled data (refused).
+    """
     path = Path(path)
     try:
         return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)

@@ -59,7 +59,14 @@ SHARD_FRAMES = 5_000
 
 
 def default_episodes_per_shard(episode_limit: int | None) -> int:
-    """Episodes per shard when none is given, from the longest an episode can run (None: unknown)."""
+    """Episodes per shard when none is given.
+
+    Args:
+        episode_limit: the longest an episode can run, in steps (None: unknown).
+
+    Returns:
+        At least 10, more for short episodes (about 5,000 frames' worth).
+    """
     if episode_limit is None:
         return MIN_EPISODES_PER_SHARD
     return max(MIN_EPISODES_PER_SHARD, round(SHARD_FRAMES / (int(episode_limit) + 1)))
@@ -186,6 +193,14 @@ class DataCollector:
 
     @classmethod
     def from_config(cls, config: "CollectConfig") -> "DataCollector":
+        """A collector for a ``wm-agent collect`` configuration.
+
+        Args:
+            config: the configuration; its 0s for ``episodes_per_shard`` and ``max_steps`` mean None.
+
+        Returns:
+            The collector.
+        """
         return cls(config.env, config.out, policy=config.policy, seed=config.seed, workers=config.workers,
                    episodes_per_shard=config.episodes_per_shard or None,  # 0: sized by the env's limit
                    env_kwargs=config.env_kwargs,
@@ -258,10 +273,17 @@ class DataCollector:
 
     # -- running --------------------------------------------------------------------------------
     def collect(self, episodes: int, progress: bool = True) -> dict:
-        """Make sure the folder holds the first ``episodes`` episodes; returns the manifest.
+        """Make sure the folder holds the first ``episodes`` episodes.
 
         Shards already on disk with (at least) their planned episodes are skipped, so re-running an
         interrupted command resumes it. Shards beyond the plan are kept and listed.
+
+        Args:
+            episodes: how many episodes the folder should hold (a positive int).
+            progress: show a progress bar.
+
+        Returns:
+            The manifest, as written to the folder.
         """
         if not is_int(episodes) or episodes < 1:
             raise ValueError(f"{_named('episodes')} must be a positive int, got {episodes!r}")

@@ -26,16 +26,28 @@ IDENTITY = tuple(key for key in IDENTITY_KEYS if key != "frame_codec")
 
 
 def same_episodes(saved: dict, identity: dict) -> bool:
-    """Whether an ``identity`` recorded earlier (in a checkpoint) names the same episodes as ``identity``
-    does now; keys an older record lacks (it predates them) are not compared."""
+    """Whether an identity recorded earlier names the same episodes as ``identity`` does now.
+
+    Args:
+        saved: the identity recorded earlier (in a checkpoint); keys an older record lacks (it predates
+            them) are not compared.
+        identity: the identity now (``EpisodeDataset.identity``).
+
+    Returns:
+        True when every key of ``saved`` has the same value in ``identity``.
+    """
     return all(identity.get(key) == value for key, value in saved.items())
 
 
 class EpisodeDataset:
     """Episodes of a collection folder (see ``wm_agent.data.collect``), validated on opening.
 
-    Raises ``FileNotFoundError`` for a missing or empty folder ("no shards found in DIR") and
-    ``ValueError`` naming the file for a corrupt manifest or a truncated, corrupt or inconsistent array.
+    Args:
+        root: the collection folder (the one holding the manifest, not one of its shards).
+
+    Raises:
+        FileNotFoundError: for a missing or empty folder ("no shards found in DIR").
+        ValueError: naming the file, for a corrupt manifest or a truncated, corrupt or inconsistent array.
     """
 
     def __init__(self, root: str | os.PathLike):
@@ -128,8 +140,15 @@ class EpisodeDataset:
         return (self.episode(i) for i in range(self.num_episodes))
 
     def episode(self, i: int) -> dict[str, np.ndarray]:
-        """Episode ``i``: ``obs`` (T+1 frames, decompressed) and ``actions``, ``rewards``,
-        ``terminated``, ``truncated`` (T steps each, views of in-memory arrays); all read-only."""
+        """Episode ``i``, read-only.
+
+        Args:
+            i: the episode's index (negative ones count from the end).
+
+        Returns:
+            ``obs`` (T+1 frames, decompressed) and ``actions``, ``rewards``, ``terminated``, ``truncated``
+            (T steps each, views of in-memory arrays); all read-only.
+        """
         i = _check_index(i, self.num_episodes, "episode")
         shard = self._shards[self._ep_shard[i]]
         f, s, t = int(self._local_frame[i]), int(self._local_step[i]), int(self.lengths[i])
@@ -140,7 +159,14 @@ class EpisodeDataset:
         return out
 
     def frames(self, indices) -> np.ndarray:
-        """Frames at global ``indices`` (any order, repeats allowed) as a uint8 (B, H, W, 3) array."""
+        """Frames at global indices.
+
+        Args:
+            indices: 1-D integer array of global frame indices (any order, repeats allowed).
+
+        Returns:
+            The frames as a uint8 (B, H, W, 3) array.
+        """
         indices = np.asarray(indices)
         if indices.ndim != 1 or not (np.issubdtype(indices.dtype, np.integer) or indices.size == 0):
             raise ValueError(f"indices must be a 1-D integer array, got {indices.dtype} shape {indices.shape}")
@@ -167,8 +193,16 @@ class EpisodeDataset:
     def iter_frame_batches(
         self, batch_size: int, rng: np.random.Generator, drop_last: bool = False
     ) -> Iterator[np.ndarray]:
-        """One epoch of uint8 frame batches in a random order: each frame exactly once
-        (the last, smaller batch is dropped when ``drop_last``)."""
+        """One epoch of uint8 frame batches in a random order: each frame exactly once.
+
+        Args:
+            batch_size: frames per batch (a positive int).
+            rng: the numpy Generator that shuffles the frames.
+            drop_last: drop the last, smaller batch.
+
+        Returns:
+            An iterator of uint8 (B, H, W, 3) arrays.
+        """
         if not is_int(batch_size) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
         if not isinstance(rng, np.random.Generator):
@@ -191,15 +225,35 @@ class EpisodeDataset:
             shard["obs"].release_pages()
 
     def actions_all(self) -> np.ndarray:
+        """All episodes' actions rows, copied out of the shards.
+
+        Returns:
+            The actions of every episode in episode order, as one in-memory array.
+        """
         return self._concat_steps("actions")
 
     def rewards_all(self) -> np.ndarray:
+        """All episodes' rewards rows, copied out of the shards.
+
+        Returns:
+            The rewards of every episode in episode order, as one in-memory array.
+        """
         return self._concat_steps("rewards")
 
     def terminated_all(self) -> np.ndarray:
+        """All episodes' terminated rows, copied out of the shards.
+
+        Returns:
+            The terminated flags of every episode in episode order, as one in-memory array.
+        """
         return self._concat_steps("terminated")
 
     def truncated_all(self) -> np.ndarray:
+        """All episodes' truncated rows, copied out of the shards.
+
+        Returns:
+            The truncated flags of every episode in episode order, as one in-memory array.
+        """
         return self._concat_steps("truncated")
 
     def _concat_steps(self, key: str) -> np.ndarray:
@@ -228,8 +282,15 @@ class EpisodeDataset:
 
     # -- views ------------------------------------------------------------------------------------
     def subset(self, episode_indices) -> "EpisodeDataset":
-        """A view over the given episodes (in that order) with the same API, sharing the memory maps;
-        e.g. hold out the last 10% of episodes for validation."""
+        """A view over the given episodes with the same API, sharing the memory maps.
+
+        Args:
+            episode_indices: 1-D integer array of at least one episode index (in the view's order);
+                e.g. the last 10% of episodes, held out for validation.
+
+        Returns:
+            The view, an ``EpisodeDataset``.
+        """
         idx = np.asarray(episode_indices)
         if idx.ndim != 1 or not (np.issubdtype(idx.dtype, np.integer) or idx.size == 0):
             raise ValueError(f"episode_indices must be a 1-D integer array, got {idx.dtype} shape {idx.shape}")
