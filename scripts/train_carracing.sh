@@ -25,6 +25,10 @@
 #                         Only whole generations are saved: in the real env one is POPSIZE x ROLLOUTS
 #                         episodes of up to 1000 steps over WORKERS processes at ~60-140 steps/s each,
 #                         so keep it well inside the stage's share
+#   ACTION_REPEAT [1]     frames each decision is held for (WM-CarRacing-v0's action_repeat: only the last is
+#                         drawn, so a decision costs several times less; episodes still last 1000 frames)
+#   STOP_AFTER_NEGATIVE [0]  WHERE=real only: end a TRAINING episode after this many decisions in a row with a
+#                         negative reward (0: never); evaluation always runs whole episodes
 #   POPSIZE [64; real: 2 * WORKERS] ROLLOUTS [16; real: 1] TEMPERATURE [1.15]   CMA-ES settings
 #                         (1.15: the paper's dream temperature for CarRacing)
 #   EVAL_EPISODES [0]     real-env evaluation episodes (0: WORKERS)
@@ -44,6 +48,8 @@ VAE_EPOCHS=${VAE_EPOCHS:-10}
 RNN_EPOCHS=${RNN_EPOCHS:-40}
 GENERATIONS=${GENERATIONS:-400}
 WHERE=${WHERE:-dream}
+ACTION_REPEAT=${ACTION_REPEAT:-1}
+STOP_AFTER_NEGATIVE=${STOP_AFTER_NEGATIVE:-0}
 if [ "$WHERE" = real ]; then POPSIZE=${POPSIZE:-$((2 * WORKERS))}; ROLLOUTS=${ROLLOUTS:-1}; fi
 POPSIZE=${POPSIZE:-64}
 ROLLOUTS=${ROLLOUTS:-16}
@@ -112,6 +118,9 @@ collect_args=(--env WM-CarRacing-v0 --episodes "$EPISODES" --episodes-per-shard 
               --policy brownian --seed 0 --out "$data" --no-progress)
 limit=(--max-steps "$MAX_STEPS")  # 0: the env's own limit, for each command that takes it
 collect_args+=("${limit[@]}")
+[ "$ACTION_REPEAT" -gt 1 ] && collect_args+=(--env-kwargs "{\"action_repeat\": $ACTION_REPEAT}")
+search_args=()
+[ "$STOP_AFTER_NEGATIVE" -gt 0 ] && search_args+=(--stop-after-negative "$STOP_AFTER_NEGATIVE")
 # Collection must finish (the trainers read a complete folder): it may take what is left but 40% of BUDGET.
 stage collect 100 $((BUDGET * 2 / 5)) "${wm[@]}" collect "${collect_args[@]}"
 
@@ -124,7 +133,7 @@ else stage train-rnn 40 0 "${wm[@]}" train-rnn --data "$data" --world-model "$ck
 # --timeout: a real-env generation may take the stage's whole share (the stage's own timeout still holds).
 stage train-controller 70 0 "${wm[@]}" train-controller --world-model "$ckpt" --in "$WHERE" --workers "$WORKERS" \
   --popsize "$POPSIZE" --rollouts "$ROLLOUTS" --generations "$GENERATIONS" --temperature "$TEMPERATURE" \
-  --device "$DEVICE" --timeout "$BUDGET" "${limit[@]}" --resume --no-progress
+  --device "$DEVICE" --timeout "$BUDGET" "${limit[@]}" "${search_args[@]}" --resume --no-progress
 stage evaluate 100 0 "${wm[@]}" evaluate --checkpoint "$ckpt" --episodes "$EVAL_EPISODES" --workers "$WORKERS" \
   "${limit[@]}" --no-progress
 say "done: $ckpt"

@@ -345,6 +345,25 @@ def test_the_carracing_pipeline_script_runs_every_stage_at_a_tiny_size(tmp_path)
     assert "train-rnn" not in log and not (tmp_path / "bad" / "car.pt").exists()
 
 
+def test_the_carracing_pipeline_script_passes_action_repeat_and_the_training_cut(tmp_path):
+    """ACTION_REPEAT reaches the data's env kwargs (so every later stage uses it), STOP_AFTER_NEGATIVE the
+    real-env search."""
+    import os
+
+    from wm_agent.world_model import WorldModel
+
+    settings = {"PYTHON": sys.executable, "BUDGET": "500", "WORKERS": "1", "EPISODES": "2", "MAX_STEPS": "6",
+                "VAE_EPOCHS": "1", "RNN_EPOCHS": "1", "GENERATIONS": "1", "POPSIZE": "2", "EVAL_EPISODES": "1",
+                "DEVICE": "cpu", "WHERE": "real", "ACTION_REPEAT": "2", "STOP_AFTER_NEGATIVE": "3"}
+    run = tmp_path / "run"
+    out = subprocess.run(["bash", str(REPO / "scripts" / "train_carracing.sh"), str(run)], cwd=tmp_path,
+                         env={**os.environ, **settings}, capture_output=True, text=True, timeout=600, check=False)
+    assert out.returncode == 0, out.stdout + out.stderr
+    wm = WorldModel.load(run / "car.pt")
+    assert wm.env_kwargs == {"action_repeat": 2}
+    assert wm.train_state["cmaes"]["where"] == "real" and wm.train_state["cmaes"]["stop_after_negative"] == 3
+
+
 # -- stopping a command: one line, nothing left behind ----------------------------------------------
 def _wm_agent(argv: list[str], **kwargs) -> subprocess.Popen:
     """``wm-agent ARGV`` as its own process, in its own session (a terminal's process group)."""
