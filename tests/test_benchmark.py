@@ -5,8 +5,10 @@ from __future__ import annotations
 import pytest
 
 from wm_agent.commands.benchmark import (
+    BenchmarkActionRepeatConfig,
     BenchmarkDreamConfig,
     BenchmarkTrainConfig,
+    benchmark_action_repeat,
     benchmark_dream,
     benchmark_train,
 )
@@ -47,3 +49,21 @@ def test_benchmark_dream_runs_on_the_device_asked_and_refuses_an_unknown_one():
         benchmark_dream(BenchmarkDreamConfig(device="tpu"), verbose=False)
     with pytest.raises(ValueError, match="--device"):
         benchmark_train(BenchmarkTrainConfig(device="gpu"), verbose=False)
+
+
+def test_benchmark_action_repeat_counts_frames_and_decisions_per_k(monkeypatch):
+    """k frames per decision: a k = 4 row's decisions/s is its frames/s over 4, every k timed each round."""
+    timed = []
+    monkeypatch.setattr("wm_agent.commands.benchmark._repeat_round",
+                        lambda k, frames, seed: timed.append((k, seed)) or frames / 100.0)
+    result = benchmark_action_repeat(BenchmarkActionRepeatConfig(repeats=[1, 4], frames=8, rounds=2), verbose=False)
+    assert sorted(timed) == [(1, 0), (1, 1), (4, 0), (4, 1)]
+    one, four = result["repeats"]
+    assert one["frames_per_s"] == pytest.approx(100.0) and four["decisions_per_s"] == pytest.approx(25.0)
+    with pytest.raises(ValueError, match="--repeats"):
+        benchmark_action_repeat(BenchmarkActionRepeatConfig(repeats=[0]), verbose=False)
+
+
+def test_benchmark_action_repeat_steps_the_real_env():
+    result = benchmark_action_repeat(BenchmarkActionRepeatConfig(repeats=[2], frames=4, rounds=1), verbose=False)
+    assert result["repeats"][0]["frames_per_s"] > 0

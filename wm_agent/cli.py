@@ -211,6 +211,8 @@ BENCHMARKS = [
      "VQ-VAE images/s of wm-agent's pipeline vs a bare PyTorch loop"),
     ("dream", "commands.benchmark", "BenchmarkDreamConfig", "benchmark_dream",
      "batched dream steps/s vs the real GridWorld and CarRacing"),
+    ("action-repeat", "commands.benchmark", "BenchmarkActionRepeatConfig", "benchmark_action_repeat",
+     "WM-CarRacing-v0 frames/s and decisions/s for action repeats k = 1, 2, 4, 8, in one run"),
     ("seeds", "commands.seed_sweep", "BenchmarkSeedsConfig", "benchmark_seeds",
      "the GridWorld demo for each seed under two CPU kernel paths: the per-run table with min / median / max"),
 ]

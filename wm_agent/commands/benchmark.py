@@ -18,8 +18,8 @@ from wm_agent.data.policies import Policy, make_policy
 from wm_agent.data.shard_writer import shard_rngs
 from wm_agent.io import temporary_folder
 
-__all__ = ["BenchmarkCollectConfig", "BenchmarkDreamConfig", "BenchmarkTrainConfig", "RolloutLoop", "benchmark_collect",
-           "benchmark_dream", "benchmark_train"]
+__all__ = ["BenchmarkActionRepeatConfig", "BenchmarkCollectConfig", "BenchmarkDreamConfig", "BenchmarkTrainConfig",
+           "RolloutLoop", "benchmark_action_repeat", "benchmark_collect", "benchmark_dream", "benchmark_train"]
 
 
 @dataclass
@@ -385,4 +385,65 @@ def benchmark_dream(cfg: BenchmarkDreamConfig, verbose: bool = True) -> dict:
               f"= {dream_grid / grid:.1f}x real GridWorld")
         print(f"dream, CarRacing model ({cfg.num_envs} envs, latent, {device.type}): {dream_car:10.0f} steps/s  "
               f"= {dream_car / car:.1f}x real CarRacing")
+    return result
+
+
+# -- CarRacing's action repeat -------------------------------------------------------------------------
+@dataclass
+class BenchmarkActionRepeatConfig:
+    """wm-agent benchmark action-repeat: WM-CarRacing-v0's frames/s and decisions/s for each action repeat k,
+    measured in one run (rounds alternate the k's, so machine load falls on all of them alike)."""
+
+    repeats: list[int] = field(default_factory=lambda: [1, 2, 4, 8], metadata={
+        "help": "action repeats to time"})
+    frames: int = field(default=2000, metadata={"help": "physics frames timed per k and round"})
+    rounds: int = field(default=3, metadata={"help": "rounds over all k's; the median round is reported"})
+    seed: int = field(default=0, metadata={"help": "track and action seed"})
+
+
+def _repeat_round(k: int, frames: int, seed: int) -> float:
+    """Seconds of ``env.step`` (resets not counted) to run ``frames`` frames at action repeat ``k``,
+    uniformly random actions."""
+    import gymnasium as gym
+
+    env = gym.make("WM-CarRacing-v0", action_repeat=k)
+    env.reset(seed=seed)
+    env.action_space.seed(seed)
+    seconds, done = 0.0, 0
+    while done < frames:
+        action = env.action_space.sample()
+        start = time.perf_counter()
+        _, _, terminated, truncated, _ = env.step(action)
+        seconds += time.perf_counter() - start
+        done += k
+        if terminated or truncated:
+            env.reset()
+    env.close()
+    return seconds
+
+
+def benchmark_action_repeat(cfg: BenchmarkActionRepeatConfig, verbose: bool = True) -> dict:
+    from wm_agent.config import check_settings
+
+    check_settings((len(cfg.repeats) >= 1 and all(isinstance(k, int) and 1 <= k <= 100 for k in cfg.repeats),
+                    f"--repeats must list whole numbers from 1 to 100, got {cfg.repeats}"),
+                   (cfg.frames >= 1, f"--frames must be >= 1, got {cfg.frames}"),
+                   (cfg.rounds >= 1, f"--rounds must be >= 1, got {cfg.rounds}"))
+    seconds: dict[int, list[float]] = {k: [] for k in cfg.repeats}
+    for r in range(cfg.rounds):
+        for k in cfg.repeats if r % 2 == 0 else cfg.repeats[::-1]:
+            seconds[k].append(_repeat_round(k, cfg.frames, cfg.seed + r))
+    rows = []
+    for k in cfg.repeats:
+        frames = math.ceil(cfg.frames / k) * k
+        median = statistics.median(seconds[k])
+        rows.append({"action_repeat": k, "frames_per_s": frames / median, "decisions_per_s": frames / k / median,
+                     "rounds_frames_per_s": [frames / s for s in seconds[k]]})
+    result = {"frames": cfg.frames, "rounds": cfg.rounds, "load": _load(), "repeats": rows}
+    if verbose:
+        base = rows[0]["frames_per_s"]
+        print(f"WM-CarRacing-v0, one core, {cfg.frames} frames x {cfg.rounds} rounds per k (median round)")
+        for row in rows:
+            print(f"k = {row['action_repeat']:3d}: {row['frames_per_s']:7.0f} frames/s  {row['decisions_per_s']:7.0f} "
+                  f"decisions/s  ({row['frames_per_s'] / base:.2f}x the frames/s of k = {cfg.repeats[0]})")
     return result
