@@ -20,6 +20,9 @@ def _repeating_car_racing(action_repeat: int, max_frames: int, **kwargs):
     from gymnasium.envs.box2d.car_racing import CarRacing
 
     class RepeatingCarRacing(CarRacing):
+        # One observed frame per decision: a video of them plays in real time at 1/k of CarRacing's rate.
+        metadata = {**CarRacing.metadata, "render_fps": CarRacing.metadata["render_fps"] / action_repeat}
+
         def reset(self, *, seed=None, options=None):
             self._frames = 0
             self._draw = True

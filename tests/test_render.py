@@ -126,6 +126,18 @@ def test_training_curves_from_jsonl_and_list(tmp_path):
         vis.training_curves(tmp_path / "missing.jsonl")
 
 
+def test_line_chart_draws_each_series_and_refuses_mismatched_lengths(tmp_path):
+    vis = Visualizer(tmp_path)
+    path = vis.line_chart([("training", [0, 1e6, 2e6], [-50.0, 100.0, 300.0]), ("whole tracks", [2e6], [250.0])],
+                          "real frames", "learning curve", name="curve.png")
+    img = _png(path)
+    assert path.name == "curve.png" and img.shape[1] >= 760
+    for colour in ((31, 119, 180), (214, 39, 40)):  # both series drawn
+        assert (np.abs(img[..., :3].astype(int) - np.array(colour)).sum(-1) < 10).sum() > 10
+    with pytest.raises(ValueError, match="one length"):
+        vis.line_chart([("bad", [0, 1], [1.0])], "x", "t")
+
+
 def test_training_curves_count_values_that_are_not_finite_instead_of_dropping_them_unseen(tmp_path):
     from wm_agent.render.figures import _legend, _points, _series
 
@@ -453,4 +465,6 @@ def test_videos_and_play_default_to_the_envs_own_pace():
     assert env_fps(grid) == 8 and env_fps(car) == 50 and env_fps(grid, "WM-CarRacing-v0") == 50
     grid.env_id = None  # a model that names no env: the default pace
     assert env_fps(grid) == DEFAULT_FPS
+    car.env_kwargs = {"action_repeat": 4}  # one observed frame per 4 physics frames: real time is 50 / 4
+    assert env_fps(car) == 12.5
     assert RenderConfig(checkpoint="x.pt").fps == 0 and PlayConfig(checkpoint="x.pt").fps == 0

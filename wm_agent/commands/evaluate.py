@@ -25,7 +25,7 @@ class EvaluateConfig:
 
     checkpoint: str | None = doc("world-model checkpoint with a trained controller", None)
     pretrained: str | None = doc("instead of --checkpoint: a checkpoint that ships with wm-agent, by name "
-                                 "(gridworld)", None)
+                                 "(carracing, gridworld)", None)
     env: str | None = doc("real env id (default: the env the checkpoint was trained on)", None)
     episodes: int = doc("episodes to run", 100)
     seed: int = doc("reset seed of the first episode; episode i resets with seed + i and samples its actions "

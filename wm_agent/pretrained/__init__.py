@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 # name -> file beside this module
-CHECKPOINTS = {"gridworld": "gridworld.pt"}
+CHECKPOINTS = {"carracing": "carracing.pt", "gridworld": "gridworld.pt"}
 
 
 def checkpoint_path(checkpoint: str | None, pretrained: str | None) -> str:

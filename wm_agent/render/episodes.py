@@ -137,13 +137,14 @@ def annotate(frames: np.ndarray, rewards: np.ndarray, scale: int) -> Iterator[np
 DEFAULT_FPS = 8
 
 
-def render_fps(env) -> int:
-    """An env's ``metadata["render_fps"]``, as Gymnasium's RecordVideo takes it; ``DEFAULT_FPS`` if it says none."""
+def render_fps(env) -> float:
+    """An env's ``metadata["render_fps"]``, as Gymnasium's RecordVideo takes it; ``DEFAULT_FPS`` if it says none.
+    It may be fractional: ``WM-CarRacing-v0`` with ``action_repeat=4`` plays its observed frames at 12.5."""
     fps = env.metadata.get("render_fps")
-    return int(fps) if isinstance(fps, (int, float)) and fps > 0 else DEFAULT_FPS
+    return fps if isinstance(fps, (int, float)) and not isinstance(fps, bool) and fps > 0 else DEFAULT_FPS
 
 
-def env_fps(wm, env_id: str | None = None) -> int:
+def env_fps(wm, env_id: str | None = None) -> float:
     """``render_fps`` of ``env_id`` (default: the env ``wm`` was trained on, whose pace its dreams share);
     ``DEFAULT_FPS`` when the env cannot be made here."""
     try:

@@ -1,7 +1,8 @@
 """PNG figures of a world model: ``Visualizer`` and its parts (rows of frames, line charts of training curves
 read from a ``<checkpoint>.metrics.jsonl`` or the CMA-ES log, their legends and number formats).
 
-- ``Visualizer(out_dir)``: ``reconstruction``, ``dream_sequence``, ``real_vs_dream``, ``training_curves``.
+- ``Visualizer(out_dir)``: ``reconstruction``, ``dream_sequence``, ``real_vs_dream``, ``training_curves``,
+  ``line_chart``.
 """
 
 from __future__ import annotations
@@ -106,8 +107,10 @@ def _legend(name: str, ys: np.ndarray) -> str:
     return text + (f" ({lost} not finite)" if lost else "")
 
 
-def _line_panel(surface, rect, title: str, series: list[tuple[str, np.ndarray, np.ndarray]], xlabel: str) -> None:
-    """A line chart inside ``rect`` (x, y, w, h): title, axes, min/max tick labels, legend."""
+def _line_panel(surface, rect, title: str, series: list[tuple[str, np.ndarray, np.ndarray]], xlabel: str,
+                log_scale: bool | None = None) -> None:
+    """A line chart inside ``rect`` (x, y, w, h): title, axes, min/max tick labels, legend. ``log_scale``
+    None: a log y axis when every value is positive and they span more than 50x."""
     pygame = pygame_module()
     x0, y0, w, h = rect
     pygame.draw.rect(surface, WHITE, rect)
@@ -117,6 +120,8 @@ def _line_panel(surface, rect, title: str, series: list[tuple[str, np.ndarray, n
     all_y = np.concatenate([s[2] for s in series]) if series else np.zeros(0)
     drawn = [s for s in series if len(s[1])]
     log = bool(len(all_y) and all_y.min() > 0 and all_y.max() / all_y.min() > 50)
+    if log_scale is not None:
+        log = log_scale and bool(len(all_y) and all_y.min() > 0)
     draw_text(surface, title + ("  (log scale)" if log else ""), (x0 + w // 2, y0 + 8), 20, INK, "midtop")
     left, right, top, bottom = x0 + 64, x0 + w - 14, y0 + 32, y0 + h - 40
     if not drawn:
@@ -146,7 +151,7 @@ def _line_panel(surface, rect, title: str, series: list[tuple[str, np.ndarray, n
     for xv, anchor in ((xmin, "midtop"), (xmax, "midtop")):
         xx = left + (xv - xmin) / (xmax - xmin) * (right - left)
         pygame.draw.line(surface, AXIS, (xx, bottom), (xx, bottom + 4), 2)
-        draw_text(surface, f"{xv:g}", (xx, bottom + 6), 16, AXIS, anchor)
+        draw_text(surface, f"{xv:g}" if abs(xv) < 1e5 else f"{xv:.3g}", (xx, bottom + 6), 16, AXIS, anchor)
     draw_text(surface, xlabel, ((left + right) // 2, bottom + 22), 16, AXIS, "midtop")
 
     for k, (_, xs, ys) in enumerate(series):
@@ -280,3 +285,17 @@ class Visualizer:
         for k, (panel_title, series, xlabel) in enumerate(panels):
             _line_panel(surface, (pad + k * (pw + pad), 44, pw, ph), panel_title, series, xlabel)
         return save_png(surface, self._path(name, "training_curves"))
+
+    def line_chart(self, series: Sequence[tuple[str, Sequence[float], Sequence[float]]], xlabel: str, title: str,
+                   name: str | None = None) -> Path:
+        """One line chart of named ``(name, xs, ys)`` series sharing an x axis (a learning curve: return
+        against real frames), on a linear y axis; a series of 40 points or fewer is drawn with its points marked."""
+        series = [(label, np.asarray(xs, np.float64), np.asarray(ys, np.float64)) for label, xs, ys in series]
+        for label, xs, ys in series:
+            if xs.shape != ys.shape or xs.ndim != 1:
+                raise ValueError(f"series {label!r}: xs and ys must be 1-D and of one length, got {xs.shape} and "
+                                 f"{ys.shape}")
+        width, height, pad = 760, 420, 12
+        surface = canvas(width + 2 * pad, height + 2 * pad)
+        _line_panel(surface, (pad, pad, width, height), title, series, xlabel, log_scale=False)
+        return save_png(surface, self._path(name, "line_chart"))
