@@ -37,7 +37,8 @@ class PlayConfig:
     max_steps: int = doc("end an episode after this many steps at most (0 = the env's own limit, which it never "
                          "runs past, as in render and evaluate)", 0)
     fps: int = doc("frames per second of the window, where real-time envs step once per frame (0: the env's own "
-                   "render_fps, 8 for GridWorld and 50 for CarRacing, 50/k with its action_repeat=k; a dream plays at its real env's)", 0)
+                   "render_fps, 8 for GridWorld and 50 for CarRacing, 50/k with its action_repeat=k; "
+                   "a dream plays at its real env's)", 0)
     scale: int = doc("upscaling of the 64x64 frames in the window", 6)
 
 

@@ -48,7 +48,8 @@ class RenderConfig:
     greedy: bool = doc("argmax actions instead of sampling from the controller's softmax", False)
     max_steps: int = doc("stop each episode after this many steps (0 = the env's own limit)", 0)
     fps: int = doc("frames per second of the video / window (0: the env's own render_fps, 8 for GridWorld and 50 "
-                   "for CarRacing, 50/k with its action_repeat=k, as Gymnasium's RecordVideo uses; a dream plays at its real env's)", 0)
+                   "for CarRacing, 50/k with its action_repeat=k, as Gymnasium's RecordVideo uses; a dream plays at "
+                   "its real env's)", 0)
     scale: int = doc("upscaling of the 64x64 frames in the video", 4)
     progress: bool = doc("show a progress bar (frames written; a CarRacing episode takes tens of seconds)", True)
 
