@@ -12,7 +12,6 @@ import _root  # noqa: F401  (this clone first on sys.path)
 
 import argparse
 import json
-import re
 from pathlib import Path
 
 import torch
@@ -20,31 +19,44 @@ import torch
 from wm_agent.render.figures import Visualizer
 
 
+def real_history(state: dict) -> list[tuple[int, float]]:
+    """(real env steps so far, generation mean) for every real-env generation of the checkpoint's CMA-ES search,
+    the runs it was warm-started from first (each run counts its steps from 0)."""
+    search = state["train_state"]["cmaes"]
+    points, offset = [], 0
+    for run in [*search.get("earlier", []), {"algo": "cmaes", "where": search["where"], "log": search["log"]}]:
+        if run["algo"] != "cmaes" or run["where"] != "real":
+            continue  # dream generations take no real steps
+        points += [(offset + row["real_env_steps"], row["mean"]) for row in run["log"]]
+        offset += run["log"][-1]["real_env_steps"] if run["log"] else 0
+    return points
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("checkpoint", help="the search's checkpoint (its train_state['cmaes']['log'])")
+    parser.add_argument("checkpoint", help="the search's checkpoint (its train_state['cmaes'] log)")
     parser.add_argument("snapshots", help="folder of gen_<N>.pt snapshots and their gen_<N>.eval.json")
     parser.add_argument("--out", default="carracing_learning_curve.png", help="PNG to write")
     args = parser.parse_args()
 
     state = torch.load(args.checkpoint, weights_only=True)
     repeat = int((state.get("env_kwargs") or {}).get("action_repeat", 1))
-    log = state["train_state"]["cmaes"]["log"]
-    frames = {row["generation"]: row["real_env_steps"] * repeat for row in log}
-    train = ("generation mean (training episodes)", [frames[r["generation"]] for r in log], [r["mean"] for r in log])
+    history = real_history(state)
+    train = ("generation mean (training episodes)", [s * repeat for s, _ in history], [m for _, m in history])
 
     points = []
     for path in Path(args.snapshots).glob("gen_*.eval.json"):
-        generation = int(re.fullmatch(r"gen_(\d+)\.eval\.json", path.name).group(1))
-        if generation in frames:
-            points.append((frames[generation], json.loads(path.read_text())["mean_return"]))
+        snapshot = path.with_name(path.name.removesuffix(".eval.json") + ".pt")
+        if snapshot.exists():  # its own history says how many real frames it had taken
+            steps = real_history(torch.load(snapshot, weights_only=True))[-1][0]
+            points.append((steps * repeat, json.loads(path.read_text())["mean_return"]))
     points.sort()
     full = ("search mean, whole tracks", [x for x, _ in points], [y for _, y in points])
 
     out = Path(args.out)
     path = Visualizer(out.parent or ".").line_chart(
         [train, full], "real frames", f"Real-env CMA-ES on {state['env_id']} (action repeat {repeat})", out.name)
-    print(f"wrote {path}: {len(log)} generations, {len(points)} whole-track evaluations")
+    print(f"wrote {path}: {len(history)} real-env generations, {len(points)} whole-track evaluations")
 
 
 if __name__ == "__main__":

@@ -60,6 +60,43 @@ def test_a_saved_search_is_kept_unless_told_to_start_again(ckpt):
     assert WorldModel.load(ckpt).train_state["cmaes"]["generation"] == 1
 
 
+def test_a_warm_started_search_starts_from_the_saved_controller_and_keeps_its_history(ckpt):
+    """Dream then real, or a search continued with other settings: the first mean is the saved controller,
+    whose input normaliser is kept (refitting it would change what its weights mean)."""
+    train_controller(_cfg(ckpt, generations=2, select_every=0))
+    before = WorldModel.load(ckpt)
+    first_log = before.train_state["cmaes"]["log"]
+    result = train_controller(_cfg(ckpt, generations=1, popsize=6, sigma0=0.1, warm_start=True, select_every=0))
+    assert [e["generation"] for e in result["log"]] == [1]
+    after = WorldModel.load(ckpt)
+    state = after.train_state["cmaes"]
+    np.testing.assert_array_equal(state["x0"].numpy(), before.controller.get_flat())
+    assert torch.equal(after.controller.obs_mean, before.controller.obs_mean)
+    assert torch.equal(after.controller.obs_std, before.controller.obs_std)
+    assert state["earlier"] == [{"algo": "cmaes", "where": "dream", "log": first_log}]
+    train_controller(_cfg(ckpt, generations=2, popsize=6, sigma0=0.1, resume=True, select_every=0))
+    resumed = WorldModel.load(ckpt).train_state["cmaes"]
+    assert resumed["generation"] == 2 and resumed["earlier"] == state["earlier"]  # kept through a resume
+
+
+@pytest.mark.parametrize("kw, message", [
+    (dict(warm_start=True, resume=True), "leave out --resume"),
+    (dict(warm_start=True, controller="keypoint"), "leave out --controller and --hidden"),
+    (dict(warm_start=True, algo="pg"), "--warm-start is a setting of --algo cmaes"),
+])
+def test_warm_start_refuses_what_it_cannot_do(ckpt, kw, message):
+    cfg = _cfg(ckpt, **kw) if kw.get("algo") != "pg" else ControllerTrainConfig(world_model=str(ckpt), **kw)
+    with pytest.raises(ValueError, match=message):
+        train_controller(cfg)
+
+
+def test_warm_start_needs_a_trained_controller(tmp_path):
+    path = tmp_path / "m.pt"
+    tiny_world_model().save(path)
+    with pytest.raises(ValueError, match="holds no trained controller"):
+        train_controller(_cfg(path, warm_start=True))
+
+
 def test_resume_past_the_target_runs_nothing(ckpt):
     train_controller(_cfg(ckpt, generations=2))
     before = ckpt.read_bytes()

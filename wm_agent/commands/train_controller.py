@@ -75,6 +75,10 @@ class ControllerTrainConfig:
     max_grad_norm: float = doc("pg only: gradient norm clip, of the policy's and the critic's each", 0.5)
     init_std: float = doc("pg only, continuous actions: initial std of the Gaussian policy around the controller's "
                           "action, as a fraction of each action's range (learned from there)", 0.25)
+    warm_start: bool = doc("cmaes only: start a new search from the checkpoint's trained controller (its parameters "
+                           "the first mean, its input normaliser kept) instead of from scratch, e.g. a dream-trained "
+                           "C refined --in real, or a search continued with other settings; the earlier run's log is "
+                           "kept in the new one's state", False)
     resume: bool = doc("continue the run (of --algo) saved in the checkpoint", False)
     overwrite: bool = doc("start a new run even though the checkpoint holds one (its controller is replaced)", False)
     device: str = doc("torch device for the dream: auto, cpu or cuda", "auto")
@@ -112,6 +116,9 @@ def train_controller(cfg: ControllerTrainConfig, wm: WorldModel | None = None) -
     check_settings((cfg.max_steps <= limit, (f"--max-steps {cfg.max_steps} is past {env_id}'s episode limit {limit}: "
                                              "no real episode runs that long (0: the limit itself)")))
     max_steps = cfg.max_steps or limit
+    if cfg.warm_start and not (wm.is_trained("cmaes") or wm.is_trained("pg")):
+        raise ValueError(f"--warm-start: {model_name} holds no trained controller to start from (train one first, "
+                         "or leave out --warm-start)")
     state = _saved_run(wm, cfg, path, model_name, env_id)
     if not state:
         _set_architecture(wm, cfg)
@@ -131,7 +138,7 @@ OTHER = {"cmaes": "pg", "pg": "cmaes"}
 NAMES = {"cmaes": "CMA-ES search", "pg": "policy-gradient run"}  # what the saved state is called in messages
 # The settings of one algorithm only (refused with the other unless left at their defaults).
 ONLY = {"cmaes": ("popsize", "rollouts", "generations", "sigma0", "workers", "timeout", "backend", "ray_address",
-                  "stop_after_negative"),
+                  "stop_after_negative", "warm_start"),
         "pg": ("updates", "envs", "horizon", "epochs", "minibatches", "lr", "critic_lr", "gamma", "gae_lambda", "clip",
                "entropy", "critic_hidden", "max_grad_norm", "init_std")}
 
@@ -158,6 +165,10 @@ def _check_settings(cfg: ControllerTrainConfig) -> None:
                         f"--sigma0 must be > 0 and finite, got {cfg.sigma0}"),
                        (cfg.seed <= cmaes.MAX_SEED,
                         f"--seed must be <= {cmaes.MAX_SEED} (pycma's seeds are 32-bit), got {cfg.seed}"))
+    check_settings((not (cfg.warm_start and cfg.resume),
+                    "--warm-start starts a new search from the saved controller: leave out --resume"),
+                   (not cfg.warm_start or (cfg.controller is None and cfg.hidden is None),
+                    "--warm-start keeps the saved controller's architecture: leave out --controller and --hidden"))
     check_settings((cfg.temperature >= 0, f"--temperature must be >= 0, got {cfg.temperature}"),
                    (cfg.max_steps >= 0, f"--max-steps must be >= 0 (0: the env's own limit), got {cfg.max_steps}"),
                    (cfg.hidden is None or cfg.hidden >= 0, f"--hidden must be >= 0, got {cfg.hidden}"),
@@ -218,11 +229,11 @@ def _checked_env(wm: WorldModel, cfg: ControllerTrainConfig) -> str:
 
 def _saved_run(wm: WorldModel, cfg: ControllerTrainConfig, path: Path, model_name: str, env_id: str) -> dict | None:
     """The saved run to continue (with --resume), checked against the settings asked for; None to start one."""
-    if "cmaes" in wm.train_state and not (cfg.resume or cfg.overwrite):
+    if "cmaes" in wm.train_state and not (cfg.resume or cfg.overwrite or cfg.warm_start):
         raise FileExistsError(f"{model_name} already holds a controller search "
                               f"({wm.train_state['cmaes'].get('generation', 0)} "
                               "generations done): pass --resume to continue it or --overwrite to start a new one")
-    if "pg" in wm.train_state and not (cfg.resume or cfg.overwrite):
+    if "pg" in wm.train_state and not (cfg.resume or cfg.overwrite or cfg.warm_start):
         raise FileExistsError(f"{model_name} already holds a policy-gradient run of the controller "
                               f"({wm.train_state['pg'].get('update', 0)} updates done): pass --resume --algo pg to "
                               "continue it or --overwrite to start a new one")

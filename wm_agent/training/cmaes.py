@@ -95,7 +95,7 @@ def _replayed_es(state: dict, cfg) -> tuple[cma.CMAEvolutionStrategy, dict]:
     evolution paths, step-size path, its random stream) is not a set of tensors a weights-only checkpoint
     can hold, but it is a function of the start, the seed and what was told, so replaying those gives the
     uninterrupted run's state bit for bit, without scoring anything again."""
-    start = {key: state[key] for key in ("x0", "sigma0", "stds0", "seed", "popsize")}
+    start = {key: state[key] for key in ("x0", "sigma0", "stds0", "seed", "popsize", "earlier") if key in state}
     es = _new_es(state["x0"].double().numpy(), float(state["sigma0"]), cfg, state["stds0"].double().numpy(),
                  int(state["seed"]))
     for told in state["told"].double().numpy():
@@ -118,13 +118,20 @@ class _Search:
 
 
 def _started(wm: WorldModel, cfg, max_steps: int) -> _Search:
-    """A new search from the controller's initial parameters, its input normaliser fitted first."""
-    seen = sample_observations(wm, cfg, max_steps)
-    wm.controller.fit_normalizer(seen)
-    x0 = wm.controller.initial_params(seen)
+    """A new search from the controller's initial parameters, its input normaliser fitted first; with
+    ``cfg.warm_start``, from the saved controller as it is (refitting its normaliser would change what its
+    parameters mean)."""
+    if cfg.warm_start:
+        x0 = wm.controller.get_flat()
+    else:
+        seen = sample_observations(wm, cfg, max_steps)
+        wm.controller.fit_normalizer(seen)
+        x0 = wm.controller.initial_params(seen)
     start = {"x0": torch.as_tensor(x0), "sigma0": float(cfg.sigma0),
              "stds0": torch.as_tensor(np.asarray(wm.controller.param_scales(), np.float64)),
              "seed": cfg.seed, "popsize": cfg.popsize}
+    if cfg.warm_start:
+        start["earlier"] = earlier_runs(wm.train_state)
     es = _new_es(x0, cfg.sigma0, cfg, start["stds0"].numpy(), cfg.seed)
     return _Search(es, start, 0, [], x0.copy(), -np.inf, [])
 
@@ -144,6 +151,16 @@ def _resumed(state: dict, cfg) -> _Search:
     told = list(state["told"].double().unbind(0)) if "told" in state else []
     return _Search(es, start, int(state["generation"]), list(state["log"]), state["best_params"].double().numpy(),
                    float(state["best_fitness"]), told, selected)
+
+
+def earlier_runs(train_state: dict) -> list[dict]:
+    """The controller runs a warm-started search follows, oldest first: each one's algorithm, where it ran
+    and its per-generation (or per-update) log, so the whole history (real env steps included) stays readable."""
+    for algo in ("cmaes", "pg"):
+        state = train_state.get(algo)
+        if state is not None:
+            return [*state.get("earlier", []), {"algo": algo, "where": state.get("where"), "log": state.get("log", [])}]
+    return []
 
 
 # -- the search ----------------------------------------------------------------------------------------
