@@ -45,13 +45,18 @@ def check_data_fits(ds, wm: WorldModel, where: str) -> None:
     ones it was built for, e.g. CarRacing data with a GridWorld model.
 
     Args:
-        ds: the ``EpisodeDataset``.
+        ds: the ``EpisodeDataset``, or an ``EpisodeUnion`` of several (each folder is checked).
         wm: the world model.
         where: what the error message calls the model.
 
     Raises:
         ValueError: for data of other frames, actions, env or ``--env-kwargs``.
     """
+    for part in getattr(ds, "parts", None) or [ds]:
+        _check_folder_fits(part, wm, where)
+
+
+def _check_folder_fits(ds, wm: WorldModel, where: str) -> None:
     s = wm.config.image_size
     expected = action_space_of(wm)
     if tuple(ds.observation_shape) != (s, s, 3) or not _same_kind(ds.action_space, expected):
@@ -64,7 +69,7 @@ def check_data_fits(ds, wm: WorldModel, where: str) -> None:
     if wm.env_id and ds.env_id and not wm._is_own(ds.env_id):
         raise ValueError(f"{ds.root} holds {ds.env_id} data, but {where} was built for {wm.env_id}; "
                          "use data collected from that env")
-    data_kwargs = dict(ds.identity.get("env_kwargs") or {})
+    data_kwargs = ds.env_kwargs
     if wm.env_id and ds.env_id and data_kwargs != wm.env_kwargs:
         raise ValueError(f"{ds.root} was collected with --env-kwargs {json.dumps(data_kwargs, sort_keys=True)}, but "
                          f"{where} was built for {wm.env_id} with --env-kwargs "

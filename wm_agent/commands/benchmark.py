@@ -14,7 +14,7 @@ from wm_agent.data.collect import DataCollector, Vectorization
 from wm_agent.data.episodes import EpisodeBuffer, make_env, run_episodes
 from wm_agent.data.frames import DiscardFrames
 from wm_agent.env_ids import episode_limit
-from wm_agent.data.policies import Policy, make_policy
+from wm_agent.data.policies import BlindPolicy, make_policy
 from wm_agent.data.shard_writer import shard_rngs
 from wm_agent.io import temporary_folder
 
@@ -34,7 +34,7 @@ class BenchmarkCollectConfig:
     rounds: int = field(default=3, metadata={"help": "rounds of baseline, collector, baseline; the median "
                                                       "ratio is reported with every round's"})
     workers: int = field(default=2, metadata={"help": "collector worker processes"})
-    policy: Policy = field(default="random", metadata={"help": "data policy"})
+    policy: BlindPolicy = field(default="random", metadata={"help": "data policy"})
     vectorization: Vectorization = field(
         default="processes", metadata={"help": "the collector's vectorization (see wm-agent collect --help)"})
     seed: int = field(default=0, metadata={"help": "base seed"})

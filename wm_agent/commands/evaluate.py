@@ -131,7 +131,9 @@ def eval_dream(cfg: EvalDreamConfig, wm: WorldModel | None = None) -> dict:
     ds = EpisodeDataset(cfg.data)
     check_data_fits(ds, wm, cfg.world_model)
     trained_on = wm.train_state["rnn"].get("data")
-    if trained_on is not None and same_episodes(trained_on, ds.identity):
+    # M trained on several folders (train-rnn --data A B) learnt from each of them.
+    parts = [] if trained_on is None else trained_on.get("folders", [trained_on])
+    if any(same_episodes(part, ds.identity) for part in parts):
         warnings.warn(f"{cfg.data} holds the episodes {cfg.world_model}'s MDN-RNN was trained on (same env, policy "
                       "and collection seed): these figures are not held-out ones; collect with another --seed",
                       stacklevel=2)

@@ -31,11 +31,15 @@ from wm_agent.env_ids import registered_id
 from wm_agent.world_model import CONTROLLER_STAGES, MAX_START_FRAMES, STAGES, WorldModel
 
 
+DATA_HELP = ("one or more folders of episode shards written by `wm-agent collect`, trained on as one (all of the same "
+             "env: brownian and --policy controller data, say); a --resume needs the same folders in the same order")
+
+
 @dataclass
 class TrainVAEConfig:
     """wm-agent train-vae: fit the VQ-VAE on collected frames."""
 
-    data: str = doc("folder of episode shards written by `wm-agent collect`")
+    data: tuple[str, ...] = doc(DATA_HELP)
     out: str = doc("world-model checkpoint to write (.pt); metrics go to <out>.metrics.jsonl")
     epochs: int = doc("epochs over all frames", 5)
     batch_size: int = doc("frames per batch", 128)
@@ -52,7 +56,7 @@ class TrainVAEConfig:
 class TrainRNNConfig:
     """wm-agent train-rnn: fit the MDN-RNN on the VQ-VAE's codes of collected episodes."""
 
-    data: str = doc("folder of episode shards written by `wm-agent collect`")
+    data: tuple[str, ...] = doc(DATA_HELP)
     world_model: str = doc("checkpoint with a trained VQ-VAE; the MDN-RNN is saved into it")
     epochs: int = doc("epochs over all sequences", 20)
     batch_size: int = doc("sequences per batch", 16)
@@ -141,7 +145,7 @@ def save_on_interrupt(save: Callable[[], None], what: str):
 
 
 def run_train_vae(cfg: TrainVAEConfig) -> dict:
-    """Train (or resume) V on ``cfg.data``'s frames, saving the checkpoint and a metrics row each epoch.
+    """Train (or resume) V on the frames of ``cfg.data``'s folders, saving the checkpoint and a metrics row each epoch.
 
     Args:
         cfg: the command's settings.
@@ -149,11 +153,11 @@ def run_train_vae(cfg: TrainVAEConfig) -> dict:
     Returns:
         ``checkpoint`` (its path), ``epochs_done`` and ``history`` (the metrics of each epoch trained).
     """
-    from wm_agent.data.dataset import EpisodeDataset
+    from wm_agent.data.union import open_episodes
 
     check_settings((cfg.batch_size >= 1, f"--batch-size must be >= 1, got {cfg.batch_size}"),
                    (cfg.epochs >= 0, f"--epochs must be >= 0, got {cfg.epochs}"))
-    ds = EpisodeDataset(cfg.data)
+    ds = open_episodes(cfg.data)
     out = Path(cfg.out)
     make_parent(out)  # a folder at --out, or a file in its path, is named before any training
     device = resolve_device(cfg.device)
@@ -172,7 +176,7 @@ def run_train_vae(cfg: TrainVAEConfig) -> dict:
             raise ValueError(f"unknown preset {cfg.preset!r}; choose auto or one of {sorted(PRESETS)}")
         config = preset(**action_overrides(ds.action_space))
         torch.manual_seed(cfg.seed)  # the initial weights too: same seed, same checkpoint
-        wm = WorldModel(config, ds.env_id, device, ds.identity["env_kwargs"])
+        wm = WorldModel(config, ds.env_id, device, ds.env_kwargs)
         Path(str(out) + ".metrics.jsonl").unlink(missing_ok=True)
     _same_run("vae", out, wm.train_state.setdefault("vae", {"epoch": 0}), ds, cfg.resume,
               {"--batch-size": cfg.batch_size, "--seed": cfg.seed})
@@ -212,6 +216,8 @@ def _same_run(stage: str, path, state: dict | None, ds, resume: bool, settings: 
 
         if state.get("data") is not None and not same_episodes(state["data"], ds.identity):
             def said(identity: dict) -> str:
+                if "folders" in identity:
+                    return "; ".join(said(part) for part in identity["folders"])
                 return ", ".join(f"{k} {v}" for k, v in identity.items() if v not in (None, {}))
 
             raise ResumeMismatch(path, f"its {STAGES[stage][0]} was trained on other data ({said(state['data'])}), not "
@@ -247,7 +253,8 @@ def action_overrides(space) -> dict:
 
 
 def run_train_rnn(cfg: TrainRNNConfig) -> dict:
-    """Train (or resume) M on the codes V gives ``cfg.data``'s episodes, saving it into the checkpoint each epoch.
+    """Train (or resume) M on the codes V gives the episodes of ``cfg.data``'s folders, saving it into the
+    checkpoint each epoch.
 
     Args:
         cfg: the command's settings.
@@ -255,13 +262,13 @@ def run_train_rnn(cfg: TrainRNNConfig) -> dict:
     Returns:
         ``checkpoint`` (its path), ``epochs_done`` and ``history`` (the metrics of each epoch trained).
     """
-    from wm_agent.data.dataset import EpisodeDataset
+    from wm_agent.data.union import open_episodes
 
     check_settings((cfg.seq_len >= 1, f"--seq-len must be >= 1, got {cfg.seq_len}"),
                    (cfg.batch_size >= 1, f"--batch-size must be >= 1, got {cfg.batch_size}"),
                    (cfg.epochs >= 0, f"--epochs must be >= 0, got {cfg.epochs}"),
                    (0 < cfg.lr_floor <= 1, f"--lr-floor must be in (0, 1], got {cfg.lr_floor}"))
-    ds = EpisodeDataset(cfg.data)
+    ds = open_episodes(cfg.data)
     path = Path(cfg.world_model)
     wm = WorldModel.load(path, resolve_device(cfg.device))
     wm.require_trained("vae", str(path))

@@ -22,16 +22,15 @@ import math
 import os
 import shutil
 import warnings
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, get_args
 
-from wm_agent.backends import BACKEND_HELP, BACKENDS, RAY_ADDRESS_HELP, Backend, make_pool
+from wm_agent.backends import BACKENDS, make_pool
 from wm_agent.config import is_int
 from wm_agent.env_ids import episode_limit
 from wm_agent.data.episodes import _observes_frames, make_env, pixel_env
 from wm_agent.data.frames import CODEC
-from wm_agent.data.policies import POLICIES, Policy, _check_action_space
+from wm_agent.data.collect_config import VECTORIZATIONS, CollectConfig, Vectorization
+from wm_agent.data.policies import POLICIES, _check_action_space, check_policy_arguments
 from wm_agent.data.shard_sync import _ShardSyncer
 from wm_agent.data.shard_writer import (CollectionError, _close_cached_envs, _collect_shard, _collect_shard_for_driver,
                                         _mp_context, _place_shard, _remove_temporary, _shard_failed, _ShardTask)
@@ -46,15 +45,13 @@ from wm_agent.workers import WorkerDied
 
 __all__ = ["VECTORIZATIONS", "CollectConfig", "DataCollector", "Vectorization", "default_episodes_per_shard"]
 
-# The choices, once: the config's Literal type (and so the CLI's choices) and the checks both read these.
-Vectorization = Literal["processes", "async", "sync"]
-VECTORIZATIONS: tuple[str, ...] = get_args(Vectorization)
 
 # Shard size when none is given: at least MIN_EPISODES_PER_SHARD episodes, and enough to hold about
 # SHARD_FRAMES frames if every episode ran to the env's limit. Each shard costs milliseconds of file
 # creation (seven files and a folder) whatever it holds: shards of 10 GridWorld episodes (~440 frames)
 # halved the collector's rate. CarRacing (1000-step episodes) keeps 10.
 MIN_EPISODES_PER_SHARD = 10
+DEFAULT_ENV = "WM-GridWorld-v0"
 SHARD_FRAMES = 5_000
 
 
@@ -84,8 +81,10 @@ class DataCollector:
         env_id: a registered Gymnasium id (``"WM-GridWorld-v0"``, ``"WM-CarRacing-v0"``, or
             ``"module:Id"``); the env must emit ``(H, W, 3)`` uint8 observations, unless ``pixels``.
         out_dir: output folder; re-running into it resumes, a different configuration is refused.
-        policy: ``"random"`` (uniform actions) or ``"brownian"`` (clipped random walk for Box actions,
-            actions held 1..8 steps for Discrete ones).
+        policy: ``"random"`` (uniform actions), ``"brownian"`` (clipped random walk for Box actions,
+            actions held 1..8 steps for Discrete ones), or ``"controller"``: ``world_model``'s controller
+            drives, reading V's and M's (z, h) as in ``wm-agent evaluate``, plus exploration noise
+            (``wm_agent.data.controller_policy``).
         seed: base seed; shard ``i`` is seeded from ``(seed, i)``.
         workers: parallel envs: worker processes, or sub-envs of the vector env (see ``vectorization``).
         episodes_per_shard: episodes per shard (memory per worker grows with it). None (the default):
@@ -108,11 +107,19 @@ class DataCollector:
             machines, so each sends its shard's files back and this process writes them into ``out_dir``:
             the same shards, with no shared filesystem needed. ``vectorization`` must be ``"processes"``.
         ray_address: the Ray cluster to join (``wm_agent.ray_pool.RayPool``; None: start or join a local one).
+        world_model: the checkpoint whose controller drives ``policy="controller"`` (trained V, M and C);
+            each worker process loads it once. ``env_id`` None: collect from its env with its ``env_kwargs``;
+            an ``env_id`` (and ``env_kwargs``) given must be the same.
+        policy_noise: ``policy="controller"`` only: Box actions get Gaussian noise of std
+            ``policy_noise * (high - low) / 2``, clipped into the bounds; a discrete action is replaced by a
+            uniformly random one with probability ``policy_noise``. In [0, 1]; None: 0.1.
+        greedy: ``policy="controller"`` only: argmax discrete actions instead of sampling from the
+            controller's softmax (as ``evaluate --greedy``).
     """
 
     def __init__(
         self,
-        env_id: str,
+        env_id: str | None,
         out_dir: str | os.PathLike,
         policy: str = "random",
         seed: int = 0,
@@ -124,9 +131,13 @@ class DataCollector:
         pixels: bool = False,
         backend: str = "local",
         ray_address: str | None = None,
+        world_model: str | os.PathLike | None = None,
+        policy_noise: float | None = None,
+        greedy: bool = False,
     ):
         if policy not in POLICIES:
             raise ValueError(f"policy must be one of {POLICIES}, got {policy!r}")
+        check_policy_arguments(policy, world_model, policy_noise, greedy, vectorization, backend)
         if vectorization not in VECTORIZATIONS:
             raise ValueError(f"vectorization must be one of {VECTORIZATIONS}, got {vectorization!r}")
         if backend not in BACKENDS:
@@ -156,12 +167,24 @@ class DataCollector:
             env_kwargs = json.loads(json.dumps(env_kwargs))  # the manifest stores them as JSON
         except TypeError as exc:
             raise ValueError(f"env_kwargs must be JSON-serialisable: {exc}") from None
-        if pixels:
+        self.policy_options = None
+        if policy == "controller":
+            from wm_agent.data.controller_policy import prepare_driver
+
+            env_id, env_kwargs, self.policy_options = prepare_driver(world_model, env_id, env_kwargs, pixels,
+                                                                     policy_noise, greedy)
+        elif env_id is None:
+            env_id = DEFAULT_ENV
+        if pixels and policy != "controller":
             env_id, env_kwargs = pixel_env(env_id, env_kwargs)
 
         env = make_env(env_id, env_kwargs)
         try:
             obs_space, action_space, spec = env.observation_space, env.action_space, env.spec
+            if self.policy_options is not None and _observes_frames(obs_space):
+                from wm_agent.data.controller_policy import check_driver_fits
+
+                check_driver_fits(env, self.policy_options)
         finally:
             env.close()
         if not _observes_frames(obs_space):
@@ -206,15 +229,22 @@ class DataCollector:
                    env_kwargs=config.env_kwargs,
                    max_steps=config.max_steps or None,  # as everywhere on the command line: 0 = the env's limit
                    vectorization=config.vectorization, pixels=config.pixels, backend=config.backend,
-                   ray_address=config.ray_address)
+                   ray_address=config.ray_address, world_model=config.world_model,
+                   policy_noise=config.policy_noise, greedy=config.greedy)
 
     # -- manifest ---------------------------------------------------------------------------------
     def _identity(self) -> dict:
-        return {"frame_codec": CODEC, "env_id": self.env_id, "env_kwargs": self.env_kwargs, "policy": self.policy,
-                "seed": self.seed, "episodes_per_shard": self.episodes_per_shard, "max_steps": self.max_steps}
+        identity = {"frame_codec": CODEC, "env_id": self.env_id, "env_kwargs": self.env_kwargs, "policy": self.policy,
+                    "seed": self.seed, "episodes_per_shard": self.episodes_per_shard, "max_steps": self.max_steps}
+        if self.policy_options is not None:  # the driver by its bytes, not its path: a moved checkpoint is the same
+            options = self.policy_options
+            identity["policy_options"] = {"world_model_sha256": options["sha256"], "noise": options["noise"],
+                                          "greedy": options["greedy"]}
+        return identity
 
     def _new_manifest(self, shards: list[dict]) -> dict:
-        manifest = {"format": MANIFEST_FORMAT, **self._identity(),
+        extra = {} if self.policy_options is None else {"policy_world_model": self.policy_options["world_model"]}
+        manifest = {"format": MANIFEST_FORMAT, **self._identity(), **extra,
                     "observation_shape": list(self.observation_shape), "observation_dtype": "uint8",
                     "action_space": describe_space(self.action_space), "shards": []}
         _set_shards(manifest, shards)
@@ -240,7 +270,8 @@ class DataCollector:
             self.episodes_per_shard = int(old["episodes_per_shard"])  # e.g. made before the default changed
             self._shard_size_fixed = True
         mine = self._identity()
-        diffs = [f"{k}: {old.get(k)!r} there, {mine[k]!r} now" for k in IDENTITY_KEYS if old.get(k) != mine[k]]
+        diffs = [f"{k}: {old.get(k)!r} there, {mine.get(k)!r} now" for k in IDENTITY_KEYS
+                 if old.get(k) != mine.get(k)]
         if diffs:
             raise ValueError(
                 f"{self.out_dir} already holds data collected with different settings ({'; '.join(diffs)}); "
@@ -301,7 +332,7 @@ class DataCollector:
                 for i in range(math.ceil(episodes / self.episodes_per_shard))]
         tasks = [
             _ShardTask(i, n, str(self.out_dir), self.env_id, self.env_kwargs, self.policy, self.seed,
-                       self.episodes_per_shard, self.max_steps)
+                       self.episodes_per_shard, self.max_steps, self.policy_options)
             for i, n in plan
             if finished.get(i, {}).get("episodes", 0) < n
         ]
@@ -339,6 +370,10 @@ class DataCollector:
         finally:
             bar.close()
             sync_error = syncer.close()  # finished shards still reach the manifest if a worker failed
+            if self.policy_options is not None:
+                from wm_agent.data.controller_policy import forget_drivers
+
+                forget_drivers()
         if sync_error is not None:
             raise sync_error
         return manifest
@@ -421,40 +456,3 @@ class DataCollector:
         run_vector(tasks, record, bar, env_id=self.env_id, env_kwargs=self.env_kwargs, workers=self.workers,
                    vectorization=self.vectorization, observation_shape=self.observation_shape,
                    action_space=self.action_space)
-
-
-# ----------------------------------------------------------------------------------------------
-# Typed configuration (the CLI's `wm-agent collect` is generated from it)
-# ----------------------------------------------------------------------------------------------
-@dataclass
-class CollectConfig:
-    out: str = field(metadata={"help": "output folder (re-running the same command resumes into it)"})
-    env: str = field(default="WM-GridWorld-v0", metadata={"help": "Gymnasium env id with 64x64x3 uint8 frames "
-                                                                  "(any env that renders rgb_array with --pixels)"})
-    episodes: int = field(default=100, metadata={"help": "episodes the folder should hold"})
-    workers: int = field(default=1, metadata={"help": "parallel envs: worker processes (1 = collect in this "
-                                                        "process), or sub-envs with --vectorization async|sync"})
-    vectorization: Vectorization = field(
-        default="processes",
-        metadata={"help": "processes: workers roll out whole shards on their own (fastest); async|sync: one "
-                          "Gymnasium vector env (gym.make_vec) stepped in lockstep. Same shards either way"})
-    policy: Policy = field(
-        default="random", metadata={"help": "data policy: uniform random, or brownian (correlated) actions"})
-    seed: int = field(default=0, metadata={"help": "base seed; shard i is seeded from (seed, i)"})
-    episodes_per_shard: int | None = field(
-        default=None, metadata={"help": "episodes per shard file set (0 or unset: at least 10, more for short "
-                                        "episodes: about 5,000 frames' worth at the env's episode limit, 98 for "
-                                        "GridWorld; a folder being resumed keeps its own)"})
-    max_steps: int | None = field(
-        default=None, metadata={"help": "optional cap on the collected episodes' length (0 or unset: the env's own "
-                                              "limit); dreams and evaluation keep the env's own limit: to change "
-                                              "that, pass max_episode_steps in --env-kwargs"})
-    env_kwargs: dict = field(default_factory=dict, metadata={"help": "JSON object of gym.make keyword arguments"})
-    pixels: bool = field(
-        default=False, metadata={"help": "collect the env's rgb_array render as 64x64 frames, for envs whose "
-                                         "observations are not images (CartPole-v1); the data then names env "
-                                         "WM-Pixels-v0 with env_id ENV in its env_kwargs: the env later stages "
-                                         "rebuild"})
-    backend: Backend = field(default="local", metadata={"help": BACKEND_HELP + " (ray: shards are sent back to "
-                                                                               "this machine's --out)"})
-    ray_address: str | None = field(default=None, metadata={"help": RAY_ADDRESS_HELP})

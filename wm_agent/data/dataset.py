@@ -34,8 +34,13 @@ def same_episodes(saved: dict, identity: dict) -> bool:
         identity: the identity now (``EpisodeDataset.identity``).
 
     Returns:
-        True when every key of ``saved`` has the same value in ``identity``.
+        True when every key of ``saved`` has the same value in ``identity``. Several folders read as one
+        (``EpisodeUnion``) have ``{"folders": [identity, ...]}``: the same folders' episodes, in the same order.
     """
+    if "folders" in saved or "folders" in identity:
+        mine, theirs = saved.get("folders"), identity.get("folders")
+        return (isinstance(mine, list) and isinstance(theirs, list) and len(mine) == len(theirs)
+                and all(same_episodes(a, b) for a, b in zip(mine, theirs)))
     return all(identity.get(key) == value for key, value in saved.items())
 
 
@@ -101,6 +106,11 @@ class EpisodeDataset:
     @property
     def env_id(self) -> str:
         return self.manifest["env_id"]
+
+    @property
+    def env_kwargs(self) -> dict:
+        """The ``gym.make`` keyword arguments the episodes were collected with (``collect --env-kwargs``)."""
+        return dict(self.manifest.get("env_kwargs") or {})
 
     @property
     def identity(self) -> dict:

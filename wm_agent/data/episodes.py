@@ -93,15 +93,17 @@ def run_episodes(
     """Roll out one episode per reset seed, storing every frame, action and reward.
 
     This loop is shared by the collector's workers and the benchmark's single-env baseline, so the
-    two measure the same work. ``max_steps`` caps an episode (its last step is marked truncated).
-    ``on_progress(frames, episodes)`` gets the buffer's running totals after each episode and every
-    ``PROGRESS_EVERY`` steps within one (CarRacing's 1000-step episodes take seconds).
+    two measure the same work. The policy gets each reset seed (``start_episode(seed)``) and, where it
+    ``observes``, the frame it acts on (``policy(frame)``). ``max_steps`` caps an episode (its last step
+    is marked truncated). ``on_progress(frames, episodes)`` gets the buffer's running totals after each
+    episode and every ``PROGRESS_EVERY`` steps within one (CarRacing's 1000-step episodes take seconds).
     """
     if buffer is None:
         buffer = EpisodeBuffer(env.observation_space.shape, env.action_space, 1024)
     obs_shape = tuple(buffer.frames.frame_shape)
     store = buffer.frames.append
     cap = max_steps if max_steps is not None else math.inf
+    observes = getattr(policy, "observes", False)  # the controller reads each frame; the blind policies are called bare
     for seed in reset_seeds:
         obs, _ = env.reset(seed=int(seed))
         obs = np.asarray(obs)
@@ -110,7 +112,7 @@ def run_episodes(
                 f"{env.spec.id if env.spec else env}: expected uint8 observations of shape {obs_shape}, "
                 f"got {obs.dtype} {obs.shape}"
             )
-        policy.start_episode()
+        policy.start_episode(int(seed))
         # Locals, not attributes, in the per-step loop: it runs tens of thousands of times a second.
         f, s = buffer.num_frames, buffer.num_steps
         act_buf, rew_buf = buffer.actions, buffer.rewards
@@ -124,7 +126,7 @@ def run_episodes(
                 buffer._ensure(s + 1)
                 act_buf, rew_buf = buffer.actions, buffer.rewards
                 term_buf, trunc_buf = buffer.terminated, buffer.truncated
-            action = policy()
+            action = policy(obs) if observes else policy()
             obs, reward, terminated, truncated, _ = env.step(action)
             t += 1
             truncated = bool(truncated) or t >= cap

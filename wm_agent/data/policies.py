@@ -1,5 +1,10 @@
-"""The data policies that collection rolls out: uniform random actions, or temporally correlated
-("brownian") ones."""
+"""The data policies that collection rolls out: uniform random actions, temporally correlated
+("brownian") ones, or a trained world model's controller (``wm_agent.data.controller_policy``, imported
+only when asked for: it needs torch, which the other policies' workers never load).
+
+A policy is called once per step: ``policy()`` for the blind ones, ``policy(frame)`` for one whose
+``observes`` is True (the controller reads the frame it acts on). ``start_episode(seed)`` begins each
+episode with its reset seed."""
 
 from __future__ import annotations
 
@@ -10,16 +15,52 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-__all__ = ["BROWNIAN_DT", "POLICIES", "STICKY_MAX_REPEAT", "Policy", "make_policy"]
+__all__ = ["BLIND_POLICIES", "BROWNIAN_DT", "POLICIES", "STICKY_MAX_REPEAT", "BlindPolicy", "Policy",
+           "check_policy_arguments", "make_policy"]
 
 # The choices, once: the configs' Literal type (and so the CLI's choices) and the checks both read these.
-Policy = Literal["random", "brownian"]
+Policy = Literal["random", "brownian", "controller"]
 POLICIES: tuple[str, ...] = get_args(Policy)
+# The policies that need nothing but the action space (the controller needs a checkpoint).
+BlindPolicy = Literal["random", "brownian"]
+BLIND_POLICIES: tuple[str, ...] = get_args(BlindPolicy)
 # The sticky discrete policy repeats each action 1..STICKY_MAX_REPEAT steps.
 STICKY_MAX_REPEAT = 8
 # Brownian continuous actions: the per-step increment has std sqrt(dt) * (high - low) / 2, with the
 # dt = 1/50 of the popular PyTorch world-models reimplementation (for CarRacing's steering: 0.14).
 BROWNIAN_DT = 1.0 / 50.0
+
+
+def check_policy_arguments(policy: str, world_model, policy_noise, greedy: bool, vectorization: str,
+                           backend: str) -> None:
+    """Refuse the controller policy's own arguments with another policy, and the controller policy where it
+    does not run: it drives from local worker processes (or this one) only.
+
+    Raises:
+        ValueError: one line naming the argument and its flag.
+    """
+    if policy != "controller":
+        given = [name for name, value in (("world_model", world_model), ("policy_noise", policy_noise),
+                                          ("greedy", greedy)) if value not in (None, False)]
+        if given:
+            raise ValueError(f"{_named(given[0])} goes with policy controller (--policy controller) only, "
+                             f"not with policy {policy!r}")
+        return
+    if world_model is None:
+        raise ValueError(f"policy controller (--policy controller) needs {_named('world_model')}: the checkpoint "
+                         "whose controller drives")
+    # Each process loads the checkpoint once and keeps M's state per episode: a vector env stepped from this
+    # process, or a Ray cluster that may not see the file, would need another path for no gain here.
+    if vectorization != "processes":
+        raise ValueError(f"policy controller (--policy controller) collects with worker processes only: drop "
+                         f"{_named('vectorization')} {vectorization}")
+    if backend != "local":
+        raise ValueError(f"policy controller (--policy controller) runs on this machine only: drop "
+                         f"{_named('backend')} {backend}")
+
+
+def _named(argument: str) -> str:
+    return f"{argument} (--{argument.replace('_', '-')})"
 
 
 def _check_action_space(space: gym.Space) -> None:
@@ -38,13 +79,14 @@ class _RandomPolicy:
     """Uniform random actions, drawn in chunks: one Generator call per 4096 steps, not per step."""
 
     CHUNK = 4096
+    observes = False
 
     def __init__(self, space: gym.Space, rng: np.random.Generator):
         self.space, self.rng = space, rng
         self._buffer: list | np.ndarray = []
         self._next = 0
 
-    def start_episode(self) -> None:
+    def start_episode(self, seed: int | None = None) -> None:
         pass
 
     def _refill(self) -> None:
@@ -73,6 +115,8 @@ class _BrownianPolicy:
     "brownian" data policy used for CarRacing). Discrete: a random action held for 1..k steps.
     """
 
+    observes = False
+
     def __init__(self, space: gym.Space, rng: np.random.Generator):
         self.space, self.rng = space, rng
         self._discrete = isinstance(space, spaces.Discrete)
@@ -81,7 +125,7 @@ class _BrownianPolicy:
         self._action: Any = None
         self._left = 0
 
-    def start_episode(self) -> None:
+    def start_episode(self, seed: int | None = None) -> None:
         self._left = 0
         if not self._discrete:
             self._action = self.rng.uniform(self.space.low, self.space.high).astype(self.space.dtype)
@@ -99,9 +143,26 @@ class _BrownianPolicy:
         return self._action
 
 
-def make_policy(name: str, space: gym.Space, rng: np.random.Generator):
-    """A data policy: ``policy.start_episode()`` at each reset, then ``policy()`` -> action."""
+def make_policy(name: str, space: gym.Space, rng: np.random.Generator, options: dict | None = None):
+    """A data policy: ``policy.start_episode(seed)`` at each reset, then ``policy()`` -> action, or
+    ``policy(frame)`` where ``policy.observes``.
+
+    Args:
+        name: one of ``POLICIES``.
+        space: the env's action space.
+        rng: the policy's random numbers (the shard's policy Generator).
+        options: the controller's (``controller_policy.ControllerPolicy.from_options``); None for the others.
+
+    Returns:
+        The policy.
+    """
     if name not in POLICIES:
         raise ValueError(f"policy must be one of {POLICIES}, got {name!r}")
     _check_action_space(space)
+    if name == "controller":
+        from wm_agent.data.controller_policy import ControllerPolicy
+
+        if options is None:
+            raise ValueError("the controller policy needs its options (the checkpoint and the noise)")
+        return ControllerPolicy.from_options(options, space, rng)
     return (_RandomPolicy if name == "random" else _BrownianPolicy)(space, rng)

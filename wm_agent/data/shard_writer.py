@@ -50,6 +50,7 @@ class _ShardTask:
     seed: int
     episodes_per_shard: int
     max_steps: int | None
+    policy_options: dict | None = None  # the controller policy's (controller_policy.prepare_driver)
 
 
 def _shard_failed(task: "_ShardTask", exc: BaseException, where: str = "") -> "CollectionError":
@@ -69,7 +70,7 @@ def _collect_shard(task: _ShardTask, on_progress: Callable[[int, int], None] | N
     cpu_start = time.process_time()
     env, buffer = _cached_env(task.env_id, task.env_kwargs, lambda env: _capacity(env.spec, task))
     reset_seeds, rng = shard_rngs(task.seed, task.index, task.episodes_per_shard)
-    policy = make_policy(task.policy, env.action_space, rng)
+    policy = make_policy(task.policy, env.action_space, rng, task.policy_options)
     if on_progress is None:
         on_progress = _report_to_shared(task.index)
     tmp, writer = _open_shard(task, env.observation_space.shape)

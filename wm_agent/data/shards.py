@@ -38,7 +38,9 @@ MANIFEST = "manifest.json"
 MANIFEST_FORMAT = 2  # 1: raw uint8 obs.npy frames (before LZ4)
 SHARD_FILES = (BLOB, OFFSETS, "actions", "rewards", "terminated", "truncated", "lengths")
 # Settings that change what the shards contain: a resumed run must agree on all of them.
-IDENTITY_KEYS = ("frame_codec", "env_id", "env_kwargs", "policy", "seed", "episodes_per_shard", "max_steps")
+# policy_options: the controller policy's checkpoint hash, noise and greedy flag (absent for the others).
+IDENTITY_KEYS = ("frame_codec", "env_id", "env_kwargs", "policy", "policy_options", "seed", "episodes_per_shard",
+                 "max_steps")
 
 _SHARD_RE = re.compile(r"^shard_(\d+)$")
 _TMP_PREFIX = ".tmp-"
