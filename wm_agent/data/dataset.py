@@ -213,17 +213,7 @@ class EpisodeDataset:
         Returns:
             An iterator of uint8 (B, H, W, 3) arrays.
         """
-        if not is_int(batch_size) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-        if not isinstance(rng, np.random.Generator):
-            raise TypeError(f"rng must be a numpy Generator (np.random.default_rng(seed)), got {rng!r}")
-        order = rng.permutation(self.num_frames)
-        stop = len(order) - len(order) % batch_size if drop_last else len(order)
-        for i, start in enumerate(range(0, stop, batch_size)):
-            yield self.frames(order[start : start + batch_size])
-            if i % 256 == 255:
-                self.release_pages()
-        self.release_pages()
+        return frame_batches(self, batch_size, rng, drop_last)
 
     def release_pages(self) -> None:
         """Drop the frame pages an epoch has touched from this process's resident set.
@@ -319,6 +309,26 @@ class EpisodeDataset:
 # ----------------------------------------------------------------------------------------------
 # Helpers
 # ----------------------------------------------------------------------------------------------
+def frame_batches(data, batch_size: int, rng: np.random.Generator, drop_last: bool = False) -> Iterator[np.ndarray]:
+    """One epoch of ``data.frames`` batches in a random order, each frame exactly once, releasing the pages
+    read every 256 batches and at the end (``data``: an ``EpisodeDataset`` or a union of them)."""
+    if not is_int(batch_size) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    if not isinstance(rng, np.random.Generator):
+        raise TypeError(f"rng must be a numpy Generator (np.random.default_rng(seed)), got {rng!r}")
+    return _frame_batches(data, batch_size, rng, drop_last)
+
+
+def _frame_batches(data, batch_size: int, rng: np.random.Generator, drop_last: bool) -> Iterator[np.ndarray]:
+    order = rng.permutation(data.num_frames)
+    stop = len(order) - len(order) % batch_size if drop_last else len(order)
+    for i, start in enumerate(range(0, stop, batch_size)):
+        yield data.frames(order[start : start + batch_size])
+        if i % 256 == 255:
+            data.release_pages()
+    data.release_pages()
+
+
 def _starts(counts: np.ndarray) -> np.ndarray:
     """Exclusive cumulative sum: where each block starts when blocks of ``counts`` are laid end to end."""
     starts = np.zeros(len(counts), np.int64)

@@ -14,8 +14,7 @@ from typing import Iterator
 
 import numpy as np
 
-from wm_agent.config import is_int
-from wm_agent.data.dataset import EpisodeDataset
+from wm_agent.data.dataset import EpisodeDataset, frame_batches
 from wm_agent.data.shards import describe_space
 from wm_agent.env_ids import registered_id
 
@@ -158,27 +157,9 @@ class EpisodeUnion:
 
     def iter_frame_batches(self, batch_size: int, rng: np.random.Generator, drop_last: bool = False
                            ) -> Iterator[np.ndarray]:
-        """One epoch of uint8 frame batches over all parts in a random order: each frame exactly once.
-
-        Args:
-            batch_size: frames per batch (a positive int).
-            rng: the numpy Generator that shuffles the frames.
-            drop_last: drop the last, smaller batch.
-
-        Returns:
-            An iterator of uint8 (B, H, W, 3) arrays.
-        """
-        if not is_int(batch_size) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-        if not isinstance(rng, np.random.Generator):
-            raise TypeError(f"rng must be a numpy Generator (np.random.default_rng(seed)), got {rng!r}")
-        order = rng.permutation(self.num_frames)
-        stop = len(order) - len(order) % batch_size if drop_last else len(order)
-        for i, start in enumerate(range(0, stop, batch_size)):
-            yield self.frames(order[start : start + batch_size])
-            if i % 256 == 255:
-                self.release_pages()
-        self.release_pages()
+        """One epoch of uint8 frame batches over all parts in a random order (each frame exactly once), as
+        ``EpisodeDataset.iter_frame_batches``."""
+        return frame_batches(self, batch_size, rng, drop_last)
 
     def release_pages(self) -> None:
         """Drop the frame pages read so far from this process's resident set (``EpisodeDataset.release_pages``)."""
