@@ -44,7 +44,24 @@ def same_episodes(saved: dict, identity: dict) -> bool:
     return all(identity.get(key) == value for key, value in saved.items())
 
 
-class EpisodeDataset:
+class EpisodeCounts:
+    """Episode, step and frame counts from ``self.lengths`` (steps per episode; each episode has one frame
+    more than steps: its first observation)."""
+
+    @property
+    def num_episodes(self) -> int:
+        return len(self.lengths)
+
+    @property
+    def num_steps(self) -> int:
+        return int(self.lengths.sum())
+
+    @property
+    def num_frames(self) -> int:
+        return self.num_steps + self.num_episodes
+
+
+class EpisodeDataset(EpisodeCounts):
     """Episodes of a collection folder (see ``wm_agent.data.collect``), validated on opening.
 
     Args:
@@ -122,18 +139,6 @@ class EpisodeDataset:
     def observation_shape(self) -> tuple[int, ...]:
         return tuple(self.manifest["observation_shape"])
 
-    @property
-    def num_episodes(self) -> int:
-        return len(self.lengths)
-
-    @property
-    def num_steps(self) -> int:
-        return int(self.lengths.sum())
-
-    @property
-    def num_frames(self) -> int:
-        return self.num_steps + self.num_episodes
-
     def __repr__(self) -> str:
         return (f"EpisodeDataset({str(self.root)!r}, env_id={self.env_id!r}, episodes={self.num_episodes}, "
                 f"frames={self.num_frames})")
@@ -177,18 +182,10 @@ class EpisodeDataset:
         Returns:
             The frames as a uint8 (B, H, W, 3) array.
         """
-        indices = np.asarray(indices)
-        if indices.ndim != 1 or not (np.issubdtype(indices.dtype, np.integer) or indices.size == 0):
-            raise ValueError(f"indices must be a 1-D integer array, got {indices.dtype} shape {indices.shape}")
+        indices = frame_indices(indices, self.num_frames)
         out = np.empty((len(indices), *self.observation_shape), np.uint8)
         if len(indices) == 0:
             return out
-        low, high = int(indices.min()), int(indices.max())  # Python ints: a uint64 index cannot wrap around
-        if low < -self.num_frames or high >= self.num_frames:
-            raise IndexError(f"frame indices must lie in [-{self.num_frames}, {self.num_frames}), got {low}..{high}")
-        indices = indices.astype(np.int64, copy=False)
-        if low < 0:  # negative ones count from the end, as episode(-1)
-            indices = indices % self.num_frames
         episodes = np.searchsorted(self.frame_offsets, indices, side="right") - 1
         shard_of = self._ep_shard[episodes]
         local = self._local_frame[episodes] + (indices - self.frame_offsets[episodes])
@@ -309,6 +306,21 @@ class EpisodeDataset:
 # ----------------------------------------------------------------------------------------------
 # Helpers
 # ----------------------------------------------------------------------------------------------
+def frame_indices(indices, num_frames: int) -> np.ndarray:
+    """``indices`` checked (a 1-D integer array in ``[-num_frames, num_frames)``) as int64, negative ones
+    counted from the end as ``episode(-1)`` is."""
+    indices = np.asarray(indices)
+    if indices.ndim != 1 or not (np.issubdtype(indices.dtype, np.integer) or indices.size == 0):
+        raise ValueError(f"indices must be a 1-D integer array, got {indices.dtype} shape {indices.shape}")
+    if len(indices) == 0:
+        return indices.astype(np.int64)
+    low, high = int(indices.min()), int(indices.max())  # Python ints: a uint64 index cannot wrap around
+    if low < -num_frames or high >= num_frames:
+        raise IndexError(f"frame indices must lie in [-{num_frames}, {num_frames}), got {low}..{high}")
+    indices = indices.astype(np.int64, copy=False)
+    return indices % num_frames if low < 0 else indices
+
+
 def frame_batches(data, batch_size: int, rng: np.random.Generator, drop_last: bool = False) -> Iterator[np.ndarray]:
     """One epoch of ``data.frames`` batches in a random order, each frame exactly once, releasing the pages
     read every 256 batches and at the end (``data``: an ``EpisodeDataset`` or a union of them)."""

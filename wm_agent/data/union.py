@@ -14,7 +14,7 @@ from typing import Iterator
 
 import numpy as np
 
-from wm_agent.data.dataset import EpisodeDataset, frame_batches
+from wm_agent.data.dataset import EpisodeCounts, EpisodeDataset, frame_batches, frame_indices
 from wm_agent.data.shards import describe_space
 from wm_agent.env_ids import registered_id
 
@@ -61,7 +61,7 @@ def open_episodes(data) -> EpisodeDataset | EpisodeUnion:
     return EpisodeUnion([EpisodeDataset(folder) for folder in folders])
 
 
-class EpisodeUnion:
+class EpisodeUnion(EpisodeCounts):
     """Episode datasets of the same env laid end to end, with the reading API of ``EpisodeDataset`` that
     training uses (global frame and step indices run over the parts in order).
 
@@ -111,18 +111,6 @@ class EpisodeUnion:
     def observation_shape(self) -> tuple[int, ...]:
         return self.parts[0].observation_shape
 
-    @property
-    def num_episodes(self) -> int:
-        return len(self.lengths)
-
-    @property
-    def num_steps(self) -> int:
-        return int(self.lengths.sum())
-
-    @property
-    def num_frames(self) -> int:
-        return self.num_steps + self.num_episodes
-
     def __len__(self) -> int:
         return self.num_episodes
 
@@ -131,24 +119,12 @@ class EpisodeUnion:
                f"frames={self.num_frames})"
 
     def frames(self, indices) -> np.ndarray:
-        """Frames at global indices, as ``EpisodeDataset.frames`` (each part reads its own, in order).
-
-        Args:
-            indices: 1-D integer array of global frame indices in ``[0, num_frames)``.
-
-        Returns:
-            The frames as a uint8 (B, H, W, 3) array.
-        """
-        indices = np.asarray(indices)
-        if indices.ndim != 1 or not (np.issubdtype(indices.dtype, np.integer) or indices.size == 0):
-            raise ValueError(f"indices must be a 1-D integer array, got {indices.dtype} shape {indices.shape}")
+        """uint8 (B, H, W, 3) frames at global indices, as ``EpisodeDataset.frames`` (negative ones count from
+        the end); each part reads its own, in order."""
+        indices = frame_indices(indices, self.num_frames)
         out = np.empty((len(indices), *self.observation_shape), np.uint8)
         if len(indices) == 0:
             return out
-        if int(indices.min()) < 0 or int(indices.max()) >= self.num_frames:
-            raise IndexError(f"frame indices must lie in [0, {self.num_frames}), got "
-                             f"{int(indices.min())}..{int(indices.max())}")
-        indices = indices.astype(np.int64, copy=False)
         part_of = np.searchsorted(self._frame_starts, indices, side="right") - 1
         for k in np.unique(part_of):
             rows = np.flatnonzero(part_of == k)
