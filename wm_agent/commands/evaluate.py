@@ -47,8 +47,8 @@ def evaluate(cfg: EvaluateConfig, wm: WorldModel | None = None) -> dict:
         wm: the world model to score, in memory (None: the one ``cfg.checkpoint`` holds).
 
     Returns:
-        The summary ``wm-agent evaluate`` prints: env, episodes, mean/std return, mean steps, and where the
-        env reports them success rate and oracle return.
+        The summary ``wm-agent evaluate`` prints: env, episodes, mean/std/min/median/max return, mean steps,
+        and where the env reports them success rate and oracle return.
     """
     if wm is None:
         cfg = dataclasses.replace(cfg, checkpoint=checkpoint_path(cfg.checkpoint, cfg.pretrained))
@@ -82,7 +82,8 @@ def evaluate(cfg: EvaluateConfig, wm: WorldModel | None = None) -> dict:
     returns = res["return"][0]
     summary = {"env": env_id, "episodes": cfg.episodes, "seed": cfg.seed, "greedy": cfg.greedy,
                "mean_return": float(returns.mean()), "std_return": float(returns.std()),
-               "mean_steps": float(res["steps"].mean())}
+               "min_return": float(returns.min()), "median_return": float(np.median(returns)),
+               "max_return": float(returns.max()), "mean_steps": float(res["steps"].mean())}
     if "oracle_return" in res:
         oracle = res["oracle_return"][0]
         summary.update(success_rate=float(res["success"].mean()), oracle_return=float(oracle.mean()),
