@@ -35,7 +35,7 @@ def real_history(state: dict) -> list[tuple[int, float]]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("checkpoint", help="the search's checkpoint (its train_state['cmaes'] log)")
-    parser.add_argument("snapshots", help="folder of gen_<N>.pt snapshots and their gen_<N>.eval.json")
+    parser.add_argument("snapshots", help="folder of snapshots (any name ending gen_<N>.pt) and their .eval.json files")
     parser.add_argument("--out", default="carracing_learning_curve.png", help="PNG to write")
     args = parser.parse_args()
 
@@ -45,7 +45,7 @@ def main() -> None:
     train = ("generation mean (training episodes)", [s * repeat for s, _ in history], [m for _, m in history])
 
     points = []
-    for path in Path(args.snapshots).glob("gen_*.eval.json"):
+    for path in Path(args.snapshots).glob("*gen_*.eval.json"):
         snapshot = path.with_name(path.name.removesuffix(".eval.json") + ".pt")
         if snapshot.exists():  # its own history says how many real frames it had taken
             steps = real_history(torch.load(snapshot, weights_only=True))[-1][0]
