@@ -84,8 +84,10 @@ def rollout_batch(wm: WorldModel, envs: list[gym.Env], params: torch.Tensor, see
     """Every controller in ``params`` (P, n) for an episode from each reset seed, all at once in the REAL env.
 
     Sampled actions come from each episode's own stream (``EpisodeUniforms``, seeded by its reset seed),
-    so an episode's result does not depend on the batch around it, and all controllers meet the same
-    numbers on the same seed (common random numbers).
+    so an episode's random numbers do not depend on the batch around it, and all controllers meet the same
+    numbers on the same seed (common random numbers). Its arithmetic can: a batched forward pass rounds
+    differently from a smaller one, which a discrete policy hardly ever notices but CarRacing's physics
+    amplify, so a continuous-control episode's return can move slightly with the batch it ran in.
 
     ``envs`` holds at least P x len(seeds) envs, stepped in lockstep: each step encodes all frames with
     V, runs C and M's LSTM once for the whole batch, so the networks cost one batched call per step
@@ -235,7 +237,8 @@ class RolloutWorkers:
             ) -> dict[str, np.ndarray]:
         """Every controller in ``params`` (P, n) for an episode from each seed, as ``rollout_batch`` returns
         them. The episodes are split over the workers by controller (when P > 1) or else by seed; each
-        episode draws from its own action stream, so the split changes no result.
+        episode draws from its own action stream, so the split changes no random number (float rounding
+        can still differ with the batch: see ``rollout_batch``).
 
         Args:
             params: (P, n) controller parameters.

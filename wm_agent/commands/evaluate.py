@@ -32,7 +32,9 @@ class EvaluateConfig:
                     "from a stream of its own seeded by seed + i", 0)
     greedy: bool = doc("argmax actions instead of sampling from the controller's softmax", False)
     max_steps: int = doc("stop each episode after this many steps (0 = the env's own limit)", 0)
-    workers: int = doc("processes the episodes are split over (the results do not depend on it)", 1)
+    workers: int = doc("processes the episodes are split over (the same episodes and random numbers either way; "
+                       "on CarRacing, whose physics amplify float rounding, a return can differ slightly with "
+                       "the split)", 1)
     progress: bool = doc("show a progress bar", True)
     backend: Backend = doc(BACKEND_HELP + " (ray: every episode runs on the cluster, even with --workers 1)", "local")
     ray_address: str | None = doc(RAY_ADDRESS_HELP, None)
