@@ -86,6 +86,19 @@ def _same_kind(space: gym.Space, expected: gym.Space) -> bool:
     return bool(np.allclose(space.low, expected.low) and np.allclose(space.high, expected.high))
 
 
+def latent_obs(z: torch.Tensor, hidden) -> np.ndarray:
+    """The controller's input as evaluation hands it over: concat(z, h) of one env, float32 on the host."""
+    return torch.cat([z, hidden[0][0]], -1)[0].cpu().numpy().astype(np.float32)
+
+
+@torch.no_grad()
+def advance_hidden(wm: WorldModel, space: gym.Space, z: torch.Tensor, action, hidden):
+    """M's state after ``action`` from the frame coded ``z``: M gets the action as the env acts on it
+    (clipped into a Box)."""
+    a = torch.as_tensor(np.asarray(checked_action(space, action))[None, None], device=wm.device)
+    return wm.rnn.eval().advance(z[:, None], a, hidden)
+
+
 class LatentObservation(gym.Wrapper, gym.utils.RecordConstructorArgs):
     """Encode each real frame with V and step M's hidden state with each action.
 
@@ -103,7 +116,7 @@ class LatentObservation(gym.Wrapper, gym.utils.RecordConstructorArgs):
         self._z = self._hidden = None
 
     def _obs(self) -> np.ndarray:
-        return torch.cat([self._z, self._hidden[0][0]], -1)[0].cpu().numpy().astype(np.float32)
+        return latent_obs(self._z, self._hidden)
 
     def reset(self, *, seed=None, options=None):
         frame, info = self.env.reset(seed=seed, options=options)
@@ -119,12 +132,10 @@ class LatentObservation(gym.Wrapper, gym.utils.RecordConstructorArgs):
             raise gym.error.ResetNeeded("Cannot call LatentObservation.step() before reset()")
         # M gets the action as the env acts on it (clipped into a Box); the env gets it unclipped, as an
         # array of the space's dtype (CarRacing calls .astype on it, so a list would fail there).
-        clipped = checked_action(self.action_space, action)
-        if isinstance(self.action_space, spaces.Box):
-            action = np.asarray(action, self.action_space.dtype)
-        a = torch.as_tensor(np.asarray(clipped)[None, None], device=self.world_model.device)
         with one_torch_thread():  # once per step, around both torch calls
-            hidden = self.world_model.rnn.eval().advance(self._z[:, None], a, self._hidden)
+            hidden = advance_hidden(self.world_model, self.action_space, self._z, action, self._hidden)
+            if isinstance(self.action_space, spaces.Box):
+                action = np.asarray(action, self.action_space.dtype)
             frame, reward, terminated, truncated, info = self.env.step(action)
             # Only now: an env that raises leaves M's state where the env's is.
             self._hidden, self._z = hidden, self.world_model.encode(frame[None])

@@ -30,8 +30,7 @@ from gymnasium import spaces
 
 from wm_agent.config import is_int
 from wm_agent.data.episodes import pixel_env
-from wm_agent.dream_env import checked_action
-from wm_agent.latent_env import check_env_fits
+from wm_agent.latent_env import advance_hidden, check_env_fits, latent_obs
 from wm_agent.models.controller import env_action
 from wm_agent.sampling import EpisodeUniforms
 from wm_agent.torch_utils import one_torch_thread
@@ -203,15 +202,11 @@ class ControllerPolicy:
         wm = self.wm
         with one_torch_thread():
             z = wm.encode(np.asarray(frame)[None])
-            # The observation as LatentObservation hands it to evaluate's controller: float32 on the host.
-            obs = torch.cat([z, self._hidden[0][0]], -1)[0].cpu().numpy().astype(np.float32)
-            out = wm.controller.from_obs(torch.as_tensor(obs)[None])
+            out = wm.controller.from_obs(torch.as_tensor(latent_obs(z, self._hidden))[None])
             action = env_action(out, wm.config.discrete_actions, self.greedy,
                                 uniforms=self._uniforms.at(self._t, [0]))
             action = self._explore(action)
-            # M advances with the action as the env acts on it (clipped into a Box), as in LatentObservation.
-            taken = torch.as_tensor(np.asarray(checked_action(self.space, action))[None, None], device=wm.device)
-            self._hidden = wm.rnn.eval().advance(z[:, None], taken, self._hidden)
+            self._hidden = advance_hidden(wm, self.space, z, action, self._hidden)
         self._t += 1
         return action
 
