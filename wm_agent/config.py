@@ -206,6 +206,9 @@ class WorldModelConfig:
     controller_hidden: int = doc("hidden units of the controller (0 = linear readout, as in the paper)", 0,
                                  bounds=NON_NEGATIVE)
     controller_keypoints: int = doc("keypoints of the 'keypoint' controller (>= 1)", 2, bounds=SIZE)
+    controller_pca: int = doc("'linear' only: read the first K principal directions of the standardised input, "
+                              "whitened, fitted with the normaliser (0 = all of concat(z, h), as in the paper)", 0,
+                              bounds=NON_NEGATIVE)
     max_controller_params: int = doc("refuse configs whose controller would be too large for CMA-ES", 20000,
                                      bounds=SIZE)
 
@@ -240,6 +243,12 @@ class WorldModelConfig:
             problems.append(
                 f"min_log_sigma ({self.min_log_sigma:g}) must be below max_log_sigma ({self.max_log_sigma:g})"
             )
+        if self.controller_pca and self.controller != "linear":
+            problems.append(f"controller_pca ({self.controller_pca}) is for the 'linear' controller, not "
+                            f"'{self.controller}'")
+        elif self.controller_pca > self.z_size + self.hidden_size:
+            problems.append(f"controller_pca ({self.controller_pca}) must not exceed the input's size "
+                            f"z + h = {self.z_size + self.hidden_size}")
         if not problems and self.controller_params > self.max_controller_params:
             problems.append(
                 f"the controller would have {self.controller_params} parameters "
@@ -257,9 +266,10 @@ class WorldModelConfig:
 
     @property
     def controller_features(self) -> int:
-        """Inputs of the controller's readout: concat(z, h), or the keypoint features."""
+        """Inputs of the controller's readout: concat(z, h) (or its first principal directions), or the keypoint
+        features."""
         if self.controller == "linear":
-            return self.z_size + self.hidden_size
+            return self.controller_pca or self.z_size + self.hidden_size
         return sum(self.keypoint_feature_sizes.values())
 
     @property

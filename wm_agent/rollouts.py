@@ -41,7 +41,7 @@ def make_latent_env(env_id: str, wm: WorldModel, **kwargs) -> LatentObservation:
 
 @torch.no_grad()
 def run_episode(env: LatentObservation, wm: WorldModel, seed: int, greedy: bool, max_steps: int = 0,
-                record: bool = False) -> dict:
+                record: bool = False, observe: bool = False) -> dict:
     """One episode of the controller in a LatentObservation env.
 
     Args:
@@ -51,16 +51,20 @@ def run_episode(env: LatentObservation, wm: WorldModel, seed: int, greedy: bool,
         greedy: whether the controller acts greedily instead of sampling.
         max_steps: steps at most (0: no cap but the env's).
         record: whether to record the episode.
+        observe: whether to keep the controller's inputs.
 
     Returns:
         ``return``, ``steps``, ``success`` and ``oracle_return``; with ``record``: also ``frames`` uint8
-        (T+1, H, W, 3), ``rewards`` (T,) and ``actions`` (T[, A]).
+        (T+1, H, W, 3), ``rewards`` (T,) and ``actions`` (T[, A]); with ``observe``: ``observations`` (T, z+h),
+        what the controller acted on at each step.
     """
     obs, info = env.reset(seed=seed)
     uniforms = EpisodeUniforms([seed])
-    frames, rewards, actions = [info["frame"]], [], []
+    frames, rewards, actions, seen = [info["frame"]], [], [], []
     oracle = info.get("oracle_return")
     while True:
+        if observe:
+            seen.append(obs)
         out = wm.controller.from_obs(torch.as_tensor(obs)[None])
         action = env_action(out, wm.config.discrete_actions, greedy, uniforms=uniforms.at(len(rewards), [0]))
         obs, reward, terminated, truncated, info = env.step(action)
@@ -74,7 +78,30 @@ def run_episode(env: LatentObservation, wm: WorldModel, seed: int, greedy: bool,
               "oracle_return": oracle}
     if record:
         result.update(frames=np.stack(frames), rewards=np.array(rewards, np.float32), actions=np.array(actions))
+    if observe:
+        result["observations"] = np.stack(seen)
     return result
+
+
+def driven_observations(wm: WorldModel, env_id: str, seeds: list[int], max_steps: int = 0) -> torch.Tensor:
+    """The controller's inputs along its own real episodes, one per reset seed, in this process.
+
+    Args:
+        wm: the world model whose controller drives.
+        env_id: the real env.
+        seeds: reset seeds, one episode each.
+        max_steps: steps per episode at most (0: the env's limit).
+
+    Returns:
+        (sum of the episodes' steps, z+h) float32 observations.
+    """
+    env = make_latent_env(env_id, wm)
+    try:
+        seen = [run_episode(env, wm, seed, greedy=False, max_steps=max_steps, observe=True)["observations"]
+                for seed in seeds]
+    finally:
+        env.close()
+    return torch.as_tensor(np.concatenate(seen), dtype=torch.float32)
 
 
 @torch.no_grad()

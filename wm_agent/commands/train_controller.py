@@ -10,6 +10,9 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+import torch
+
 from wm_agent.backends import BACKEND_HELP, BACKENDS, RAY_ADDRESS_HELP, Backend
 from wm_agent.config import ResumeMismatch, check_settings, doc, refuse_other_settings
 from wm_agent.latent_env import check_env_fits
@@ -37,6 +40,10 @@ class ControllerTrainConfig:
     controller: str | None = doc("controller architecture to train: linear or keypoint (default: the checkpoint's)",
                                  None)
     hidden: int | None = doc("hidden units of the controller's readout (default: the checkpoint's)", None)
+    pca: int | None = doc("linear controller: how many principal directions of its standardised input (z, h) it "
+                          "reads, whitened (0: all of it, the paper's C; default: the checkpoint's). With --warm-start "
+                          "a full linear controller is carried over onto them, fitted on real episodes it drives",
+                          None)
     sigma0: float = doc("cmaes only: initial CMA-ES step size", 0.5)
     greedy: bool = doc("take the argmax action instead of sampling from the controller's softmax (pg: only in "
                        "the selection dreams; training samples)", False)
@@ -121,7 +128,7 @@ def train_controller(cfg: ControllerTrainConfig, wm: WorldModel | None = None) -
                          "or leave out --warm-start)")
     state = _saved_run(wm, cfg, path, model_name, env_id)
     if not state:
-        _set_architecture(wm, cfg)
+        _set_architecture(wm, cfg, env_id, max_steps)
 
     def save() -> None:
         # One controller run per checkpoint: the other algorithm's saved run no longer made this controller.
@@ -168,7 +175,9 @@ def _check_settings(cfg: ControllerTrainConfig) -> None:
     check_settings((not (cfg.warm_start and cfg.resume),
                     "--warm-start starts a new search from the saved controller: leave out --resume"),
                    (not cfg.warm_start or (cfg.controller is None and cfg.hidden is None),
-                    "--warm-start keeps the saved controller's architecture: leave out --controller and --hidden"))
+                    "--warm-start keeps the saved controller's architecture: leave out --controller and --hidden "
+                    "(--pca carries a linear one over onto its principal directions)"),
+                   (cfg.pca is None or cfg.pca >= 0, f"--pca must be >= 0 (0: all of the input), got {cfg.pca}"))
     check_settings((cfg.temperature >= 0, f"--temperature must be >= 0, got {cfg.temperature}"),
                    (cfg.max_steps >= 0, f"--max-steps must be >= 0 (0: the env's own limit), got {cfg.max_steps}"),
                    (cfg.hidden is None or cfg.hidden >= 0, f"--hidden must be >= 0, got {cfg.hidden}"),
@@ -263,20 +272,54 @@ def _check_resume_settings(state: dict, cfg: ControllerTrainConfig, wm: WorldMod
             saved[flag] = type(now[flag])(value.item() if hasattr(value, "item") else value)
     refuse_other_settings(path, cfg.algo, f"the saved {NAMES[cfg.algo]} used", saved, now)
     for field, flag, current in (("controller", "--controller", wm.config.controller),
-                                 ("hidden", "--hidden", wm.config.controller_hidden)):
+                                 ("hidden", "--hidden", wm.config.controller_hidden),
+                                 ("pca", "--pca", wm.config.controller_pca)):
         asked = getattr(cfg, field)
         if asked is not None and asked != current:
             raise ResumeMismatch(path, f"the saved search trains the checkpoint's controller ({flag} {current}), not "
                                        f"{flag} {asked}", f"resume without {flag}")
 
 
-def _set_architecture(wm: WorldModel, cfg: ControllerTrainConfig) -> None:
-    """A fresh controller of the requested architecture (only when starting a search, never on resume)."""
+def _set_architecture(wm: WorldModel, cfg: ControllerTrainConfig, env_id: str, max_steps: int) -> None:
+    """A fresh controller of the requested architecture (only when starting a search, never on resume); with
+    --warm-start, the saved one carried over onto --pca principal directions."""
     changes = {}
     if cfg.controller is not None and cfg.controller != wm.config.controller:
         changes["controller"] = cfg.controller
     if cfg.hidden is not None and cfg.hidden != wm.config.controller_hidden:
         changes["controller_hidden"] = cfg.hidden
-    if changes:
-        wm.config = dataclasses.replace(wm.config, **changes)  # validates, with a clear error
-        wm.controller = wm.new_controller(wm.config)
+    if cfg.pca is not None and cfg.pca != wm.config.controller_pca:
+        changes["controller_pca"] = cfg.pca
+    if not changes:
+        return
+    if cfg.warm_start:
+        _carry_over(wm, cfg, env_id, max_steps)
+        return
+    wm.config = dataclasses.replace(wm.config, **changes)  # validates, with a clear error
+    wm.controller = wm.new_controller(wm.config)
+
+
+PROJECTION_EPISODES = 8  # real episodes of the saved controller whose inputs the principal directions are fitted on
+
+
+def _carry_over(wm: WorldModel, cfg: ControllerTrainConfig, env_id: str, max_steps: int) -> None:
+    """The saved full linear controller as a --pca one: the principal directions of the inputs it meets driving
+    (``PROJECTION_EPISODES`` real episodes), its normaliser kept and its weights seen through them."""
+    from wm_agent.rollouts import driven_observations
+
+    old = wm.controller
+    if old.kind != "linear" or old.hidden or old.pca or not cfg.pca:
+        raise ValueError(f"--warm-start --pca {cfg.pca} carries a linear controller that reads all of (z, h), with no "
+                         f"hidden layer, over onto principal directions; the saved one is '{old.kind}' with "
+                         f"{old.hidden} hidden units and --pca {old.pca}")
+    rng = np.random.default_rng([cfg.seed, 2**32])
+    seeds = [int(s) for s in rng.integers(2**31, size=PROJECTION_EPISODES)]
+    seen = driven_observations(wm, env_id, seeds, max_steps)
+    wm.config = dataclasses.replace(wm.config, controller_pca=cfg.pca)  # validates, with a clear error
+    wm.controller = wm.new_controller(wm.config)
+    new = wm.controller
+    with torch.no_grad():
+        new.obs_mean.copy_(old.obs_mean)
+        new.obs_std.copy_(old.obs_std)
+    new.fit_projection(seen)
+    new.set_flat(new.params_from_full(old.get_flat()))

@@ -16,6 +16,8 @@ parameters. It ignores h, the paper's "V only" variant: a GridWorld frame shows 
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -56,6 +58,11 @@ class Controller(nn.Module):
         # LSTM states differ in scale, and CMA-ES searches one step size for all weights.
         self.register_buffer("obs_mean", torch.zeros(self.in_dim))
         self.register_buffer("obs_std", torch.ones(self.in_dim))
+        self.pca = config.controller_pca
+        if self.pca:  # the principal subspace the readout reads (see fit_normalizer), saved with the controller
+            self.register_buffer("pca_mean", torch.zeros(self.in_dim))
+            self.register_buffer("pca_basis", torch.eye(self.in_dim)[:, : self.pca])
+        self.features = config.controller_features if self.kind == "linear" else self.in_dim  # what normalize() gives
         self.register_buffer("low", torch.tensor(low if not config.discrete_actions else [0.0] * config.action_dim))
         self.register_buffer("high", torch.tensor(high if not config.discrete_actions else [0.0] * config.action_dim))
         g = config.latent_grid
@@ -64,7 +71,8 @@ class Controller(nn.Module):
         self.register_buffer("coords", (coords - (g - 1) / 2) / g, persistent=False)  # cell centres in (-1/2, 1/2)
 
     def fit_normalizer(self, observations: torch.Tensor) -> None:
-        """Set the input standardisation from a batch of observations.
+        """Set the input standardisation (and with ``controller_pca``, the principal subspace) from a batch of
+        observations.
 
         Args:
             observations: (N, in_dim).
@@ -75,6 +83,51 @@ class Controller(nn.Module):
             mean[:zs], std[:zs] = 0.0, 1.0
         self.obs_mean.copy_(mean)
         self.obs_std.copy_(std)
+        if self.pca:
+            self.fit_projection(observations)
+
+    def fit_projection(self, observations: torch.Tensor) -> None:
+        """The readout's inputs: the first ``controller_pca`` principal directions of the standardised
+        observations, each scaled to unit variance over them. A linear readout of all of concat(z, h) has
+        hundreds of weights on directions the inputs barely vary along; an evolution strategy's random
+        steps pile up there (a random walk, as the returns do not depend on them) and saturate the actions.
+        Reading the few directions that carry the variance, one step size fits every weight. The
+        normaliser is kept as it is.
+
+        Args:
+            observations: (N, in_dim), N > controller_pca.
+        """
+        if len(observations) <= self.pca:
+            raise ValueError(f"fitting {self.pca} principal directions needs more than {self.pca} observations, "
+                             f"got {len(observations)}")
+        x = ((observations.to(self.obs_mean) - self.obs_mean) / self.obs_std).double()
+        centre = x.mean(0)
+        _, s, vt = torch.linalg.svd(x - centre, full_matrices=False)
+        scale = (s[: self.pca] / math.sqrt(len(x) - 1)).clamp_min(1e-6)  # each direction's std
+        self.pca_mean.copy_(centre.to(self.pca_mean))
+        self.pca_basis.copy_((vt[: self.pca].T / scale).to(self.pca_basis))
+
+    def params_from_full(self, full: np.ndarray) -> np.ndarray:
+        """This controller's parameters closest to a linear controller ``full`` reading all of concat(z, h) with
+        the same normaliser: its weights seen through the principal subspace (exact on that subspace).
+
+        Args:
+            full: the flat parameters (in_dim x action_dim weights, then action_dim biases) of the full readout.
+
+        Returns:
+            Flat parameters of this (``controller_pca``) controller.
+        """
+        if not self.pca or self.hidden:
+            raise ValueError("params_from_full maps a full linear readout onto a controller_pca one (no hidden layer)")
+        n, a = self.in_dim, self.out_dim
+        full = np.asarray(full, np.float64)
+        if full.shape != (n * a + a,):
+            raise ValueError(f"expected {n * a + a} parameters of a full linear readout, got shape {full.shape}")
+        w, b = full[: n * a].reshape(n, a), full[n * a :]
+        basis, centre = self.pca_basis.double().cpu().numpy(), self.pca_mean.double().cpu().numpy()
+        # x - centre ~ features @ pinv(basis), so x @ w + b ~ features @ (pinv(basis) @ w) + centre @ w + b
+        weights = np.linalg.pinv(basis) @ w
+        return np.concatenate([weights.ravel(), centre @ w + b])
 
     def initial_params(self, observations: torch.Tensor) -> np.ndarray:
         """Where a search starts: zeros, except that each keypoint starts on its own RARE kind of cell.
@@ -129,7 +182,9 @@ class Controller(nn.Module):
         return scales
 
     def normalize(self, obs: torch.Tensor) -> torch.Tensor:
-        return (obs - self.obs_mean) / self.obs_std
+        """The readout's inputs (``features`` wide) for observations concat(z, h)."""
+        x = (obs - self.obs_mean) / self.obs_std
+        return (x - self.pca_mean) @ self.pca_basis if self.pca else x
 
     def get_flat(self) -> np.ndarray:
         return self.params.detach().cpu().numpy().astype(np.float64)

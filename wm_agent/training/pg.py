@@ -320,7 +320,7 @@ def _networks(wm: WorldModel, cfg, theta: np.ndarray) -> tuple[Policy, Critic, t
     policy = Policy(wm, theta, cfg.init_std)
     with torch.random.fork_rng(devices=[]):  # the critic's initial weights from the seed, the caller's stream kept
         torch.manual_seed(cfg.seed)
-        critic = Critic(wm.controller.in_dim, cfg.critic_hidden).to(wm.device)
+        critic = Critic(wm.controller.features, cfg.critic_hidden).to(wm.device)
     opt = torch.optim.Adam([{"params": list(policy.parameters()), "lr": cfg.lr},
                             {"params": list(critic.parameters()), "lr": cfg.critic_lr}])
     return policy, critic, opt
