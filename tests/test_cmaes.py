@@ -522,3 +522,42 @@ def test_a_real_search_with_stop_after_negative_saves_it_and_resumes_only_with_i
     with pytest.raises(ValueError, match="--stop-after-negative is a setting of --algo cmaes"):
         train_controller(ControllerTrainConfig(world_model=str(ckpt), algo="pg", where="real", stop_after_negative=2,
                                                overwrite=True, progress=False))
+
+
+# -- a full linear controller carried over onto principal directions (--warm-start --pca) -------------------
+def test_warm_start_with_pca_carries_the_saved_linear_controller_over(ckpt):
+    """The saved controller's weights seen through the principal directions of the inputs it meets driving,
+    its normaliser kept; the search then resumes with the same --pca and refuses another."""
+    train_controller(_cfg(ckpt, generations=1, controller="linear", select_every=0))
+    before = WorldModel.load(ckpt)
+    train_controller(_cfg(ckpt, where="real", workers=1, popsize=2, rollouts=1, generations=1, max_steps=5,
+                          warm_start=True, pca=4, select_every=0))
+    after = WorldModel.load(ckpt)
+    c = after.controller
+    assert after.config.controller_pca == 4 and c.num_params == 4 * c.out_dim + c.out_dim
+    assert torch.equal(c.obs_mean, before.controller.obs_mean) and torch.equal(c.obs_std, before.controller.obs_std)
+    state = after.train_state["cmaes"]
+    np.testing.assert_allclose(state["x0"].numpy(), c.params_from_full(before.controller.get_flat()), rtol=1e-5,
+                               atol=1e-5)
+    assert state["earlier"][0]["where"] == "dream"
+    train_controller(_cfg(ckpt, where="real", workers=1, popsize=2, rollouts=1, generations=2, max_steps=5,
+                          resume=True, pca=4, select_every=0))
+    assert WorldModel.load(ckpt).train_state["cmaes"]["generation"] == 2
+    with pytest.raises(ValueError, match="not --pca 2"):
+        train_controller(_cfg(ckpt, where="real", workers=1, popsize=2, rollouts=1, generations=3, max_steps=5,
+                              resume=True, pca=2, select_every=0))
+
+
+def test_warm_start_with_pca_needs_a_full_linear_controller(ckpt):
+    train_controller(_cfg(ckpt, generations=1, select_every=0))  # the tiny model's keypoint controller
+    with pytest.raises(ValueError, match="carries a linear controller that reads all of"):
+        train_controller(_cfg(ckpt, where="real", workers=1, popsize=2, rollouts=1, generations=1, max_steps=5,
+                              warm_start=True, pca=4))
+
+
+def test_a_new_pca_search_fits_its_directions_with_the_normaliser(ckpt):
+    train_controller(_cfg(ckpt, controller="linear", pca=4, select_every=0))
+    c = WorldModel.load(ckpt).controller
+    assert c.pca == 4 and not torch.equal(c.pca_basis, torch.eye(c.in_dim)[:, :4])
+    with pytest.raises(ValueError, match="must be >= 0"):
+        train_controller(_cfg(ckpt, pca=-1, overwrite=True))

@@ -332,3 +332,57 @@ def test_squashed_actions_stay_inside_asymmetric_bounds():
     actions = controller.squash(out)
     assert torch.all(actions <= controller.high) and torch.all(actions >= controller.low)
     assert actions[0].tolist() == controller.high.tolist() and actions[1].tolist() == controller.low.tolist()
+
+
+# -- reading principal directions (controller_pca) ------------------------------------------------------------
+def _low_rank_observations(c: Controller, rank: int, n: int = 200, seed: int = 0) -> torch.Tensor:
+    """Observations whose standardised values span ``rank`` directions, around an offset."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, rank)) @ rng.normal(size=(rank, c.in_dim)) + rng.normal(size=c.in_dim)
+    return torch.as_tensor(x, dtype=torch.float32)
+
+
+def test_pca_controller_reads_k_whitened_directions():
+    c = Controller(tiny_config(controller="linear", controller_pca=6))
+    assert c.num_params == c.config.controller_params == 6 * c.out_dim + c.out_dim and c.features == 6
+    obs = _low_rank_observations(c, rank=10)
+    c.fit_normalizer(obs)
+    features = c.normalize(obs)
+    assert features.shape == (len(obs), 6)
+    torch.testing.assert_close(features.mean(0), torch.zeros(6), atol=1e-4, rtol=0)
+    torch.testing.assert_close(features.std(0), torch.ones(6), atol=1e-4, rtol=0)
+    torch.testing.assert_close(features.T @ features / (len(obs) - 1), torch.eye(6), atol=1e-4, rtol=0)
+
+
+def test_a_full_linear_controller_carried_over_acts_alike_on_its_subspace():
+    """On observations that lie in the k principal directions the carried-over controller is the same map;
+    with fewer directions than the data has, the more it keeps, the nearer it acts."""
+    full = _controller()  # discrete: its outputs are the affine map itself (logits)
+    obs = _low_rank_observations(full, rank=5)
+    full.fit_normalizer(obs)
+    errors = {}
+    for k in (1, 3, 5):
+        small = Controller(tiny_config(controller="linear", controller_pca=k))
+        small.obs_mean.copy_(full.obs_mean)
+        small.obs_std.copy_(full.obs_std)
+        small.fit_projection(obs)
+        small.set_flat(small.params_from_full(full.get_flat()))
+        with torch.no_grad():
+            errors[k] = float((small.from_obs(obs) - full.from_obs(obs)).abs().mean())
+    with torch.no_grad():
+        scale = float(full.from_obs(obs).abs().mean())
+    assert errors[5] < 1e-4 * scale < errors[3] < errors[1]
+
+
+def test_pca_settings_are_checked():
+    with pytest.raises(ValueError, match="controller_pca .* is for the 'linear' controller"):
+        tiny_config(controller="keypoint", controller_pca=4)
+    with pytest.raises(ValueError, match="must not exceed the input's size"):
+        tiny_config(controller="linear", controller_pca=10**6)
+    c = Controller(tiny_config(controller="linear", controller_pca=8))
+    with pytest.raises(ValueError, match="needs more than 8 observations, got 8"):
+        c.fit_projection(torch.zeros(8, c.in_dim))
+    with pytest.raises(ValueError, match="maps a full linear readout"):
+        _controller().params_from_full(np.zeros(3))
+    with pytest.raises(ValueError, match=r"expected \d+ parameters of a full linear readout"):
+        c.params_from_full(np.zeros(3))

@@ -117,6 +117,13 @@ def test_continuous_actions_train_a_gaussian_around_the_controller(tmp_path):
     assert out.shape == (5, 3) and (out[:, 1:] >= 0).all() and (out <= 1).all() and (out >= -1).all()
 
 
+def test_a_pca_controller_trains_with_a_critic_on_its_directions(ckpt):
+    train_controller(_cfg(ckpt, controller="linear", pca=4, updates=1))
+    wm = WorldModel.load(ckpt)
+    assert wm.config.controller_pca == 4
+    assert wm.train_state["pg"]["critic"]["net.0.weight"].shape[1] == 4  # the critic reads what the readout reads
+
+
 # -- in the real env ---------------------------------------------------------------------------------
 def test_pg_trains_in_the_real_env(ckpt):
     result = train_controller(_cfg(ckpt, where="real", envs=2, horizon=5, max_steps=5, updates=1))
