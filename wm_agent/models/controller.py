@@ -90,9 +90,9 @@ class Controller(nn.Module):
         """The readout's inputs: the first ``controller_pca`` principal directions of the standardised
         observations, each scaled to unit variance over them. A linear readout of all of concat(z, h) has
         hundreds of weights on directions the inputs barely vary along; an evolution strategy's random
-        steps pile up there (a random walk, as the returns do not depend on them) and saturate the actions.
-        Reading the few directions that carry the variance, one step size fits every weight. The
-        normaliser is kept as it is.
+        steps pile up there (a random walk, as the returns hardly depend on them), and wherever the inputs
+        do move along them those weights flip actions at random. Reading the few directions that carry
+        the variance, one step size fits every weight. The normaliser is kept as it is.
 
         Args:
             observations: (N, in_dim), N > controller_pca.
