@@ -13,7 +13,6 @@ import _root  # noqa: F401  (this clone first on sys.path)
 
 import argparse
 
-import numpy as np
 import torch
 
 from wm_agent.rollouts import driven_observations
