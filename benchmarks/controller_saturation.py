@@ -45,9 +45,8 @@ def main() -> None:
     for i in range(a):
         print(f"action {i}: median |pre-activation| {pre[:, i].median():.2f}, "
               f"under 1 on {100 * (pre[:, i] < 1).double().mean():.1f}% of decisions")
-    x = ((seen - c.obs_mean) / c.obs_std).double()
-    _, s, vt = torch.linalg.svd(x - x.mean(0), full_matrices=False)
-    share = (s**2).cumsum(0) / (s**2).sum()
+    _, stds, vt = c.principal_directions(seen)
+    share = (stds**2).cumsum(0) / (stds**2).sum()
     print("input variance in the first " + ", ".join(f"{k}: {100 * share[k - 1]:.1f}%" for k in DIRECTIONS
                                                      if k <= len(share)) + " principal directions")
     if not c.pca:

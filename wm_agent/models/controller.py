@@ -100,12 +100,23 @@ class Controller(nn.Module):
         if len(observations) <= self.pca:
             raise ValueError(f"fitting {self.pca} principal directions needs more than {self.pca} observations, "
                              f"got {len(observations)}")
+        centre, stds, directions = self.principal_directions(observations)
+        self.pca_mean.copy_(centre.to(self.pca_mean))
+        self.pca_basis.copy_((directions[: self.pca].T / stds[: self.pca].clamp_min(1e-6)).to(self.pca_basis))
+
+    def principal_directions(self, observations: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The principal directions of the standardised observations (float64).
+
+        Args:
+            observations: (N, in_dim), N >= 2.
+
+        Returns:
+            (centre (in_dim,), each direction's std (R,), the directions (R, in_dim) as rows), most variance first.
+        """
         x = ((observations.to(self.obs_mean) - self.obs_mean) / self.obs_std).double()
         centre = x.mean(0)
         _, s, vt = torch.linalg.svd(x - centre, full_matrices=False)
-        scale = (s[: self.pca] / math.sqrt(len(x) - 1)).clamp_min(1e-6)  # each direction's std
-        self.pca_mean.copy_(centre.to(self.pca_mean))
-        self.pca_basis.copy_((vt[: self.pca].T / scale).to(self.pca_basis))
+        return centre, s / math.sqrt(len(x) - 1), vt
 
     def params_from_full(self, full: np.ndarray) -> np.ndarray:
         """This controller's parameters closest to a linear controller ``full`` reading all of concat(z, h) with
