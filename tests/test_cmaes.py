@@ -561,3 +561,31 @@ def test_a_new_pca_search_fits_its_directions_with_the_normaliser(ckpt):
     assert c.pca == 4 and not torch.equal(c.pca_basis, torch.eye(c.in_dim)[:, :4])
     with pytest.raises(ValueError, match="must be >= 0"):
         train_controller(_cfg(ckpt, pca=-1, overwrite=True))
+
+
+# -- how continuous outputs map onto the action bounds (--squash) -------------------------------------------
+def test_squash_is_set_for_a_search_kept_by_warm_start_and_checked_on_resume(tmp_path):
+    """--squash sets the world model's action_squash; --warm-start keeps the saved weights and reads them through
+    the new mapping; --resume refuses another; a discrete model has no continuous action to squash."""
+    path = tmp_path / "wm.pt"
+    tiny_world_model(controller="linear", discrete_actions=False, action_dim=3, action_low=(-1.0, 0.0, 0.0),
+                     action_high=(1.0, 1.0, 1.0)).save(path)
+    train_controller(_cfg(path, generations=1, select_every=0))
+    before = WorldModel.load(path)
+    assert before.config.squashes == ("tanh", "tanh", "tanh")
+    train_controller(_cfg(path, generations=1, select_every=0, warm_start=True, squash=("tanh", "tanh", "relu")))
+    after = WorldModel.load(path)
+    assert after.config.action_squash == ("tanh", "tanh", "relu")
+    np.testing.assert_array_equal(after.train_state["cmaes"]["x0"].numpy(), before.controller.get_flat())
+    out = after.controller.squash(torch.tensor([[-5.0, -5.0, -5.0], [0.0, 0.0, 0.0]]))
+    torch.testing.assert_close(out, torch.tensor([[-1.0, 0.0, 0.0], [0.0, 0.5, 0.0]]), atol=1e-4, rtol=0)
+    train_controller(_cfg(path, generations=2, select_every=0, resume=True, squash=("tanh", "tanh", "relu")))
+    with pytest.raises(ValueError, match="not --squash tanh tanh tanh"):
+        train_controller(_cfg(path, generations=3, select_every=0, resume=True, squash=("tanh", "tanh", "tanh")))
+    with pytest.raises(ValueError, match="--squash takes one of tanh / relu per action"):
+        train_controller(_cfg(path, overwrite=True, squash=("tanh", "clip", "relu")))
+
+
+def test_squash_needs_continuous_actions(ckpt):
+    with pytest.raises(ValueError, match="action_squash .* must be empty or name one squash for each"):
+        train_controller(_cfg(ckpt, squash=("tanh",)))

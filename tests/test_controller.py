@@ -7,6 +7,7 @@ import pytest
 import torch
 from helpers import tiny_config
 
+from wm_agent.config import WorldModelConfig
 from wm_agent.models.controller import Controller, choose_actions
 
 CONTINUOUS = dict(discrete_actions=False, action_dim=3, action_low=(-1.0, 0.0, 0.0), action_high=(1.0, 1.0, 1.0))
@@ -386,3 +387,32 @@ def test_pca_settings_are_checked():
         _controller().params_from_full(np.zeros(3))
     with pytest.raises(ValueError, match=r"expected \d+ parameters of a full linear readout"):
         c.params_from_full(np.zeros(3))
+
+
+# -- how continuous outputs map onto the bounds (action_squash) -----------------------------------------------
+def test_relu_squash_rests_at_the_low_bound_for_negative_outputs():
+    cfg = tiny_config(controller="linear", **{**CONTINUOUS, "action_low": (-1.0, 0.0, 0.2)},
+                      action_squash=("tanh", "tanh", "relu"))
+    c = Controller(cfg)
+    out = torch.tensor([[-3.0, -3.0, -3.0], [0.0, 0.0, 0.0], [0.5, 0.5, 0.5], [30.0, 30.0, 30.0]])
+    t = torch.tanh(torch.tensor([-3.0, 0.0, 0.5, 30.0]))
+    expected = torch.stack([t, (t + 1) / 2, 0.2 + 0.8 * t.clamp_min(0)], -1)
+    torch.testing.assert_close(c.squash(out), expected)
+    plain = Controller(tiny_config(controller="linear", **CONTINUOUS))  # the default: every action 'tanh'
+    torch.testing.assert_close(plain.squash(out), torch.stack([t, (t + 1) / 2, (t + 1) / 2], -1))
+
+
+@pytest.mark.parametrize("squash, match", [(("tanh", "relu"), "must be empty or name one squash"),
+                                           (("tanh", "tanh", "clip"), "must be one of")])
+def test_action_squash_is_checked(squash, match):
+    with pytest.raises(ValueError, match=match):
+        tiny_config(controller="linear", **CONTINUOUS, action_squash=squash)
+    with pytest.raises(ValueError, match="must be empty or name one squash"):
+        tiny_config(action_squash=("tanh",) * 4)  # GridWorld's discrete actions
+
+
+def test_car_racing_preset_rests_the_brake_and_old_configs_squash_with_tanh():
+    assert WorldModelConfig.car_racing().squashes == ("tanh", "tanh", "relu")
+    old = WorldModelConfig.car_racing().to_dict()
+    del old["action_squash"]  # a checkpoint saved before the field existed
+    assert WorldModelConfig.from_dict(old).squashes == ("tanh", "tanh", "tanh")

@@ -39,6 +39,7 @@ class Bounds:
 SIZE = Bounds(1)  # a count of units, channels, cells, ...
 POSITIVE = Bounds(0, low_open=True)
 NON_NEGATIVE = Bounds(0)
+SQUASHES = ("tanh", "relu")  # how a continuous action's tanh output maps onto its bounds (action_squash)
 
 
 def doc(text: str, default: Any = dataclasses.MISSING, flag: str | None = None, bounds: Bounds | None = None,
@@ -195,6 +196,10 @@ class WorldModelConfig:
     discrete_actions: bool = doc("actions are integers in [0, action_dim) rather than vectors", True)
     action_low: tuple[float, ...] = doc("lower bounds of continuous actions (empty: -1)", ())
     action_high: tuple[float, ...] = doc("upper bounds of continuous actions (empty: +1)", ())
+    action_squash: tuple[str, ...] = doc("per continuous action, how the controller's tanh output t maps onto [low, "
+                                         "high]: 'tanh' (affinely, the midpoint at t = 0) or 'relu' (low for every "
+                                         "t <= 0, then up to high: an action that rests at its low bound, as the "
+                                         "paper's CarRacing brake); empty: all 'tanh'", ())
     min_log_sigma: float = doc("lower bound of the MDN's log std (keeps the NLL bounded on deterministic data)", -4.0)
     max_log_sigma: float = doc("upper bound of the MDN's log std", 1.0)
     nll_beta: float = doc("beta-NLL weight sg[sigma^(2 beta)] on the mixture NLL while training (0 = plain NLL)", 1.0,
@@ -239,6 +244,11 @@ class WorldModelConfig:
             problems.append(
                 f"action_low {self.action_low} must not exceed action_high {self.action_high} anywhere"
             )
+        if self.action_squash and (self.discrete_actions or len(self.action_squash) != self.action_dim):
+            problems.append(f"action_squash {self.action_squash} must be empty or name one squash for each of the "
+                            f"{self.action_dim} continuous actions")
+        elif set(self.action_squash) - set(SQUASHES):
+            problems.append(f"action_squash entries must be one of {SQUASHES}, got {self.action_squash}")
         if not self.min_log_sigma < self.max_log_sigma:
             problems.append(
                 f"min_log_sigma ({self.min_log_sigma:g}) must be below max_log_sigma ({self.max_log_sigma:g})"
@@ -298,12 +308,17 @@ class WorldModelConfig:
         return shapes
 
     @property
+    def squashes(self) -> tuple[str, ...]:
+        """Each continuous action's squash (action_squash, its empty default spelt out); () for discrete actions."""
+        return () if self.discrete_actions else self.action_squash or ("tanh",) * self.action_dim
+
+    @property
     def controller_params(self) -> int:
         return sum(math.prod(shape) for shape in self.controller_shapes())
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
-        for name in ("channels", "action_low", "action_high"):
+        for name in ("channels", "action_low", "action_high", "action_squash"):
             d[name] = list(d[name])
         return d
 
@@ -329,6 +344,9 @@ class WorldModelConfig:
             latent_dim=4, latent_grid=8, num_embeddings=64, hidden_size=256, channels=(32, 64, 128),
             kernel_size=4, action_dim=3, discrete_actions=False, learning_rate=3e-4,
             action_low=(-1.0, 0.0, 0.0), action_high=(1.0, 1.0, 1.0),
+            # Brake off for every negative output, as in the paper: with a midpoint squash it is half on at 0
+            # and off only when saturated, which pushes the search towards a saturated controller.
+            action_squash=("tanh", "tanh", "relu"),
         )
         base.update(overrides)
         return cls(**base)

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from wm_agent.backends import BACKEND_HELP, BACKENDS, RAY_ADDRESS_HELP, Backend
-from wm_agent.config import ResumeMismatch, check_settings, doc, refuse_other_settings
+from wm_agent.config import SQUASHES, ResumeMismatch, check_settings, doc, refuse_other_settings
 from wm_agent.latent_env import check_env_fits
 from wm_agent.training import cmaes, pg
 from wm_agent.world_model import WorldModel
@@ -44,6 +44,10 @@ class ControllerTrainConfig:
                           "reads, whitened (0: all of it, the paper's C; default: the checkpoint's). With --warm-start "
                           "a full linear controller is carried over onto them, fitted on real episodes it drives",
                           None)
+    squash: tuple[str, ...] | None = doc("continuous actions: how the controller's tanh output maps onto each "
+                                         "action's bounds, one of " + " / ".join(SQUASHES) + " per action (the world "
+                                         "model's action_squash; default: the checkpoint's). With --warm-start the "
+                                         "saved weights are kept and read through the new mapping", None)
     sigma0: float = doc("cmaes only: initial CMA-ES step size", 0.5)
     greedy: bool = doc("take the argmax action instead of sampling from the controller's softmax (pg: only in "
                        "the selection dreams; training samples)", False)
@@ -177,7 +181,9 @@ def _check_settings(cfg: ControllerTrainConfig) -> None:
                    (not cfg.warm_start or (cfg.controller is None and cfg.hidden is None),
                     "--warm-start keeps the saved controller's architecture: leave out --controller and --hidden "
                     "(--pca carries a linear one over onto its principal directions)"),
-                   (cfg.pca is None or cfg.pca >= 0, f"--pca must be >= 0 (0: all of the input), got {cfg.pca}"))
+                   (cfg.pca is None or cfg.pca >= 0, f"--pca must be >= 0 (0: all of the input), got {cfg.pca}"),
+                   (cfg.squash is None or set(cfg.squash) <= set(SQUASHES),
+                    f"--squash takes one of {' / '.join(SQUASHES)} per action, got {' '.join(cfg.squash or ())}"))
     check_settings((cfg.temperature >= 0, f"--temperature must be >= 0, got {cfg.temperature}"),
                    (cfg.max_steps >= 0, f"--max-steps must be >= 0 (0: the env's own limit), got {cfg.max_steps}"),
                    (cfg.hidden is None or cfg.hidden >= 0, f"--hidden must be >= 0, got {cfg.hidden}"),
@@ -273,11 +279,17 @@ def _check_resume_settings(state: dict, cfg: ControllerTrainConfig, wm: WorldMod
     refuse_other_settings(path, cfg.algo, f"the saved {NAMES[cfg.algo]} used", saved, now)
     for field, flag, current in (("controller", "--controller", wm.config.controller),
                                  ("hidden", "--hidden", wm.config.controller_hidden),
-                                 ("pca", "--pca", wm.config.controller_pca)):
+                                 ("pca", "--pca", wm.config.controller_pca),
+                                 ("squash", "--squash", wm.config.squashes)):
         asked = getattr(cfg, field)
         if asked is not None and asked != current:
-            raise ResumeMismatch(path, f"the saved search trains the checkpoint's controller ({flag} {current}), not "
-                                       f"{flag} {asked}", f"resume without {flag}")
+            raise ResumeMismatch(path, f"the saved search trains the checkpoint's controller "
+                                       f"({flag} {_shown(current)}), not {flag} {_shown(asked)}",
+                                 f"resume without {flag}")
+
+
+def _shown(value) -> str:
+    return " ".join(map(str, value)) if isinstance(value, tuple) else str(value)
 
 
 def _set_architecture(wm: WorldModel, cfg: ControllerTrainConfig, env_id: str, max_steps: int) -> None:
@@ -290,13 +302,17 @@ def _set_architecture(wm: WorldModel, cfg: ControllerTrainConfig, env_id: str, m
         changes["controller_hidden"] = cfg.hidden
     if cfg.pca is not None and cfg.pca != wm.config.controller_pca:
         changes["controller_pca"] = cfg.pca
-    if not changes:
-        return
-    if cfg.warm_start:
+    if changes and cfg.warm_start:
         _carry_over(wm, cfg, env_id, max_steps)
-        return
-    wm.config = dataclasses.replace(wm.config, **changes)  # validates, with a clear error
-    wm.controller = wm.new_controller(wm.config)
+    elif changes:
+        wm.config = dataclasses.replace(wm.config, **changes)  # validates, with a clear error
+        wm.controller = wm.new_controller(wm.config)
+    if cfg.squash is not None and cfg.squash != wm.config.squashes:
+        # The same parameters and buffers read through another mapping (fresh ones unless --warm-start).
+        saved = wm.controller.state_dict()
+        wm.config = dataclasses.replace(wm.config, action_squash=cfg.squash)  # validates, with a clear error
+        wm.controller = wm.new_controller(wm.config)
+        wm.controller.load_state_dict(saved)
 
 
 PROJECTION_EPISODES = 8  # real episodes of the saved controller whose inputs the principal directions are fitted on

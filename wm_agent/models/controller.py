@@ -65,6 +65,9 @@ class Controller(nn.Module):
         self.features = config.controller_features if self.kind == "linear" else self.in_dim  # what normalize() gives
         self.register_buffer("low", torch.tensor(low if not config.discrete_actions else [0.0] * config.action_dim))
         self.register_buffer("high", torch.tensor(high if not config.discrete_actions else [0.0] * config.action_dim))
+        # From the config (saved there), so not a saved buffer: older checkpoints load without it.
+        relu = [kind == "relu" for kind in config.squashes] or [False] * config.action_dim
+        self.register_buffer("relu", torch.tensor(relu), persistent=False)
         g = config.latent_grid
         rows, cols = torch.meshgrid(torch.arange(g), torch.arange(g), indexing="ij")
         coords = torch.stack([rows.flatten(), cols.flatten()], -1).float()
@@ -297,7 +300,9 @@ class Controller(nn.Module):
             return out
         # Clamped: with tanh at +-1, float32 rounding lands just outside asymmetric bounds ([-1, 0.2] gave
         # 0.20000005), which the env's own Box then refuses.
-        squashed = self.low + (torch.tanh(out) + 1) * 0.5 * (self.high - self.low)
+        t = torch.tanh(out)
+        unit = torch.where(self.relu, t.clamp_min(0), (t + 1) * 0.5)
+        squashed = self.low + unit * (self.high - self.low)
         return torch.minimum(torch.maximum(squashed, self.low), self.high)
 
     def forward(self, z: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
