@@ -12,6 +12,7 @@ import pytest
 import torch
 from helpers import gridworld_frames, tiny_world_model
 
+from wm_agent.commands.evaluate import EvaluateConfig, evaluate
 from wm_agent.commands.train_controller import ControllerTrainConfig, train_controller
 from wm_agent.dream_env import DreamEnv, dream_fitness
 from wm_agent.models.controller import choose_actions
@@ -321,6 +322,27 @@ def test_train_in_the_real_env(ckpt):
     assert -0.05 - 1e-9 <= entry["worst"] <= entry["best"] <= 1.0
     state = WorldModel.load(ckpt).train_state["cmaes"]
     assert state["where"] == "real" and state["generation"] == 1
+
+
+def test_a_real_search_with_select_tracks_keeps_its_best_scoring_mean(ckpt):
+    """--select-tracks: every --select-every generations the mean is scored on the same real tracks (whole
+    episodes, counted in real_env_steps), and the controller is the best-scoring mean so far."""
+    kw = dict(where="real", workers=1, popsize=4, rollouts=1, max_steps=5, select_every=1, select_tracks=2)
+    result = train_controller(_cfg(ckpt, generations=3, **kw))
+    scores = [row["selection_score"] for row in result["log"]]
+    wm = WorldModel.load(ckpt)
+    state = wm.train_state["cmaes"]
+    best = int(np.argmax(scores))
+    assert state["selected_generation"] == best + 1 and state["selected_score"] == scores[best]
+    np.testing.assert_array_equal(wm.controller.get_flat(), state["selected_params"].float().numpy())
+    # each generation: 4 candidates x 1 track, then the mean on 2 tracks, all of 1 to 5 steps
+    assert 3 * 6 <= result["log"][-1]["real_env_steps"] <= 3 * 6 * 5
+    again = evaluate(EvaluateConfig(checkpoint=str(ckpt), episodes=2, max_steps=5, progress=False))
+    assert again["episodes"] == 2  # the selected mean is a controller evaluate runs like any other
+    train_controller(_cfg(ckpt, generations=4, resume=True, **kw))
+    assert len(WorldModel.load(ckpt).train_state["cmaes"]["log"]) == 4
+    with pytest.raises(ValueError, match="--select-tracks scores the search's mean on real tracks"):
+        train_controller(_cfg(ckpt, select_tracks=2, overwrite=True))
 
 
 def test_a_real_search_that_fails_before_its_first_generation_leaves_the_checkpoint_alone(ckpt):

@@ -63,9 +63,14 @@ class ControllerTrainConfig:
                                    "runs whole episodes; 0: never)", 0)
     select_every: int = doc("in the dream: every this many generations (pg: updates), and after the last, score the "
                             "search's mean (pg: the policy) on --select-dreams fixed dreams and keep the best-scoring "
-                            "one as the controller (0: the last one)", 10)
+                            "one as the controller (0: the last one); in the real env the same with --select-tracks",
+                            10)
     select_dreams: int = doc("dreams each mean (pg: policy) is scored on for --select-every (the same dreams every "
                              "time)", 512)
+    select_tracks: int = doc("cmaes only, --in real: score the search's mean every --select-every generations (and "
+                             "after the last) on this many fixed real tracks, whole episodes (no "
+                             "--stop-after-negative), and keep the best-scoring mean as the controller; each score "
+                             "costs this many real episodes (0: the last mean is the controller)", 0)
     updates: int = doc("pg only: PPO updates to run (in total, counting resumed ones); each collects --envs x "
                        "--horizon steps", 150)
     envs: int = doc("pg only: episodes run side by side (dreams in one batch, or real envs in lockstep)", 128)
@@ -149,7 +154,7 @@ OTHER = {"cmaes": "pg", "pg": "cmaes"}
 NAMES = {"cmaes": "CMA-ES search", "pg": "policy-gradient run"}  # what the saved state is called in messages
 # The settings of one algorithm only (refused with the other unless left at their defaults).
 ONLY = {"cmaes": ("popsize", "rollouts", "generations", "sigma0", "workers", "timeout", "backend", "ray_address",
-                  "stop_after_negative", "warm_start"),
+                  "stop_after_negative", "warm_start", "select_tracks"),
         "pg": ("updates", "envs", "horizon", "epochs", "minibatches", "lr", "critic_lr", "gamma", "gae_lambda", "clip",
                "entropy", "critic_hidden", "max_grad_norm", "init_std")}
 
@@ -190,6 +195,11 @@ def _check_settings(cfg: ControllerTrainConfig) -> None:
                    (cfg.where == "dream" or cfg.workers >= 1, f"--workers must be >= 1, got {cfg.workers}"),
                    (cfg.select_every >= 0, f"--select-every must be >= 0 (0: the last mean), got {cfg.select_every}"),
                    (cfg.select_dreams >= 1, f"--select-dreams must be >= 1, got {cfg.select_dreams}"),
+                   (cfg.select_tracks >= 0, f"--select-tracks must be >= 0 (0: the last mean), got "
+                                             f"{cfg.select_tracks}"),
+                   (cfg.select_tracks == 0 or cfg.where == "real",
+                    "--select-tracks scores the search's mean on real tracks: it needs --in real (in the dream, "
+                    "--select-dreams)"),
                    (cfg.stop_after_negative >= 0, f"--stop-after-negative must be >= 0, got {cfg.stop_after_negative}"),
                    (cfg.stop_after_negative == 0 or cfg.where == "real",
                     "--stop-after-negative cuts real-env training episodes: it needs --in real"),

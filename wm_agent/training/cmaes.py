@@ -15,7 +15,10 @@ scored on one fixed set of ``select_dreams`` dreams (the same start frames and a
 and the best-scoring mean so far is the controller. The mean of a search that has found the goal does
 not keep improving: scored on a few fresh dreams a generation, it drifts up and down, and the last one
 can be worse than one of twenty generations before (docs/benchmarks.md, "GridWorld over seeds and CPU
-kernels"). In the real env every episode costs real steps, so there the last mean is the controller.
+kernels"). In the real env every episode costs real steps, so there the last mean is the controller unless
+``select_tracks`` is set: then the mean is scored the same way on that many fixed real tracks, whole
+episodes, as ``evaluate`` runs them (a noisy search's last mean can lie well below its best one, and a
+long real-env run is otherwise picked by hand among saved copies).
 
 The settings ``cfg`` the functions here take are a ``ControllerTrainConfig``
 (``wm_agent.commands.train_controller``, which loads the model, checks a resume and calls ``search``).
@@ -52,6 +55,7 @@ RESUME_SETTINGS = (("popsize", "popsize", "--popsize"), ("seed", "seed", "--seed
                    ("max_steps", "max_steps", "--max-steps"), ("temperature", "temperature", "--temperature"),
                    ("select_every", "select_every", "--select-every"),
                    ("select_dreams", "select_dreams", "--select-dreams"),
+                   ("select_tracks", "select_tracks", "--select-tracks"),
                    ("stop_after_negative", "stop_after_negative", "--stop-after-negative"))
 
 
@@ -77,6 +81,19 @@ class RealEvaluator(RolloutWorkers):
                                "finished generation, or is unchanged if none finished)") from exc.__cause__
         self.steps += int(result["steps"].sum())
         return result["return"].mean(1)
+
+    def selection_score(self, mean: np.ndarray, tracks: int, greedy: bool, max_steps: int, seed: int) -> float:
+        """The mean return of the controller ``mean`` over ``tracks`` fixed tracks, whole episodes: the same
+        tracks and action draws at every call (a seed stream of their own, apart from the generations')."""
+        rng = np.random.default_rng([seed, 2**31])
+        seeds = [int(s) for s in rng.integers(2**31, size=tracks)]
+        try:
+            result = self.run(np.asarray(mean)[None], seeds, greedy, max_steps)
+        except RuntimeError as exc:
+            raise RuntimeError(f"real-env selection: {exc}; stopped the run (the checkpoint holds the last "
+                               "finished generation)") from exc.__cause__
+        self.steps += int(result["steps"].sum())
+        return float(result["return"].mean())
 
 
 # -- the search's state --------------------------------------------------------------------------------
@@ -195,7 +212,7 @@ def _search(wm: WorldModel, cfg, env_id: str, max_steps: int, state: dict | None
     bar = progress_bar(total=cfg.generations, initial=run.generation,
                        desc=f"CMA-ES in the {'dream' if cfg.where == 'dream' else 'real env'}", unit="gen",
                        disable=not cfg.progress)
-    selecting = cfg.where == "dream" and cfg.select_every > 0
+    selecting = cfg.select_every > 0 and (cfg.where == "dream" or cfg.select_tracks > 0)
     try:
         while run.generation < cfg.generations:
             _generation(run, wm, cfg, evaluator, max_steps, selecting)
@@ -238,13 +255,14 @@ def _generation(run: _Search, wm: WorldModel, cfg, evaluator: RealEvaluator | No
     if fit.max() > run.best_f:
         run.best_f, run.best_x = float(fit.max()), xs[fit.argmax()].copy()
     row = {"generation": run.generation, "best": float(fit.max()), "mean": float(fit.mean()),
-           "worst": float(fit.min()), "sigma": float(run.es.sigma),
-           "real_env_steps": evaluator.steps if evaluator else 0}  # cumulative, resumes counted
+           "worst": float(fit.min()), "sigma": float(run.es.sigma)}
     if selecting and (run.generation % cfg.select_every == 0 or run.generation == cfg.generations):
-        score = selection_score(wm, run.es.mean, cfg, max_steps)
+        score = (evaluator.selection_score(run.es.mean, cfg.select_tracks, cfg.greedy, max_steps, cfg.seed)
+                 if evaluator else selection_score(wm, run.es.mean, cfg, max_steps))
         row["selection_score"] = score
         if run.selected is None or score > run.selected[0]:
             run.selected = (score, run.generation, np.array(run.es.mean))
+    row["real_env_steps"] = evaluator.steps if evaluator else 0  # cumulative (selection and resumes counted)
     row["seconds"] = time.perf_counter() - t0
     run.log.append(row)
 
@@ -261,7 +279,7 @@ def _record(run: _Search, wm: WorldModel, cfg, env_id: str, selecting: bool) -> 
         "best_params": torch.as_tensor(run.best_x), "best_fitness": run.best_f, "log": run.log,
         "where": cfg.where, "temperature": cfg.temperature, "greedy": cfg.greedy,
         "rollouts": cfg.rollouts, "max_steps": cfg.max_steps, "env": env_id,
-        "select_every": cfg.select_every, "select_dreams": cfg.select_dreams,
+        "select_every": cfg.select_every, "select_dreams": cfg.select_dreams, "select_tracks": cfg.select_tracks,
         "stop_after_negative": cfg.stop_after_negative,
     }
     if run.selected is not None:
