@@ -611,3 +611,29 @@ def test_squash_is_set_for_a_search_kept_by_warm_start_and_checked_on_resume(tmp
 def test_squash_needs_continuous_actions(ckpt):
     with pytest.raises(ValueError, match="action_squash .* must be empty or name one squash for each"):
         train_controller(_cfg(ckpt, squash=("tanh",)))
+
+
+def test_output_scale_rescales_the_warm_start_and_its_steps_per_action(tmp_path):
+    """--warm-start --output-scale: each action's output-layer column and bias times its factor, in the first mean
+    and in the search's step sizes; refused without --warm-start or with the wrong count."""
+    path = tmp_path / "wm.pt"
+    tiny_world_model(controller="linear", discrete_actions=False, action_dim=3, action_low=(-1.0, 0.0, 0.0),
+                     action_high=(1.0, 1.0, 1.0)).save(path)
+    train_controller(_cfg(path, generations=1, select_every=0))
+    before = WorldModel.load(path).controller
+    train_controller(_cfg(path, generations=1, select_every=0, warm_start=True, output_scale=(0.1, 1.0, 2.0)))
+    state = WorldModel.load(path).train_state["cmaes"]
+    n, a = before.features, before.out_dim
+    w, b = before.get_flat()[: n * a].reshape(n, a), before.get_flat()[n * a :]
+    f = np.array([0.1, 1.0, 2.0])
+    np.testing.assert_allclose(state["x0"].numpy(), np.concatenate([(w * f).ravel(), b * f]))
+    np.testing.assert_allclose(state["stds0"].numpy()[n * a :], [0.1, 1.0, 2.0])
+    x = torch.randn(5, before.in_dim)
+    scaled = WorldModel.load(path).controller
+    scaled.set_flat(state["x0"].numpy())
+    pre = before.normalize(x) @ torch.as_tensor(w, dtype=torch.float32) + torch.as_tensor(b, dtype=torch.float32)
+    torch.testing.assert_close(scaled.from_obs(x), scaled.squash(pre * torch.tensor([0.1, 1.0, 2.0])))
+    with pytest.raises(ValueError, match="it needs --warm-start"):
+        train_controller(_cfg(path, overwrite=True, output_scale=(0.1, 1.0, 1.0)))
+    with pytest.raises(ValueError, match="one factor per action"):
+        train_controller(_cfg(path, warm_start=True, output_scale=(0.1, 1.0)))

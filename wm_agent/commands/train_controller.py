@@ -95,6 +95,11 @@ class ControllerTrainConfig:
                            "the first mean, its input normaliser kept) instead of from scratch, e.g. a dream-trained "
                            "C refined --in real, or a search continued with other settings; the earlier run's log is "
                            "kept in the new one's state", False)
+    output_scale: tuple[float, ...] | None = doc(
+        "cmaes only, with --warm-start: multiply each action's output (the last layer's weights and bias) in the saved "
+        "controller by this factor, one per action, and that action's search steps alike: a saturated (bang-bang) "
+        "output scaled down acts in proportion to its input again, and the search's steps stay in proportion to its "
+        "weights", None)
     resume: bool = doc("continue the run (of --algo) saved in the checkpoint", False)
     overwrite: bool = doc("start a new run even though the checkpoint holds one (its controller is replaced)", False)
     device: str = doc("torch device for the dream: auto, cpu or cuda", "auto")
@@ -132,6 +137,9 @@ def train_controller(cfg: ControllerTrainConfig, wm: WorldModel | None = None) -
     check_settings((cfg.max_steps <= limit, (f"--max-steps {cfg.max_steps} is past {env_id}'s episode limit {limit}: "
                                              "no real episode runs that long (0: the limit itself)")))
     max_steps = cfg.max_steps or limit
+    check_settings((cfg.output_scale is None or len(cfg.output_scale) == wm.config.action_dim,
+                    f"--output-scale takes one factor per action ({wm.config.action_dim}), got "
+                    f"{_shown(cfg.output_scale)}"))
     if cfg.warm_start and not (wm.is_trained("cmaes") or wm.is_trained("pg")):
         raise ValueError(f"--warm-start: {model_name} holds no trained controller to start from (train one first, "
                          "or leave out --warm-start)")
@@ -154,7 +162,7 @@ OTHER = {"cmaes": "pg", "pg": "cmaes"}
 NAMES = {"cmaes": "CMA-ES search", "pg": "policy-gradient run"}  # what the saved state is called in messages
 # The settings of one algorithm only (refused with the other unless left at their defaults).
 ONLY = {"cmaes": ("popsize", "rollouts", "generations", "sigma0", "workers", "timeout", "backend", "ray_address",
-                  "stop_after_negative", "warm_start", "select_tracks"),
+                  "stop_after_negative", "warm_start", "select_tracks", "output_scale"),
         "pg": ("updates", "envs", "horizon", "epochs", "minibatches", "lr", "critic_lr", "gamma", "gae_lambda", "clip",
                "entropy", "critic_hidden", "max_grad_norm", "init_std")}
 
@@ -187,6 +195,10 @@ def _check_settings(cfg: ControllerTrainConfig) -> None:
                     "--warm-start keeps the saved controller's architecture: leave out --controller and --hidden "
                     "(--pca carries a linear one over onto its principal directions)"),
                    (cfg.pca is None or cfg.pca >= 0, f"--pca must be >= 0 (0: all of the input), got {cfg.pca}"),
+                   (cfg.output_scale is None or cfg.warm_start,
+                    "--output-scale rescales the saved controller a new search starts from: it needs --warm-start"),
+                   (cfg.output_scale is None or all(math.isfinite(f) and f > 0 for f in cfg.output_scale),
+                    f"--output-scale factors must be > 0 and finite, got {cfg.output_scale}"),
                    (cfg.squash is None or set(cfg.squash) <= set(SQUASHES),
                     f"--squash takes one of {' / '.join(SQUASHES)} per action, got {' '.join(cfg.squash or ())}"))
     check_settings((cfg.temperature >= 0, f"--temperature must be >= 0, got {cfg.temperature}"),

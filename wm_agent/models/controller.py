@@ -195,6 +195,25 @@ class Controller(nn.Module):
             readout[sizes["where"] : sizes["where"] + sizes["glimpse"]] = 1.0 / 3.0
         return scales
 
+    def output_factors(self, factors) -> np.ndarray:
+        """Per-parameter multipliers that scale each output (before the squash) by its factor: the output
+        layer's weight column and bias of action a times ``factors[a]``, every other parameter times 1.
+
+        Args:
+            factors: one positive factor per output.
+
+        Returns:
+            (num_params,) multipliers.
+        """
+        factors = np.asarray(factors, np.float64)
+        if factors.shape != (self.out_dim,):
+            raise ValueError(f"expected one output factor per action ({self.out_dim}), got {factors.tolist()}")
+        multipliers = [np.ones(int(np.prod(shape))) for shape in self.shapes]
+        last = len(self.shapes) - (2 if self.kind == "linear" else 3)  # the output layer's weight, then its bias
+        multipliers[last] = np.broadcast_to(factors, self.shapes[last]).ravel().copy()
+        multipliers[last + 1] = factors.copy()
+        return np.concatenate(multipliers)
+
     def normalize(self, obs: torch.Tensor) -> torch.Tensor:
         """The readout's inputs (``features`` wide) for observations concat(z, h)."""
         x = (obs - self.obs_mean) / self.obs_std

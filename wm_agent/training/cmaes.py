@@ -138,14 +138,17 @@ def _started(wm: WorldModel, cfg, max_steps: int) -> _Search:
     """A new search from the controller's initial parameters, its input normaliser fitted first; with
     ``cfg.warm_start``, from the saved controller as it is (refitting its normaliser would change what its
     parameters mean)."""
+    stds0 = np.asarray(wm.controller.param_scales(), np.float64)
     if cfg.warm_start:
         x0 = wm.controller.get_flat()
+        if cfg.output_scale:  # each output rescaled, and its steps kept in proportion
+            factors = wm.controller.output_factors(cfg.output_scale)
+            x0, stds0 = x0 * factors, stds0 * factors
     else:
         seen = sample_observations(wm, cfg, max_steps)
         wm.controller.fit_normalizer(seen)
         x0 = wm.controller.initial_params(seen)
-    start = {"x0": torch.as_tensor(x0), "sigma0": float(cfg.sigma0),
-             "stds0": torch.as_tensor(np.asarray(wm.controller.param_scales(), np.float64)),
+    start = {"x0": torch.as_tensor(x0), "sigma0": float(cfg.sigma0), "stds0": torch.as_tensor(stds0),
              "seed": cfg.seed, "popsize": cfg.popsize}
     if cfg.warm_start:
         start["earlier"] = earlier_runs(wm.train_state)
