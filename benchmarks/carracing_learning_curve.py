@@ -1,9 +1,10 @@
 """The learning curve of a real-env CMA-ES search: return against real frames, as a PNG.
 
-Two series: each generation's mean return over its candidates (training episodes, cut early by
---stop-after-negative, one track per generation), and the search mean scored on whole tracks by
+Three series: each generation's mean return over its candidates (training episodes, cut early by
+--stop-after-negative, a few tracks per generation); the search mean scored on whole tracks by
 ``wm-agent evaluate`` (the JSON it prints, saved beside snapshots of the checkpoint taken during the run,
-e.g. ``gen_120.eval.json`` beside ``gen_120.pt``). Real frames = decisions x the env's action repeat.
+e.g. ``gen_120.eval.json`` beside ``gen_120.pt``); and the search mean's own selection scores (a search run
+with ``--select-tracks``: whole episodes on its fixed tracks). Real frames = decisions x the env's action repeat.
 
     python benchmarks/carracing_learning_curve.py CHECKPOINT SNAPSHOT_DIR --out docs/carracing_learning_curve.png
 """
@@ -19,15 +20,15 @@ import torch
 from wm_agent.render.figures import Visualizer
 
 
-def real_history(state: dict) -> list[tuple[int, float]]:
-    """(real env steps so far, generation mean) for every real-env generation of the checkpoint's CMA-ES search,
-    the runs it was warm-started from first (each run counts its steps from 0)."""
+def real_history(state: dict, key: str = "mean") -> list[tuple[int, float]]:
+    """(real env steps so far, the row's ``key``) for every real-env generation of the checkpoint's CMA-ES search
+    whose row has it, the runs it was warm-started from first (each run counts its steps from 0)."""
     search = state["train_state"]["cmaes"]
     points, offset = [], 0
     for run in [*search.get("earlier", []), {"algo": "cmaes", "where": search["where"], "log": search["log"]}]:
         if run["algo"] != "cmaes" or run["where"] != "real":
             continue  # dream generations take no real steps
-        points += [(offset + row["real_env_steps"], row["mean"]) for row in run["log"]]
+        points += [(offset + row["real_env_steps"], row[key]) for row in run["log"] if key in row]
         offset += run["log"][-1]["real_env_steps"] if run["log"] else 0
     return points
 
@@ -51,11 +52,16 @@ def main() -> None:
             steps = real_history(torch.load(snapshot, weights_only=True))[-1][0]
             points.append((steps * repeat, json.loads(path.read_text())["mean_return"]))
     points.sort()
-    full = ("search mean, whole tracks", [x for x, _ in points], [y for _, y in points])
+    full = ("search mean, whole tracks (snapshots)", [x for x, _ in points], [y for _, y in points])
+    selected = real_history(state, "selection_score")
+    series = [train, full]
+    if selected:
+        series.append(("search mean, whole tracks (its --select-tracks)", [s * repeat for s, _ in selected],
+                       [m for _, m in selected]))
 
     out = Path(args.out)
     path = Visualizer(out.parent or ".").line_chart(
-        [train, full], "real frames", f"Real-env CMA-ES on {state['env_id']} (action repeat {repeat})", out.name)
+        series, "real frames", f"Real-env CMA-ES on {state['env_id']} (action repeat {repeat})", out.name)
     print(f"wrote {path}: {len(history)} real-env generations, {len(points)} whole-track evaluations")
 
 
