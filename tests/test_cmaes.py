@@ -499,6 +499,26 @@ def test_the_search_leaves_numpys_global_random_stream_as_it_was(ckpt):
     assert np.array_equal(np.random.random(3), expected)
 
 
+def test_evaluate_prints_the_dream_return_beside_the_real_one(tmp_path):
+    """The same controller scored as a dream search scores it (its own seed's dreams), unless --dreams 0; a model
+    with no start frames has no dreams to score."""
+    from wm_agent.commands.evaluate import EvaluateConfig, evaluate
+
+    path = tmp_path / "wm.pt"
+    train_controller(_cfg(path, generations=1), tiny_world_model())
+    base = dict(checkpoint=str(path), episodes=2, seed=3, max_steps=6, progress=False)
+    result = evaluate(EvaluateConfig(**base, dreams=8, temperature=0.5))
+    wm = WorldModel.load(path)
+    expected = dream_fitness(wm, wm.controller.get_flat()[None], 8, 0.5, 6, False, np.random.default_rng(3))[0]
+    assert result["dream_return"] == pytest.approx(float(expected))
+    assert result["dreams"] == 8 and result["dream_temperature"] == 0.5
+    assert "dream_return" not in evaluate(EvaluateConfig(**base, dreams=0))
+    wm.start_codes = wm.start_codes[:0]
+    assert "dream_return" not in evaluate(EvaluateConfig(**base), wm=wm)
+    with pytest.raises(ValueError, match="--dreams must be >= 0"):
+        evaluate(EvaluateConfig(**base, dreams=-1))
+
+
 def test_evaluate_in_workers_scores_the_model_given_in_memory_not_the_file(tmp_path):
     from wm_agent.commands.evaluate import EvaluateConfig, evaluate
 

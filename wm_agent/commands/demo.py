@@ -166,7 +166,7 @@ def _evaluate(cfg: DemoConfig, wm, ckpt: Path) -> tuple[dict, dict]:
     from wm_agent.evaluate import dream_vs_real
 
     result = evaluate(EvaluateConfig(checkpoint=str(ckpt), env=ENV_ID, episodes=cfg.eval_episodes,
-                                     seed=cfg.seed + 20_000, greedy=False, progress=cfg.progress), wm)
+                                     seed=cfg.seed + 20_000, greedy=False, dreams=0, progress=cfg.progress), wm)
     # The same controller's dream return, and a random policy's return in the dream and on the same real
     # layouts: a dream that pays more than the real env for the same behaviour is being exploited.
     calibration = dream_vs_real(wm, ENV_ID, cfg.eval_episodes, cfg.seed + 20_000, cfg.temperature, cfg.seed)

@@ -12,6 +12,7 @@ import numpy as np
 from wm_agent.backends import BACKEND_HELP, RAY_ADDRESS_HELP, Backend
 from wm_agent.pretrained import checkpoint_path
 from wm_agent.config import check_settings, doc
+from wm_agent.dream_env import dream_fitness
 from wm_agent.evaluate import dream_fidelity, vae_quality
 from wm_agent.latent_env import check_data_fits, check_env_fits
 from wm_agent.progress import progress_bar
@@ -35,6 +36,10 @@ class EvaluateConfig:
     workers: int = doc("processes the episodes are split over (the same episodes and random numbers either way; "
                        "on CarRacing, whose physics amplify float rounding, a return can differ slightly with "
                        "the split)", 1)
+    dreams: int = doc("also run the controller in this many dreams of the world model (as a dream search scores "
+                      "it) and print its mean dream return beside the real one: where the two disagree, the dream "
+                      "pays for what the real env does not, or misses what it does (0: skip)", 100)
+    temperature: float = doc("dream temperature of --dreams", 1.0)
     progress: bool = doc("show a progress bar", True)
     backend: Backend = doc(BACKEND_HELP + " (ray: every episode runs on the cluster, even with --workers 1)", "local")
     ray_address: str | None = doc(RAY_ADDRESS_HELP, None)
@@ -50,13 +55,16 @@ def evaluate(cfg: EvaluateConfig, wm: WorldModel | None = None) -> dict:
 
     Returns:
         The summary ``wm-agent evaluate`` prints: env, episodes, mean/std/min/median/max return, mean steps,
-        and where the env reports them success rate and oracle return.
+        the mean dream return (with ``cfg.dreams``), and where the env reports them success rate and oracle
+        return.
     """
     if wm is None:
         cfg = dataclasses.replace(cfg, checkpoint=checkpoint_path(cfg.checkpoint, cfg.pretrained))
     check_settings((cfg.episodes >= 1, f"--episodes must be >= 1, got {cfg.episodes}"),
                    (cfg.max_steps >= 0, f"--max-steps must be >= 0 (0: the env's own limit), got {cfg.max_steps}"),
-                   (cfg.workers >= 1, f"--workers must be >= 1, got {cfg.workers}"))
+                   (cfg.workers >= 1, f"--workers must be >= 1, got {cfg.workers}"),
+                   (cfg.dreams >= 0, f"--dreams must be >= 0 (0: skip), got {cfg.dreams}"),
+                   (cfg.temperature >= 0, f"--temperature must be >= 0, got {cfg.temperature}"))
     given = wm is not None
     wm = wm or WorldModel.load(cfg.checkpoint)
     env_id = wm.real_env_id(cfg.env)
@@ -86,6 +94,11 @@ def evaluate(cfg: EvaluateConfig, wm: WorldModel | None = None) -> dict:
                "mean_return": float(returns.mean()), "std_return": float(returns.std()),
                "min_return": float(returns.min()), "median_return": float(np.median(returns)),
                "max_return": float(returns.max()), "mean_steps": float(res["steps"].mean())}
+    if cfg.dreams and len(wm.start_codes):  # a model without start frames cannot dream
+        steps = cfg.max_steps or wm.episode_limit(env_id)
+        dream = dream_fitness(wm, params.cpu().numpy(), cfg.dreams, cfg.temperature, steps, cfg.greedy,
+                              np.random.default_rng(cfg.seed))
+        summary.update(dream_return=float(dream[0]), dreams=cfg.dreams, dream_temperature=cfg.temperature)
     if "oracle_return" in res:
         oracle = res["oracle_return"][0]
         summary.update(success_rate=float(res["success"].mean()), oracle_return=float(oracle.mean()),
