@@ -74,26 +74,25 @@ class RealEvaluator(RolloutWorkers):
     def __call__(self, params: np.ndarray, rollouts: int, greedy: bool, max_steps: int,
                  rng: np.random.Generator) -> np.ndarray:
         seeds = [int(s) for s in rng.integers(2**31, size=rollouts)]
-        try:
-            result = self.run(params, seeds, greedy, max_steps, stop_after_negative=self.stop_after_negative)
-        except RuntimeError as exc:
-            raise RuntimeError(f"real-env scoring: {exc}; stopped the run (the checkpoint holds the last "
-                               "finished generation, or is unchanged if none finished)") from exc.__cause__
-        self.steps += int(result["steps"].sum())
-        return result["return"].mean(1)
+        return self._returns("real-env scoring", params, seeds, greedy, max_steps, self.stop_after_negative).mean(1)
 
     def selection_score(self, mean: np.ndarray, tracks: int, greedy: bool, max_steps: int, seed: int) -> float:
         """The mean return of the controller ``mean`` over ``tracks`` fixed tracks, whole episodes: the same
         tracks and action draws at every call (a seed stream of their own, apart from the generations')."""
         rng = np.random.default_rng([seed, 2**31])
         seeds = [int(s) for s in rng.integers(2**31, size=tracks)]
+        return float(self._returns("real-env selection", np.asarray(mean)[None], seeds, greedy, max_steps).mean())
+
+    def _returns(self, what: str, params: np.ndarray, seeds: list[int], greedy: bool, max_steps: int,
+                 stop_after_negative: int | None = None) -> np.ndarray:
+        """Returns (P, len(seeds)) of ``run``, its steps counted; a failed worker stops the run with ``what``."""
         try:
-            result = self.run(np.asarray(mean)[None], seeds, greedy, max_steps)
+            result = self.run(params, seeds, greedy, max_steps, stop_after_negative=stop_after_negative)
         except RuntimeError as exc:
-            raise RuntimeError(f"real-env selection: {exc}; stopped the run (the checkpoint holds the last "
-                               "finished generation)") from exc.__cause__
+            raise RuntimeError(f"{what}: {exc}; stopped the run (the checkpoint holds the last finished "
+                               "generation, or is unchanged if none finished)") from exc.__cause__
         self.steps += int(result["steps"].sum())
-        return float(result["return"].mean())
+        return result["return"]
 
 
 # -- the search's state --------------------------------------------------------------------------------
