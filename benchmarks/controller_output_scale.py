@@ -12,7 +12,6 @@ episodes from reset seed ``--seed`` on, as ``wm-agent evaluate`` runs them; one 
 import _root  # noqa: F401  (this clone first on sys.path)
 
 import argparse
-import dataclasses
 import json
 
 from wm_agent.commands.evaluate import EvaluateConfig, evaluate
@@ -24,10 +23,7 @@ def scaled(path: str, factors: list[float], squash: tuple[str, ...] | None) -> W
     wm = WorldModel.load(path)
     flat = wm.controller.get_flat() * wm.controller.output_factors(factors)
     if squash:
-        state = wm.controller.state_dict()
-        wm.config = dataclasses.replace(wm.config, action_squash=squash)
-        wm.controller = wm.new_controller(wm.config)
-        wm.controller.load_state_dict(state)
+        wm.set_action_squash(squash)
     wm.controller.set_flat(flat)
     return wm
 

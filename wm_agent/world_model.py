@@ -6,6 +6,8 @@ It is long because its many public methods each document their arguments in Args
 
 from __future__ import annotations
 
+import dataclasses
+
 import contextlib
 import os
 import warnings
@@ -260,6 +262,17 @@ class WorldModel:
             The controller.
         """
         return Controller(config, self.vae.quantizer.codebook).to(self.device)
+
+    def set_action_squash(self, squash: tuple[str, ...]) -> None:
+        """Read the controller's parameters and buffers through another ``action_squash`` (the config checks it).
+
+        Args:
+            squash: one squash per continuous action (``config.SQUASHES``).
+        """
+        saved = self.controller.state_dict()
+        self.config = dataclasses.replace(self.config, action_squash=tuple(squash))
+        self.controller = self.new_controller(self.config)
+        self.controller.load_state_dict(saved)
 
     @torch.no_grad()
     def encode(self, frames, batch_size: int = 1024) -> torch.Tensor:

@@ -330,11 +330,7 @@ def _set_architecture(wm: WorldModel, cfg: ControllerTrainConfig, env_id: str, m
         wm.config = dataclasses.replace(wm.config, **changes)  # validates, with a clear error
         wm.controller = wm.new_controller(wm.config)
     if cfg.squash is not None and cfg.squash != wm.config.squashes:
-        # The same parameters and buffers read through another mapping (fresh ones unless --warm-start).
-        saved = wm.controller.state_dict()
-        wm.config = dataclasses.replace(wm.config, action_squash=cfg.squash)  # validates, with a clear error
-        wm.controller = wm.new_controller(wm.config)
-        wm.controller.load_state_dict(saved)
+        wm.set_action_squash(cfg.squash)  # the same parameters (fresh ones unless --warm-start), another mapping
 
 
 PROJECTION_EPISODES = 8  # real episodes of the saved controller whose inputs the principal directions are fitted on
