@@ -1,5 +1,6 @@
-"""A trained controller with each action's output scaled (and, optionally, another action squash), scored in
-the real env: what ``train-controller --warm-start --squash ... --output-scale ...`` would start a search from.
+"""A trained controller with each action's output scaled (and, optionally, squashed otherwise), in the real env.
+
+What ``train-controller --warm-start --squash ... --output-scale ...`` would start a search from.
 
 For each ``--scale`` (one factor per action, comma-separated), the checkpoint's controller with its output
 layer's weights and bias times those factors (``Controller.output_factors``) runs ``--episodes`` whole real

@@ -653,6 +653,9 @@ def test_output_scale_rescales_the_warm_start_and_its_steps_per_action(tmp_path)
     scaled.set_flat(state["x0"].numpy())
     pre = before.normalize(x) @ torch.as_tensor(w, dtype=torch.float32) + torch.as_tensor(b, dtype=torch.float32)
     torch.testing.assert_close(scaled.from_obs(x), scaled.squash(pre * torch.tensor([0.1, 1.0, 2.0])))
+    # a later warm start keeps those step scales: the scaled weights are not stepped at their old size
+    train_controller(_cfg(path, generations=1, select_every=0, warm_start=True))
+    np.testing.assert_allclose(WorldModel.load(path).train_state["cmaes"]["stds0"].numpy(), state["stds0"].numpy())
     with pytest.raises(ValueError, match="it needs --warm-start"):
         train_controller(_cfg(path, overwrite=True, output_scale=(0.1, 1.0, 1.0)))
     with pytest.raises(ValueError, match="one factor per action"):
