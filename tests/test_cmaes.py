@@ -590,11 +590,38 @@ def test_warm_start_with_pca_carries_the_saved_linear_controller_over(ckpt):
                               resume=True, pca=2, select_every=0))
 
 
-def test_warm_start_with_pca_needs_a_full_linear_controller(ckpt):
+def test_warm_start_with_pca_needs_a_linear_controller_without_a_hidden_layer(ckpt):
     train_controller(_cfg(ckpt, generations=1, select_every=0))  # the tiny model's keypoint controller
-    with pytest.raises(ValueError, match="carries a linear controller that reads all of"):
+    with pytest.raises(ValueError, match="carries a linear controller with no hidden layer"):
         train_controller(_cfg(ckpt, where="real", workers=1, popsize=2, rollouts=1, generations=1, max_steps=5,
                               warm_start=True, pca=4))
+    train_controller(_cfg(ckpt, generations=1, controller="linear", select_every=0, overwrite=True))
+    with pytest.raises(ValueError, match="--warm-start keeps the saved controller's architecture"):
+        train_controller(_cfg(ckpt, where="real", workers=1, popsize=2, rollouts=1, generations=1, max_steps=5,
+                              warm_start=True, pca=4, hidden=8))
+
+
+def test_warm_start_with_pca_refits_the_directions_of_a_pca_controller(ckpt):
+    """A controller already on principal directions, warm-started with --pca K (as many or another number):
+    spread back over its inputs, then seen through the directions of what it drives through now, its output
+    step factors kept; with --pca 0 it stays spread, the same map on every input."""
+    train_controller(_cfg(ckpt, generations=1, controller="linear", pca=3, select_every=0))
+    train_controller(_cfg(ckpt, generations=1, select_every=0, warm_start=True, output_scale=(0.5, 1.0, 2.0, 1.0)))
+    before = WorldModel.load(ckpt).controller
+    for k in (3, 5):
+        train_controller(_cfg(ckpt, where="real", workers=1, popsize=2, rollouts=1, generations=1, max_steps=5,
+                              warm_start=True, pca=k, select_every=0, seed=k))
+        after = WorldModel.load(ckpt)
+        c, state = after.controller, after.train_state["cmaes"]
+        assert c.pca == k and not torch.equal(c.pca_basis[:, :3], before.pca_basis)
+        np.testing.assert_allclose(state["x0"].numpy(), c.params_from_full(before.full_params()), rtol=1e-4,
+                                   atol=1e-4)
+        np.testing.assert_allclose(c.step_factors(state["stds0"]), [0.5, 1.0, 2.0, 1.0])
+        before = c
+    train_controller(_cfg(ckpt, generations=1, select_every=0, warm_start=True, pca=0))
+    spread = WorldModel.load(ckpt)
+    assert spread.config.controller_pca == 0
+    np.testing.assert_allclose(spread.train_state["cmaes"]["x0"].numpy(), before.full_params(), rtol=1e-6)
 
 
 def test_a_new_pca_search_fits_its_directions_with_the_normaliser(ckpt):

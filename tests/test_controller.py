@@ -375,6 +375,32 @@ def test_a_full_linear_controller_carried_over_acts_alike_on_its_subspace():
     assert errors[5] < 1e-4 * scale < errors[3] < errors[1]
 
 
+def test_a_pca_controller_spread_back_over_its_inputs_is_the_same_map():
+    """full_params: a controller_pca readout as a full linear one with the same normaliser acts alike on any
+    input, and params_from_full onto the same directions gives its parameters back."""
+    full = _controller()
+    obs = _low_rank_observations(full, rank=5)
+    small = Controller(tiny_config(controller="linear", controller_pca=3))
+    small.fit_normalizer(obs)
+    small.set_flat(np.random.default_rng(0).normal(size=small.num_params))
+    full.obs_mean.copy_(small.obs_mean)
+    full.obs_std.copy_(small.obs_std)
+    full.set_flat(small.full_params())
+    x = torch.randn(20, full.in_dim)
+    with torch.no_grad():
+        torch.testing.assert_close(full.from_obs(x), small.from_obs(x), atol=1e-4, rtol=1e-4)
+    np.testing.assert_allclose(small.params_from_full(small.full_params()), small.get_flat(), atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="spreads a controller_pca readout"):
+        full.full_params()
+
+
+def test_step_factors_read_each_outputs_steps_from_the_end():
+    """The output bias's steps, at the end of any controller's flat vector (before the keypoint log gain)."""
+    for c in (_controller(), Controller(tiny_config(controller="linear", controller_pca=3))):
+        factors = np.arange(1.0, c.out_dim + 1)
+        np.testing.assert_allclose(c.step_factors(c.param_scales() * c.output_factors(factors)), factors)
+
+
 def test_pca_settings_are_checked():
     with pytest.raises(ValueError, match="controller_pca .* is for the 'linear' controller"):
         tiny_config(controller="keypoint", controller_pca=4)

@@ -42,7 +42,9 @@ class ControllerTrainConfig:
     hidden: int | None = doc("hidden units of the controller's readout (default: the checkpoint's)", None)
     pca: int | None = doc("linear controller: how many principal directions of its standardised input (z, h) it "
                           "reads, whitened (0: all of it, the paper's C; default: the checkpoint's). With --warm-start "
-                          "a full linear controller is carried over onto them, fitted on real episodes it drives",
+                          "the saved linear controller is carried over onto them, fitted on real episodes it drives "
+                          "(one already on principal directions has them refitted; --pca 0 spreads it back over all "
+                          "of (z, h))",
                           None)
     squash: tuple[str, ...] | None = doc("continuous actions: how the controller's tanh output maps onto each "
                                          "action's bounds, one of " + " / ".join(SQUASHES) + " per action (the world "
@@ -323,8 +325,8 @@ def _set_architecture(wm: WorldModel, cfg: ControllerTrainConfig, env_id: str, m
         changes["controller"] = cfg.controller
     if cfg.hidden is not None and cfg.hidden != wm.config.controller_hidden:
         changes["controller_hidden"] = cfg.hidden
-    if cfg.pca is not None and cfg.pca != wm.config.controller_pca:
-        changes["controller_pca"] = cfg.pca
+    if cfg.pca is not None and (cfg.pca != wm.config.controller_pca or (cfg.warm_start and cfg.pca)):
+        changes["controller_pca"] = cfg.pca  # a warm start onto directions refits them, even as many as before
     if changes and cfg.warm_start:
         _carry_over(wm, cfg, env_id, max_steps)
     elif changes:
@@ -338,23 +340,30 @@ PROJECTION_EPISODES = 8  # real episodes of the saved controller whose inputs th
 
 
 def _carry_over(wm: WorldModel, cfg: ControllerTrainConfig, env_id: str, max_steps: int) -> None:
-    """The saved full linear controller as a --pca one: the principal directions of the inputs it meets driving
-    (``PROJECTION_EPISODES`` real episodes), its normaliser kept and its weights seen through them."""
+    """The saved linear controller on --pca principal directions: those of the inputs it meets driving
+    (``PROJECTION_EPISODES`` real episodes), its normaliser kept and its map seen through them. One already
+    on principal directions is spread back over all its inputs first (the same map), so its directions are
+    refitted on what it drives through now; with --pca 0 it stays spread."""
     from wm_agent.rollouts import driven_observations
 
     old = wm.controller
-    if old.kind != "linear" or old.hidden or old.pca or not cfg.pca:
-        raise ValueError(f"--warm-start --pca {cfg.pca} carries a linear controller that reads all of (z, h), with no "
-                         f"hidden layer, over onto principal directions; the saved one is '{old.kind}' with "
-                         f"{old.hidden} hidden units and --pca {old.pca}")
-    rng = np.random.default_rng([cfg.seed, 2**32])
-    seeds = [int(s) for s in rng.integers(2**31, size=PROJECTION_EPISODES)]
-    seen = driven_observations(wm, env_id, seeds, max_steps)
+    if old.kind != "linear" or old.hidden:
+        raise ValueError(f"--warm-start --pca {cfg.pca} carries a linear controller with no hidden layer over onto "
+                         f"principal directions; the saved one is '{old.kind}' with {old.hidden} hidden units")
+    full = old.full_params() if old.pca else old.get_flat()
+    seen = None
+    if cfg.pca:
+        rng = np.random.default_rng([cfg.seed, 2**32])
+        seeds = [int(s) for s in rng.integers(2**31, size=PROJECTION_EPISODES)]
+        seen = driven_observations(wm, env_id, seeds, max_steps)
     wm.config = dataclasses.replace(wm.config, controller_pca=cfg.pca)  # validates, with a clear error
     wm.controller = wm.new_controller(wm.config)
     new = wm.controller
     with torch.no_grad():
         new.obs_mean.copy_(old.obs_mean)
         new.obs_std.copy_(old.obs_std)
+    if seen is None:
+        new.set_flat(full)
+        return
     new.fit_projection(seen)
-    new.set_flat(new.params_from_full(old.get_flat()))
+    new.set_flat(new.params_from_full(full))

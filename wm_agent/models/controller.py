@@ -143,6 +143,23 @@ class Controller(nn.Module):
         weights = np.linalg.pinv(basis) @ w
         return np.concatenate([weights.ravel(), centre @ w + b])
 
+    def full_params(self) -> np.ndarray:
+        """This ``controller_pca`` readout as a linear controller reading all of concat(z, h) with the same
+        normaliser: the same map, its weights spread back over the inputs (what ``params_from_full`` inverts).
+
+        Returns:
+            Flat parameters (in_dim x action_dim weights, then action_dim biases) of the full readout.
+        """
+        if not self.pca or self.hidden:
+            raise ValueError("full_params spreads a controller_pca readout (no hidden layer) back over all its inputs")
+        n, a = self.features, self.out_dim
+        flat = self.get_flat()
+        weights, bias = flat[: n * a].reshape(n, a), flat[n * a :]
+        basis, centre = self.pca_basis.double().cpu().numpy(), self.pca_mean.double().cpu().numpy()
+        # features = (x - centre) @ basis, so features @ weights + bias = x @ (basis @ weights) + bias - centre @ ...
+        full = basis @ weights
+        return np.concatenate([full.ravel(), bias - centre @ full])
+
     def initial_params(self, observations: torch.Tensor) -> np.ndarray:
         """Where a search starts: zeros, except that each keypoint starts on its own RARE kind of cell.
 
@@ -194,6 +211,21 @@ class Controller(nn.Module):
             sizes = cfg.keypoint_feature_sizes
             readout[sizes["where"] : sizes["where"] + sizes["glimpse"]] = 1.0 / 3.0
         return scales
+
+    def step_factors(self, stds0) -> np.ndarray:
+        """Each action's factor in a search's relative step sizes ``stds0`` for a controller of this kind (of
+        any input size): the steps of its output bias, which ``param_scales`` leaves at 1, so only an
+        ``output_factors`` scaling moves them.
+
+        Args:
+            stds0: the search's per-parameter step sizes.
+
+        Returns:
+            (out_dim,) factors.
+        """
+        stds0 = np.asarray(stds0, np.float64)
+        end = len(stds0) - (1 if self.kind == "keypoint" else 0)  # the keypoint controller's log gain comes last
+        return stds0[end - self.out_dim : end].copy()
 
     def output_factors(self, factors) -> np.ndarray:
         """Per-parameter multipliers that scale each output (before the squash) by its factor: the output

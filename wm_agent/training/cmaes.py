@@ -136,18 +136,18 @@ class _Search:
 def _started(wm: WorldModel, cfg, max_steps: int) -> _Search:
     """A new search from the controller's initial parameters, its input normaliser fitted first; with
     ``cfg.warm_start``, from the saved controller as it is (refitting its normaliser would change what its
-    parameters mean), with the earlier search's step scales where it searched the same parameters."""
+    parameters mean), each output's steps scaled as the earlier search scaled them."""
     stds0 = np.asarray(wm.controller.param_scales(), np.float64)
     if cfg.warm_start:
         x0 = wm.controller.get_flat()
-        # An earlier --output-scale scaled some weights and their steps alike; a later warm start that went
-        # back to the default scales would step those weights far beyond their size.
+        # An earlier --output-scale scaled some outputs and their steps alike; a later warm start that went
+        # back to the default steps would step those weights far beyond their size.
         earlier = (wm.train_state.get("cmaes") or {}).get("stds0")
-        if earlier is not None and earlier.numel() == len(x0):
-            stds0 = earlier.double().numpy().copy()
+        factors = np.ones(wm.controller.out_dim) if earlier is None else wm.controller.step_factors(earlier)
         if cfg.output_scale:  # each output rescaled, and its steps kept in proportion
-            factors = wm.controller.output_factors(cfg.output_scale)
-            x0, stds0 = x0 * factors, stds0 * factors
+            x0 = x0 * wm.controller.output_factors(cfg.output_scale)
+            factors = factors * np.asarray(cfg.output_scale, np.float64)
+        stds0 = stds0 * wm.controller.output_factors(factors)
     else:
         seen = sample_observations(wm, cfg, max_steps)
         wm.controller.fit_normalizer(seen)
