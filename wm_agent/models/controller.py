@@ -223,9 +223,13 @@ class Controller(nn.Module):
         Returns:
             (out_dim,) factors.
         """
-        stds0 = np.asarray(stds0, np.float64)
-        end = len(stds0) - (1 if self.kind == "keypoint" else 0)  # the keypoint controller's log gain comes last
-        return stds0[end - self.out_dim : end].copy()
+        return np.asarray(stds0, np.float64)[self.output_bias(len(stds0))].copy()
+
+    def output_bias(self, num_params: int | None = None) -> slice:
+        """Where the output layer's bias sits in the flat parameters of a controller of this kind with
+        ``num_params`` parameters (default: this one's)."""
+        end = (self.num_params if num_params is None else num_params) - (self.kind == "keypoint")  # its log gain
+        return slice(end - self.out_dim, end)
 
     def output_factors(self, factors) -> np.ndarray:
         """Per-parameter multipliers that scale each output (before the squash) by its factor: the output
