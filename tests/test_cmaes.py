@@ -16,6 +16,7 @@ from wm_agent.commands.evaluate import EvaluateConfig, evaluate
 from wm_agent.commands.train_controller import ControllerTrainConfig, train_controller
 from wm_agent.dream_env import DreamEnv, dream_fitness
 from wm_agent.models.controller import choose_actions
+from wm_agent.training import cmaes
 from wm_agent.training.cmaes import RealEvaluator
 from wm_agent.world_model import WorldModel
 
@@ -134,6 +135,24 @@ def test_the_controller_is_the_best_scoring_mean_on_the_selection_dreams(ckpt):
     again = dream_fitness(wm, state["selected_params"].numpy()[None], 16, 0.0, 8, False,
                           np.random.default_rng([0, 2**31]))[0]
     assert again == pytest.approx(state["selected_score"], abs=1e-5)
+
+
+def test_a_warm_start_keeps_the_saved_controller_unless_a_mean_scores_higher(ckpt, monkeypatch):
+    """With selection, a warm-started search scores its first mean (the saved controller) before any generation:
+    a search that only got worse gives the saved controller back."""
+    train_controller(_cfg(ckpt, generations=1, select_every=0))
+    saved = WorldModel.load(ckpt).controller.get_flat()
+    scored = []
+
+    def score(wm, mean, cfg, max_steps):  # the saved controller beats every later mean
+        scored.append(np.array(mean))
+        return 1.0 if np.allclose(mean, saved, rtol=1e-6, atol=1e-6) else 0.0
+
+    monkeypatch.setattr(cmaes, "selection_score", score)
+    train_controller(_cfg(ckpt, generations=2, select_every=1, warm_start=True))
+    wm = WorldModel.load(ckpt)
+    assert len(scored) == 3 and wm.train_state["cmaes"]["selected_generation"] == 0
+    np.testing.assert_allclose(wm.controller.get_flat(), saved, rtol=1e-6, atol=1e-6)
 
 
 def test_without_selection_the_controller_is_the_last_mean(ckpt):

@@ -65,7 +65,9 @@ class ControllerTrainConfig:
                                    "runs whole episodes; 0: never)", 0)
     select_every: int = doc("in the dream: every this many generations (pg: updates), and after the last, score the "
                             "search's mean (pg: the policy) on --select-dreams fixed dreams and keep the best-scoring "
-                            "one as the controller (0: the last one); in the real env the same with --select-tracks",
+                            "one as the controller (0: the last one); in the real env the same with "
+                            "--select-tracks. With --warm-start the saved controller is scored first and stays unless "
+                            "a mean scores higher",
                             10)
     select_dreams: int = doc("dreams each mean (pg: policy) is scored on for --select-every (the same dreams every "
                              "time)", 512)

@@ -220,6 +220,9 @@ def _search(wm: WorldModel, cfg, env_id: str, max_steps: int, state: dict | None
                        desc=f"CMA-ES in the {'dream' if cfg.where == 'dream' else 'real env'}", unit="gen",
                        disable=not cfg.progress)
     selecting = cfg.select_every > 0 and (cfg.where == "dream" or cfg.select_tracks > 0)
+    if selecting and cfg.warm_start and state is None:
+        # The saved controller competes too: a warm start keeps it unless a mean of the new search scores higher.
+        run.selected = (_selection_score(run.es.mean, wm, cfg, evaluator, max_steps), 0, np.array(run.es.mean))
     try:
         while run.generation < cfg.generations:
             _generation(run, wm, cfg, evaluator, max_steps, selecting)
@@ -264,14 +267,19 @@ def _generation(run: _Search, wm: WorldModel, cfg, evaluator: RealEvaluator | No
     row = {"generation": run.generation, "best": float(fit.max()), "mean": float(fit.mean()),
            "worst": float(fit.min()), "sigma": float(run.es.sigma)}
     if selecting and (run.generation % cfg.select_every == 0 or run.generation == cfg.generations):
-        score = (evaluator.selection_score(run.es.mean, cfg.select_tracks, cfg.greedy, max_steps, cfg.seed)
-                 if evaluator else selection_score(wm, run.es.mean, cfg, max_steps))
+        score = _selection_score(run.es.mean, wm, cfg, evaluator, max_steps)
         row["selection_score"] = score
         if run.selected is None or score > run.selected[0]:
             run.selected = (score, run.generation, np.array(run.es.mean))
     row["real_env_steps"] = evaluator.steps if evaluator else 0  # cumulative (selection and resumes counted)
     row["seconds"] = time.perf_counter() - t0
     run.log.append(row)
+
+
+def _selection_score(mean: np.ndarray, wm: WorldModel, cfg, evaluator: RealEvaluator | None, max_steps: int) -> float:
+    if evaluator:
+        return evaluator.selection_score(mean, cfg.select_tracks, cfg.greedy, max_steps, cfg.seed)
+    return selection_score(wm, mean, cfg, max_steps)
 
 
 def _record(run: _Search, wm: WorldModel, cfg, env_id: str, selecting: bool) -> None:
