@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -471,3 +472,17 @@ def test_a_reader_that_leaves_early_is_no_error(evaluable_checkpoint):
     err = proc.stderr.read()
     proc.wait(timeout=120)
     assert err == "" and proc.returncode == 128 + signal.SIGPIPE
+
+
+def test_carracing_progress_script_drives_carracing_and_refuses_other_envs(tmp_path):
+    """One whole CarRacing episode of the shipped agent, summed up in a line; GridWorld's checkpoint refused."""
+    root = Path(__file__).resolve().parents[1]
+    script, pretrained = root / "benchmarks" / "carracing_progress.py", root / "wm_agent" / "pretrained"
+    out = subprocess.run([sys.executable, str(script), str(pretrained / "carracing.pt"), "--episodes", "1"],
+                         cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert re.fullmatch(r"seed 300: return -?\d+\.\d, tiles \d+/\d+ \(\d+%\), by quarter \[.*\], speed mean .*\n",
+                        out.stdout)
+    bad = subprocess.run([sys.executable, str(script), str(pretrained / "gridworld.pt")], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 1 and "a CarRacing checkpoint is needed" in bad.stderr
