@@ -152,6 +152,9 @@ def test_a_warm_start_keeps_the_saved_controller_unless_a_mean_scores_higher(ckp
     train_controller(_cfg(ckpt, generations=2, select_every=1, warm_start=True))
     wm = WorldModel.load(ckpt)
     assert len(scored) == 3 and wm.train_state["cmaes"]["selected_generation"] == 0
+    assert wm.train_state["cmaes"]["start_score"] == 1.0
+    train_controller(_cfg(ckpt, generations=3, select_every=1, resume=True))
+    assert WorldModel.load(ckpt).train_state["cmaes"]["start_score"] == 1.0  # kept through a resume
     np.testing.assert_allclose(wm.controller.get_flat(), saved, rtol=1e-6, atol=1e-6)
 
 

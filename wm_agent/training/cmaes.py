@@ -111,7 +111,8 @@ def _replayed_es(state: dict, cfg) -> tuple[cma.CMAEvolutionStrategy, dict]:
     evolution paths, step-size path, its random stream) is not a set of tensors a weights-only checkpoint
     can hold, but it is a function of the start, the seed and what was told, so replaying those gives the
     uninterrupted run's state bit for bit, without scoring anything again."""
-    start = {key: state[key] for key in ("x0", "sigma0", "stds0", "seed", "popsize", "earlier") if key in state}
+    start = {key: state[key] for key in ("x0", "sigma0", "stds0", "seed", "popsize", "earlier", "start_score")
+             if key in state}
     es = _new_es(state["x0"].double().numpy(), float(state["sigma0"]), cfg, state["stds0"].double().numpy(),
                  int(state["seed"]))
     for told in state["told"].double().numpy():
@@ -223,6 +224,7 @@ def _search(wm: WorldModel, cfg, env_id: str, max_steps: int, state: dict | None
     if selecting and cfg.warm_start and state is None:
         # The saved controller competes too: a warm start keeps it unless a mean of the new search scores higher.
         run.selected = (_selection_score(run.es.mean, wm, cfg, evaluator, max_steps), 0, np.array(run.es.mean))
+        run.start["start_score"] = run.selected[0]  # kept (with the start) for comparison once a mean beats it
     try:
         while run.generation < cfg.generations:
             _generation(run, wm, cfg, evaluator, max_steps, selecting)
