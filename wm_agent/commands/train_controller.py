@@ -98,8 +98,8 @@ class ControllerTrainConfig:
     warm_start: bool = doc("cmaes only: start a new search from the checkpoint's trained controller (its parameters "
                            "the first mean, its input normaliser kept) instead of from scratch, e.g. a dream-trained "
                            "C refined --in real, or a search continued with other settings; the earlier run's log is "
-                           "kept in the new one's state, and so are its search's step scales where it searched the "
-                           "same parameters", False)
+                           "kept in the new one's state, and so are the output step factors an earlier --output-scale "
+                           "set", False)
     output_scale: tuple[float, ...] | None = doc(
         "cmaes only, with --warm-start: multiply each action's output (the last layer's weights and bias) in the saved "
         "controller by this factor, one per action, and that action's search steps alike: a saturated (bang-bang) "
