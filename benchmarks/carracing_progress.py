@@ -16,27 +16,20 @@ import argparse
 import numpy as np
 import torch
 
-from wm_agent.models.controller import env_action
-from wm_agent.rollouts import make_latent_env
-from wm_agent.sampling import EpisodeUniforms
+from wm_agent.rollouts import make_latent_env, run_episode
 from wm_agent.world_model import WorldModel
 
 
 def drive(wm: WorldModel, env, seed: int) -> str:
     """One whole episode from reset seed ``seed``, summed up in a line."""
-    obs, _ = env.reset(seed=seed)
-    uniforms, race = EpisodeUniforms([seed]), env.unwrapped
-    speeds, tiles, rewards = [], [], []
-    while True:
-        with torch.no_grad():
-            out = wm.controller.from_obs(torch.as_tensor(obs)[None])
-        action = env_action(out, wm.config.discrete_actions, False, uniforms=uniforms.at(len(rewards), [0]))
-        obs, reward, terminated, truncated, _ = env.step(action)
+    race, speeds, tiles, rewards = env.unwrapped, [], [], []
+
+    def read_car(env, reward: float) -> None:
         speeds.append(float(np.hypot(*race.car.hull.linearVelocity)))
         tiles.append(race.tile_visited_count)
-        rewards.append(float(reward))
-        if terminated or truncated:
-            break
+        rewards.append(reward)
+
+    run_episode(env, wm, seed, greedy=False, on_step=read_car)
     quarters = [tiles[(q * len(tiles)) // 4 - 1] for q in range(1, 5)]
     return (f"seed {seed}: return {sum(rewards):.1f}, tiles {tiles[-1]}/{len(race.track)} "
             f"({100 * tiles[-1] / len(race.track):.0f}%), by quarter {quarters}, speed mean {np.mean(speeds):.1f} "

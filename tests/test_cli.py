@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
 import pytest
 
 from wm_agent.cli import add_dataclass_args, build_parser, dataclass_from_args, main
@@ -472,6 +473,28 @@ def test_a_reader_that_leaves_early_is_no_error(evaluable_checkpoint):
     err = proc.stderr.read()
     proc.wait(timeout=120)
     assert err == "" and proc.returncode == 128 + signal.SIGPIPE
+
+
+def test_carracing_probe_scores_readouts_on_unseen_episodes_and_refuses_bad_input(tmp_path):
+    """The probe's readouts: near-perfect on a linear target, near zero (or below) on noise; bad input refused."""
+    root = Path(__file__).resolve().parents[1]
+    sys.path.insert(0, str(root / "benchmarks"))
+    try:
+        import carracing_probe
+    finally:
+        sys.path.remove(str(root / "benchmarks"))
+    rng = np.random.default_rng(0)
+    x = [rng.normal(size=(50, 12)) for _ in range(10)]
+    linear = [xs @ np.arange(12.0) + 3.0 for xs in x]
+    assert carracing_probe.r_squared(x, linear, 12) > 0.999
+    assert carracing_probe.r_squared(x, [rng.normal(size=50) for _ in x], 12) < 0.1
+    script, pretrained = root / "benchmarks" / "carracing_probe.py", root / "wm_agent" / "pretrained"
+    for args, said in (([str(pretrained / "gridworld.pt")], "a CarRacing checkpoint is needed"),
+                       ([str(pretrained / "carracing.pt"), "--episodes", "4"], "--episodes must be at least 10"),
+                       ([str(pretrained / "carracing.pt"), "--directions", "0"], "--directions must be at least 1")):
+        bad = subprocess.run([sys.executable, str(script), *args], cwd=tmp_path, capture_output=True, text=True,
+                             timeout=120)
+        assert bad.returncode != 0 and said in bad.stderr, bad.stderr
 
 
 def test_carracing_progress_script_drives_carracing_and_refuses_other_envs(tmp_path):

@@ -89,6 +89,17 @@ def test_without_noise_the_actions_are_the_ones_evaluate_takes(driver, tmp_path,
     env.close()
 
 
+def test_run_episode_calls_on_step_after_every_step_with_its_reward(driver):
+    wm = WorldModel.load(driver)
+    env = make_latent_env("WM-GridWorld-v0", wm)
+    seen = []
+    played = run_episode(env, wm, 5, False, max_steps=10, record=True,
+                         on_step=lambda e, reward: seen.append((e is env, reward)))
+    assert [same for same, _ in seen] == [True] * played["steps"]
+    np.testing.assert_array_equal(np.array([r for _, r in seen], np.float32), played["rewards"])
+    env.close()
+
+
 def test_noise_changes_discrete_actions_and_stays_reproducible(driver, tmp_path):
     runs = {}
     for name, noise in (("calm", 0.0), ("noisy", 1.0), ("noisy_again", 1.0)):

@@ -41,7 +41,8 @@ def make_latent_env(env_id: str, wm: WorldModel, **kwargs) -> LatentObservation:
 
 @torch.no_grad()
 def run_episode(env: LatentObservation, wm: WorldModel, seed: int, greedy: bool, max_steps: int = 0,
-                record: bool = False, observe: bool = False) -> dict:
+                record: bool = False, observe: bool = False,
+                on_step: Callable[[gym.Env, float], None] | None = None) -> dict:
     """One episode of the controller in a LatentObservation env.
 
     Args:
@@ -52,6 +53,8 @@ def run_episode(env: LatentObservation, wm: WorldModel, seed: int, greedy: bool,
         max_steps: steps at most (0: no cap but the env's).
         record: whether to record the episode.
         observe: whether to keep the controller's inputs.
+        on_step: called after every step with the env and the step's reward, to read what the observation
+            leaves out (a CarRacing benchmark reads the car's physics there).
 
     Returns:
         ``return``, ``steps``, ``success`` and ``oracle_return``; with ``record``: also ``frames`` uint8
@@ -69,6 +72,8 @@ def run_episode(env: LatentObservation, wm: WorldModel, seed: int, greedy: bool,
         action = env_action(out, wm.config.discrete_actions, greedy, uniforms=uniforms.at(len(rewards), [0]))
         obs, reward, terminated, truncated, info = env.step(action)
         rewards.append(float(reward))
+        if on_step is not None:
+            on_step(env, float(reward))
         if record:
             frames.append(info["frame"])
             actions.append(action)
