@@ -17,9 +17,9 @@ import _root  # noqa: F401  (this clone first on sys.path)
 import argparse
 
 import numpy as np
-import torch
+from _carracing import open_carracing
 
-from wm_agent.rollouts import make_latent_env, run_episode
+from wm_agent.rollouts import run_episode
 from wm_agent.world_model import WorldModel
 
 TILES_AHEAD = 10
@@ -85,12 +85,7 @@ def main() -> None:
                      f"by a readout fitted on the others), got {args.episodes}")
     if args.directions < 1:
         parser.error(f"--directions must be at least 1, got {args.directions}")
-    torch.set_num_threads(1)
-    wm = WorldModel.load(args.checkpoint)
-    env = make_latent_env(wm.real_env_id(), wm)
-    env.reset(seed=args.seed)
-    if not hasattr(env.unwrapped, "tile_visited_count"):
-        raise SystemExit(f"{args.checkpoint}: a CarRacing checkpoint is needed (its env is {wm.real_env_id()})")
+    wm, env = open_carracing(args.checkpoint, args.seed)
     try:
         episodes = [drive(wm, env, seed) for seed in range(args.seed, args.seed + args.episodes)]
     finally:

@@ -14,9 +14,9 @@ import _root  # noqa: F401  (this clone first on sys.path)
 import argparse
 
 import numpy as np
-import torch
+from _carracing import open_carracing
 
-from wm_agent.rollouts import make_latent_env, run_episode
+from wm_agent.rollouts import run_episode
 from wm_agent.world_model import WorldModel
 
 
@@ -42,12 +42,7 @@ def main() -> None:
     parser.add_argument("--episodes", type=int, default=6, help="real episodes to drive")
     parser.add_argument("--seed", type=int, default=300, help="reset seed of the first episode")
     args = parser.parse_args()
-    torch.set_num_threads(1)
-    wm = WorldModel.load(args.checkpoint)
-    env = make_latent_env(wm.real_env_id(), wm)
-    env.reset(seed=args.seed)
-    if not hasattr(env.unwrapped, "tile_visited_count"):
-        raise SystemExit(f"{args.checkpoint}: a CarRacing checkpoint is needed (its env is {wm.real_env_id()})")
+    wm, env = open_carracing(args.checkpoint, args.seed)
     try:
         for seed in range(args.seed, args.seed + args.episodes):
             print(drive(wm, env, seed), flush=True)
