@@ -422,6 +422,35 @@ def test_run_train_rnn_fresh_start_is_reproducible_and_drops_the_old_controller_
     assert "cmaes" not in wm.train_state
 
 
+def test_run_train_rnn_fine_tune_trains_the_same_m_on_and_keeps_the_controller(dataset, tiny_preset, tmp_path):
+    ckpt = tmp_path / "wm.pt"
+    run_train_vae(_vae_cfg(dataset, ckpt, epochs=1))
+    with pytest.raises(ValueError, match="holds no trained MDN-RNN to fine-tune"):
+        run_train_rnn(_rnn_cfg(dataset, ckpt, epochs=1, fine_tune=True))
+    run_train_rnn(_rnn_cfg(dataset, ckpt, epochs=2, seed=5))
+    wm = WorldModel.load(ckpt)
+    wm.train_state["cmaes"] = {"generation": 3}  # stands in for a controller searched on this M's hidden state
+    with torch.no_grad():
+        wm.controller.params.copy_(torch.arange(wm.controller.num_params) / 100)
+    wm.save(ckpt)
+    trained = {k: v.clone() for k, v in wm.rnn.state_dict().items()}
+    for flag in ("resume", "overwrite"):
+        with pytest.raises(ValueError, match="--fine-tune"):
+            run_train_rnn(_rnn_cfg(dataset, ckpt, epochs=1, fine_tune=True, **{flag: True}))
+
+    run_train_rnn(_rnn_cfg(dataset, ckpt, epochs=0, fine_tune=True))  # starts from the trained M, not a new one
+    assert all(torch.equal(trained[k], v) for k, v in WorldModel.load(ckpt).rnn.state_dict().items())
+    result = run_train_rnn(_rnn_cfg(dataset, ckpt, epochs=1, seed=5, fine_tune=True))
+    assert [h["epoch"] for h in result["history"]] == [1]  # a new run of --epochs
+    wm = WorldModel.load(ckpt)
+    assert not all(torch.equal(trained[k], v) for k, v in wm.rnn.state_dict().items())
+    assert wm.train_state["cmaes"] == {"generation": 3} and wm.train_state["rnn"]["keeps_controller"]
+    assert torch.equal(wm.controller.params.detach(), torch.arange(wm.controller.num_params) / 100)
+    # an interrupted fine-tune goes on with --resume, its controller still kept
+    result = run_train_rnn(_rnn_cfg(dataset, ckpt, epochs=2, seed=5, resume=True))
+    assert result["epochs_done"] == 2 and "cmaes" in WorldModel.load(ckpt).train_state
+
+
 def test_run_train_vae_start_codes_are_the_trained_encoders(dataset, tiny_preset, tmp_path, monkeypatch):
     from wm_agent.data.dataset import EpisodeDataset
 

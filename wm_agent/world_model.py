@@ -441,7 +441,8 @@ class WorldModel:
                 batches_per_epoch: int | None = None, samples: int | None = None, where: str = "this world model",
                 lr_floor: float = 1.0, total_epochs: int | None = None) -> list[dict]:
         """Train M for ``epochs`` more epochs on batches of V's code sequences (``training.fit.fit_rnn``),
-        continuing ``train_state['rnn']``; at M's first update, a trained C is marked untrained (with a warning).
+        continuing ``train_state['rnn']``; at M's first update, a trained C is marked untrained (with a warning)
+        unless the state says ``keeps_controller`` (a fine-tune).
 
         Args:
             make_batches: ``make_batches(rng)`` yields one epoch of ``sequence_batches_from_arrays``'s batches.
@@ -452,9 +453,11 @@ class WorldModel:
             The metrics of each epoch trained.
         """
         state = self.train_state.setdefault("rnn", {"epoch": 0})
+        # A fine-tune (train-rnn --fine-tune) keeps the controller on purpose: its inputs drift, not change meaning.
+        stale = None if state.get("keeps_controller") else self._stale_after("rnn", where)
         return fit.fit_rnn(self.rnn, self.vae, state, make_batches, epochs, seed, progress, on_epoch_end, clip, events,
                            batches_per_epoch, samples, where, lr_floor, total_epochs, lr=self.config.learning_rate,
-                           on_first_update=self._stale_after("rnn", where))
+                           on_first_update=stale)
 
     def _stale_after(self, trained: str, where: str) -> Callable[[], None]:
         """What the fit loop of ``trained`` (``"vae"``, ``"rnn"``) calls at its first update: it forgets the

@@ -66,6 +66,10 @@ class TrainRNNConfig:
     seed: int = doc("seed for batch order and initialisation", 0)
     resume: bool = doc("continue an interrupted MDN-RNN run instead of starting it afresh", False)
     overwrite: bool = doc("train a new MDN-RNN even though the checkpoint holds one (its controller goes too)", False)
+    fine_tune: bool = doc("train the checkpoint's MDN-RNN on from its own weights, a new run of --epochs (on a "
+                          "driver's episodes beside the first data, say: iterative training), and keep its "
+                          "controller: the hidden state it reads changes only as far as M does, where a new M's "
+                          "would mean nothing to it. An interrupted fine-tune continues with --resume", False)
     device: str = doc("torch device: auto, cpu or cuda", "auto")
     progress: bool = doc("show progress bars", True)
 
@@ -267,17 +271,26 @@ def run_train_rnn(cfg: TrainRNNConfig) -> dict:
     check_settings((cfg.seq_len >= 1, f"--seq-len must be >= 1, got {cfg.seq_len}"),
                    (cfg.batch_size >= 1, f"--batch-size must be >= 1, got {cfg.batch_size}"),
                    (cfg.epochs >= 0, f"--epochs must be >= 0, got {cfg.epochs}"),
-                   (0 < cfg.lr_floor <= 1, f"--lr-floor must be in (0, 1], got {cfg.lr_floor}"))
+                   (0 < cfg.lr_floor <= 1, f"--lr-floor must be in (0, 1], got {cfg.lr_floor}"),
+                   (not (cfg.fine_tune and cfg.resume), "--fine-tune starts a new run on the checkpoint's M: an "
+                                                         "interrupted one continues with --resume alone"),
+                   (not (cfg.fine_tune and cfg.overwrite), "--fine-tune trains the checkpoint's M on; --overwrite "
+                                                           "trains a new one: pass one of them"))
     ds = open_episodes(cfg.data)
     path = Path(cfg.world_model)
     wm = WorldModel.load(path, resolve_device(cfg.device))
     wm.require_trained("vae", str(path))
     check_data_fits(ds, wm, str(path))
-    if "rnn" in wm.train_state and not (cfg.resume or cfg.overwrite):
+    if cfg.fine_tune and "rnn" not in wm.train_state:
+        raise ValueError(f"{path} holds no trained MDN-RNN to fine-tune: run `wm-agent train-rnn` without --fine-tune")
+    if "rnn" in wm.train_state and not (cfg.resume or cfg.overwrite or cfg.fine_tune):
         raise FileExistsError(f"{path} already holds an MDN-RNN ({wm.train_state['rnn'].get('epoch', 0)} epochs done): "
-                              "pass --resume to continue it or --overwrite to train a new one")
+                              "pass --resume to continue it, --fine-tune to train it on as a new run or --overwrite "
+                              "to train a new one")
     if cfg.resume and "rnn" in wm.train_state:
         _say_resuming("rnn", path, cfg.epochs, wm.train_state["rnn"], cfg.progress)
+    elif cfg.fine_tune:  # the same M, a new run: its epochs, optimiser and learning-rate schedule start again
+        wm.train_state["rnn"] = {"epoch": 0, "keeps_controller": True}
     else:  # a fresh M; an old dream's controller no longer applies
         torch.manual_seed(cfg.seed)
         wm.rnn = wm.new_rnn()
