@@ -158,6 +158,43 @@ def test_a_warm_start_keeps_the_saved_controller_unless_a_mean_scores_higher(ckp
     np.testing.assert_allclose(wm.controller.get_flat(), saved, rtol=1e-6, atol=1e-6)
 
 
+def test_select_average_scores_the_average_of_the_last_means_and_resumes_with_them(tmp_path, monkeypatch):
+    """--select-average 3: a selection scores the average of the means after the last 3 generations (fewer before
+    there are 3), and a resumed search keeps that window, so it selects what the uninterrupted one would."""
+    monkeypatch.setattr(cmaes, "selection_score", lambda wm, mean, cfg, max_steps: -float(np.sum(mean)))
+    straight, stepwise = tmp_path / "a.pt", tmp_path / "b.pt"
+    tiny_world_model().save(straight)
+    tiny_world_model().save(stepwise)
+    kw = dict(select_every=2, select_average=3)
+    train_controller(_cfg(straight, generations=4, **kw))
+    means = []
+    for generations in range(1, 5):
+        train_controller(_cfg(stepwise, generations=generations, resume=generations > 1, **kw))
+        means.append(WorldModel.load(stepwise).train_state["cmaes"]["mean"].numpy())
+    sa, sb = (WorldModel.load(p).train_state["cmaes"] for p in (straight, stepwise))
+    np.testing.assert_array_equal(sa["recent_means"].numpy(), np.array(means[1:]))
+    assert torch.equal(sa["recent_means"], sb["recent_means"]) and sa["select_average"] == 3
+    scored = {2: np.mean(means[:2], axis=0), 4: np.mean(means[1:], axis=0)}
+    best = max(scored, key=lambda g: -np.sum(scored[g]))
+    assert sa["selected_generation"] == best
+    np.testing.assert_allclose(sa["selected_params"].numpy(), scored[best], rtol=0, atol=1e-12)
+    np.testing.assert_allclose(WorldModel.load(straight).controller.get_flat(), scored[best], rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("kw, message", [
+    (dict(select_average=0), "--select-average must be >= 1 (1: the last mean), got 0"),
+    (dict(select_average=2, select_every=0), "--select-average averages the means a selection scores"),
+    (dict(select_average=2, where="real", select_tracks=0), "it needs --select-every > 0 and, --in real, --select"),
+    (dict(select_average=2, algo="pg", popsize=64, rollouts=16, generations=100),
+     "--select-average is a setting of --algo cmaes, which --algo pg does not"),
+])
+def test_select_average_is_refused_where_nothing_is_averaged(ckpt, kw, message):
+    before = ckpt.read_bytes()
+    with pytest.raises(ValueError, match=re.escape(message)):
+        train_controller(_cfg(ckpt, **kw))
+    assert ckpt.read_bytes() == before
+
+
 def test_without_selection_the_controller_is_the_last_mean(ckpt):
     log = train_controller(_cfg(ckpt, generations=3, select_every=0))["log"]
     assert not any("selection_score" in e for e in log)

@@ -75,6 +75,10 @@ class ControllerTrainConfig:
                              "after the last) on this many fixed real tracks, whole episodes (no "
                              "--stop-after-negative), and keep the best-scoring mean as the controller; each score "
                              "costs this many real episodes (0: the last mean is the controller)", 0)
+    select_average: int = doc("cmaes only, with selection: the controller scored at each --select-every is the average "
+                              "of the search's means after its last this many generations, not the last mean alone: "
+                              "on a noisy fitness (CarRacing's crash-or-not episodes) the mean wanders around the "
+                              "optimum, and the average of its path sits nearer the middle (1: the last mean)", 1)
     updates: int = doc("pg only: PPO updates to run (in total, counting resumed ones); each collects --envs x "
                        "--horizon steps", 150)
     envs: int = doc("pg only: episodes run side by side (dreams in one batch, or real envs in lockstep)", 128)
@@ -167,7 +171,7 @@ OTHER = {"cmaes": "pg", "pg": "cmaes"}
 NAMES = {"cmaes": "CMA-ES search", "pg": "policy-gradient run"}  # what the saved state is called in messages
 # The settings of one algorithm only (refused with the other unless left at their defaults).
 ONLY = {"cmaes": ("popsize", "rollouts", "generations", "sigma0", "workers", "timeout", "backend", "ray_address",
-                  "stop_after_negative", "warm_start", "select_tracks", "output_scale"),
+                  "stop_after_negative", "warm_start", "select_tracks", "output_scale", "select_average"),
         "pg": ("updates", "envs", "horizon", "epochs", "minibatches", "lr", "critic_lr", "gamma", "gae_lambda", "clip",
                "entropy", "critic_hidden", "max_grad_norm", "init_std")}
 
@@ -214,6 +218,12 @@ def _check_settings(cfg: ControllerTrainConfig) -> None:
                    (cfg.select_dreams >= 1, f"--select-dreams must be >= 1, got {cfg.select_dreams}"),
                    (cfg.select_tracks >= 0, f"--select-tracks must be >= 0 (0: the last mean), got "
                                              f"{cfg.select_tracks}"),
+                   (cfg.select_average >= 1, f"--select-average must be >= 1 (1: the last mean), got "
+                                              f"{cfg.select_average}"),
+                   (cfg.select_average == 1
+                    or (cfg.select_every > 0 and (cfg.where == "dream" or cfg.select_tracks > 0)),
+                    "--select-average averages the means a selection scores: it needs --select-every > 0 and, --in "
+                    "real, --select-tracks > 0"),
                    (cfg.select_tracks == 0 or cfg.where == "real",
                     "--select-tracks scores the search's mean on real tracks: it needs --in real (in the dream, "
                     "--select-dreams)"),

@@ -29,7 +29,7 @@ from __future__ import annotations
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -132,6 +132,13 @@ class _Search:
     best_f: float
     told: list[torch.Tensor]  # -fitness, per generation
     selected: tuple[float, int, np.ndarray] | None = None  # (dream score, generation, params) of the best mean
+    recent: list[np.ndarray] = field(default_factory=list)  # the means after the last generations, oldest first
+
+    def candidate(self, window: int) -> np.ndarray:
+        """What a selection scores: the average of the means after the last ``window`` generations (those
+        there are so far; before the first, the start)."""
+        means = self.recent[-window:] or [np.array(self.es.mean)]
+        return np.mean(means, axis=0)
 
 
 def _started(wm: WorldModel, cfg, max_steps: int) -> _Search:
@@ -174,8 +181,10 @@ def _resumed(state: dict, cfg) -> _Search:
                      cfg.seed + int(state["generation"]))
         start = None
     told = list(state["told"].double().unbind(0)) if "told" in state else []
+    # Saved before the window was kept: it starts again from the last mean.
+    recent = list(state.get("recent_means", state["mean"][None]).double().numpy())
     return _Search(es, start, int(state["generation"]), list(state["log"]), state["best_params"].double().numpy(),
-                   float(state["best_fitness"]), told, selected)
+                   float(state["best_fitness"]), told, selected, recent)
 
 
 def earlier_runs(train_state: dict) -> list[dict]:
@@ -264,15 +273,17 @@ def _generation(run: _Search, wm: WorldModel, cfg, evaluator: RealEvaluator | No
     run.es.tell(list(xs), list(-fit))  # pycma minimises
     run.told.append(torch.as_tensor(-fit, dtype=torch.float64))
     run.generation += 1
+    run.recent = [*run.recent, np.array(run.es.mean)][-cfg.select_average :]
     if fit.max() > run.best_f:
         run.best_f, run.best_x = float(fit.max()), xs[fit.argmax()].copy()
     row = {"generation": run.generation, "best": float(fit.max()), "mean": float(fit.mean()),
            "worst": float(fit.min()), "sigma": float(run.es.sigma)}
     if selecting and (run.generation % cfg.select_every == 0 or run.generation == cfg.generations):
-        score = _selection_score(run.es.mean, wm, cfg, evaluator, max_steps)
+        candidate = run.candidate(cfg.select_average)
+        score = _selection_score(candidate, wm, cfg, evaluator, max_steps)
         row["selection_score"] = score
         if run.selected is None or score > run.selected[0]:
-            run.selected = (score, run.generation, np.array(run.es.mean))
+            run.selected = (score, run.generation, candidate)
     row["real_env_steps"] = evaluator.steps if evaluator else 0  # cumulative (selection and resumes counted)
     row["seconds"] = time.perf_counter() - t0
     run.log.append(row)
@@ -297,7 +308,8 @@ def _record(run: _Search, wm: WorldModel, cfg, env_id: str, selecting: bool) -> 
         "where": cfg.where, "temperature": cfg.temperature, "greedy": cfg.greedy,
         "rollouts": cfg.rollouts, "max_steps": cfg.max_steps, "env": env_id,
         "select_every": cfg.select_every, "select_dreams": cfg.select_dreams, "select_tracks": cfg.select_tracks,
-        "stop_after_negative": cfg.stop_after_negative,
+        "stop_after_negative": cfg.stop_after_negative, "select_average": cfg.select_average,
+        "recent_means": torch.as_tensor(np.array(run.recent)),
     }
     if run.selected is not None:
         wm.train_state["cmaes"].update(selected_score=run.selected[0], selected_generation=run.selected[1],
