@@ -504,8 +504,8 @@ def test_carracing_progress_script_drives_carracing_and_refuses_other_envs(tmp_p
     out = subprocess.run([sys.executable, str(script), str(pretrained / "carracing.pt"), "--episodes", "1"],
                          cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
-    assert re.fullmatch(r"seed 300: return -?\d+\.\d, tiles \d+/\d+ \(\d+%\), by quarter \[.*\], speed mean .*\n",
-                        out.stdout)
+    assert re.fullmatch(r"seed 300: return -?\d+\.\d, tiles \d+/\d+ \(\d+%\), by quarter \[.*\], speed mean .*, "
+                        r"off the road \d+, held still by gas and brake \d+\n", out.stdout)
     bad = subprocess.run([sys.executable, str(script), str(pretrained / "gridworld.pt")], cwd=tmp_path,
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode == 1 and "a CarRacing checkpoint is needed" in bad.stderr
