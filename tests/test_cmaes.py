@@ -284,6 +284,9 @@ def test_evaluate_in_worker_processes_gives_the_in_process_results(tmp_path, gre
     assert one.keys() == split.keys()
     for key in one:
         np.testing.assert_array_equal(split[key], one[key])
+    # evaluate prints them too, episode by episode in seed order, so two controllers compare track by track.
+    assert here["returns"] == [float(r) for r in one["return"][0]]
+    assert here["mean_return"] == pytest.approx(np.mean(here["returns"]))
 
 
 def test_an_untrained_controller_is_named(tmp_path):

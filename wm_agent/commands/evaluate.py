@@ -55,8 +55,8 @@ def evaluate(cfg: EvaluateConfig, wm: WorldModel | None = None) -> dict:
 
     Returns:
         The summary ``wm-agent evaluate`` prints: env, episodes, mean/std/min/median/max return, mean steps,
-        the mean dream return (with ``cfg.dreams``), and where the env reports them success rate and oracle
-        return.
+        each episode's return (``returns``, episode i reset with seed + i), the mean dream return (with
+        ``cfg.dreams``), and where the env reports them success rate and oracle return.
     """
     if wm is None:
         cfg = dataclasses.replace(cfg, checkpoint=checkpoint_path(cfg.checkpoint, cfg.pretrained))
@@ -93,7 +93,10 @@ def evaluate(cfg: EvaluateConfig, wm: WorldModel | None = None) -> dict:
     summary = {"env": env_id, "episodes": cfg.episodes, "seed": cfg.seed, "greedy": cfg.greedy,
                "mean_return": float(returns.mean()), "std_return": float(returns.std()),
                "min_return": float(returns.min()), "median_return": float(np.median(returns)),
-               "max_return": float(returns.max()), "mean_steps": float(res["steps"].mean())}
+               "max_return": float(returns.max()), "mean_steps": float(res["steps"].mean()),
+               # Episode by episode, in seed order: two controllers scored on the same seeds compare track by
+               # track (a paired difference), which tells a real gain from noise with fewer episodes.
+               "returns": [float(r) for r in returns]}
     if cfg.dreams and len(wm.start_codes):  # a model without start frames cannot dream
         steps = cfg.max_steps or wm.episode_limit(env_id)
         dream = dream_fitness(wm, params.cpu().numpy(), cfg.dreams, cfg.temperature, steps, cfg.greedy,
