@@ -232,7 +232,8 @@ def _search(wm: WorldModel, cfg, env_id: str, max_steps: int, state: dict | None
     selecting = cfg.select_every > 0 and (cfg.where == "dream" or cfg.select_tracks > 0)
     if selecting and cfg.warm_start and state is None:
         # The saved controller competes too: a warm start keeps it unless a mean of the new search scores higher.
-        run.selected = (_selection_score(run.es.mean, wm, cfg, evaluator, max_steps), 0, np.array(run.es.mean))
+        start = run.candidate(cfg.select_average)  # before any generation: the saved controller itself
+        run.selected = (_selection_score(start, wm, cfg, evaluator, max_steps), 0, start)
         run.start["start_score"] = run.selected[0]  # kept (with the start) for comparison once a mean beats it
     try:
         while run.generation < cfg.generations:
