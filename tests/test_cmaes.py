@@ -628,6 +628,35 @@ def test_a_real_search_with_stop_after_negative_saves_it_and_resumes_only_with_i
                                                overwrite=True, progress=False))
 
 
+def test_env_kwargs_set_the_real_env_of_a_search_and_are_saved_for_evaluate_and_resume(ckpt):
+    """--env-kwargs: the workers' env is made with them (here the episode limit: 3 steps, so a generation of 4 x 1
+    episodes takes at most 12), the checkpoint keeps them, and a resume keeps them or refuses others."""
+    result = train_controller(_cfg(ckpt, where="real", workers=1, popsize=4, rollouts=1, generations=1, max_steps=0,
+                                   timeout=120, env_kwargs={"max_episode_steps": 3}))
+    assert result["log"][0]["real_env_steps"] <= 4 * 3
+    wm = WorldModel.load(ckpt)
+    assert wm.env_kwargs["max_episode_steps"] == 3 and wm.episode_limit() == 3
+    assert evaluate(EvaluateConfig(checkpoint=str(ckpt), episodes=2, dreams=0, progress=False))["mean_steps"] <= 3
+    train_controller(_cfg(ckpt, where="real", workers=1, popsize=4, rollouts=1, generations=2, max_steps=0,
+                          timeout=120, resume=True, env_kwargs={"max_episode_steps": 3}))
+    before = ckpt.read_bytes()
+    with pytest.raises(ValueError, match='with env kwargs .*"max_episode_steps": 3.*, not .*"max_episode_steps": 4'):
+        train_controller(_cfg(ckpt, where="real", workers=1, popsize=4, rollouts=1, generations=3, max_steps=0,
+                              timeout=120, resume=True, env_kwargs={"max_episode_steps": 4}))
+    assert ckpt.read_bytes() == before
+
+
+@pytest.mark.parametrize("kw, message", [
+    ({"env_kwargs": {"max_episode_steps": 3}}, "--env-kwargs sets the real env's gym.make arguments: it needs --in"),
+    ({"where": "real", "env_kwargs": {"no_such_argument": 1}}, "--env-kwargs .*no_such_argument.*cannot be made"),
+])
+def test_env_kwargs_the_env_cannot_take_are_refused_before_anything_runs(ckpt, kw, message):
+    before = ckpt.read_bytes()
+    with pytest.raises(ValueError, match=message):
+        train_controller(_cfg(ckpt, workers=1, generations=1, timeout=120, **kw))
+    assert ckpt.read_bytes() == before
+
+
 # -- a full linear controller carried over onto principal directions (--warm-start --pca) -------------------
 def test_warm_start_with_pca_carries_the_saved_linear_controller_over(ckpt):
     """The saved controller's weights seen through the principal directions of the inputs it meets driving,

@@ -6,6 +6,7 @@ generation or update."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +30,11 @@ class ControllerTrainConfig:
     world_model: str = doc("world-model checkpoint (trained V and M); the controller is saved into it")
     env: str | None = doc("real env id, used by --in real and for the episode limit (default: the checkpoint's env)",
                           None)
+    env_kwargs: dict | None = doc("--in real: gym.make keyword arguments of the real env, each replacing the one the "
+                                  "checkpoint's data was collected with, saved in the checkpoint (so evaluate, render "
+                                  "and --resume use them too); e.g. '{\"action_repeat\": 3}' on WM-CarRacing-v0: the "
+                                  "controller decides every 3 frames, while M keeps the dynamics it learnt at the "
+                                  "data's repeat (default: the checkpoint's)", None)
     where: str = doc("where the controller is trained: dream (batched, cheap) or real (cmaes: candidates scored in "
                      "worker processes; pg: real envs in this process)", "dream", flag="--in")
     algo: str = doc("training algorithm: cmaes (evolution strategy over whole episodes) or pg (policy gradient: "
@@ -142,6 +148,8 @@ def train_controller(cfg: ControllerTrainConfig, wm: WorldModel | None = None) -
     wm = wm or WorldModel.load(path, resolve_device(cfg.device))
     wm.require_trained("rnn", model_name)
     env_id = _checked_env(wm, cfg)
+    if cfg.env_kwargs is not None:
+        _set_env_kwargs(wm, cfg, env_id, path)
     limit = wm.episode_limit(env_id)
     check_settings((cfg.max_steps <= limit, (f"--max-steps {cfg.max_steps} is past {env_id}'s episode limit {limit}: "
                                              "no real episode runs that long (0: the limit itself)")))
@@ -227,6 +235,9 @@ def _check_settings(cfg: ControllerTrainConfig) -> None:
                    (cfg.select_tracks == 0 or cfg.where == "real",
                     "--select-tracks scores the search's mean on real tracks: it needs --in real (in the dream, "
                     "--select-dreams)"),
+                   (cfg.env_kwargs is None or cfg.where == "real",
+                    "--env-kwargs sets the real env's gym.make arguments: it needs --in real (the dream steps M, "
+                    "as its data was collected)"),
                    (cfg.stop_after_negative >= 0, f"--stop-after-negative must be >= 0, got {cfg.stop_after_negative}"),
                    (cfg.stop_after_negative == 0 or cfg.where == "real",
                     "--stop-after-negative cuts real-env training episodes: it needs --in real"),
@@ -277,6 +288,33 @@ def _checked_env(wm: WorldModel, cfg: ControllerTrainConfig) -> str:
         finally:
             env.close()
     return env_id
+
+
+def _set_env_kwargs(wm: WorldModel, cfg: ControllerTrainConfig, env_id: str, path: Path) -> None:
+    """--env-kwargs over the checkpoint's own, checked by making the env once; a resumed run keeps those it ran
+    with (they are the checkpoint's once it saved a generation)."""
+    if not wm._is_own(env_id):
+        raise ValueError(f"--env-kwargs sets the arguments of the checkpoint's own env ({wm.env_id}), not of --env "
+                         f"{cfg.env}: leave one of them out")
+    merged = {**wm.env_kwargs, **cfg.env_kwargs}
+    if cfg.resume and cfg.algo in wm.train_state and merged != wm.env_kwargs:
+        raise ResumeMismatch(path, f"the saved {NAMES[cfg.algo]} ran with env kwargs "
+                                   f"{json.dumps(wm.env_kwargs, sort_keys=True)}, not "
+                                   f"{json.dumps(merged, sort_keys=True)}", "resume without --env-kwargs")
+    before, wm.env_kwargs = wm.env_kwargs, merged
+    try:
+        env = wm.make_env(env_id)
+    except Exception as exc:  # gym.make's TypeError for an unknown keyword, the env's own ValueError for a bad value
+        wm.env_kwargs = before
+        raise ValueError(f"--env-kwargs {json.dumps(cfg.env_kwargs, sort_keys=True)}: {env_id} cannot be made with "
+                         f"them: {exc}") from exc
+    try:
+        check_env_fits(env, wm)
+    except ValueError:
+        wm.env_kwargs = before
+        raise
+    finally:
+        env.close()
 
 
 def _saved_run(wm: WorldModel, cfg: ControllerTrainConfig, path: Path, model_name: str, env_id: str) -> dict | None:
