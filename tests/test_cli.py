@@ -509,3 +509,24 @@ def test_carracing_progress_script_drives_carracing_and_refuses_other_envs(tmp_p
     bad = subprocess.run([sys.executable, str(script), str(pretrained / "gridworld.pt")], cwd=tmp_path,
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode == 1 and "a CarRacing checkpoint is needed" in bad.stderr
+
+
+def test_carracing_learning_curve_counts_each_runs_frames_at_its_own_action_repeat():
+    """Real frames = decisions x the repeat a run drove at: its saved env_kwargs; else, for the last run, the
+    checkpoint's, and for earlier ones the data's (they ran before train-controller --env-kwargs existed)."""
+    root = Path(__file__).resolve().parents[1]
+    sys.path.insert(0, str(root / "benchmarks"))
+    try:
+        import carracing_learning_curve
+    finally:
+        sys.path.remove(str(root / "benchmarks"))
+    rows = [{"real_env_steps": 10, "mean": 1.0}, {"real_env_steps": 20, "mean": 2.0, "selection_score": 5.0}]
+    earlier = [{"algo": "cmaes", "where": "real", "log": rows},  # the data's repeat, 4
+               {"algo": "cmaes", "where": "dream", "log": rows},  # no real frames
+               {"algo": "cmaes", "where": "real", "log": rows, "env_kwargs": {"action_repeat": 2}}]
+    state = {"env_kwargs": {"action_repeat": 3},
+             "train_state": {"vae": {"data": {"env_kwargs": {"action_repeat": 4}}},
+                             "cmaes": {"where": "real", "log": rows, "earlier": earlier}}}
+    assert carracing_learning_curve.real_history(state) == [(40, 1.0), (80, 2.0), (100, 1.0), (120, 2.0),
+                                                            (150, 1.0), (180, 2.0)]
+    assert carracing_learning_curve.real_history(state, "selection_score") == [(80, 5.0), (120, 5.0), (180, 5.0)]

@@ -75,7 +75,7 @@ def test_a_warm_started_search_starts_from_the_saved_controller_and_keeps_its_hi
     np.testing.assert_array_equal(state["x0"].numpy(), before.controller.get_flat())
     assert torch.equal(after.controller.obs_mean, before.controller.obs_mean)
     assert torch.equal(after.controller.obs_std, before.controller.obs_std)
-    assert state["earlier"] == [{"algo": "cmaes", "where": "dream", "log": first_log}]
+    assert state["earlier"] == [{"algo": "cmaes", "where": "dream", "log": first_log, "env_kwargs": before.env_kwargs}]
     train_controller(_cfg(ckpt, generations=2, popsize=6, sigma0=0.1, resume=True, select_every=0))
     resumed = WorldModel.load(ckpt).train_state["cmaes"]
     assert resumed["generation"] == 2 and resumed["earlier"] == state["earlier"]  # kept through a resume
@@ -644,6 +644,12 @@ def test_env_kwargs_set_the_real_env_of_a_search_and_are_saved_for_evaluate_and_
         train_controller(_cfg(ckpt, where="real", workers=1, popsize=4, rollouts=1, generations=3, max_steps=0,
                               timeout=120, resume=True, env_kwargs={"max_episode_steps": 4}))
     assert ckpt.read_bytes() == before
+    # A warm start with others: the run it follows keeps the ones it ran with, in its history.
+    train_controller(_cfg(ckpt, where="real", workers=1, popsize=4, rollouts=1, generations=1, max_steps=0,
+                          timeout=120, warm_start=True, env_kwargs={"max_episode_steps": 4}))
+    state = WorldModel.load(ckpt).train_state["cmaes"]
+    assert state["env_kwargs"]["max_episode_steps"] == 4
+    assert state["earlier"][-1]["env_kwargs"]["max_episode_steps"] == 3
 
 
 @pytest.mark.parametrize("kw, message", [

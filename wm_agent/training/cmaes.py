@@ -188,12 +188,16 @@ def _resumed(state: dict, cfg) -> _Search:
 
 
 def earlier_runs(train_state: dict) -> list[dict]:
-    """The controller runs a warm-started search follows, oldest first: each one's algorithm, where it ran
-    and its per-generation (or per-update) log, so the whole history (real env steps included) stays readable."""
+    """The controller runs a warm-started search follows, oldest first: each one's algorithm, where it ran, the
+    env's keyword arguments (saved since ``--env-kwargs`` could change them; older runs ran with the data's) and
+    its per-generation (or per-update) log, so the whole history (real env steps included) stays readable."""
     for algo in ("cmaes", "pg"):
         state = train_state.get(algo)
         if state is not None:
-            return [*state.get("earlier", []), {"algo": algo, "where": state.get("where"), "log": state.get("log", [])}]
+            last = {"algo": algo, "where": state.get("where"), "log": state.get("log", [])}
+            if "env_kwargs" in state:
+                last["env_kwargs"] = state["env_kwargs"]
+            return [*state.get("earlier", []), last]
     return []
 
 
@@ -307,7 +311,7 @@ def _record(run: _Search, wm: WorldModel, cfg, env_id: str, selecting: bool) -> 
         "stds": torch.as_tensor(np.sqrt(np.maximum(es.sm.variances, 1e-20))),
         "best_params": torch.as_tensor(run.best_x), "best_fitness": run.best_f, "log": run.log,
         "where": cfg.where, "temperature": cfg.temperature, "greedy": cfg.greedy,
-        "rollouts": cfg.rollouts, "max_steps": cfg.max_steps, "env": env_id,
+        "rollouts": cfg.rollouts, "max_steps": cfg.max_steps, "env": env_id, "env_kwargs": dict(wm.env_kwargs),
         "select_every": cfg.select_every, "select_dreams": cfg.select_dreams, "select_tracks": cfg.select_tracks,
         "stop_after_negative": cfg.stop_after_negative, "select_average": cfg.select_average,
         "recent_means": torch.as_tensor(np.array(run.recent)),

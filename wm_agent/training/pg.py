@@ -426,7 +426,7 @@ def _record(run: _Run, wm: WorldModel, cfg, env_id: str, selecting: bool) -> Non
              "log_std": run.policy.log_std.detach().cpu().clone(),
              "critic": {k: v.detach().cpu().clone() for k, v in run.critic.state_dict().items()},
              "optimizer": run.opt.state_dict(), "log": run.log, "dream_steps": run.dream_steps,
-             "real_env_steps": run.real_env_steps, "env": env_id}
+             "real_env_steps": run.real_env_steps, "env": env_id, "env_kwargs": dict(wm.env_kwargs)}
     state.update({key: getattr(cfg, field) for key, field, _ in RESUME_SETTINGS})
     if run.selected is not None:
         state.update(selected_score=run.selected[0], selected_update=run.selected[1],
