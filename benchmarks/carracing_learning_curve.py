@@ -59,7 +59,7 @@ def main() -> None:
     points.sort()
     full = ("search mean, whole tracks (snapshots)", [x for x, _ in points], [y for _, y in points])
     selected = real_history(state, "selection_score")
-    series = [train, full]
+    series = [train, full] if points else [train]  # a run without snapshots has its own log only
     if selected:
         series.append(("search mean, whole tracks (its --select-tracks)", [f for f, _ in selected],
                        [m for _, m in selected]))
