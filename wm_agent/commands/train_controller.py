@@ -301,20 +301,16 @@ def _set_env_kwargs(wm: WorldModel, cfg: ControllerTrainConfig, env_id: str, pat
         raise ResumeMismatch(path, f"the saved {NAMES[cfg.algo]} ran with env kwargs "
                                    f"{json.dumps(wm.env_kwargs, sort_keys=True)}, not "
                                    f"{json.dumps(merged, sort_keys=True)}", "resume without --env-kwargs")
-    before, wm.env_kwargs = wm.env_kwargs, merged
     try:
-        env = wm.make_env(env_id)
+        env = wm.make_env(env_id, **cfg.env_kwargs)  # the model's own keywords, these on top: the merged ones
     except Exception as exc:  # gym.make's TypeError for an unknown keyword, the env's own ValueError for a bad value
-        wm.env_kwargs = before
         raise ValueError(f"--env-kwargs {json.dumps(cfg.env_kwargs, sort_keys=True)}: {env_id} cannot be made with "
                          f"them: {exc}") from exc
     try:
         check_env_fits(env, wm)
-    except ValueError:
-        wm.env_kwargs = before
-        raise
     finally:
         env.close()
+    wm.env_kwargs = merged  # only once they are known to work: a model given in memory is left as it was otherwise
 
 
 def _saved_run(wm: WorldModel, cfg: ControllerTrainConfig, path: Path, model_name: str, env_id: str) -> dict | None:
